@@ -1,0 +1,150 @@
+"""Metrics shared by the teacher's evaluation, the report and the experiments (pure numpy).
+
+Conventions: `probs` is [N, C] (a predictive distribution per row), `y` is [N] class indices,
+`probs_samples` is [S, N, C] (one softmax per Monte Carlo weight draw). Metric dicts are keyed
+`split/metric` (e.g. `test/ece`), as in uncertainty-baselines. ECE and the reliability diagram
+share `reliability_bins`; it is checked against `tfp.stats.expected_calibration_error` in tests
+(TFP's version returns only the scalar, the report needs the bins).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+EPS = 1e-12
+ECE_BINS = 15
+
+
+def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
+    p = np.clip(probs, EPS, 1.0)
+    return -(probs * np.log(p)).sum(axis=axis)
+
+
+def predictive_summary(probs_samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Posterior predictive of S draws: mean, per-class variance and the entropy decomposition.
+
+    entropy (total) = expected_entropy (aleatoric) + mutual_information (epistemic).
+    """
+    probs = probs_samples.mean(axis=0)  # [N, C]
+    total = entropy(probs)  # [N]
+    expected = entropy(probs_samples).mean(axis=0)  # [N]
+    return {
+        "probs": probs,
+        "variance": probs_samples.var(axis=0),  # [N, C]
+        "entropy": total,
+        "expected_entropy": expected,
+        "mutual_information": np.maximum(total - expected, 0.0),
+    }
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(y)), y], EPS, 1.0)).mean())
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    return float((probs.argmax(-1) == y).mean())
+
+
+def brier(probs: np.ndarray, y: np.ndarray) -> float:
+    """Textbook multi-class Brier score, sum_c (p_c - 1[y=c])^2, in [0, 2] (tfp's is this minus 1)."""
+    onehot = np.eye(probs.shape[-1])[y]
+    return float(((probs - onehot) ** 2).sum(-1).mean())
+
+
+def reliability_bins(probs: np.ndarray, y: np.ndarray, num_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Top-1 confidence in equal-width bins: count, mean confidence and accuracy per bin."""
+    conf = probs.max(-1)
+    correct = (probs.argmax(-1) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, num_bins - 1)
+    count = np.bincount(which, minlength=num_bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, conf, num_bins) / count
+        acc = np.bincount(which, correct, num_bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": acc}
+
+
+def ece(probs: np.ndarray, y: np.ndarray, num_bins: int = ECE_BINS) -> float:
+    b = reliability_bins(probs, y, num_bins)
+    filled = b["count"] > 0
+    gap = np.abs(b["accuracy"][filled] - b["confidence"][filled])
+    return float((b["count"][filled] / b["count"].sum() * gap).sum())
+
+
+CLASSIFICATION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": accuracy, "nll": nll, "ece": ece, "brier": brier,
+}
+
+
+def classification_metrics(probs: np.ndarray, y: np.ndarray, split: str) -> dict[str, float]:
+    return {f"{split}/{name}": fn(probs, y) for name, fn in CLASSIFICATION_METRICS.items()}
+
+
+def bootstrap_interval(
+    fn: Callable[..., float], *arrays: np.ndarray, num_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `fn(*arrays)` resampling rows (the first axis) jointly."""
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    stats = np.empty(num_resamples)
+    for i in range(num_resamples):
+        idx = rng.integers(0, n, n)
+        stats[i] = fn(*(a[idx] for a in arrays))
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def classification_metrics_with_intervals(
+    probs: np.ndarray, y: np.ndarray, split: str, num_resamples: int = 1000, seed: int = 0
+) -> dict[str, float | list[float]]:
+    out: dict[str, float | list[float]] = {}
+    for name, fn in CLASSIFICATION_METRICS.items():
+        out[f"{split}/{name}"] = fn(probs, y)
+        out[f"{split}/{name}_ci95"] = list(bootstrap_interval(fn, probs, y, num_resamples=num_resamples, seed=seed))
+    return out
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) per row, in nats."""
+    p = np.clip(p, EPS, 1.0)
+    q = np.clip(q, EPS, 1.0)
+    return (p * (np.log(p) - np.log(q))).sum(-1)
+
+
+def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
+    """Area under ROC for telling OOD (positive, should score higher) from in-distribution rows."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.r_[np.zeros(len(scores_in)), np.ones(len(scores_out))]
+    return float(roc_auc_score(labels, np.r_[scores_in, scores_out]))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def accuracy_vs_rejection(probs: np.ndarray, y: np.ndarray, score: np.ndarray, fractions: np.ndarray | None = None):
+    """Accuracy on the rows kept after rejecting the highest-`score` fraction (e.g. by entropy)."""
+    fractions = np.linspace(0.0, 0.9, 10) if fractions is None else fractions
+    order = np.argsort(score, kind="stable")  # most confident first
+    correct = (probs.argmax(-1) == y)[order]
+    kept = [correct[: max(1, int(round(len(y) * (1 - f))))].mean() for f in fractions]
+    return fractions, np.asarray(kept)
+
+
+def most_uncertain_pair(probs: np.ndarray, mutual_information: np.ndarray, class_names: list[str]) -> tuple[str, str, float]:
+    """The pair of classes that carries the most epistemic uncertainty.
+
+    Each row's mutual information is credited to its two most probable classes; the pair with the
+    largest total wins. Returns (class_a, class_b, share of all mutual information).
+    """
+    top2 = np.sort(np.argsort(-probs, axis=-1)[:, :2], axis=-1)
+    totals: dict[tuple[int, int], float] = {}
+    for (a, b), mi in zip(map(tuple, top2), mutual_information):
+        totals[(a, b)] = totals.get((a, b), 0.0) + float(mi)
+    (a, b), best = max(totals.items(), key=lambda kv: kv[1])
+    share = best / max(float(np.sum(mutual_information)), EPS)
+    return class_names[a], class_names[b], share

@@ -1,0 +1,55 @@
+"""The run folder: where each stage writes, and the names every stage agrees on.
+
+One run folder holds one pipeline run; each stage reads only what earlier stages wrote here:
+
+    RUN/data/            dataset.json (features, classes, scaler, label column), split.json (ids)
+    RUN/teacher/         config.json, history.csv, metrics.json, {val,test}_predictions.csv,
+                         weights.h5 (to resume training), export/1/ (SavedModel, TF Serving layout)
+    RUN/soft_labels/     transfer.parquet (the inputs), part-*.parquet (teacher predictive), manifest.json
+    RUN/student/         config.json, history.csv, export/1/, student.tflite, baseline/export/1/
+    RUN/report/          metrics.json, report.md, figures, per-example CSVs
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+EXPORT_VERSION = "1"  # TF Serving wants base_path/<integer version>/saved_model.pb
+
+# Monte Carlo summaries, in the order they appear in exports, predictions and soft labels.
+PREDICTIVE_OUTPUTS = ("probs", "variance", "entropy", "expected_entropy", "mutual_information")
+
+# Sources of transfer-set rows (stage 2).
+SOURCES = ("train", "perturbed", "uniform", "unlabeled")
+NO_LABEL = -1  # label of a transfer row that has no true class
+
+
+def data_dir(run: Path) -> Path:
+    return Path(run) / "data"
+
+
+def teacher_dir(run: Path) -> Path:
+    return Path(run) / "teacher"
+
+
+def teacher_export(run: Path) -> Path:
+    return teacher_dir(run) / "export" / EXPORT_VERSION
+
+
+def soft_labels_dir(run: Path) -> Path:
+    return Path(run) / "soft_labels"
+
+
+def student_dir(run: Path) -> Path:
+    return Path(run) / "student"
+
+
+def student_export(run: Path) -> Path:
+    return student_dir(run) / "export" / EXPORT_VERSION
+
+
+def baseline_export(run: Path) -> Path:
+    return student_dir(run) / "baseline" / "export" / EXPORT_VERSION
+
+
+def report_dir(run: Path) -> Path:
+    return Path(run) / "report"

@@ -1,0 +1,61 @@
+"""The one training loop: minibatch epochs, validation, early stopping, history, progress bar.
+
+Teacher and student both train through `fit`: the caller supplies the gradient step and the
+validation function; the loop keeps the weights of the best validation epoch and restores them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+
+@dataclass
+class FitResult:
+    history: pd.DataFrame
+    best_epoch: int
+    best_value: float
+    stopped_early: bool
+
+
+def minibatches(n: int, batch_size: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def fit(
+    model,
+    train_epoch: Callable[[np.random.Generator], dict[str, float]],
+    validate: Callable[[], dict[str, float]],
+    monitor: str,
+    epochs: int,
+    patience: int,
+    seed: int,
+    desc: str = "train",
+    progress: bool = True,
+) -> FitResult:
+    """Run up to `epochs` epochs; stop after `patience` epochs without a lower `monitor` value."""
+    rng = np.random.default_rng(seed)
+    rows, best, best_epoch, best_weights, waited = [], np.inf, 0, model.get_weights(), 0
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        logs = {"epoch": epoch, **train_epoch(rng), **validate()}
+        logs["seconds"] = time.perf_counter() - t0
+        rows.append(logs)
+        value = logs[monitor]
+        if value < best:
+            best, best_epoch, best_weights, waited = value, epoch, model.get_weights(), 0
+        else:
+            waited += 1
+        bar.set_postfix({monitor: f"{value:.4f}", "best": f"{best:.4f}@{best_epoch}"})
+        if waited >= patience:
+            break
+    bar.close()
+    model.set_weights(best_weights)
+    return FitResult(pd.DataFrame(rows), best_epoch, float(best), stopped_early=len(rows) < epochs)
