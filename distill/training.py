@@ -42,7 +42,7 @@ def fit(
     """Run up to `epochs` epochs; stop after `patience` epochs without a lower `monitor` value."""
     rng = np.random.default_rng(seed)
     rows, best, best_epoch, best_weights, waited = [], np.inf, 0, model.get_weights(), 0
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=None if progress else True, leave=False, mininterval=0.5)
     for epoch in bar:
         t0 = time.perf_counter()
         logs = {"epoch": epoch, **train_epoch(rng), **validate()}
