@@ -87,6 +87,69 @@ def teacher(
     print(f"export: {out / 'teacher' / 'export' / '1'}")
 
 
+@app.command()
+@user_errors
+def student(
+    run: Path = typer.Option(..., "--run", help="Run folder with a teacher and soft labels."),
+    hidden: str = typer.Option("32", help="Hidden layer sizes, comma-separated (e.g. 32 or 64,32)."),
+    temperature: float = typer.Option(1.0, min=1e-3, help="Distillation temperature T (loss scaled by T^2)."),
+    alpha: float = typer.Option(0.0, min=0.0, max=1.0, help="Weight of the hard-label loss on labelled rows."),
+    epistemic_weight: float = typer.Option(1.0, min=0.0, help="Weight of the epistemic head's loss."),
+    epochs: int = typer.Option(300, min=1),
+    gate_nll_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation NLL."),
+    gate_ece_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation ECE."),
+    seed: int = typer.Option(0),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Stage 3: distil the compact student (and a hard-label baseline) from the soft labels; gate; export."""
+    from distill.pipeline import student_stage
+    from student.config import StudentConfig
+
+    cfg = StudentConfig(hidden=_sizes(hidden), temperature=temperature, alpha=alpha, epistemic_weight=epistemic_weight,
+                        epochs=epochs, gate_nll_margin=gate_nll_margin, gate_ece_margin=gate_ece_margin, seed=seed)
+    s = student_stage(cfg, run, progress=progress)
+    summary_table(f"student ({s['epochs_run']} epochs, best {s['best_epoch']}; gate passed)",
+                  {k: v for k, v in s.items() if k.count("/") == 2})
+    print(f"export: {run / 'student' / 'export' / '1'}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Path = typer.Option(..., "--run", help="Run folder with teacher, soft labels and student."),
+    samples: int = typer.Option(100, min=2, help="Teacher weight draws."),
+    seed: int = typer.Option(0),
+    progress: bool = typer.Option(True, help="Show progress."),
+):
+    """Compare calibration of teacher, student and baseline; write RUN/report (metrics, figures, report.md)."""
+    from distill.evaluate import EvalConfig
+    from distill.pipeline import evaluate_stage
+
+    out = evaluate_stage(EvalConfig(samples=samples, seed=seed), run, progress=progress)
+    summary_table("evaluation (test)", _headline(out))
+    print(f"report: {run / 'report' / 'report.md'}")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise BdkError(f"--hidden {text!r}: expected comma-separated layer sizes such as 32 or 64,32") from None
+    if not sizes or min(sizes) < 1:
+        raise BdkError(f"--hidden {text!r}: expected positive layer sizes such as 32 or 64,32")
+    return sizes
+
+
+def _headline(out: dict) -> dict:
+    rows = {}
+    for m in ("teacher", "student", "baseline"):
+        for k in ("accuracy", "nll", "ece", "brier"):
+            rows[f"{m} test/{k}"] = out[m][f"test/{k}"]
+    rows.update({f"agreement {k}": v for k, v in out["agreement"].items()})
+    rows.update({f"ood {k}": v for k, v in out["ood"].items()})
+    return rows
+
+
 def main() -> None:  # pragma: no cover
     app()
 

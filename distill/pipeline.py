@@ -27,3 +27,25 @@ def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwri
         write_json(tmp / "data" / "config.json", data_cfg)
         summary = train_teacher(teacher_cfg, ds, tmp, progress=progress)
     return summary
+
+
+def student_stage(student_cfg, run: Path, progress: bool = True) -> dict:
+    """Stage 3: distil the student (and the hard-label baseline) from RUN/soft_labels; gate; export."""
+    from student.train import distil_student
+
+    return distil_student(student_cfg, _existing_run(run), progress=progress)
+
+
+def evaluate_stage(eval_cfg, run: Path, progress: bool = True) -> dict:
+    """Compare teacher, student and baseline from their exports; write RUN/report."""
+    from distill.evaluate import evaluate_run
+
+    return evaluate_run(eval_cfg, _existing_run(run), progress=progress)
+
+
+def _existing_run(run: Path) -> Path:
+    run = Path(run)
+    if not run.is_dir():
+        from distill.errors import BdkError
+        raise BdkError(f"run folder {run} does not exist; create it with `bdk teacher --out {run}` (or `bdk run --out {run}`)")
+    return run

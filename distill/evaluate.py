@@ -1,0 +1,176 @@
+"""The evaluation stage: teacher vs student vs baseline, from their SavedModels alone.
+
+Everything here is computed from the exports (loaded with plain `tf.saved_model.load`), the
+run's data split and the soft-label dataset, so it measures what would be deployed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distill import data as data_lib
+from distill import metrics, schema
+from distill.errors import BdkError, atomic_dir, read_json, write_json
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    samples: int = 100  # teacher draws on val/test/OOD
+    ood_rows: int = 500  # far-away uniform inputs
+    ood_inner: float = 0.5  # OOD rows lie outside the train box widened by this (scaled units)...
+    ood_outer: float = 2.0  # ...and inside the box widened by this
+    bootstrap: int = 1000
+    latency_calls: int = 200
+    seed: int = 0
+
+
+MODELS = ("teacher", "student", "baseline")
+
+
+def far_uniform(ds: data_lib.Dataset, rows: int, inner: float, outer: float, seed: int) -> np.ndarray:
+    """Raw-feature rows uniform in [-outer, 1 + outer]^F minus [-inner, 1 + inner]^F (scaled space)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while sum(map(len, out)) < rows:
+        x = rng.uniform(-outer, 1 + outer, (rows * 2, ds.num_features))
+        out.append(x[((x < -inner) | (x > 1 + inner)).any(axis=1)])
+    return ds.scaler.inverse(np.concatenate(out)[:rows].astype(np.float32))
+
+
+class Exports:
+    """The three exports, called as a client would call them."""
+
+    def __init__(self, run: Path, samples: int):
+        import tensorflow as tf
+
+        self.tf, self.samples = tf, samples
+        paths = {"teacher": schema.teacher_export(run), "student": schema.student_export(run),
+                 "baseline": schema.baseline_export(run)}
+        for name, path in paths.items():
+            if not (path / "saved_model.pb").exists():
+                first = {"teacher": f"bdk teacher --out {run}", "student": f"bdk student --run {run}",
+                         "baseline": f"bdk student --run {run}"}[name]
+                raise BdkError(f"{run} has no {name} export at {path}; run `{first}` first")
+        self.paths = paths
+        self.models = {name: tf.saved_model.load(str(p)) for name, p in paths.items()}
+
+    def predict(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        """probs, entropy and the epistemic score (teacher: mutual information; student: its head)."""
+        tf = self.tf
+        features = tf.constant(np.asarray(x, np.float32))
+        if name == "teacher":
+            out = self.models[name].signatures["predictive"](features=features, num_samples=tf.constant(self.samples))
+            out = {k: v.numpy() for k, v in out.items()}
+            out["epistemic"] = out["mutual_information"]
+        else:
+            out = {k: v.numpy() for k, v in self.models[name].signatures["serving_default"](features=features).items()}
+        return out
+
+    def cost(self, name: str, calls: int) -> dict[str, float]:
+        """Parameters and single-example latency of `serving_default` (median and p95 over calls)."""
+        tf = self.tf
+        m = self.models[name]
+        fn = m.signatures["serving_default"]
+        x = tf.constant(np.zeros((1, int(fn.structured_input_signature[1]["features"].shape[1])), np.float32))
+        for _ in range(10):
+            fn(features=x)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            fn(features=x)
+            times.append(time.perf_counter() - t0)
+        params = export_parameters(self.paths[name])
+        return {"parameters": params, "latency_ms_p50": 1e3 * float(np.median(times)),
+                "latency_ms_p95": 1e3 * float(np.quantile(times, 0.95))}
+
+
+def export_parameters(export: Path) -> int:
+    """Stored parameters of a SavedModel (a Flipout kernel counts its loc and its scale)."""
+    import tensorflow as tf
+
+    names = tf.train.list_variables(str(Path(export) / "variables" / "variables"))
+    return int(sum(np.prod(shape) for name, shape in names if name.endswith("VARIABLE_VALUE") and "save_counter" not in name))
+
+
+def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
+    """Compute the comparison, write RUN/report atomically, return metrics.json's content."""
+    from distill import report
+    from distill.transfer import read_soft_labels
+
+    run = Path(run)
+    ds = data_lib.load_from_run(run)
+    soft, _ = read_soft_labels(run)
+    exports = Exports(run, cfg.samples)
+
+    preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}  # model -> input set -> outputs
+    inputs = {"val": ds["val"].x, "test": ds["test"].x,
+              "ood": far_uniform(ds, cfg.ood_rows, cfg.ood_inner, cfg.ood_outer, cfg.seed)}
+    for src in ("perturbed", "uniform"):
+        inputs[src] = soft.loc[soft["source"] == src, ds.feature_names].to_numpy(np.float32)
+    for m in MODELS:
+        for name, x in inputs.items():
+            if len(x):
+                preds[m][name] = exports.predict(m, x)
+
+    out: dict = {}
+    for m in MODELS:
+        out[m] = {}
+        for split in ("test", "val"):
+            out[m].update(metrics.classification_metrics_with_intervals(
+                preds[m][split]["probs"], ds[split].y, split, cfg.bootstrap, cfg.seed))
+
+    # Agreement: teacher's predictive vs the student's one pass. On perturbed/uniform rows the
+    # teacher's side is the soft-label dataset itself (what the student was trained to match).
+    agreement, tracking = {}, {}
+    for name in ("test", "perturbed", "uniform"):
+        if name not in preds["student"]:
+            continue
+        if name == "test":
+            t_probs, t_mi = preds["teacher"]["test"]["probs"], preds["teacher"]["test"]["mutual_information"]
+        else:
+            rows = soft[soft["source"] == name]
+            t_probs, t_mi = np.stack(rows["probs"].to_numpy()), rows["mutual_information"].to_numpy()
+        s = preds["student"][name]
+        agreement[f"{name}/kl"] = float(metrics.kl_divergence(t_probs, s["probs"]).mean())
+        agreement[f"{name}/top1_agreement"] = float((t_probs.argmax(-1) == s["probs"].argmax(-1)).mean())
+        tracking[f"{name}/spearman"] = metrics.spearman(t_mi, s["epistemic"])
+    out["agreement"] = agreement
+    out["epistemic_tracking"] = tracking
+
+    ood = {}
+    for m in MODELS:
+        ood[f"{m}/entropy_auroc"] = metrics.auroc(preds[m]["test"]["entropy"], preds[m]["ood"]["entropy"])
+    ood["teacher/mutual_information_auroc"] = metrics.auroc(preds["teacher"]["test"]["epistemic"], preds["teacher"]["ood"]["epistemic"])
+    ood["student/epistemic_auroc"] = metrics.auroc(preds["student"]["test"]["epistemic"], preds["student"]["ood"]["epistemic"])
+    out["ood"] = ood
+    out["cost"] = {m: exports.cost(m, cfg.latency_calls) for m in MODELS}
+    tflite = schema.student_dir(run) / "student.tflite"
+    if tflite.exists():
+        out["cost"]["student"]["tflite_bytes"] = tflite.stat().st_size
+    out["config"] = cfg
+
+    with atomic_dir(schema.report_dir(run), overwrite=True) as tmp:
+        write_json(tmp / "metrics.json", out)
+        for split in ("val", "test"):
+            side_by_side(ds, split, preds).to_csv(tmp / f"{split}_predictions.csv", index=False)
+        report.write(tmp, run, ds, preds, out)
+    return out
+
+
+def side_by_side(ds: data_lib.Dataset, split: str, preds) -> pd.DataFrame:
+    s = ds[split]
+    df = pd.DataFrame({"id": s.ids, "true_class": [ds.class_names[i] for i in s.y]})
+    for m in MODELS:
+        p = preds[m][split]
+        df[f"{m}_predicted"] = [ds.class_names[i] for i in p["probs"].argmax(-1)]
+        for c, name in enumerate(ds.class_names):
+            df[f"{m}_prob_{name}"] = p["probs"][:, c]
+        df[f"{m}_entropy"] = p["entropy"]
+        if m != "baseline":
+            df[f"{m}_epistemic"] = p["epistemic"]
+    df["kl_teacher_student"] = metrics.kl_divergence(preds["teacher"][split]["probs"], preds["student"][split]["probs"])
+    return df

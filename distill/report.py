@@ -1,0 +1,149 @@
+"""Figures and report.md for the evaluation stage (matplotlib, headless Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from distill import metrics, schema  # noqa: E402
+
+MODELS = ("teacher", "student", "baseline")
+COLORS = {"teacher": "tab:blue", "student": "tab:orange", "baseline": "tab:gray"}
+
+
+def reliability_axes(ax, probs: np.ndarray, y: np.ndarray, label: str, color: str) -> None:
+    b = metrics.reliability_bins(probs, y)
+    centers = (b["edges"][:-1] + b["edges"][1:]) / 2
+    filled = b["count"] > 0
+    width = b["edges"][1] - b["edges"][0]
+    ax.bar(centers[filled], b["accuracy"][filled], width=width, alpha=0.6, color=color, edgecolor="k", label=label)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+
+
+def figure_reliability(path: Path, ds, preds) -> None:
+    y = np.r_[ds["val"].y, ds["test"].y]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
+    for ax, m in zip(axes, MODELS):
+        probs = np.r_[preds[m]["val"]["probs"], preds[m]["test"]["probs"]]
+        reliability_axes(ax, probs, y, m, COLORS[m])
+        ax.set_title(f"{m}: ECE {metrics.ece(probs, y):.3f} (val+test, n={len(y)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure_rejection(path: Path, ds, preds) -> None:
+    y = np.r_[ds["val"].y, ds["test"].y]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for m in MODELS:
+        probs = np.r_[preds[m]["val"]["probs"], preds[m]["test"]["probs"]]
+        ent = np.r_[preds[m]["val"]["entropy"], preds[m]["test"]["entropy"]]
+        f, acc = metrics.accuracy_vs_rejection(probs, y, ent)
+        ax.plot(f, acc, "o-", color=COLORS[m], label=m)
+    ax.set(xlabel="fraction rejected (highest predictive entropy first)", ylabel="accuracy on kept rows",
+           title="Accuracy vs rejection by predictive entropy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure_teacher_training(path: Path, history: pd.DataFrame) -> None:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(history["epoch"], history["train_nll"], label="train NLL (one draw)")
+    a.plot(history["epoch"], history["val_nll"], label="val NLL (MC predictive)")
+    a.set(xlabel="epoch", ylabel="nats per example", title="Teacher likelihood term")
+    a.legend()
+    b.plot(history["epoch"], history["kl"], color="tab:red")
+    b.set(xlabel="epoch", ylabel="kl_weight * KL / N_train", title="Teacher KL term")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure_uncertainty(path: Path, preds) -> None:
+    panels = [("teacher", "entropy"), ("teacher", "epistemic"), ("student", "entropy"), ("student", "epistemic")]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, (m, key) in zip(axes, panels):
+        both = np.r_[preds[m]["test"][key], preds[m]["ood"][key]]
+        bins = np.linspace(0, max(float(both.max()), 1e-6), 30)
+        ax.hist(preds[m]["test"][key], bins=bins, alpha=0.6, density=True, label="test")
+        ax.hist(preds[m]["ood"][key], bins=bins, alpha=0.6, density=True, label="OOD (far uniform)")
+        name = {"entropy": "predictive entropy", "epistemic": "mutual information" if m == "teacher" else "epistemic head"}[key]
+        ax.set(title=f"{m}: {name}", xlabel="nats")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v: float, ci: list[float] | None = None) -> str:
+    return f"{v:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def calibration_verdict(out: dict, n_test: int) -> str:
+    t, s = out["teacher"], out["student"]
+    dn, de = s["test/nll"] - t["test/nll"], s["test/ece"] - t["test/ece"]
+    kl = out["agreement"].get("test/kl", float("nan"))
+    kept = dn <= 0.02 and (de <= 0.02 or s["test/ece"] <= t["test/ece_ci95"][1])
+    verdict = "kept" if kept else "did not keep"
+    return (
+        f"The student {verdict} the teacher's calibration on the test split: its NLL is {s['test/nll']:.4f} against the "
+        f"teacher's {t['test/nll']:.4f} ({dn:+.4f} nats) and its ECE {s['test/ece']:.4f} against {t['test/ece']:.4f} "
+        f"({de:+.4f}), with a mean KL(teacher || student) of {kl:.4f} nats and top-1 agreement of "
+        f"{out['agreement'].get('test/top1_agreement', float('nan')):.0%}. The baseline trained on hard labels only scores "
+        f"NLL {out['baseline']['test/nll']:.4f} and ECE {out['baseline']['test/ece']:.4f}: the student reproduces the "
+        f"teacher, so it is as well (or as poorly) calibrated as the teacher is. With "
+        f"{n_test} test rows the intervals are wide; read NLL and Brier before ECE."
+    )
+
+
+def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
+    figure_reliability(out_dir / "reliability.png", ds, preds)
+    figure_rejection(out_dir / "accuracy_vs_rejection.png", ds, preds)
+    figure_teacher_training(out_dir / "teacher_training.png", pd.read_csv(schema.teacher_dir(run) / "history.csv"))
+    figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds)
+
+    lines = [f"# Bayesian dark knowledge report: {ds.source}", "",
+             f"Test split: {len(ds['test'])} rows, validation: {len(ds['val'])} rows, classes: {', '.join(ds.class_names)}. "
+             f"Teacher: Monte Carlo predictive with {out['config'].samples} weight draws. Intervals: 95% bootstrap.", "",
+             "## Calibration on test", "",
+             "| model | accuracy | NLL | ECE (15 bins) | Brier |", "|---|---|---|---|---|"]
+    for m in MODELS:
+        r = out[m]
+        lines.append(f"| {m} | " + " | ".join(_fmt(r[f"test/{k}"], r[f"test/{k}_ci95"]) for k in ("accuracy", "nll", "ece", "brier")) + " |")
+    lines += ["", "Validation split:", "", "| model | accuracy | NLL | ECE | Brier |", "|---|---|---|---|---|"]
+    for m in MODELS:
+        r = out[m]
+        lines.append(f"| {m} | " + " | ".join(_fmt(r[f"val/{k}"]) for k in ("accuracy", "nll", "ece", "brier")) + " |")
+    lines += ["", calibration_verdict(out, len(ds['test'])), "", "![reliability](reliability.png)", "",
+              "![accuracy vs rejection](accuracy_vs_rejection.png)", "",
+              "## Teacher-student agreement", "", "| inputs | mean KL(teacher ‖ student) | top-1 agreement | Spearman(teacher MI, student epistemic) |",
+              "|---|---|---|---|"]
+    for name in ("test", "perturbed", "uniform"):
+        if f"{name}/kl" in out["agreement"]:
+            a, t = out["agreement"], out["epistemic_tracking"]
+            lines.append(f"| {name} | {a[f'{name}/kl']:.5f} | {a[f'{name}/top1_agreement']:.3f} | {t[f'{name}/spearman']:.3f} |")
+    o = out["ood"]
+    lines += ["", "## Out-of-distribution detection (test vs far-away uniform inputs)", "",
+              "| model | AUROC by entropy | AUROC by epistemic score |", "|---|---|---|",
+              f"| teacher | {o['teacher/entropy_auroc']:.3f} | {o['teacher/mutual_information_auroc']:.3f} (mutual information) |",
+              f"| student | {o['student/entropy_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (epistemic head) |",
+              f"| baseline | {o['baseline/entropy_auroc']:.3f} | n/a |", "",
+              "![uncertainty](uncertainty_test_vs_ood.png)", "",
+              "## Teacher training", "", "![teacher training](teacher_training.png)", "",
+              "## Cost of one prediction", "", "| export | parameters | latency p50 (ms) | latency p95 (ms) |", "|---|---|---|---|"]
+    for m in MODELS:
+        c = out["cost"][m]
+        lines.append(f"| {m} | {c['parameters']} | {c['latency_ms_p50']:.3f} | {c['latency_ms_p95']:.3f} |")
+    if "tflite_bytes" in out["cost"]["student"]:
+        lines += ["", f"Student TFLite file: {out['cost']['student']['tflite_bytes']} bytes."]
+    lines += ["", "Latency: one example through `serving_default`, in-process, after warm-up (teacher: "
+              "its serving setting of 10 draws)."]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
