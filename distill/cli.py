@@ -17,7 +17,8 @@ from rich.table import Table
 from distill.errors import BdkError
 
 app = typer.Typer(help="Bayesian dark knowledge: a Flipout teacher, Beam soft labels, a cheap calibrated student.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 console = Console(stderr=True)
 
 
@@ -148,6 +149,42 @@ def _headline(out: dict) -> dict:
     rows.update({f"agreement {k}": v for k, v in out["agreement"].items()})
     rows.update({f"ood {k}": v for k, v in out["ood"].items()})
     return rows
+
+
+@app.command()
+@user_errors
+def serve(
+    export_dir: Path = typer.Argument(..., help="SavedModel base path (highest integer version is served) or a version folder."),
+    name: Optional[str] = typer.Option(None, help="Model name in the URL (default: the stage folder, e.g. teacher or student)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8501, min=0, max=65535, help="TF Serving's REST port by default."),
+    max_batch: int = typer.Option(1024, min=1, help="Rows per request above which the server answers 413."),
+    max_body_bytes: int = typer.Option(4 * 1024 * 1024, min=1, help="Request body size above which the server answers 413."),
+):
+    """Serve an export over TF Serving's REST API (GET /v1/models/NAME[/metadata], POST /v1/models/NAME:predict)."""
+    from distill.serve import serve as serve_export
+
+    serve_export(export_dir, name=name, host=host, port=port, max_batch=max_batch, max_body_bytes=max_body_bytes)
+
+
+@app.command()
+@user_errors
+def predict(
+    export_dir: Path = typer.Argument(..., help="SavedModel base path or version folder."),
+    input: Path = typer.Argument(..., help="Rows to score: a .csv or .parquet table."),
+    out: Path = typer.Option(..., "--out", help="Output table (.csv or .parquet): the id plus every output of the signature."),
+    batch_size: int = typer.Option(1024, min=1),
+    signature: str = typer.Option("serving_default", help="Signature to run; it must take one [batch, features] input."),
+    id_column: Optional[str] = typer.Option(None, help="Row id column (default: id/Id/ID if present, else row number)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Batch prediction: score a table with an export and write every output beside each row's id."""
+    from distill.predict import predict_file
+
+    s = predict_file(export_dir, input, out, batch_size=batch_size, signature=signature, id_column=id_column,
+                     overwrite=overwrite, progress=progress)
+    print(f"{s['rows']} rows through {s['signature']} ({', '.join(s['outputs'])}) -> {s['out']}")
 
 
 def main() -> None:  # pragma: no cover
