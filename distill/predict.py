@@ -1,0 +1,165 @@
+"""Batch prediction: a CSV/Parquet table through any exported signature, one output row per input row.
+
+The counterpart of the server for offline scoring: the same export resolution and signature specs
+(`distill.serve`), fed in batches instead of requests. Feature columns are picked by the names the
+run recorded in RUN/data/dataset.json when the export sits in a run folder (so column order in the
+file does not matter), else all numeric non-id columns in file order.
+"""
+from __future__ import annotations
+
+import distill  # noqa: F401  (Keras 2, quiet TensorFlow: before anything imports it)
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distill import schema
+from distill.errors import BdkError, read_json
+
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+ID_CANDIDATES = ("id", "Id", "ID")
+
+
+def find_dataset_json(version_dir: Path) -> Path | None:
+    """RUN/data/dataset.json for an export at RUN/<stage>/export/<version> (or RUN/<stage>/baseline/export/<v>)."""
+    for parent in list(Path(version_dir).resolve().parents)[:4]:
+        candidate = schema.data_dir(parent) / "dataset.json"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _table_kind(path: Path, what: str) -> str:
+    kind = TABLE_SUFFIXES.get(Path(path).suffix.lower())
+    if kind is None:
+        raise BdkError(f"{what} {path}: unsupported file type {Path(path).suffix!r}; use .csv or .parquet")
+    return kind
+
+
+def read_input(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    kind = _table_kind(path, "input")
+    if not path.is_file():
+        raise BdkError(f"input {path} not found")
+    try:
+        df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BdkError(f"{path}: could not read it as {kind} ({first})") from None
+    if len(df) == 0:
+        raise BdkError(f"{path}: the table has no rows")
+    return df
+
+
+def pick_columns(df: pd.DataFrame, id_column: str | None, feature_names: list[str] | None) -> tuple[str | None, list[str]]:
+    """(id column or None for row numbers, feature columns) from the run's names or the numeric columns."""
+    if id_column is not None and id_column not in df.columns:
+        raise BdkError(f"id column {id_column!r} not found; the columns are {list(df.columns)}")
+    id_col = id_column or next((c for c in ID_CANDIDATES if c in df.columns), None)
+    if feature_names is not None:
+        missing = [c for c in feature_names if c not in df.columns]
+        if missing:
+            raise BdkError(f"the input lacks feature column(s) {missing} that the model was trained on "
+                           f"(from dataset.json); the columns are {list(df.columns)}")
+        features = list(feature_names)
+    else:
+        features = [c for c in df.columns if c != id_col and pd.api.types.is_numeric_dtype(df[c])
+                    and not pd.api.types.is_bool_dtype(df[c])]
+    bad = [c for c in features if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        raise BdkError(f"feature column(s) {bad} are not numeric; encode them as numbers")
+    return id_col, features
+
+
+def feature_matrix(df: pd.DataFrame, features: list[str]) -> np.ndarray:
+    x = df[features].to_numpy(np.float64)  # [N, F]
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad) + 1
+        shown = ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+        raise BdkError(f"missing or non-finite feature values in data rows {shown}; fix or drop those rows")
+    return x.astype(np.float32)
+
+
+def output_columns(name: str, values: np.ndarray, class_names: list[str] | None) -> dict[str, np.ndarray]:
+    """[N] -> name; [N, C] -> name_<class> (class names from dataset.json when C matches, else 0..C-1)."""
+    if values.ndim == 1:
+        return {name: values}
+    flat = values.reshape(len(values), -1)  # [N, prod(rest)]
+    if values.ndim == 2 and class_names is not None and values.shape[1] == len(class_names):
+        labels = list(class_names)
+    else:
+        labels = ["_".join(map(str, idx)) for idx in np.ndindex(*values.shape[1:])]
+    return {f"{name}_{label}": flat[:, j] for j, label in enumerate(labels)}
+
+
+def write_table(df: pd.DataFrame, out: Path) -> None:
+    """Temp file beside `out`, then one rename: readers never see a half-written table."""
+    out = Path(out)
+    kind = _table_kind(out, "output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=False) if kind == "csv" else df.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int = 1024,
+                 signature: str = "serving_default", id_column: str | None = None,
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Score every row of a table with one signature and write id + every output (the `bdk predict` command)."""
+    from tqdm import tqdm
+
+    from distill.serve import RequestError, ServedModel, resolve_export
+
+    out = Path(out)
+    _table_kind(out, "output")
+    if out.exists() and not overwrite:
+        raise BdkError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    version_dir, _ = resolve_export(export_dir)  # one-line errors before TensorFlow loads
+    meta_path = find_dataset_json(version_dir)
+    meta = read_json(meta_path) if meta_path else {}
+    df = read_input(input_path)
+    id_col, features = pick_columns(df, id_column, meta.get("feature_names"))
+    x = feature_matrix(df, features)  # [N, F]
+
+    model = ServedModel(version_dir, "predict")
+    try:
+        sig = model.signature(signature)
+    except RequestError as e:
+        raise BdkError(e.message.replace("Serving signature name", "signature")) from None
+    (name, spec), *others = sig.inputs.items()
+    if others or spec.shape.rank != 2:
+        raise BdkError(f"signature {sig.name!r} takes inputs {list(sig.inputs)}; batch prediction needs one "
+                       "[batch, features] input (use serving_default)")
+    n_features = spec.shape[1]
+    if n_features is not None and n_features != x.shape[1]:
+        source = f"the feature names in {meta_path}" if meta_path else "the numeric non-id columns"
+        raise BdkError(f"the export takes {n_features} features but {source} give {x.shape[1]} ({features}); "
+                       "pass a table with the training features (and --id-column for the id)")
+
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in sig.outputs}
+    with tqdm(total=len(x), unit="row", disable=not progress, desc=f"predict {sig.name}") as bar:
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size]  # [b, F]
+            for k, v in sig.run({name: batch}).items():
+                parts[k].append(v)
+            bar.update(len(batch))
+
+    ids = df[id_col].to_numpy() if id_col else np.arange(1, len(df) + 1)
+    columns: dict[str, np.ndarray] = {id_col or "id": ids}
+    for k, chunks in parts.items():
+        values = np.concatenate(chunks, axis=0)
+        if len(values) != len(x):
+            raise BdkError(f"output {k!r} of signature {sig.name!r} has no per-row batch dimension; pick another --signature")
+        columns.update(output_columns(k, values, meta.get("class_names")))
+    write_table(pd.DataFrame(columns), out)
+    return {"rows": len(x), "features": features, "outputs": list(sig.outputs), "signature": sig.name,
+            "version_dir": str(version_dir), "out": str(out)}

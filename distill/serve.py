@@ -1,0 +1,467 @@
+"""TensorFlow Serving's REST API over FastAPI, for any SavedModel: the teacher, the student, a baseline.
+
+Why not only TF Serving: `tensorflow_model_server` is neither on PyPI nor in Debian here, and a
+Python server lets tests and benchmarks run against the very exports the pipeline writes. The
+routes, request formats and response shapes follow TF Serving's REST API, so a client written
+against this server works unchanged against `tensorflow_model_server --rest_api_port=8501`:
+
+    GET  /v1/models/NAME[/versions/N]             model status
+    GET  /v1/models/NAME[/versions/N]/metadata    model_spec + signature_def (proto JSON)
+    POST /v1/models/NAME[/versions/N]:predict     {"signature_name", "instances"|"inputs"}
+
+Nothing here knows the models: inputs and outputs are read from each loaded signature
+(`structured_input_signature` / `structured_outputs`), and every request is validated against them
+before TensorFlow sees it, so a bad request costs a 4xx and never the server.
+"""
+from __future__ import annotations
+
+import distill  # noqa: F401  (Keras 2, quiet TensorFlow: before anything imports it)
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from fastapi import Request  # module level: FastAPI resolves the handlers' (string) annotations here
+
+from distill.errors import BdkError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_MAX_BATCH = 1024  # rows per request
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# Scalar integer inputs are work counts (the teacher's num_samples): one request must not buy hours
+# of CPU or a [num_samples, B, C] tensor that exhausts memory.
+DEFAULT_MAX_SCALAR = 1000
+# After the body limit is crossed, keep reading (and discarding) up to this much so the client sees
+# the 413 instead of a connection reset while it is still sending.
+_DRAIN_BYTES = 64 * 1024 * 1024
+
+try:  # 3-10x faster JSON when present; the stdlib is the fallback (orjson is not a dependency)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
+
+
+class RequestError(Exception):
+    """A client mistake: HTTP status + TF Serving's one-line `{"error": ...}` message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ---------------------------------------------------------------- finding and loading an export
+
+
+def resolve_export(path: Path) -> tuple[Path, int]:
+    """A base path (pick the highest integer version, as TF Serving does) or a version folder -> (dir, version)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BdkError(f"export dir {path} not found; pass a SavedModel base path such as RUN/teacher/export "
+                       "or a version folder such as RUN/teacher/export/1")
+    if (path / "saved_model.pb").is_file():
+        return path, int(path.name) if path.name.isdigit() else 1
+    versions = sorted(int(p.name) for p in path.iterdir()
+                      if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file())
+    if not versions:
+        raise BdkError(f"{path} has no saved_model.pb and no integer version folder holding one "
+                       "(TF Serving layout: BASE/1/saved_model.pb); run the stage that exports it first")
+    return path / str(versions[-1]), versions[-1]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One loaded signature: the concrete function and its named input/output specs."""
+
+    name: str
+    fn: Callable[..., dict]
+    inputs: dict[str, Any]  # name -> tf.TensorSpec, e.g. features [None, F] float32
+    outputs: dict[str, Any]  # name -> tf.TensorSpec, e.g. probs [None, C] float32
+
+    @classmethod
+    def from_concrete(cls, name: str, fn) -> "Signature":
+        _, kwargs = fn.structured_input_signature  # signatures take keyword arguments only
+        outputs = fn.structured_outputs
+        if not isinstance(outputs, dict):  # a signature always returns a dict; be safe with odd exports
+            outputs = {"output_0": outputs}
+        return cls(name, fn, dict(kwargs), dict(outputs))
+
+    @property
+    def scalar_inputs(self) -> list[str]:
+        return [k for k, s in self.inputs.items() if s.shape.rank == 0]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Validated numpy in, numpy out: one call of the concrete function (no retracing)."""
+        return {k: v.numpy() for k, v in self.fn(**inputs).items()}
+
+
+class ServedModel:
+    """One version of one SavedModel, loaded once with plain `tf.saved_model.load`."""
+
+    def __init__(self, export_dir: Path, name: str):
+        import tensorflow as tf
+
+        self.path, self.version = resolve_export(export_dir)
+        self.name = name
+        try:
+            self._loaded = tf.saved_model.load(str(self.path))  # keep a reference: signatures need its variables
+        except Exception as e:  # a corrupt or foreign file: say which, without a traceback
+            raise BdkError(f"{self.path}: could not load the SavedModel ({type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+        self.signatures = {k: Signature.from_concrete(k, fn) for k, fn in self._loaded.signatures.items()}
+        if not self.signatures:
+            raise BdkError(f"{self.path}: the SavedModel has no signatures; export it with signatures={{...}}")
+        self._signature_defs = _signature_defs(self.path)
+
+    def signature(self, name: str | None) -> Signature:
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signatures:
+            raise RequestError(404, f"Serving signature name: \"{name}\" not found in signature def; "
+                                    f"available: {', '.join(sorted(self.signatures))}")
+        return self.signatures[name]
+
+    def status(self) -> dict:
+        return {"model_version_status": [{"version": str(self.version), "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+
+    def metadata(self) -> dict:
+        """TF Serving's GetModelMetadataResponse as JSON: the SignatureDefMap under metadata.signature_def."""
+        return {"model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
+                "metadata": {"signature_def": {"signature_def": self._signature_defs}}}
+
+
+def _signature_defs(version_dir: Path) -> dict:
+    """The SignatureDefs of saved_model.pb as proto JSON (what TF Serving prints: tensor names, dims, method)."""
+    from google.protobuf.json_format import MessageToDict
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((version_dir / "saved_model.pb").read_bytes())
+    defs = next((mg.signature_def for mg in sm.meta_graphs if "serve" in mg.meta_info_def.tags), sm.meta_graphs[0].signature_def)
+    return {k: MessageToDict(v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            for k, v in defs.items() if not k.startswith("__")}  # __saved_model_init_op is not a signature
+
+
+# ---------------------------------------------------------------- requests -> tensors -> responses
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_scalar: int = DEFAULT_MAX_SCALAR
+
+
+def loads(body: bytes) -> Any:
+    if _orjson is not None:
+        try:
+            return _orjson.loads(body)
+        except _orjson.JSONDecodeError as e:
+            raise RequestError(400, f"JSON Parse error: {e}") from None
+    try:
+        return json.loads(body)  # accepts NaN/Infinity literals: the tensor check rejects them with a clear message
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"JSON Parse error: {e}") from None
+
+
+def dumps(obj: Any) -> bytes:
+    if _orjson is not None:
+        return _orjson.dumps(obj)
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(_has_bool(v) for v in value)
+
+
+def to_tensor(name: str, value: Any, spec, limits: Limits, may_hold_bool: bool) -> np.ndarray:
+    """One JSON value -> a numpy array of the spec's dtype and a compatible shape, or a 400."""
+    dtype = np.dtype(spec.dtype.as_numpy_dtype)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise RequestError(400, f"input {name!r}: nested lists of unequal lengths") from None
+    if arr.dtype.kind not in ("iufb" if dtype.kind == "b" else "iuf") or (may_hold_bool and dtype.kind != "b" and _has_bool(value)):
+        what = "nested lists of unequal lengths" if arr.dtype == object and _ragged(value) else "non-numeric values (strings, null, true/false or huge integers)"
+        raise RequestError(400, f"input {name!r}: {what}; expected {dtype.name} numbers")
+    if dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            arr = arr.astype(dtype, copy=False)
+        if not np.isfinite(arr).all():
+            raise RequestError(400, f"input {name!r}: NaN or infinity (or a value beyond {dtype.name} range)")
+    elif dtype.kind in "iu":
+        if arr.dtype.kind == "f":
+            if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+                raise RequestError(400, f"input {name!r}: expected integers")
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise RequestError(400, f"input {name!r}: value out of {dtype.name} range")
+        arr = arr.astype(dtype)
+    else:
+        arr = arr.astype(dtype)
+    _check_shape(name, arr, spec, limits)
+    return arr
+
+
+def _ragged(value: Any) -> bool:
+    return isinstance(value, list) and (
+        len({len(v) if isinstance(v, list) else -1 for v in value}) > 1 or any(_ragged(v) for v in value))
+
+
+def _check_shape(name: str, arr: np.ndarray, spec, limits: Limits) -> None:
+    want = spec.shape.as_list() if spec.shape.rank is not None else None  # e.g. [None, 4]
+    if want is None:
+        return
+    if arr.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape)):
+        shown = "[" + ", ".join("-1" if w is None else str(w) for w in want) + "]"
+        hint = ""
+        if len(want) == 2 and arr.ndim == 2 and want[1] is not None and want[1] != arr.shape[1]:
+            hint = f": each row needs {want[1]} values, got {arr.shape[1]}"
+        raise RequestError(400, f"input {name!r}: shape {list(arr.shape)} does not match the signature's {shown}{hint}")
+    if arr.ndim == 0:
+        if arr.dtype.kind in "iu" and not 1 <= int(arr) <= limits.max_scalar:
+            raise RequestError(400, f"input {name!r}: {int(arr)} is outside [1, {limits.max_scalar}]")
+        return
+    if arr.shape[0] == 0:
+        raise RequestError(400, f"input {name!r}: empty batch; send at least one row")
+    if arr.shape[0] > limits.max_batch:
+        raise RequestError(413, f"input {name!r}: batch of {arr.shape[0]} rows is over the limit of {limits.max_batch}; split the request")
+
+
+def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: bool = True) -> tuple[dict[str, np.ndarray], bool]:
+    """A decoded :predict body -> (named input arrays, row_format). Row format = `instances`."""
+    if not isinstance(request, dict):
+        raise RequestError(400, "the request body must be a JSON object with \"instances\" or \"inputs\"")
+    has_rows, has_cols = "instances" in request, "inputs" in request
+    if has_rows == has_cols:
+        raise RequestError(400, "send exactly one of \"instances\" (row format) or \"inputs\" (columnar format)"
+                           if has_rows else "missing \"instances\" or \"inputs\" in the request")
+    names = list(sig.inputs)
+    if has_rows:
+        if sig.scalar_inputs:
+            raise RequestError(400, f"signature {sig.name!r} has scalar input(s) {sig.scalar_inputs}, which the row format "
+                                    "cannot carry (every input shares dimension 0): use the columnar format, e.g. "
+                                    f"{{\"signature_name\": \"{sig.name}\", \"inputs\": {{{', '.join(repr(n).replace(chr(39), chr(34)) + ': ...' for n in names)}}}}}")
+        rows = request["instances"]
+        if not isinstance(rows, list):
+            raise RequestError(400, "\"instances\" must be a list with one entry per row")
+        if not rows:
+            raise RequestError(400, "\"instances\" is empty; send at least one row")
+        if len(rows) > limits.max_batch:
+            raise RequestError(413, f"batch of {len(rows)} rows is over the limit of {limits.max_batch}; split the request")
+        if isinstance(rows[0], dict):  # named inputs per row
+            if not all(isinstance(r, dict) and set(r) == set(names) for r in rows):
+                raise RequestError(400, f"each instance must be an object with exactly the inputs {names}")
+            columns = {n: [r[n] for r in rows] for n in names}
+        elif len(names) == 1:
+            columns = {names[0]: rows}
+        else:
+            raise RequestError(400, f"signature {sig.name!r} has several inputs {names}: each instance must be an object naming them")
+    else:
+        cols = request["inputs"]
+        if isinstance(cols, dict):
+            if set(cols) != set(names):
+                missing, extra = sorted(set(names) - set(cols)), sorted(set(cols) - set(names))
+                raise RequestError(400, f"\"inputs\" must name exactly the inputs {names}"
+                                        + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else ""))
+            columns = cols
+        elif len(names) == 1:
+            columns = {names[0]: cols}
+        else:
+            raise RequestError(400, f"signature {sig.name!r} has several inputs {names}: \"inputs\" must be an object naming them")
+    return {n: to_tensor(n, columns[n], sig.inputs[n], limits, may_hold_bool) for n in names}, has_rows
+
+
+def format_predict(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
+    """TF Serving's response shapes: rows -> {"predictions": [...]}, columns -> {"outputs": ...}."""
+    lists = {k: v.tolist() for k, v in outputs.items()}  # one numpy -> Python conversion per output
+    if not row_format:
+        return {"outputs": next(iter(lists.values())) if len(lists) == 1 else lists}
+    if len(lists) == 1:
+        return {"predictions": next(iter(lists.values()))}
+    batch = {len(v) if isinstance(v, list) else -1 for v in lists.values()}
+    if len(batch) != 1:
+        raise RequestError(400, "the outputs do not share a batch dimension, so they cannot be split into rows; "
+                                "send the columnar format (\"inputs\") instead")
+    keys = list(lists)
+    return {"predictions": [dict(zip(keys, row)) for row in zip(*lists.values())]}
+
+
+def predict(model: ServedModel, body: bytes, limits: Limits) -> bytes:
+    """The whole :predict handler minus HTTP: body bytes -> response bytes (or a RequestError)."""
+    request = loads(body)
+    sig = model.signature(request.get("signature_name") if isinstance(request, dict) else None)
+    inputs, row_format = parse_predict(request, sig, limits, may_hold_bool=b"true" in body or b"false" in body)
+    try:
+        outputs = sig.run(inputs)
+    except Exception as e:  # e.g. tf.errors.InvalidArgumentError from an op on odd (but well-typed) input
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RequestError(400, f"{type(e).__name__}: {first}") from None
+    return dumps(format_predict(outputs, row_format))
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFAULT_MAX_BATCH,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_scalar: int = DEFAULT_MAX_SCALAR,
+               threaded: bool = True):
+    """A FastAPI app serving one SavedModel version under `name`.
+
+    `threaded` runs the TensorFlow call in Starlette's thread pool (the event loop keeps accepting
+    and parsing while TF computes, and TF releases the GIL, so two cores serve two calls at once);
+    False runs it on the event loop, which saves a thread hop per request (bench/bench_serving.py
+    measures both).
+    """
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    model = ServedModel(model_base_or_version_dir, name)
+    limits = Limits(max_batch=max_batch, max_body_bytes=max_body_bytes, max_scalar=max_scalar)
+    app = FastAPI(title=f"bdk serve: {name}", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.model = model
+    app.state.limits = limits
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, e: RequestError):
+        return error(e.status, e.message)
+
+    @app.exception_handler(StarletteHTTPException)  # unknown paths and methods: TF Serving's body, not FastAPI's
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        return error(e.status_code, f"{request.method} {request.url.path}: {e.detail}")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError):
+        return error(400, f"invalid request: {e.errors()[0].get('msg', '') if e.errors() else ''}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):  # pragma: no cover - a bug, but still one JSON line
+        log.exception("unexpected error on %s", request.url.path)
+        return error(500, f"internal error: {type(e).__name__}")
+
+    def check(model_name: str, version: str | None = None) -> None:
+        if model_name != model.name:
+            raise RequestError(404, f"Servable not found for request: Latest({model_name})")
+        if version is not None and version != str(model.version):
+            raise RequestError(404, f"Servable not found for request: Specific({model_name}, {version})")
+
+    async def read_body(request: Request) -> bytes:
+        limit = limits.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        too_big = declared.isdigit() and int(declared) > limit
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                too_big = True
+            if too_big:
+                if size > _DRAIN_BYTES:
+                    break
+                continue
+            chunks.append(chunk)
+        if too_big:
+            raise RequestError(413, f"request body of {declared or size} bytes is over the limit of {limit} bytes")
+        return b"".join(chunks)
+
+    async def run_predict(request: Request, model_name: str, version: str | None) -> Response:
+        check(model_name, version)
+        body = await read_body(request)
+        out = await run_in_threadpool(predict, model, body, limits) if threaded else predict(model, body, limits)
+        return Response(out, media_type="application/json")
+
+    @app.get("/v1/models/{model_name}")
+    async def status(model_name: str):
+        check(model_name)
+        return model.status()
+
+    @app.get("/v1/models/{model_name}/versions/{version}")
+    async def version_status(model_name: str, version: str):
+        check(model_name, version)
+        return model.status()
+
+    @app.get("/v1/models/{model_name}/metadata")
+    async def metadata(model_name: str):
+        check(model_name)
+        return model.metadata()
+
+    @app.get("/v1/models/{model_name}/versions/{version}/metadata")
+    async def version_metadata(model_name: str, version: str):
+        check(model_name, version)
+        return model.metadata()
+
+    # Starlette matches "{model_name}:predict" by regex ([^/]+ backtracks to leave ":predict").
+    @app.post("/v1/models/{model_name}:predict")
+    async def predict_latest(model_name: str, request: Request):
+        return await run_predict(request, model_name, None)
+
+    @app.post("/v1/models/{model_name}/versions/{version}:predict")
+    async def predict_version(model_name: str, version: str, request: Request):
+        return await run_predict(request, model_name, version)
+
+    return app
+
+
+def default_name(export_dir: Path) -> str:
+    """TF Serving needs a model name: RUN/student/export -> "student", RUN/teacher/export/1 -> "teacher"."""
+    path = Path(export_dir).resolve()
+    if path.name.isdigit():
+        path = path.parent
+    if path.name == "export":
+        path = path.parent
+    return path.name or "default"
+
+
+def serve(export_dir: Path, name: str | None = None, host: str = "127.0.0.1", port: int = 8501,
+          max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          threaded: bool = True) -> None:
+    """Load the export and serve it with uvicorn until interrupted (the `bdk serve` command)."""
+    import uvicorn
+
+    resolve_export(export_dir)  # a missing export is a one-line error before TensorFlow loads
+    name = name or default_name(export_dir)
+    app = create_app(export_dir, name, max_batch=max_batch, max_body_bytes=max_body_bytes, threaded=threaded)
+    model: ServedModel = app.state.model
+    print(f"serving {name!r} version {model.version} from {model.path} (signatures: {', '.join(sorted(model.signatures))})")
+    print(f"  http://{host}:{port}/v1/models/{name}:predict")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+class BackgroundServer:
+    """uvicorn in a daemon thread on a free loopback port, for tests and benchmarks: `with BackgroundServer(app) as s: s.url`."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, name="bdk-serve", daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

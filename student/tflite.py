@@ -1,0 +1,46 @@
+"""The student as a TFLite flatbuffer: the same `features` input and named outputs, for phones and edge boxes.
+
+Only the deterministic student converts: the Flipout teacher samples with random ops per call,
+which TFLite has no business running. The converter keeps the SavedModel's signatures, so
+`Interpreter.get_signature_runner("serving_default")(features=x)` returns the same dict of named
+outputs (probs, entropy, epistemic) as the SavedModel signature.
+"""
+from __future__ import annotations
+
+import distill  # noqa: F401  (Keras 2, quiet TensorFlow: before anything imports it)
+
+import os
+import tempfile
+from pathlib import Path
+
+from distill.errors import BdkError
+
+
+def export_tflite(saved_model_dir: Path, out_path: Path, signature_keys: tuple[str, ...] = ("serving_default",)) -> int:
+    """Convert a SavedModel (base path or version folder) to `out_path`; return its size in bytes.
+
+    The file is written to a temp name beside `out_path` and renamed, so a failed conversion leaves
+    nothing behind. Float32 weights, no quantization: the test holds it to the SavedModel within 1e-5.
+    """
+    import tensorflow as tf
+
+    from distill.serve import resolve_export
+
+    version_dir, _ = resolve_export(saved_model_dir)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(version_dir), signature_keys=list(signature_keys))
+    try:
+        flatbuffer = converter.convert()
+    except Exception as e:  # e.g. an op without a TFLite kernel (the teacher's random ops)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BdkError(f"{version_dir}: TFLite conversion failed ({first}); only the deterministic student converts") from None
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(flatbuffer)
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(flatbuffer)

@@ -1,0 +1,232 @@
+"""The TF Serving REST API over real HTTP: uvicorn on a loopback port in a thread, httpx as the client."""
+import json
+import shutil
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from serving_fakes import reference, save_linear_student
+
+MAX_BATCH, MAX_BODY = 8, 4096
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
+TEACHER_OUTPUTS = {"probs", "variance", "entropy", "expected_entropy", "mutual_information"}
+
+
+@pytest.fixture(scope="module")
+def student_base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("student") / "export"
+    save_linear_student(base)
+    return base
+
+
+@pytest.fixture(scope="module")
+def servers(teacher_run, student_base):
+    """Teacher served from its base path, the fake student from its version folder: one process, two ports."""
+    from distill.serve import BackgroundServer, create_app
+
+    teacher = create_app(teacher_run / "teacher" / "export", "teacher", max_batch=MAX_BATCH, max_body_bytes=MAX_BODY)
+    student = create_app(student_base / "1", "student", max_batch=MAX_BATCH, max_body_bytes=MAX_BODY, threaded=False)
+    with BackgroundServer(teacher) as t, BackgroundServer(student) as s:
+        with httpx.Client(base_url=t.url, timeout=30) as tc, httpx.Client(base_url=s.url, timeout=30) as sc:
+            yield {"teacher": tc, "student": sc}
+
+
+@pytest.fixture
+def teacher(servers):
+    return servers["teacher"]
+
+
+@pytest.fixture
+def student(servers):
+    return servers["student"]
+
+
+def predict(client, body, name="teacher", version=None):
+    path = f"/v1/models/{name}" + (f"/versions/{version}" if version else "") + ":predict"
+    return client.post(path, content=body if isinstance(body, (bytes, str)) else json.dumps(body),
+                       headers={"content-type": "application/json"})
+
+
+# ---------------------------------------------------------------- status and metadata
+
+
+@pytest.mark.parametrize("path", ["/v1/models/teacher", "/v1/models/teacher/versions/1"])
+def test_status_is_tf_serving_json(teacher, path):
+    r = teacher.get(path)
+    assert r.status_code == 200
+    assert r.json() == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def test_metadata_lists_every_signature_in_tf_serving_shape(teacher, student):
+    meta = teacher.get("/v1/models/teacher/metadata").json()
+    assert meta["model_spec"] == {"name": "teacher", "signature_name": "", "version": "1"}
+    defs = meta["metadata"]["signature_def"]["signature_def"]
+    assert set(defs) == {"serving_default", "predictive", "sample"}
+    sd = defs["serving_default"]
+    assert sd["method_name"] == "tensorflow/serving/predict"
+    assert sd["inputs"]["features"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in sd["inputs"]["features"]["tensor_shape"]["dim"]] == ["-1", "4"]
+    assert set(sd["outputs"]) == TEACHER_OUTPUTS
+    assert defs["predictive"]["inputs"]["num_samples"]["tensor_shape"]["dim"] == []
+
+    versioned = student.get("/v1/models/student/versions/1/metadata").json()
+    assert set(versioned["metadata"]["signature_def"]["signature_def"]["serving_default"]["outputs"]) == {
+        "probs", "entropy", "epistemic"}
+
+
+# ---------------------------------------------------------------- predict: formats
+
+
+def test_row_format_gives_one_dict_per_row(teacher):
+    r = predict(teacher, {"instances": ROWS})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 3 and all(set(p) == TEACHER_OUTPUTS for p in preds)
+    probs = np.array([p["probs"] for p in preds])  # [3, 3]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert probs.argmax(axis=1).tolist() == [0, 1, 2]  # a setosa, a versicolor, a virginica
+    assert all(p["mutual_information"] >= 0 for p in preds)
+
+
+def test_columnar_format_named_and_bare(teacher):
+    named = predict(teacher, {"inputs": {"features": ROWS}}).json()["outputs"]
+    bare = predict(teacher, {"inputs": ROWS}).json()["outputs"]
+    for out in (named, bare):
+        assert set(out) == TEACHER_OUTPUTS
+        assert np.array(out["probs"]).shape == (3, 3) and np.array(out["entropy"]).shape == (3,)
+
+
+def test_scalar_input_signatures_take_columnar_inputs(teacher):
+    r = predict(teacher, {"signature_name": "predictive", "inputs": {"features": ROWS[:1], "num_samples": 50}})
+    assert r.status_code == 200, r.text
+    assert set(r.json()["outputs"]) == TEACHER_OUTPUTS
+    r = predict(teacher, {"signature_name": "sample", "inputs": {"features": ROWS[:2], "num_samples": 5}})
+    assert np.array(r.json()["outputs"]).shape == (5, 2, 3)  # one output -> a bare value: [S, B, C]
+
+
+def test_scalar_input_in_row_format_is_a_clear_400(teacher):
+    r = predict(teacher, {"signature_name": "predictive", "instances": ROWS})
+    assert r.status_code == 400
+    assert "num_samples" in r.json()["error"] and "inputs" in r.json()["error"]
+
+
+def test_student_is_deterministic_and_exact(student):
+    r = predict(student, {"instances": ROWS}, name="student")
+    preds = r.json()["predictions"]
+    ref = reference(np.array(ROWS))
+    for k in ("probs", "entropy", "epistemic"):
+        np.testing.assert_allclose([p[k] for p in preds], ref[k], rtol=1e-5, atol=1e-6)
+    assert predict(student, {"instances": ROWS}, name="student").json() == r.json()
+
+
+def test_single_output_row_format_gives_plain_values_and_named_instances_work(student):
+    body = {"signature_name": "probs_only", "instances": [{"features": row} for row in ROWS]}
+    preds = predict(student, body, name="student", version=1).json()["predictions"]
+    np.testing.assert_allclose(preds, reference(np.array(ROWS))["probs"], rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_requests_all_succeed(teacher):
+    codes = []
+
+    def worker():
+        with httpx.Client(base_url=str(teacher.base_url), timeout=30) as c:
+            codes.extend(predict(c, {"instances": ROWS[:1]}).status_code for _ in range(10))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert codes == [200] * 60
+
+
+# ---------------------------------------------------------------- bad requests
+
+
+BAD = {
+    "invalid_json": (b'{"instances": [[1, 2, 3, 4]]', 400, "JSON"),
+    "not_an_object": ([[1, 2, 3, 4]], 400, "JSON object"),
+    "both_formats": ({"instances": ROWS, "inputs": ROWS}, 400, "exactly one"),
+    "neither_format": ({"signature_name": "serving_default"}, 400, "instances"),
+    "wrong_feature_count": ({"instances": [[1.0, 2.0, 3.0]]}, 400, "4 values"),
+    "string_value": ({"instances": [[1.0, 2.0, "x", 4.0]]}, 400, "non-numeric"),
+    "null_value": ({"instances": [[1.0, 2.0, None, 4.0]]}, 400, "non-numeric"),
+    "bool_value": ({"instances": [[1.0, 2.0, True, 4.0]]}, 400, "non-numeric"),
+    "nan": (b'{"instances": [[1.0, 2.0, NaN, 4.0]]}', 400, "NaN"),
+    "infinity": (b'{"instances": [[1.0, 2.0, -Infinity, 4.0]]}', 400, "NaN or infinity"),
+    "overflow": (b'{"instances": [[1.0, 2.0, 1e300, 4.0]]}', 400, "range"),
+    "ragged": ({"instances": [[1.0, 2.0, 3.0, 4.0], [1.0, 2.0]]}, 400, "unequal"),
+    "empty_batch": ({"instances": []}, 400, "empty"),
+    "empty_columnar_batch": ({"inputs": {"features": []}}, 400, ""),
+    "over_batch_limit": ({"instances": [ROWS[0]] * (MAX_BATCH + 1)}, 413, "limit"),
+    "over_body_limit": ({"instances": [ROWS[0]] * 3, "pad": "x" * MAX_BODY}, 413, "bytes"),
+    "unknown_signature": ({"signature_name": "nope", "instances": ROWS}, 404, "nope"),
+    "missing_named_input": ({"signature_name": "predictive", "inputs": {"features": ROWS}}, 400, "num_samples"),
+    "num_samples_too_big": ({"signature_name": "sample", "inputs": {"features": ROWS, "num_samples": 10**6}}, 400, "outside"),
+    "num_samples_negative": ({"signature_name": "sample", "inputs": {"features": ROWS, "num_samples": -3}}, 400, "outside"),
+    "num_samples_not_int": ({"signature_name": "sample", "inputs": {"features": ROWS, "num_samples": 2.5}}, 400, "integers"),
+}
+
+
+@pytest.mark.parametrize("body,status,words", BAD.values(), ids=BAD.keys())
+def test_bad_request_gets_tf_serving_error_and_server_survives(teacher, body, status, words):
+    r = predict(teacher, body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert isinstance(error, str) and words in error and "\n" not in error
+    assert predict(teacher, {"instances": ROWS[:1]}).status_code == 200
+
+
+@pytest.mark.parametrize("path,words", [
+    ("/v1/models/nobody:predict", "Latest(nobody)"),
+    ("/v1/models/teacher/versions/2:predict", "Specific(teacher, 2)"),
+    ("/v1/models/teacher/versions/latest:predict", "Specific"),
+])
+def test_unknown_model_or_version_is_404(teacher, path, words):
+    r = teacher.post(path, json={"instances": ROWS})
+    assert r.status_code == 404 and words in r.json()["error"]
+    assert teacher.get("/v1/models/nobody").status_code == 404
+    assert teacher.get("/v1/models/teacher/versions/7/metadata").status_code == 404
+
+
+def test_unknown_route_and_method_keep_the_error_body(teacher):
+    assert teacher.get("/v2/anything").json()["error"]
+    r = teacher.delete("/v1/models/teacher")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_large_body_is_refused_without_harm(teacher):
+    r = teacher.post("/v1/models/teacher:predict", content=b"[" + b"1.0," * 300_000 + b"1.0]")
+    assert r.status_code == 413
+    assert predict(teacher, {"instances": ROWS}).status_code == 200
+
+
+# ---------------------------------------------------------------- export resolution and the CLI
+
+
+def test_base_path_picks_the_highest_integer_version(student_base, tmp_path):
+    from distill.errors import BdkError
+    from distill.serve import default_name, resolve_export
+
+    base = tmp_path / "student" / "export"
+    for v in ("2", "10", "latest"):
+        shutil.copytree(student_base / "1", base / v)
+    (base / "11").mkdir()  # no saved_model.pb: not a version
+    assert resolve_export(base) == (base / "10", 10)
+    assert resolve_export(base / "2") == (base / "2", 2)
+    assert default_name(base) == "student" and default_name(base / "2") == "student"
+    with pytest.raises(BdkError, match="saved_model.pb"):
+        resolve_export(tmp_path / "student")
+    with pytest.raises(BdkError, match="not found"):
+        resolve_export(tmp_path / "missing")
+
+
+def test_cli_serve_missing_export_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    r = CliRunner().invoke(app, ["serve", str(tmp_path / "nothing")])
+    assert r.exit_code == 1
+    assert r.output.startswith("error:") and "not found" in r.output and "Traceback" not in r.output
