@@ -88,6 +88,41 @@ def teacher(
     print(f"export: {out / 'teacher' / 'export' / '1'}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def soft_labels(
+    ctx: typer.Context,
+    run: Path = typer.Option(..., "--run", help="Run folder with a trained teacher."),
+    samples: int = typer.Option(100, help="Teacher weight draws per row (at least 2)."),
+    perturbations: int = typer.Option(10, help="Gaussian-perturbed copies of each training input."),
+    noise: float = typer.Option(0.05, help="Std of the perturbation noise in the scaled [0, 1] feature space."),
+    uniform: int = typer.Option(2000, help="Points uniform over the training box widened by --margin."),
+    margin: float = typer.Option(0.1, help="Widening of the training box on each side (scaled space)."),
+    unlabeled: Optional[str] = typer.Option(None, help="Extra unlabeled rows: a .csv/.parquet with the teacher's feature columns."),
+    batch_size: int = typer.Option(4096, help="Rows per teacher call in the Beam job."),
+    seed: int = typer.Option(0, help="Seed of the transfer set."),
+    progress: bool = typer.Option(True, help="Show a status line while the job runs."),
+):
+    """Stage 2: label a transfer set with the teacher's posterior predictive in an Apache Beam job.
+
+    Beam pipeline options go after `--`, e.g. `-- --direct_running_mode=multi_processing --direct_num_workers=2`
+    (default: the embedded FnApiRunner, no network).
+    """
+    from distill.pipeline import soft_labels_stage
+    from distill.transfer import SoftLabelConfig, TransferConfig
+
+    cfg = SoftLabelConfig(TransferConfig(perturbations=perturbations, noise=noise, uniform=uniform, margin=margin,
+                                         unlabeled=unlabeled, seed=seed), num_samples=samples, batch_size=batch_size)
+    out = soft_labels_stage(cfg, run, list(ctx.args), progress=progress)
+    from distill.errors import read_json
+
+    m = read_json(out / "manifest.json")
+    summary_table(f"soft labels ({m['num_samples']} draws per row, {m['pipeline_options'].get('runner', '?')})",
+                  {**{f"rows/{s}": n for s, n in m["rows_per_source"].items()}, "rows": m["rows"],
+                   "rows/s": float(m["rows_per_second"] or 0.0), "seconds": float(m["job_seconds"])})
+    print(f"soft labels: {out} ({len(m['shards'])} shard(s))")
+
+
 @app.command()
 @user_errors
 def student(
@@ -129,6 +164,55 @@ def evaluate(
     out = evaluate_stage(EvalConfig(samples=samples, seed=seed), run, progress=progress)
     summary_table("evaluation (test)", _headline(out))
     print(f"report: {run / 'report' / 'report.md'}")
+
+
+@app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def run_pipeline(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", help="Run folder to create."),
+    dataset: str = typer.Option("iris", help="Bundled name (iris), a .csv/.parquet file, or hf:NAME."),
+    label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
+    drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
+    epochs: int = typer.Option(150, min=1, help="Teacher's maximum epochs."),
+    kl_weight: float = typer.Option(1.0, min=0.0, help="Teacher's KL weight."),
+    samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
+    perturbations: int = typer.Option(10, min=0, help="Gaussian-perturbed copies of each training input."),
+    noise: float = typer.Option(0.05, min=0.0, help="Std of the perturbation noise (scaled feature space)."),
+    uniform: int = typer.Option(2000, min=0, help="Uniform points over the widened training box."),
+    student_epochs: int = typer.Option(300, min=1, help="Student's maximum epochs."),
+    hidden: str = typer.Option("32", help="Student hidden layer sizes, comma-separated."),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """All stages: teacher -> soft labels (Beam) -> student -> evaluation, into one run folder. Beam options after --."""
+    import time
+
+    from distill.data import DataConfig
+    from distill.evaluate import EvalConfig
+    from distill.pipeline import STAGES, run_all
+    from distill.transfer import SoftLabelConfig, TransferConfig
+    from student.config import StudentConfig
+    from teacher.config import TeacherConfig
+
+    t0 = time.perf_counter()
+    data_cfg = DataConfig(dataset=dataset, label_column=label_column, drop_missing=drop_missing, seed=seed)
+    teacher_cfg = TeacherConfig(epochs=epochs, kl_weight=kl_weight, eval_samples=samples, seed=seed)
+    soft_cfg = SoftLabelConfig(transfer=TransferConfig(perturbations=perturbations, noise=noise, uniform=uniform, seed=seed),
+                               num_samples=samples)
+    student_cfg = StudentConfig(hidden=_sizes(hidden), epochs=student_epochs, seed=seed)
+    eval_cfg = EvalConfig(samples=samples, seed=seed)
+
+    def announce(i: int, name: str) -> None:
+        console.rule(f"[{i}/{len(STAGES)}] {name}  ({time.perf_counter() - t0:.0f} s)")
+
+    s = run_all(data_cfg, teacher_cfg, soft_cfg, student_cfg, eval_cfg, out, overwrite=overwrite,
+                beam_args=ctx.args, progress=progress, announce=announce)
+    rows = _headline(s["evaluate"])
+    rows["wall seconds"] = time.perf_counter() - t0
+    summary_table(f"bdk run: {dataset}", rows)
+    print(f"report: {out / 'report' / 'report.md'}")
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -5,7 +5,9 @@ reading data are reported before TensorFlow starts.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Sequence
 
 from distill import data as data_lib
 from distill.errors import atomic_dir
@@ -49,3 +51,58 @@ def _existing_run(run: Path) -> Path:
         from distill.errors import BdkError
         raise BdkError(f"run folder {run} does not exist; create it with `bdk teacher --out {run}` (or `bdk run --out {run}`)")
     return run
+
+
+STAGES = ("teacher", "soft labels", "student", "evaluate")
+
+
+def run_all(data_cfg: data_lib.DataConfig, teacher_cfg, soft_cfg, student_cfg, eval_cfg, out: Path,
+            overwrite: bool = False, beam_args: list[str] | tuple = (), progress: bool = True,
+            announce=lambda i, name: None) -> dict:
+    """teacher -> soft labels -> student -> evaluation into one run folder; returns each stage's summary."""
+    out = Path(out)
+    summaries = {}
+    announce(1, STAGES[0])
+    summaries["teacher"] = teacher_stage(data_cfg, teacher_cfg, out, overwrite=overwrite, progress=progress)
+    announce(2, STAGES[1])
+    summaries["soft_labels"] = soft_labels_stage(soft_cfg, out, list(beam_args))
+    announce(3, STAGES[2])
+    summaries["student"] = student_stage(student_cfg, out, progress=progress)
+    announce(4, STAGES[3])
+    summaries["evaluate"] = evaluate_stage(eval_cfg, out, progress=progress)
+    return summaries
+
+
+def soft_labels_stage(cfg, run: Path, beam_args: Sequence[str] = (), progress: bool = True) -> Path:
+    """Stage 2: build the transfer set and label it with the teacher's predictive in a Beam job.
+
+    `cfg` is a distill.transfer.SoftLabelConfig; `beam_args` are Beam pipeline options (default: the
+    embedded FnApiRunner). Everything is written into a temporary folder that replaces RUN/soft_labels
+    only when the job succeeded and its rows were checked, so a rerun never mixes old and new shards.
+    """
+    from distill import schema
+    from distill.errors import BdkError, write_json
+    from distill.transfer import build_transfer_set, write_transfer_set
+
+    run = _existing_run(run)
+    ds = data_lib.load_from_run(run)
+    export = schema.teacher_export(run).resolve()
+    if not (export / "saved_model.pb").exists():
+        raise BdkError(f"{run} has no teacher export at {export}; run `bdk teacher --out {run}` first")
+    table = build_transfer_set(cfg.transfer, ds)  # input errors (e.g. the unlabeled file) before Beam/TF load
+
+    from rich.console import Console
+
+    from beam_pipelines import soft_labels as job
+
+    status = Console(stderr=True).status if progress else None
+    message = f"labelling {len(table)} rows with {cfg.num_samples} teacher draws each (Beam)"
+    with atomic_dir(schema.soft_labels_dir(run), overwrite=True) as tmp, \
+            (status(message) if status else contextlib.nullcontext()):
+        write_transfer_set(table, tmp / schema.TRANSFER_FILE, ds.feature_names)
+        write_json(tmp / "config.json", {"soft_labels": cfg, "beam_args": list(beam_args)})
+        job.run(["--transfer", str(tmp / schema.TRANSFER_FILE), "--export", str(export),
+                 "--dataset_json", str(schema.data_dir(run).resolve() / "dataset.json"), "--output", str(tmp),
+                 "--num_samples", str(cfg.num_samples), "--batch_size", str(cfg.batch_size),
+                 "--seed", str(cfg.transfer.seed), *beam_args])
+    return schema.soft_labels_dir(run)

@@ -1,0 +1,115 @@
+"""`bdk run` end to end on Iris with a small config, then each stage rerun alone, the gate and
+the missing-input messages; the student export checked in a fresh interpreter."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from distill import schema
+from distill.cli import app
+
+SMALL = ["--epochs", "60", "--samples", "30", "--perturbations", "3", "--uniform", "300", "--student-epochs", "150",
+         "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("e2e") / "run"
+    result = CliRunner().invoke(app, ["run", "--out", str(run), *SMALL])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return run
+
+
+def test_run_writes_every_artifact(pipeline_run):
+    for path in ["data/dataset.json", "data/split.json", "teacher/history.csv", "teacher/export/1/saved_model.pb",
+                 "soft_labels/manifest.json", "student/export/1/saved_model.pb", "student/history.csv",
+                 "student/baseline/export/1/saved_model.pb", "report/metrics.json", "report/report.md",
+                 "report/test_predictions.csv", "report/val_predictions.csv", "report/reliability.png",
+                 "report/accuracy_vs_rejection.png", "report/teacher_training.png",
+                 "report/uncertainty_test_vs_ood.png"]:
+        assert (pipeline_run / path).exists(), path
+    assert not list(pipeline_run.glob(".*tmp*")) and not list(pipeline_run.glob("*/.*tmp*"))
+
+
+def test_report_metrics(pipeline_run):
+    m = json.loads((pipeline_run / "report" / "metrics.json").read_text())
+    for model in ("teacher", "student", "baseline"):
+        for k in ("accuracy", "nll", "ece", "brier"):
+            lo, hi = m[model][f"test/{k}_ci95"]
+            assert lo <= m[model][f"test/{k}"] + 1e-9 and m[model][f"test/{k}"] <= hi + 1e-9
+        assert m[model]["test/accuracy"] >= 0.8
+    a = m["agreement"]
+    for name in ("test", "perturbed", "uniform"):
+        assert 0 <= a[f"{name}/kl"] < 0.1 and a[f"{name}/top1_agreement"] >= 0.8
+    assert m["epistemic_tracking"]["perturbed/spearman"] > 0.3  # the head follows the teacher's MI
+    for key in ("teacher/entropy_auroc", "teacher/mutual_information_auroc", "student/epistemic_auroc"):
+        assert 0 <= m["ood"][key] <= 1
+    assert m["cost"]["student"]["parameters"] < m["cost"]["teacher"]["parameters"]
+    report = (pipeline_run / "report" / "report.md").read_text()
+    assert "calibration" in report and "![reliability](reliability.png)" in report
+
+
+FRESH = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+f = m.signatures["serving_default"]
+x = tf.constant(json.loads(sys.argv[2]), tf.float32)
+a, b = f(features=x), f(features=x)
+print(json.dumps({"keys": sorted(a), "same": all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a),
+                  "sum": a["probs"].numpy().sum(-1).tolist(), "epistemic": a["epistemic"].numpy().tolist()}))
+"""
+
+
+def test_student_export_is_deterministic_in_a_fresh_interpreter(pipeline_run):
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.3, 2.8, 5.1, 1.5], [6.0, 2.9, 4.5, 1.5]]
+    out = subprocess.run([sys.executable, "-c", FRESH, str(schema.student_export(pipeline_run)), json.dumps(rows)],
+                         capture_output=True, text=True, timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["keys"] == ["entropy", "epistemic", "probs"] and r["same"]
+    assert np.allclose(r["sum"], 1, atol=1e-5) and min(r["epistemic"]) >= 0
+
+
+def test_evaluate_reruns_alone(pipeline_run):
+    before = json.loads((pipeline_run / "report" / "metrics.json").read_text())
+    r = CliRunner().invoke(app, ["evaluate", "--run", str(pipeline_run), "--samples", "30", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    after = json.loads((pipeline_run / "report" / "metrics.json").read_text())
+    assert after["student"]["test/nll"] == pytest.approx(before["student"]["test/nll"], abs=1e-6)  # deterministic
+    assert after["teacher"]["test/nll"] == pytest.approx(before["teacher"]["test/nll"], abs=0.05)  # Monte Carlo
+
+
+def test_a_worse_student_fails_the_gate_and_is_not_published(pipeline_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pipeline_run, run)
+    r = CliRunner().invoke(app, ["student", "--run", str(run), "--epochs", "1", "--hidden", "1",
+                                 "--gate-ece-margin", "0.0", "--gate-nll-margin", "0.0", "--no-progress"])
+    assert r.exit_code == 1 and "quality gate" in r.output and "Traceback" not in r.output
+    assert not schema.student_export(run).exists()
+    assert (schema.student_dir(run) / "rejected" / "1" / "saved_model.pb").exists()
+
+
+def test_missing_stage_inputs_name_the_command_to_run(teacher_run, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["student", "--run", str(teacher_run), "--no-progress"])
+    assert r.exit_code == 1 and "bdk soft-labels --run" in r.output
+    r = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and "bdk teacher --out" in r.output
+    assert not schema.student_dir(teacher_run).exists()
+
+
+def test_soft_labels_from_another_dataset_are_refused(pipeline_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pipeline_run, run)
+    manifest = schema.soft_labels_dir(run) / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["class_names"] = ["a", "b", "c"]
+    manifest.write_text(json.dumps(m))
+    r = CliRunner().invoke(app, ["student", "--run", str(run), "--no-progress"])
+    assert r.exit_code == 1 and "class_names" in r.output and "bdk soft-labels" in r.output
