@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)
-	$(BIN)/bdk teacher --dataset iris --out $(RUN) --overwrite
+	$(BIN)/bdk run --dataset iris --out $(RUN) --overwrite
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q
