@@ -1,0 +1,74 @@
+"""TFLite export: the interpreter's signature runner matches the SavedModel within 1e-5."""
+import warnings
+
+import numpy as np
+import pytest
+
+OUTPUTS = {"probs", "entropy", "epistemic"}
+
+
+def save_keras_mlp(out):
+    """A deterministic tf_keras MLP student: features [B, 4] -> probs [B, 3], entropy [B], epistemic [B]."""
+    import tensorflow as tf
+    import tf_keras as tfk
+
+    tfk.utils.set_random_seed(0)
+    inputs = tfk.Input((4,))
+    hidden = tfk.layers.Dense(16, activation="relu")(tfk.layers.Dense(16, activation="relu")(inputs))
+    logits = tfk.layers.Dense(3)(hidden)  # [B, 3]
+    epistemic = tfk.layers.Dense(1, activation="softplus")(hidden)  # [B, 1]
+    model = tfk.Model(inputs, [logits, epistemic])
+
+    class Student(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="features")])
+        def serve(self, features):
+            logits, epi = self.model(features, training=False)
+            probs = tf.nn.softmax(logits, axis=-1)
+            entropy = -tf.reduce_sum(probs * tf.math.log(tf.clip_by_value(probs, 1e-12, 1.0)), axis=-1)
+            return {"probs": probs, "entropy": entropy, "epistemic": tf.squeeze(epi, -1)}
+
+    m = Student()
+    tf.saved_model.save(m, str(out), signatures={"serving_default": m.serve})
+    return out
+
+
+def test_tflite_matches_saved_model(tmp_path):
+    import tensorflow as tf
+
+    from student.tflite import export_tflite
+
+    export = save_keras_mlp(tmp_path / "export" / "1")
+    out = tmp_path / "student.tflite"
+    size = export_tflite(tmp_path / "export", out)  # base path: resolves the highest version
+    assert size == out.stat().st_size > 0
+    assert not list(tmp_path.glob(".student.tflite.tmp-*"))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # tf.lite.Interpreter -> ai-edge-litert in time
+        interpreter = tf.lite.Interpreter(model_path=str(out))
+    assert set(interpreter.get_signature_list()["serving_default"]["inputs"]) == {"features"}
+    runner = interpreter.get_signature_runner("serving_default")
+    saved = tf.saved_model.load(str(export)).signatures["serving_default"]
+
+    rng = np.random.default_rng(1)
+    for batch in (1, 7, 32):  # the batch dimension stays dynamic
+        x = rng.uniform([4, 2, 1, 0], [8, 4.5, 7, 2.5], size=(batch, 4)).astype(np.float32)
+        lite = runner(features=x)
+        ref = {k: v.numpy() for k, v in saved(features=tf.constant(x)).items()}
+        assert set(lite) == set(ref) == OUTPUTS
+        for k in OUTPUTS:
+            assert lite[k].shape == ref[k].shape
+            np.testing.assert_allclose(lite[k], ref[k], atol=1e-5, rtol=0)
+
+
+def test_tflite_missing_export_is_a_bdk_error(tmp_path):
+    from distill.errors import BdkError
+    from student.tflite import export_tflite
+
+    with pytest.raises(BdkError, match="not found"):
+        export_tflite(tmp_path / "nothing", tmp_path / "x.tflite")
+    assert not (tmp_path / "x.tflite").exists()
