@@ -117,7 +117,7 @@ def soft_labels(
     from distill.errors import read_json
 
     m = read_json(out / "manifest.json")
-    summary_table(f"soft labels ({m['num_samples']} draws per row, {m['pipeline_options'].get('runner', '?')})",
+    summary_table(f"soft labels (S={m['num_samples']}, {m['runner']})",
                   {**{f"rows/{s}": n for s, n in m["rows_per_source"].items()}, "rows": m["rows"],
                    "rows/s": float(m["rows_per_second"] or 0.0), "seconds": float(m["job_seconds"])})
     print(f"soft labels: {out} ({len(m['shards'])} shard(s))")

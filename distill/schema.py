@@ -53,3 +53,29 @@ def baseline_export(run: Path) -> Path:
 
 def report_dir(run: Path) -> Path:
     return Path(run) / "report"
+
+
+# ---------------------------------------------------------------- stage 2: transfer set and soft labels
+# RUN/soft_labels/transfer.parquet has TRANSFER_KEYS then the raw feature columns (named as in
+# dataset.json); the teacher's shards (part-*.parquet) add SOFT_LABEL_OUTPUTS after them.
+TRANSFER_FILE = "transfer.parquet"
+SOFT_LABEL_PREFIX = "part"  # shards: part-00000-of-00002.parquet
+MANIFEST_FILE = "manifest.json"
+TRANSFER_KEYS = ("id", "source", "label")  # str, one of SOURCES, class index or NO_LABEL
+SOFT_LABEL_OUTPUTS = PREDICTIVE_OUTPUTS + ("num_samples",)  # probs/variance are list<float> [C]; then scalars
+
+
+def transfer_columns(feature_names: list[str]) -> list[str]:
+    return [*TRANSFER_KEYS, *feature_names]
+
+
+def soft_label_columns(feature_names: list[str]) -> list[str]:
+    return [*TRANSFER_KEYS, *feature_names, *SOFT_LABEL_OUTPUTS]
+
+
+def transfer_path(run: Path) -> Path:
+    return soft_labels_dir(run) / TRANSFER_FILE
+
+
+def soft_labels_manifest(run: Path) -> Path:
+    return soft_labels_dir(run) / MANIFEST_FILE

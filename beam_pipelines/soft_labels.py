@@ -1,0 +1,220 @@
+"""Stage 2's Beam job: the teacher's S-draw posterior predictive on every row of the transfer set.
+
+    ReadTransferSet -> PredictSoftLabels [SampleTeacher (RunInference: BatchElements, predictive) ->
+    ToSoftLabelRows] -> WriteSoftLabels (Parquet shards, explicit Arrow schema)
+
+then, on the launcher, manifest.json: what was labelled with which teacher (export fingerprint), by
+how many draws, and the rows per source as read back from the shards. Rows stream through the
+pipeline (one fused stage, shards written per bundle), so memory does not grow with the row count.
+
+Runs anywhere Beam runs. Default: the embedded FnApiRunner (no network); pass Beam options to
+choose another runner, e.g. `--direct_running_mode=multi_processing --direct_num_workers=2`,
+`--runner=PortableRunner --job_endpoint=embed --environment_type=LOOPBACK`, or Dataflow/Flink with
+gs:// paths (workers need only apache-beam and tensorflow, see beam_pipelines/predictive_handler.py).
+
+    python -m beam_pipelines.soft_labels --transfer T.parquet --export EXPORT --dataset_json D.json \\
+        --output DIR [--num_samples 100 --batch_size 4096] [Beam pipeline options]
+
+`bdk soft-labels` (distill.pipeline.soft_labels_stage) builds the transfer set and calls `run`
+into a temporary folder that replaces RUN/soft_labels on success.
+"""
+from __future__ import annotations
+
+import distill  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+import argparse
+import collections
+import json
+import logging
+import time
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import CompressionTypes, FileSystems
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from beam_pipelines import predictive_handler
+from beam_pipelines.predictive_handler import PredictiveModelHandler, to_soft_label_row
+from distill import schema
+from distill.errors import BdkError
+from distill.transfer import export_fingerprint, soft_label_arrow_schema
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUNNER = "FnApiRunner"  # embedded, no network (the DirectRunner first tries to download Prism)
+SHARD_SUFFIX = ".parquet"
+
+
+def _ship_handler_by_value() -> None:
+    """Pickle the handler module into the pipeline, so workers need not have this project installed."""
+    from apache_beam.internal.cloudpickle import cloudpickle
+
+    cloudpickle.register_pickle_by_value(predictive_handler)
+
+
+class PredictSoftLabels(beam.PTransform):
+    """Transfer rows (dicts) -> soft-label rows: the rows plus the teacher's predictive for S draws."""
+
+    def __init__(self, handler: PredictiveModelHandler):
+        super().__init__()
+        _ship_handler_by_value()
+        self.handler = handler
+
+    def expand(self, rows):
+        return (rows
+                | "SampleTeacher" >> RunInference(self.handler)  # BatchElements, then one predictive call per batch
+                | "ToSoftLabelRows" >> beam.Map(to_soft_label_row, num_samples=self.handler.num_samples))
+
+
+class SoftLabelJob(beam.PTransform):
+    """The whole job from a pipeline root: read the transfer set, label it, write Parquet shards."""
+
+    def __init__(self, transfer: str, handler: PredictiveModelHandler, output_prefix: str, arrow_schema):
+        super().__init__()
+        self.transfer, self.handler, self.output_prefix, self.arrow_schema = transfer, handler, output_prefix, arrow_schema
+
+    def expand(self, root):
+        return (root
+                | "ReadTransferSet" >> beam.io.ReadFromParquet(self.transfer)
+                | "PredictSoftLabels" >> PredictSoftLabels(self.handler)
+                # num_shards=0: one shard per bundle, written as rows stream (a fixed count adds a shuffle).
+                | "WriteSoftLabels" >> beam.io.WriteToParquet(self.output_prefix, self.arrow_schema,
+                                                              file_name_suffix=SHARD_SUFFIX,
+                                                              row_group_buffer_size=16 << 20))
+
+
+# ---------------------------------------------------------------- launcher side
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m beam_pipelines.soft_labels", description=__doc__.split("\n")[0])
+    parser.add_argument("--transfer", required=True, help="Transfer set Parquet file (distill.transfer).")
+    parser.add_argument("--export", required=True, help="Teacher SavedModel folder with a `predictive` signature.")
+    parser.add_argument("--dataset_json", required=True, help="RUN/data/dataset.json (feature and class names).")
+    parser.add_argument("--output", required=True, help="Empty or new folder for the shards and manifest.json.")
+    parser.add_argument("--num_samples", type=int, default=100, help="Weight draws per row (S >= 2).")
+    parser.add_argument("--batch_size", type=int, default=4096, help="Rows per predictive call.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed the transfer set was built with (recorded).")
+    return parser.parse_known_args(argv)
+
+
+def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """The user's Beam options; the embedded FnApiRunner unless they name a runner."""
+    options = PipelineOptions(list(beam_args))
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    return options
+
+
+def _read_json(path: str) -> dict:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        return json.loads(fh.read().decode())
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        fh.write((json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _id_source(path: str) -> tuple[list[str], list[str]]:
+    import pyarrow.parquet as pq
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        table = pq.read_table(fh, columns=["id", "source"])
+    return table.column("id").to_pylist(), table.column("source").to_pylist()
+
+
+def check_export(export: str, feature_names: list[str], class_names: list[str], minimum: list[float]) -> None:
+    """Load the export on the launcher and call `predictive` once: a bad export is one clear error
+    here rather than a worker traceback. Costs one TensorFlow start on the launcher."""
+    import numpy as np
+    import tensorflow as tf
+
+    hint = "retrain it with `bdk teacher --out RUN --overwrite`"
+    try:
+        model = tf.saved_model.load(export)
+    except Exception as e:  # OSError, DecodeError, ValueError...: all mean "not a loadable SavedModel"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BdkError(f"teacher export {export} cannot be loaded ({type(e).__name__}: {first}); {hint}") from None
+    fn = model.signatures.get(predictive_handler.PREDICTIVE_SIGNATURE)
+    if fn is None:
+        raise BdkError(f"teacher export {export} has no `predictive` signature (it has {sorted(model.signatures)}); {hint}")
+    x = np.asarray([minimum], np.float32)  # [1, F]
+    try:
+        out = fn(features=tf.constant(x), num_samples=tf.constant(2, tf.int32))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BdkError(f"teacher export {export} does not take {len(feature_names)} features ({first}); {hint}") from None
+    missing = [k for k in schema.PREDICTIVE_OUTPUTS if k not in out]
+    if missing or tuple(out["probs"].shape) != (1, len(class_names)):
+        raise BdkError(f"teacher export {export} gives outputs {sorted(out)} with probs of shape {tuple(out['probs'].shape)}, "
+                       f"expected {list(schema.PREDICTIVE_OUTPUTS)} with probs (1, {len(class_names)}); {hint}")
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
+    """Run the job, check its output against the transfer set, write manifest.json. Returns the manifest."""
+    args, beam_args = parse_args(argv)
+    if args.num_samples < 2:
+        raise BdkError(f"--num_samples must be at least 2 (the variance needs two draws), got {args.num_samples}")
+    output = args.output.rstrip("/")
+    shard_glob = FileSystems.join(output, f"{schema.SOFT_LABEL_PREFIX}-*{SHARD_SUFFIX}")
+    if FileSystems.match([shard_glob])[0].metadata_list or FileSystems.exists(FileSystems.join(output, schema.MANIFEST_FILE)):
+        raise BdkError(f"{output} already holds soft labels; pass an empty or new --output")
+    meta = _read_json(args.dataset_json)
+    features, classes = list(meta["feature_names"]), list(meta["class_names"])
+    check_export(args.export, features, classes, meta["scaler"]["minimum"])
+    fingerprint = export_fingerprint(args.export)
+
+    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.batch_size)
+    pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
+    _ = pipeline | "SoftLabels" >> SoftLabelJob(args.transfer, handler, FileSystems.join(output, schema.SOFT_LABEL_PREFIX),
+                                                soft_label_arrow_schema(features))
+    options = pipeline.options.get_all_options(drop_default=True, retain_unknown_options=True)  # before runners edit them
+    runner = pipeline.options.view_as(StandardOptions).runner or type(pipeline.runner).__name__
+    t0 = time.perf_counter()
+    pipeline.run().wait_until_finish()
+    seconds = time.perf_counter() - t0
+
+    # Read back what was written: every transfer row exactly once, nothing else.
+    shards = sorted(m.path for m in FileSystems.match([shard_glob])[0].metadata_list)
+    ids, sources = [], []
+    for shard in shards:
+        i, s = _id_source(shard)
+        ids += i
+        sources += s
+    want_ids, want_sources = _id_source(args.transfer)
+    if len(ids) != len(want_ids) or set(ids) != set(want_ids):
+        raise RuntimeError(f"the job wrote {len(ids)} rows ({len(set(ids))} distinct ids) for {len(want_ids)} transfer rows")
+    rows_per_source = {s: n for s, n in collections.Counter(sources).most_common()}
+    assert rows_per_source == dict(collections.Counter(want_sources)), "sources changed on the way"
+
+    manifest = {
+        "teacher_export": args.export,
+        "teacher_fingerprint": fingerprint,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "rows": len(ids),
+        "rows_per_source": {s: rows_per_source[s] for s in schema.SOURCES if s in rows_per_source},
+        "shards": [FileSystems.split(s)[1] for s in shards],
+        "columns": {f.name: str(f.type) for f in soft_label_arrow_schema(features)},
+        "class_names": classes,
+        "feature_names": features,
+        "transfer": FileSystems.split(args.transfer)[1],
+        "batch_size": args.batch_size,
+        "pipeline_options": {k: v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v)
+                             for k, v in options.items()},
+        "runner": str(runner),
+        "beam_args": list(beam_args),
+        "beam_version": beam.__version__,
+        "job_seconds": seconds,
+        "rows_per_second": len(ids) / seconds if seconds > 0 else None,
+    }
+    _write_json(FileSystems.join(output, schema.MANIFEST_FILE), manifest)
+    log.info("soft labels: %d rows in %.1f s -> %s", len(ids), seconds, output)
+    return manifest
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO)
+    run()

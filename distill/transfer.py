@@ -1,0 +1,250 @@
+"""Stage 2 inputs and outputs: the transfer set the teacher labels, and the reader of its soft labels.
+
+Bayesian dark knowledge distils the teacher's posterior predictive on more inputs than the training
+set: the student must learn where the teacher is unsure, and the training points alone sit where
+it is sure. The transfer set is
+- train: the training inputs (true labels kept);
+- perturbed: K copies of each with Gaussian noise of std `noise` in the scaled [0, 1] space, the
+  recipe of Korattikara et al. 2015 (labels of their origin kept);
+- uniform: U points uniform over the training box widened by `margin` (scaled space), so the
+  student sees the teacher's epistemic uncertainty away from the data (NO_LABEL);
+- unlabeled: optional rows from a user table with the teacher's feature columns (NO_LABEL).
+Rows are stored with RAW features (the teacher export scales them itself), ids stable across runs.
+
+`read_soft_labels` is how later stages get the Beam job's output: it refuses soft labels that no
+longer belong to the run (teacher retrained, classes or features changed).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distill import schema
+from distill.data import Dataset, _row_list, read_table
+from distill.errors import BdkError, read_json
+
+ID_COLUMNS = ("id", "Id", "ID")  # an unlabeled table's optional row id column
+ROW_GROUP_ROWS = 16_384  # transfer.parquet row groups: Beam splits its read by row group (~1 MB each)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    perturbations: int = 10  # K noisy copies of each training input
+    noise: float = 0.05  # std of the Gaussian noise, in the scaled [0, 1] feature space
+    uniform: int = 2000  # U points uniform over the widened training box
+    margin: float = 0.1  # widening of the box on each side, scaled space
+    unlabeled: str | None = None  # optional .csv/.parquet with the teacher's feature columns
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("perturbations", "uniform"):
+            if getattr(self, name) < 0:
+                raise BdkError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("noise", "margin"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise BdkError(f"--{name} must be a finite number >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class SoftLabelConfig:
+    """Stage 2 as a whole: the transfer set plus how the Beam job samples the teacher."""
+
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    num_samples: int = 100  # S independent weight draws per row
+    batch_size: int = 4096  # rows per `predictive` call (BatchElements min = max); see bench/
+
+    def __post_init__(self):
+        if self.num_samples < 2:
+            raise BdkError(f"--samples must be at least 2 (the variance needs two draws), got {self.num_samples}")
+        if self.batch_size < 1:
+            raise BdkError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+# ---------------------------------------------------------------- building the transfer set
+
+
+def check_feature_names(feature_names: list[str]) -> None:
+    """Soft-label columns and features share one table: a feature may not take a reserved name."""
+    clash = sorted(set(feature_names) & set(schema.TRANSFER_KEYS + schema.SOFT_LABEL_OUTPUTS))
+    if clash:
+        raise BdkError(f"feature column(s) {clash} clash with the soft-label columns {list(schema.soft_label_columns([]))}; "
+                       "rename them in the dataset and retrain the teacher")
+
+
+def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """A user table of extra inputs -> (ids [n] str, raw x [n, F] float32), checked against the teacher."""
+    df = read_table(str(path))
+    if len(df) == 0:
+        raise BdkError(f"unlabeled file {path} has no rows")
+    features = ds.feature_names
+    id_col = next((c for c in ID_COLUMNS if c in df.columns), None)
+    missing = [f for f in features if f not in df.columns]
+    extra = [c for c in df.columns if c not in features and c not in (id_col, ds.label_column)]
+    if missing or extra:
+        raise BdkError(f"unlabeled file {path}: its columns do not match the teacher's features "
+                       f"(missing {missing}, unexpected {extra}); it needs exactly {features}, plus an optional id column")
+    for c in features:
+        if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])):
+            raise BdkError(f"unlabeled file {path}: feature column {c!r} is not numeric; encode it as numbers")
+    x = df[features].to_numpy(np.float64)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise BdkError(f"unlabeled file {path}: missing or non-finite values in data rows "
+                       f"{_row_list(np.flatnonzero(bad) + 1)}; fix or remove those rows")
+    ids = (df[id_col].astype(str) if id_col else pd.Series(np.arange(1, len(df) + 1)).astype(str)).to_numpy()
+    if len(set(ids)) != len(ids):
+        raise BdkError(f"unlabeled file {path}: id column {id_col!r} has duplicate values; ids must be unique")
+    return ids, x.astype(np.float32)
+
+
+def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
+    """The transfer set as a table: TRANSFER_KEYS then the raw features (see the module docstring)."""
+    check_feature_names(ds.feature_names)
+    train = ds["train"]
+    n, f = train.x.shape
+    k = cfg.perturbations
+    # One generator per source, so changing U leaves the perturbed rows (and their ids) unchanged.
+    perturb_rng, uniform_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(2))
+
+    noisy = ds.scaler.transform(train.x)[:, None, :] + cfg.noise * perturb_rng.standard_normal((n, k, f))  # [n, K, F]
+    box = uniform_rng.uniform(-cfg.margin, 1.0 + cfg.margin, size=(cfg.uniform, f))  # [U, F], scaled
+    parts = [
+        (np.char.add("train:", train.ids.astype(str)), "train", train.y, train.x),
+        (np.array([f"perturbed:{i}:{j}" for i in train.ids for j in range(k)], dtype=str), "perturbed",
+         np.repeat(train.y, k), ds.scaler.inverse(noisy.reshape(n * k, f))),
+        (np.array([f"uniform:{i}" for i in range(cfg.uniform)], dtype=str), "uniform",
+         np.full(cfg.uniform, schema.NO_LABEL), ds.scaler.inverse(box)),
+    ]
+    if cfg.unlabeled:
+        ids, x = read_unlabeled(cfg.unlabeled, ds)
+        parts.append((np.char.add("unlabeled:", ids), "unlabeled", np.full(len(ids), schema.NO_LABEL), x))
+    frames = []
+    for ids, source, labels, x in parts:
+        frame = pd.DataFrame(np.asarray(x, np.float32).reshape(len(ids), f), columns=ds.feature_names)
+        frame.insert(0, "id", pd.array(ids, dtype=object))
+        frame.insert(1, "source", source)
+        frame.insert(2, "label", np.asarray(labels, np.int64))
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    assert table["id"].is_unique, "transfer ids must be unique"
+    return table
+
+
+def transfer_arrow_schema(feature_names: list[str]):
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.string()), ("source", pa.string()), ("label", pa.int64())]
+                     + [(name, pa.float32()) for name in feature_names])
+
+
+def soft_label_arrow_schema(feature_names: list[str]):
+    """The soft-label shards' schema: the transfer columns, then the teacher's predictive for S draws."""
+    import pyarrow as pa
+
+    vector = pa.list_(pa.float32())  # [C]
+    outputs = [("probs", vector), ("variance", vector), ("entropy", pa.float32()),
+               ("expected_entropy", pa.float32()), ("mutual_information", pa.float32()), ("num_samples", pa.int32())]
+    assert tuple(name for name, _ in outputs) == schema.SOFT_LABEL_OUTPUTS
+    return pa.schema(list(transfer_arrow_schema(feature_names)) + [pa.field(n, t) for n, t in outputs])
+
+
+def write_transfer_set(table: pd.DataFrame, path: Path, feature_names: list[str]) -> Path:
+    """Parquet in ~1 MB row groups, so parallel runners read it in parallel splits."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table[schema.transfer_columns(feature_names)], schema=transfer_arrow_schema(feature_names),
+                                 preserve_index=False)
+    pq.write_table(arrow, str(path), row_group_size=ROW_GROUP_ROWS)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- the teacher export's identity
+
+
+def export_fingerprint(export: str | Path) -> str:
+    """sha256 over the export's files (relative path, size, bytes; in path order).
+
+    Soft labels record it; retraining or re-exporting the teacher changes it, which is how a reader
+    knows the soft labels are stale. gs:// and other Beam filesystems work too (for Dataflow runs).
+    """
+    root = str(export).rstrip("/")
+    if "://" in root:
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+        files = [(m.path, m.size_in_bytes) for m in FileSystems.match([root + "/**"])[0].metadata_list]
+        opener = lambda p: FileSystems.open(p, compression_type=CompressionTypes.UNCOMPRESSED)  # noqa: E731
+    else:
+        files = [(str(p), p.stat().st_size) for p in Path(root).rglob("*") if p.is_file()]
+        opener = lambda p: open(p, "rb")  # noqa: E731
+    if not files:
+        raise BdkError(f"teacher export {root} has no files; run `bdk teacher` first")
+    digest = hashlib.sha256()
+    for path, size in sorted(files):
+        digest.update(f"{path[len(root) + 1:]}\0{size}\0".encode())
+        with opener(path) as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- reading the soft labels
+
+
+def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
+    """The soft-label dataset of a run, in transfer-set order, and its manifest.
+
+    Columns: schema.soft_label_columns(feature_names). `probs` and `variance` hold one float32 [C]
+    row of an [N, C] array each: `np.stack(df["probs"].to_numpy())` gives the [N, C] array back.
+    Raises BdkError when they are missing or stale (teacher export, classes or features changed).
+    """
+    run = Path(run)
+    out = schema.soft_labels_dir(run)
+    again = f"rerun `bdk soft-labels --run {run}`"
+    if not schema.soft_labels_manifest(run).exists():
+        raise BdkError(f"{run} has no soft labels; run `bdk soft-labels --run {run}` first")
+    manifest = read_json(schema.soft_labels_manifest(run))
+    dataset_json = schema.data_dir(run) / "dataset.json"
+    if not dataset_json.exists():
+        raise BdkError(f"{run} has no dataset; run `bdk teacher --out {run}` first")
+    meta = read_json(dataset_json)
+    for key in ("class_names", "feature_names"):
+        if list(manifest.get(key, [])) != list(meta[key]):
+            raise BdkError(f"the soft labels in {out} were made for {key} {manifest.get(key)} but {dataset_json} has "
+                           f"{meta[key]}; {again}")
+    export = schema.teacher_export(run)
+    if not (export / "saved_model.pb").exists():
+        raise BdkError(f"{run} has no teacher export at {export}; run `bdk teacher --out {run}` first")
+    if export_fingerprint(export) != manifest.get("teacher_fingerprint"):
+        raise BdkError(f"the teacher export {export} changed since the soft labels were made (teacher retrained?); {again}")
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = [out / name for name in manifest["shards"]]
+    missing = [s.name for s in shards if not s.exists()]
+    if missing:
+        raise BdkError(f"soft-label shards {missing} listed in {schema.soft_labels_manifest(run)} are missing; {again}")
+    table = pa.concat_tables([pq.read_table(s) for s in shards]) if shards else \
+        soft_label_arrow_schema(meta["feature_names"]).empty_table()
+    ids = pq.read_table(out / schema.TRANSFER_FILE, columns=["id"]).column("id").to_pylist()
+    have = pd.Index(table.column("id").to_pylist())
+    order = have.get_indexer(ids) if have.is_unique else None
+    if order is None or len(have) != len(ids) or (order < 0).any():
+        raise BdkError(f"soft labels in {out} do not match its transfer set row for row; {again}")
+    table = table.take(order)  # transfer-set order, whatever order the runner wrote the shards in
+
+    num_classes = len(meta["class_names"])
+    df = table.drop_columns(["probs", "variance"]).to_pandas()
+    for name in ("probs", "variance"):
+        values = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        if len(values) != num_classes * len(table):
+            raise BdkError(f"soft labels in {out}: {name} rows do not all have {num_classes} classes; {again}")
+        matrix = values.astype(np.float32).reshape(len(table), num_classes)  # [N, C]
+        df[name] = pd.Series(list(matrix), index=df.index, dtype=object)  # row views of the [N, C] array
+    return df[schema.soft_label_columns(meta["feature_names"])], manifest
