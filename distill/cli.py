@@ -58,6 +58,8 @@ def summary_table(title: str, rows: dict) -> None:
 def teacher(
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
     dataset: str = typer.Option("iris", help="Bundled name (iris), a .csv/.parquet file, or hf:NAME."),
+    kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout."),
+    members: int = typer.Option(5, min=2, help="Ensemble size (--kind ensemble)."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
     id_column: Optional[str] = typer.Option(None, help="Row id column (default: id/Id if present, else row number)."),
     drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
@@ -78,10 +80,10 @@ def teacher(
 
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column,
                           drop_missing=drop_missing, seed=seed)
-    cfg = TeacherConfig(epochs=epochs, batch_size=batch_size, eval_samples=samples, kl_weight=kl_weight,
+    cfg = TeacherConfig(kind=kind, members=members, epochs=epochs, batch_size=batch_size, eval_samples=samples, kl_weight=kl_weight,
                         learning_rate=learning_rate, patience=patience, seed=seed)
     s = teacher_stage(data_cfg, cfg, out, overwrite=overwrite, progress=progress)
-    summary_table(f"teacher ({s['device']}, {s['epochs_run']} epochs, best {s['best_epoch']})",
+    summary_table(f"teacher ({s['kind']} on {s['device']}, {s['epochs_run']} epochs, best {s['best_epoch']})",
                   {k: v for k, v in s.items() if "/" in k})
     a, b = s["most_uncertain_pair"]
     print(f"most epistemic uncertainty between {a} and {b} ({s['most_uncertain_pair_share']:.0%} of the mutual information)")

@@ -90,3 +90,18 @@ class MonteCarloModule(tf.Module):
 
 def flipout_module(model, minimum, scale, num_classes: int, serving_samples: int = SERVING_SAMPLES) -> MonteCarloModule:
     return MonteCarloModule(lambda x, i: model(x), [model], minimum, scale, num_classes, serving_samples)
+
+
+def mc_dropout_module(model, minimum, scale, num_classes: int, serving_samples: int = SERVING_SAMPLES) -> MonteCarloModule:
+    """Dropout kept on at inference (Gal & Ghahramani 2016): each draw is a fresh dropout mask."""
+    return MonteCarloModule(lambda x, i: model(x, training=True), [model], minimum, scale, num_classes, serving_samples)
+
+
+def ensemble_module(models: list, minimum, scale, num_classes: int, serving_samples: int = SERVING_SAMPLES) -> MonteCarloModule:
+    """Draw i is member i mod M: with S a multiple of M the predictive is the exact ensemble mean."""
+    branches = len(models)
+
+    def draw(x, i):
+        return tf.switch_case(tf.math.floormod(i, branches), [lambda m=m: m(x, training=False) for m in models])
+
+    return MonteCarloModule(draw, list(models), minimum, scale, num_classes, serving_samples)

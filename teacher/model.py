@@ -45,3 +45,25 @@ def build_flipout(
         layers.append(tfp.layers.DenseFlipout(units, activation="relu", name=f"flipout_{i}", **layer_args))
     layers.append(tfp.layers.DenseFlipout(num_classes, name="logits", **layer_args))
     return tfk.Sequential(layers, name="flipout_teacher")
+
+
+def build_mlp(
+    num_features: int,
+    num_classes: int,
+    hidden: tuple[int, ...] = (64, 64),
+    dropout: float = 0.0,
+    weight_decay: float = 0.0,
+    name: str = "mlp_teacher",
+) -> tfk.Model:
+    """Deterministic counterpart (ensemble member, MC dropout net): [batch, F] -> logits [batch, C].
+
+    Dropout layers are active when called with training=True: the MC dropout export calls it so.
+    """
+    reg = tfk.regularizers.L2(weight_decay) if weight_decay > 0 else None
+    layers = [tfk.Input(shape=(num_features,), name="features")]
+    for i, units in enumerate(hidden):
+        layers.append(tfk.layers.Dense(units, activation="relu", kernel_regularizer=reg, name=f"dense_{i}"))
+        if dropout > 0:
+            layers.append(tfk.layers.Dropout(dropout, name=f"dropout_{i}"))
+    layers.append(tfk.layers.Dense(num_classes, kernel_regularizer=reg, name="logits"))
+    return tfk.Sequential(layers, name=name)
