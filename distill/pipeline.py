@@ -65,7 +65,7 @@ def run_all(data_cfg: data_lib.DataConfig, teacher_cfg, soft_cfg, student_cfg, e
     announce(1, STAGES[0])
     summaries["teacher"] = teacher_stage(data_cfg, teacher_cfg, out, overwrite=overwrite, progress=progress)
     announce(2, STAGES[1])
-    summaries["soft_labels"] = soft_labels_stage(soft_cfg, out, list(beam_args))
+    summaries["soft_labels"] = soft_labels_stage(soft_cfg, out, list(beam_args), progress=progress)
     announce(3, STAGES[2])
     summaries["student"] = student_stage(student_cfg, out, progress=progress)
     announce(4, STAGES[3])
