@@ -1,0 +1,140 @@
+"""The transfer set (distill.transfer): rows, ids, labels, noise statistics, bad unlabeled files.
+
+No TensorFlow or Beam here: the soft-label job and the reader's end-to-end checks are in
+test_soft_labels.py.
+"""
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from distill import data, schema
+from distill.errors import BdkError
+from distill.transfer import (SoftLabelConfig, TransferConfig, build_transfer_set, export_fingerprint,
+                              read_soft_labels, write_transfer_set)
+
+
+def test_rows_ids_labels_and_sources(iris):
+    cfg = TransferConfig(perturbations=3, uniform=500, seed=1)
+    t = build_transfer_set(cfg, iris)
+    train = iris["train"]
+    n = len(train)
+    assert list(t.columns) == schema.transfer_columns(iris.feature_names)
+    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": 3 * n, "uniform": 500}
+    assert t["id"].is_unique
+    rows = t.set_index("id")
+    first = train.ids[0]
+    assert rows.loc[f"train:{first}", "label"] == train.y[0]
+    np.testing.assert_array_equal(rows.loc[f"train:{first}", iris.feature_names].to_numpy(np.float32), train.x[0])
+    # perturbed copies keep their origin's label; uniform rows have none
+    for k in range(3):
+        assert rows.loc[f"perturbed:{first}:{k}", "label"] == train.y[0]
+    assert (t.loc[t.source == "uniform", "label"] == schema.NO_LABEL).all()
+    assert set(t.loc[t.source == "train", "label"]) == set(range(iris.num_classes))
+
+
+def test_noise_is_gaussian_in_scaled_space_and_uniform_covers_the_widened_box(iris):
+    cfg = TransferConfig(perturbations=4, noise=0.05, uniform=500, margin=0.1)
+    t = build_transfer_set(cfg, iris)
+    train = iris["train"]
+    pert = iris.scaler.transform(t.loc[t.source == "perturbed", iris.feature_names].to_numpy())  # [n*K, F]
+    origin = np.repeat(iris.scaler.transform(train.x), 4, axis=0)  # same order: origin-major
+    noise = (pert - origin).ravel()
+    se = 0.05 / np.sqrt(2 * len(noise))  # standard error of a Gaussian std estimate
+    assert abs(noise.std() - 0.05) < 5 * se
+    assert abs(noise.mean()) < 5 * 0.05 / np.sqrt(len(noise))
+    box = iris.scaler.transform(t.loc[t.source == "uniform", iris.feature_names].to_numpy())
+    assert box.min() >= -0.1 - 1e-5 and box.max() <= 1.1 + 1e-5
+    assert (box.min(axis=0) < 0).all() and (box.max(axis=0) > 1).all()  # beyond the data, on every feature
+
+
+def test_seeded_and_stable(iris):
+    a = build_transfer_set(TransferConfig(perturbations=2, uniform=20, seed=3), iris)
+    pd.testing.assert_frame_equal(a, build_transfer_set(TransferConfig(perturbations=2, uniform=20, seed=3), iris))
+    b = build_transfer_set(TransferConfig(perturbations=2, uniform=20, seed=4), iris)
+    assert not np.allclose(a[iris.feature_names].to_numpy()[a.source == "perturbed"],
+                           b[iris.feature_names].to_numpy()[b.source == "perturbed"])
+    # More uniform points leave the perturbed rows (and their ids) as they were.
+    c = build_transfer_set(TransferConfig(perturbations=2, uniform=70, seed=3), iris)
+    pd.testing.assert_frame_equal(a[a.source != "uniform"], c[c.source != "uniform"])
+
+
+def test_unlabeled_rows(iris, tmp_path):
+    x = iris["test"].x[:5]
+    with_ids = pd.DataFrame(x, columns=iris.feature_names).assign(Id=[f"u{i}" for i in range(5)], Species="whatever")
+    with_ids.to_csv(tmp_path / "u.csv", index=False)
+    t = build_transfer_set(TransferConfig(perturbations=0, uniform=0, unlabeled=str(tmp_path / "u.csv")), iris)
+    u = t[t.source == "unlabeled"]
+    assert list(u["id"]) == [f"unlabeled:u{i}" for i in range(5)]
+    assert (u["label"] == schema.NO_LABEL).all()
+    np.testing.assert_allclose(u[iris.feature_names].to_numpy(), x, rtol=1e-6)
+    pd.DataFrame(x, columns=iris.feature_names).to_parquet(tmp_path / "u.parquet")  # no id column: row numbers
+    t = build_transfer_set(TransferConfig(perturbations=0, uniform=0, unlabeled=str(tmp_path / "u.parquet")), iris)
+    assert list(t.loc[t.source == "unlabeled", "id"]) == [f"unlabeled:{i}" for i in range(1, 6)]
+
+
+def test_unlabeled_columns_must_match(iris, tmp_path):
+    df = pd.DataFrame(iris["test"].x[:3], columns=iris.feature_names).rename(columns={iris.feature_names[0]: "sepal"})
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(BdkError, match=r"do not match.*missing \['SepalLengthCm'\], unexpected \['sepal'\]"):
+        build_transfer_set(TransferConfig(unlabeled=str(tmp_path / "bad.csv")), iris)
+    with pytest.raises(BdkError, match="not found"):
+        build_transfer_set(TransferConfig(unlabeled=str(tmp_path / "nope.csv")), iris)
+
+
+def test_unlabeled_nan_rows_are_named(iris, tmp_path):
+    df = pd.DataFrame(iris["test"].x[:6], columns=iris.feature_names)
+    df.iloc[1, 0] = np.nan
+    df.iloc[4, 2] = np.inf
+    df.to_csv(tmp_path / "nan.csv", index=False)
+    with pytest.raises(BdkError, match=r"data rows 2, 5;"):
+        build_transfer_set(TransferConfig(unlabeled=str(tmp_path / "nan.csv")), iris)
+
+
+def test_config_validation():
+    with pytest.raises(BdkError, match="at least 2"):
+        SoftLabelConfig(num_samples=1)
+    with pytest.raises(BdkError, match="perturbations"):
+        TransferConfig(perturbations=-1)
+    with pytest.raises(BdkError, match="noise"):
+        TransferConfig(noise=float("nan"))
+
+
+def test_feature_names_may_not_clash_with_soft_label_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"probs": rng.normal(size=30), "width": rng.normal(size=30), "label": np.repeat([0, 1, 2], 10)})
+    ds = data.build_dataset(df, data.DataConfig(dataset="x.csv"))
+    with pytest.raises(BdkError, match="clash"):
+        build_transfer_set(TransferConfig(), ds)
+
+
+def test_parquet_schema_and_row_groups(iris, tmp_path):
+    t = build_transfer_set(TransferConfig(perturbations=1, uniform=40_000), iris)
+    write_transfer_set(t, tmp_path / "t.parquet", iris.feature_names)
+    f = pq.ParquetFile(tmp_path / "t.parquet")
+    assert f.metadata.num_row_groups >= 3  # so a parallel runner can split the read
+    types = {field.name: str(field.type) for field in f.schema_arrow}
+    assert types == {"id": "string", "source": "string", "label": "int64", **{n: "float" for n in iris.feature_names}}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), t, check_dtype=False)
+
+
+def test_fingerprint_follows_the_files(tmp_path):
+    export = tmp_path / "export"
+    (export / "variables").mkdir(parents=True)
+    (export / "saved_model.pb").write_bytes(b"graph")
+    (export / "variables" / "v.data").write_bytes(b"\x00" * 100)
+    first = export_fingerprint(export)
+    assert first == export_fingerprint(str(export) + "/")
+    shutil.copytree(export, tmp_path / "copy")
+    assert export_fingerprint(tmp_path / "copy") == first  # a copied run keeps its soft labels valid
+    (export / "variables" / "v.data").write_bytes(b"\x00" * 99 + b"\x01")
+    assert export_fingerprint(export) != first
+    with pytest.raises(BdkError, match="no files"):
+        export_fingerprint(tmp_path / "empty")
+
+
+def test_reader_says_what_to_run(tmp_path):
+    with pytest.raises(BdkError, match=r"run `bdk soft-labels --run .*` first"):
+        read_soft_labels(tmp_path)
