@@ -1,0 +1,356 @@
+"""The soft-label Beam job: a fake teacher in a TestPipeline, then the real Iris teacher through the
+CLI on the embedded, multi-process and portable runners; atomic reruns, stale-teacher detection and
+bad input. Monte Carlo outputs are compared within standard-error bounds, never exactly.
+"""
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from distill import data as data_lib
+from distill import metrics, schema
+from distill.cli import app
+from distill.errors import BdkError, read_json
+from distill.transfer import read_soft_labels
+
+S = 20
+SMALL = ["--perturbations", "2", "--uniform", "50", "--samples", str(S), "--no-progress"]
+
+
+def bdk(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *words):
+    assert result.exit_code == 1, (result.output, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for w in words:
+        assert w in lines[0]
+
+
+def snapshot(folder: Path) -> dict | None:
+    """Every file's content hash and inode: equal snapshots mean nothing was touched."""
+    if not folder.exists():
+        return None
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_ino)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def no_leftovers(run: Path) -> bool:
+    return not [p for p in run.iterdir() if p.name.startswith(".soft_labels")]
+
+
+def stack(df, column):
+    return np.stack(df[column].to_numpy())  # [N, C]
+
+
+@pytest.fixture(scope="module")
+def labelled(teacher_run, tmp_path_factory) -> Path:
+    """A copy of the teacher run labelled by the default runner (embedded FnApiRunner). Read-only."""
+    run = tmp_path_factory.mktemp("labelled") / "run"
+    shutil.copytree(teacher_run, run)
+    result = bdk("soft-labels", "--run", run, *SMALL)
+    assert result.exit_code == 0, (result.output, result.stderr)
+    (run / "cli_output.txt").write_text(result.stdout)
+    return run
+
+
+@pytest.fixture
+def copy_labelled(labelled, tmp_path):
+    def make(name: str = "run") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(labelled, dst)
+        return dst
+
+    return make
+
+
+# ---------------------------------------------------------------- the transform, with a fake teacher
+
+
+def save_fake_teacher(path: Path, w: np.ndarray, b: np.ndarray, sigma: float) -> Path:
+    """Fixed logits x @ w + b plus N(0, sigma^2) logit noise per draw, behind the real `predictive` signature."""
+    import tensorflow as tf
+
+    from teacher.export import summarize
+
+    class FakeTeacher(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, w.shape[0]], tf.float32, name="features"),
+                                      tf.TensorSpec([], tf.int32, name="num_samples")])
+        def predictive(self, features, num_samples):
+            logits = features @ w + b  # [B, C]
+            noise = sigma * tf.random.normal(tf.concat([[num_samples], tf.shape(logits)], 0))  # [S, B, C]
+            return summarize(tf.nn.softmax(logits[None] + noise, axis=-1))
+
+    module = FakeTeacher()
+    tf.saved_model.save(module, str(path), signatures={"predictive": module.predictive})
+    return path
+
+
+def test_predict_soft_labels_with_a_fake_teacher(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import BeamAssertException, assert_that
+
+    from beam_pipelines.predictive_handler import PredictiveModelHandler
+    from beam_pipelines.soft_labels import PredictSoftLabels
+
+    w = np.array([[2.0, -1.0, 0.0], [0.0, 1.0, -2.0]], np.float32)
+    b = np.array([0.5, 0.0, -0.5], np.float32)
+    sigma, draws, n = 0.7, 400, 40
+    export = save_fake_teacher(tmp_path / "fake" / "1", w, b, sigma)
+    x = np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32)  # [N, 2]
+    rows = [{"id": f"row:{i}", "source": schema.SOURCES[i % 4], "label": i % 3 if i % 4 < 2 else schema.NO_LABEL,
+             "a": float(x[i, 0]), "b": float(x[i, 1])} for i in range(n)]
+    logits = x @ w + b  # [N, C]
+    eps = np.random.default_rng(1).normal(size=(20_000, n, 3))  # [R, N, C]
+    ref_samples = np.exp(logits + sigma * eps)
+    ref_samples /= ref_samples.sum(-1, keepdims=True)
+    ref = metrics.predictive_summary(ref_samples)
+    se_mean = np.sqrt(ref["variance"] / draws)  # [N, C]
+    se_var = np.sqrt(((ref_samples - ref["probs"]) ** 2).var(axis=0) / draws)  # [N, C]
+
+    def check(actual):
+        if sorted(r["id"] for r in actual) != sorted(r["id"] for r in rows):
+            raise BeamAssertException(f"ids differ: {sorted(r['id'] for r in actual)}")
+        for got in actual:
+            i = int(got["id"].split(":")[1])
+            passed = {k: got[k] for k in rows[i]}
+            p, v = np.asarray(got["probs"]), np.asarray(got["variance"])
+            problems = [
+                passed != rows[i] and f"row changed: {passed} != {rows[i]}",
+                got["num_samples"] != draws and f"num_samples {got['num_samples']}",
+                abs(p.sum() - 1) > 1e-5 and f"probs sum {p.sum()}",
+                (np.abs(p - ref["probs"][i]) > 5 * se_mean[i] + 1e-4).any() and f"probs {p} vs {ref['probs'][i]}",
+                (np.abs(v - ref["variance"][i]) > 5 * se_var[i] + 1e-5).any() and f"variance {v} vs {ref['variance'][i]}",
+                abs(got["entropy"] - got["expected_entropy"] - got["mutual_information"]) > 1e-4 and "entropy split",
+            ]
+            if any(problems):
+                raise BeamAssertException(f"{got['id']}: {[m for m in problems if m]}")
+
+    handler = PredictiveModelHandler(str(export), ["a", "b"], num_samples=draws, batch_size=16)
+    with TestPipeline(runner="FnApiRunner") as p:
+        out = p | "CreateRows" >> beam.Create(rows) | "PredictSoftLabels" >> PredictSoftLabels(handler)
+        assert_that(out, check)
+
+
+# ---------------------------------------------------------------- the real teacher
+
+
+def test_batched_predictive_agrees_with_independent_draws(teacher_run):
+    """`predictive` draws S weights inside one graph call; separate `sample` calls draw independently."""
+    import tensorflow as tf
+
+    model = tf.saved_model.load(str(schema.teacher_export(teacher_run)))
+    ds = data_lib.load_from_run(teacher_run)
+    x = tf.constant(np.concatenate([ds["val"].x, ds["test"].x]))  # [B, F]
+    big, calls = 1000, 300
+    batched = {k: v.numpy() for k, v in model.signatures["predictive"](features=x, num_samples=tf.constant(big)).items()}
+    one = tf.constant(1)
+    independent = np.stack([model.signatures["sample"](features=x, num_samples=one)["probs_samples"].numpy()[0]
+                            for _ in range(calls)])  # [calls, B, C]
+    ref = metrics.predictive_summary(independent)
+    assert batched["variance"].max() > 1e-3  # the posterior has spread, so the comparison means something
+    se_mean = np.sqrt(ref["variance"] / calls + batched["variance"] / big)
+    np.testing.assert_array_less(np.abs(batched["probs"] - ref["probs"]), 5 * se_mean + 1e-4)
+    se_var = np.sqrt(((independent - ref["probs"]) ** 2).var(axis=0) / calls)
+    np.testing.assert_array_less(np.abs(batched["variance"] - ref["variance"]), 5 * se_var * np.sqrt(1 + calls / big) + 1e-5)
+
+
+def test_cli_end_to_end_on_iris(labelled):
+    import tensorflow as tf
+
+    df, manifest = read_soft_labels(labelled)
+    ds = data_lib.load_from_run(labelled)
+    n = len(ds["train"])
+    assert manifest["rows_per_source"] == {"train": n, "perturbed": 2 * n, "uniform": 50}
+    assert list(df.columns) == schema.soft_label_columns(ds.feature_names) and df["id"].is_unique
+    assert manifest["num_samples"] == S and (df["num_samples"] == S).all()
+    assert manifest["class_names"] == ds.class_names and manifest["runner"] == "FnApiRunner"
+    out = labelled / "soft_labels"
+    assert sorted(p.name for p in out.glob("part-*")) == sorted(manifest["shards"])
+    probs, var = stack(df, "probs"), stack(df, "variance")  # [N, C]
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert (var >= 0).all() and (df["mutual_information"] >= 0).all()
+    np.testing.assert_allclose(df["entropy"], df["expected_entropy"] + df["mutual_information"], atol=1e-4)
+    train = df[df.source == "train"]
+    assert (stack(train, "probs").argmax(1) == train["label"]).mean() > 0.8  # the teacher learnt Iris
+
+    # Each row got the teacher's predictive for ITS features: compare with an in-process many-draw reference.
+    model = tf.saved_model.load(str(schema.teacher_export(labelled)))
+    x = tf.constant(df[ds.feature_names].to_numpy(np.float32))
+    ref = model.signatures["predictive"](features=x, num_samples=tf.constant(500))
+    ref_p, ref_v = ref["probs"].numpy(), ref["variance"].numpy()
+    np.testing.assert_array_less(np.abs(probs - ref_p), 6 * np.sqrt(ref_v / S + ref_v / 500) + 0.01)
+
+    text = (labelled / "cli_output.txt").read_text()
+    assert "rows/uniform" in text and "rows/s" in text and "soft labels:" in text
+
+
+def test_rerun_replaces_the_output_atomically(copy_labelled):
+    run = copy_labelled()
+    before = snapshot(run / "soft_labels")
+    old, _ = read_soft_labels(run)
+    started = time.time()
+    result = bdk("soft-labels", "--run", run, *SMALL, "--seed", "1")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    new, manifest = read_soft_labels(run)
+    assert len(new) == len(old) and new["id"].is_unique and manifest["seed"] == 1
+    after = snapshot(run / "soft_labels")
+    shards = {name for name in after if name.startswith("part-")}
+    assert shards == set(manifest["shards"])  # exactly this run's shards, no stragglers
+    for name in shards:  # and each one is a new file
+        assert before.get(name) is None or before[name][1] != after[name][1]
+        assert (run / "soft_labels" / name).stat().st_mtime >= started
+    # The seed changed the uniform points: the shards carry the new ones, nothing of the old.
+    transfer = __import__("pandas").read_parquet(run / "soft_labels" / "transfer.parquet").set_index("id")
+    features = data_lib.load_from_run(run).feature_names
+    u = new[new.source == "uniform"].set_index("id")
+    np.testing.assert_array_equal(u[features].to_numpy(), transfer.loc[u.index, features].to_numpy())
+    assert not np.allclose(u[features].to_numpy(), old[old.source == "uniform"].set_index("id").loc[u.index, features])
+    assert no_leftovers(run)
+
+
+def test_a_changed_teacher_is_noticed(copy_labelled):
+    run = copy_labelled()
+    read_soft_labels(run)  # fine as made
+    variables = next((schema.teacher_export(run) / "variables").glob("variables.data-*"))
+    blob = bytearray(variables.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # as if retrained: same files, other weights
+    variables.write_bytes(bytes(blob))
+    with pytest.raises(BdkError, match=r"changed since the soft labels were made.*rerun `bdk soft-labels --run"):
+        read_soft_labels(run)
+
+    run = copy_labelled("classes")
+    meta = read_json(run / "data" / "dataset.json")
+    meta["class_names"] = meta["class_names"][::-1]
+    (run / "data" / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(BdkError, match="class_names"):
+        read_soft_labels(run)
+
+
+@pytest.fixture
+def job_service(tmp_path):
+    """Beam's own local job service (the portable Job API over gRPC), offline on loopback."""
+    port_file = tmp_path / "job_service.port"
+    proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                             "--port_file", str(port_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, "the job service did not start"
+            time.sleep(0.1)
+        yield f"localhost:{port_file.read_text().strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_multi_process_and_portable_runners_give_the_same_rows(labelled, copy_run, job_service):
+    base, _ = read_soft_labels(labelled)
+    runs = {"multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+            "portable": ["--runner=PortableRunner", f"--job_endpoint={job_service}", "--environment_type=LOOPBACK"]}
+    for name, beam_args in runs.items():
+        run = copy_run(name)
+        result = bdk("soft-labels", "--run", run, *SMALL, "--", *beam_args)
+        assert result.exit_code == 0, (name, result.output, result.stderr)
+        df, manifest = read_soft_labels(run)
+        assert manifest["beam_args"] == beam_args
+        assert list(df["id"]) == list(base["id"]) and list(df["source"]) == list(base["source"])
+        cols = ["label", *manifest["feature_names"]]
+        np.testing.assert_array_equal(df[cols].to_numpy(), base[cols].to_numpy())
+        p, q = stack(df, "probs"), stack(base, "probs")  # two independent S-draw estimates
+        bound = 6 * np.sqrt((stack(df, "variance") + stack(base, "variance")) / S) + 0.02
+        np.testing.assert_array_less(np.abs(p - q), bound, err_msg=name)
+        assert np.abs(p - q).mean() < 0.02, name
+
+
+def test_workers_need_no_project_code(teacher_run, tmp_path):
+    """What Beam ships to workers unpickles and runs where distill/teacher/beam_pipelines cannot be imported."""
+    from apache_beam.internal import pickler
+
+    from beam_pipelines.predictive_handler import PredictiveModelHandler, to_soft_label_row
+    from beam_pipelines.soft_labels import PredictSoftLabels
+
+    ds = data_lib.load_from_run(teacher_run)
+    handler = PredictiveModelHandler(str(schema.teacher_export(teacher_run)), ds.feature_names, num_samples=5)
+    PredictSoftLabels(handler)  # registers the handler module for pickling by value, as the job does
+    (tmp_path / "fns.pkl").write_bytes(pickler.dumps((handler, to_soft_label_row)))
+    rows = [{"id": f"train:{i}", "source": "train", "label": int(y), **dict(zip(ds.feature_names, map(float, x)))}
+            for i, (x, y) in enumerate(zip(ds["test"].x[:4], ds["test"].y[:4]))]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    worker = textwrap.dedent("""
+        import importlib.abc, json, sys
+        class NoProjectCode(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in {"distill", "teacher", "student", "beam_pipelines"}:
+                    raise ImportError(name + " is project code; workers must not need it")
+        sys.meta_path.insert(0, NoProjectCode())
+        from apache_beam.internal import pickler
+        handler, to_row = pickler.loads(open("fns.pkl", "rb").read())
+        handler.set_environment_vars()
+        model = handler.load_model()
+        rows = json.load(open("rows.json"))
+        print(json.dumps([to_row(r, handler.num_samples) for r in handler.run_inference(rows, model)]))
+    """)
+    done = subprocess.run([sys.executable, "-c", worker], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["id"] for r in out] == [r["id"] for r in rows] and all(r["num_samples"] == 5 for r in out)
+    np.testing.assert_allclose([sum(r["probs"]) for r in out], 1.0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 1, nothing written
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing", ["has no teacher export", "bdk teacher"]),
+    ("corrupt", ["cannot be loaded", "bdk teacher"]),
+])
+def test_bad_teacher_export(copy_labelled, damage, words):
+    run = copy_labelled()
+    before = snapshot(run / "soft_labels")
+    export = schema.teacher_export(run)
+    if damage == "missing":
+        shutil.rmtree(export)
+    else:
+        (export / "saved_model.pb").write_bytes(b"\x08\x01 not a saved model")
+    assert_one_line_error(bdk("soft-labels", "--run", run, *SMALL), *words)
+    assert snapshot(run / "soft_labels") == before and no_leftovers(run)
+
+
+@pytest.mark.parametrize("problem, words", [
+    ("columns", ["do not match the teacher's features", "unexpected ['petal']"]),
+    ("nan", ["data rows 2, 4;"]),
+])
+def test_bad_unlabeled_file(copy_run, tmp_path, problem, words):
+    run = copy_run()
+    ds = data_lib.load_from_run(run)
+    df = __import__("pandas").DataFrame(ds["test"].x[:5], columns=ds.feature_names)
+    if problem == "columns":
+        df = df.rename(columns={ds.feature_names[-1]: "petal"})
+    else:
+        df.iloc[[1, 3], 0] = np.nan
+    df.to_csv(tmp_path / "extra.csv", index=False)
+    assert_one_line_error(bdk("soft-labels", "--run", run, *SMALL, "--unlabeled", tmp_path / "extra.csv"), *words)
+    assert not (run / "soft_labels").exists() and no_leftovers(run)
+
+
+def test_too_few_samples_fails_fast_in_a_real_process(teacher_run):
+    bdk_script = Path(sys.executable).parent / "bdk"
+    started = time.time()
+    done = subprocess.run([str(bdk_script), "soft-labels", "--run", str(teacher_run), "--samples", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["error: --samples must be at least 2 (the variance needs two draws), got 1"]
+    assert not (teacher_run / "soft_labels").exists()
+    assert time.time() - started < 30  # refused before Beam and TensorFlow load
