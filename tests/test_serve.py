@@ -122,6 +122,18 @@ def test_student_is_deterministic_and_exact(student):
     assert predict(student, {"instances": ROWS}, name="student").json() == r.json()
 
 
+def test_flat_call_matches_the_public_call(student_base):
+    from distill.serve import ServedModel
+
+    sig = ServedModel(student_base, "student").signature(None)
+    x = np.array(ROWS, np.float32)
+    fast = sig.run({"features": x})
+    public = {k: v.numpy() for k, v in sig.fn(features=x).items()}
+    assert fast.keys() == public.keys()
+    for k in fast:
+        np.testing.assert_array_equal(fast[k], public[k])
+
+
 def test_single_output_row_format_gives_plain_values_and_named_instances_work(student):
     body = {"signature_name": "probs_only", "instances": [{"features": row} for row in ROWS]}
     preds = predict(student, body, name="student", version=1).json()["predictions"]
