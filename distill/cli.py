@@ -217,6 +217,84 @@ def run_pipeline(
     print(f"report: {out / 'report' / 'report.md'}")
 
 
+experiment_app = typer.Typer(help="Studies: KL weight, teacher families, shifted digits.", no_args_is_help=True,
+                               rich_markup_mode=None)
+app.add_typer(experiment_app, name="experiment")
+
+
+def _study(dataset: str, label_column: Optional[str], epochs: int, samples: int, uniform: int, student_epochs: int):
+    from dataclasses import replace
+
+    from distill.data import DataConfig
+    from distill.experiments import StudyConfig
+    from distill.transfer import SoftLabelConfig, TransferConfig
+
+    base = StudyConfig()
+    return replace(base, data=DataConfig(dataset=dataset, label_column=label_column),
+                   teacher=replace(base.teacher, epochs=epochs, eval_samples=samples),
+                   soft_labels=SoftLabelConfig(transfer=TransferConfig(uniform=uniform), num_samples=samples),
+                   student=replace(base.student, epochs=student_epochs),
+                   evaluation=replace(base.evaluation, samples=samples))
+
+
+@experiment_app.command("kl-weight")
+@user_errors
+def experiment_kl_weight(
+    out: Path = typer.Option(Path("experiments/kl-weight"), "--out", help="Report folder (replaced)."),
+    dataset: str = typer.Option("iris"),
+    label_column: Optional[str] = typer.Option(None),
+    weights: str = typer.Option("0.25,1,4", help="KL weights, comma-separated."),
+    seeds: int = typer.Option(5, min=1, help="Seeds per weight (each its own split)."),
+    epochs: int = typer.Option(150, min=1), samples: int = typer.Option(100, min=2),
+    uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
+    progress: bool = typer.Option(True),
+):
+    """Flipout teachers (and students) at several KL weights over seeds; reliability bands and a verdict."""
+    from distill.experiments import kl_weight_study
+
+    try:
+        ws = [float(w) for w in weights.split(",") if w.strip()]
+    except ValueError:
+        raise BdkError(f"--weights {weights!r}: expected comma-separated numbers such as 0.25,1,4") from None
+    s = kl_weight_study(_study(dataset, label_column, epochs, samples, uniform, student_epochs), ws, seeds, out, progress)
+    print(s["verdict"])
+    print(f"report: {out / 'report.md'}")
+
+
+@experiment_app.command("teachers")
+@user_errors
+def experiment_teachers(
+    out: Path = typer.Option(Path("experiments/teachers"), "--out", help="Report folder (replaced)."),
+    dataset: str = typer.Option("iris"),
+    label_column: Optional[str] = typer.Option(None),
+    epochs: int = typer.Option(150, min=1), samples: int = typer.Option(100, min=2),
+    uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
+    progress: bool = typer.Option(True),
+):
+    """Flipout vs deep ensemble vs MC dropout teachers and their students: one table, one figure."""
+    from distill.experiments import teachers_study
+
+    table = teachers_study(_study(dataset, label_column, epochs, samples, uniform, student_epochs), out, progress=progress)
+    Console().print(table.round(4).to_string(index=False))
+    print(f"report: {out / 'report.md'}")
+
+
+@experiment_app.command("digits")
+@user_errors
+def experiment_digits(
+    out: Path = typer.Option(Path("experiments/digits"), "--out", help="Report folder (replaced)."),
+    epochs: int = typer.Option(150, min=1), samples: int = typer.Option(100, min=2),
+    uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
+    progress: bool = typer.Option(True),
+):
+    """Shifted benchmark: 8x8 digits 0-4 in distribution, 5-9 as OOD; each teacher family and its student."""
+    from distill.experiments import digits_study
+
+    table = digits_study(_study("digits", "digit", epochs, samples, uniform, student_epochs), out, progress=progress)
+    Console().print(table.round(4).to_string(index=False))
+    print(f"report: {out / 'report.md'}")
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())

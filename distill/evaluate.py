@@ -23,6 +23,7 @@ class EvalConfig:
     ood_rows: int = 500  # far-away uniform inputs
     ood_inner: float = 0.5  # OOD rows lie outside the train box widened by this (scaled units)...
     ood_outer: float = 2.0  # ...and inside the box widened by this
+    ood_file: str | None = None  # instead of far-away uniform inputs: a .csv/.parquet of real OOD rows
     bootstrap: int = 1000
     latency_calls: int = 200
     seed: int = 0
@@ -39,6 +40,18 @@ def far_uniform(ds: data_lib.Dataset, rows: int, inner: float, outer: float, see
         x = rng.uniform(-outer, 1 + outer, (rows * 2, ds.num_features))
         out.append(x[((x < -inner) | (x > 1 + inner)).any(axis=1)])
     return ds.scaler.inverse(np.concatenate(out)[:rows].astype(np.float32))
+
+
+def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
+    """The OOD rows: the teacher's feature columns of `cfg.ood_file`, else far-away uniform inputs."""
+    if cfg.ood_file is None:
+        return far_uniform(ds, cfg.ood_rows, cfg.ood_inner, cfg.ood_outer, cfg.seed)
+    table = data_lib.read_table(cfg.ood_file)
+    missing = [c for c in ds.feature_names if c not in table.columns]
+    if missing:
+        raise BdkError(f"OOD file {cfg.ood_file} lacks the teacher's feature columns {missing[:5]}; give it the same columns")
+    x = table[ds.feature_names].to_numpy(np.float32)
+    return x[np.isfinite(x).all(axis=1)]
 
 
 class Exports:
@@ -108,7 +121,7 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
 
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}  # model -> input set -> outputs
     inputs = {"val": ds["val"].x, "test": ds["test"].x,
-              "ood": far_uniform(ds, cfg.ood_rows, cfg.ood_inner, cfg.ood_outer, cfg.seed)}
+              "ood": ood_inputs(cfg, ds)}
     for src in ("perturbed", "uniform"):
         inputs[src] = soft.loc[soft["source"] == src, ds.feature_names].to_numpy(np.float32)
     for m in MODELS:
