@@ -175,12 +175,14 @@ def loads(body: bytes) -> Any:
     if _orjson is not None:
         try:
             return _orjson.loads(body)
-        except _orjson.JSONDecodeError as e:
-            raise RequestError(400, f"JSON Parse error: {e}") from None
+        except _orjson.JSONDecodeError:
+            pass  # the rare bad body: the stdlib below reads NaN/Infinity literals and words the error
     try:
         return json.loads(body)  # accepts NaN/Infinity literals: the tensor check rejects them with a clear message
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(400, f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise RequestError(400, "JSON Parse error: nesting too deep") from None
 
 
 def dumps(obj: Any) -> bytes:
@@ -200,8 +202,8 @@ def to_tensor(name: str, value: Any, spec, limits: Limits, may_hold_bool: bool) 
     dtype = np.dtype(spec.dtype.as_numpy_dtype)
     try:
         arr = np.asarray(value)
-    except (ValueError, TypeError):
-        raise RequestError(400, f"input {name!r}: nested lists of unequal lengths") from None
+    except (ValueError, TypeError, RecursionError):
+        raise RequestError(400, f"input {name!r}: nested lists of unequal lengths (or nested too deep)") from None
     if arr.dtype.kind not in ("iufb" if dtype.kind == "b" else "iuf") or (may_hold_bool and dtype.kind != "b" and _has_bool(value)):
         what = "nested lists of unequal lengths" if arr.dtype == object and _ragged(value) else "non-numeric values (strings, null, true/false or huge integers)"
         raise RequestError(400, f"input {name!r}: {what}; expected {dtype.name} numbers")
