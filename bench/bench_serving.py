@@ -239,7 +239,7 @@ def main() -> None:
     body = json.dumps({"instances": [ROW]}).encode()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; request: {body.decode()}")
 
-    print("\n== in-process, concurrency 1 ==")
+    print("\n== in-process, concurrency 1 (TF default thread pools; servers use configure_threads) ==")
     loaded = {}
     for name, export in models.items():
         handler, call, loaded[name] = inproc_latency(export, name, body, args.requests)
@@ -255,6 +255,8 @@ def main() -> None:
     print(f"student                        {s:12,.0f} rows/s  ({s / t100:,.0f}x the 100-draw teacher)")
     del loaded
 
+    goals = {"student": 2.0, "teacher": 5.0}  # p95 ms at concurrency 1 over HTTP
+    summary = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         print(f"\n== HTTP on loopback, server mode: {mode} ==")
         for name, export in models.items():
@@ -262,14 +264,18 @@ def main() -> None:
             try:
                 lat = http_latency(port, name, body, args.requests)
                 print(f"{name:8s} concurrency 1: {pct(lat)}")
-                if name in ("teacher", "student"):
-                    res = load_run(port, name, body, args.clients, args.load_seconds)
-                    print(f"{name:8s} {args.clients} clients x {args.load_seconds:.0f} s: {res['requests']} requests, "
-                          f"{res['rps']:,.0f} req/s, {pct(res['times'])}; errors {res['errors']}, "
-                          f"4xx {res['4xx']}, 5xx {res['5xx']}")
+                res = load_run(port, name, body, args.clients, args.load_seconds)
+                print(f"{name:8s} {args.clients} clients x {args.load_seconds:.0f} s: {res['requests']} requests, "
+                      f"{res['rps']:,.0f} req/s, {pct(res['times'])}; errors {res['errors']}, "
+                      f"4xx {res['4xx']}, 5xx {res['5xx']}")
+                p95 = float(np.percentile(lat, 95))
+                summary.append(f"{mode:8s} {name:8s} p95 {p95:5.2f} ms (goal <= {goals[name]:.0f}: "
+                               f"{'met' if p95 <= goals[name] else 'missed'}); under load 5xx {res['5xx']}, errors {res['errors']}")
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
+    print(f"\n== goals (load average now {os.getloadavg()[0]:.2f}) ==")
+    print("\n".join(summary))
     if tmp is not None:
         tmp.cleanup()
 

@@ -462,13 +462,26 @@ def configure_threads(inter_op: int = 2, intra_op: int = 1) -> None:
         log.debug("TensorFlow already initialized; thread pools unchanged")
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind((host, port))
+    except OSError as e:
+        raise BdkError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host") from None
+
+
 def serve(export_dir: Path, name: str | None = None, host: str = "127.0.0.1", port: int = 8501,
           max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           threaded: bool = True) -> None:
     """Load the export and serve it with uvicorn until interrupted (the `bdk serve` command)."""
     import uvicorn
 
-    resolve_export(export_dir)  # a missing export is a one-line error before TensorFlow loads
+    resolve_export(export_dir)  # a missing export or a busy port is a one-line error before TensorFlow loads
+    _check_port(host, port)
     name = name or default_name(export_dir)
     configure_threads()
     app = create_app(export_dir, name, max_batch=max_batch, max_body_bytes=max_body_bytes, threaded=threaded)

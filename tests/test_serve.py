@@ -243,3 +243,18 @@ def test_cli_serve_missing_export_is_one_line(tmp_path):
     r = CliRunner().invoke(app, ["serve", str(tmp_path / "nothing")])
     assert r.exit_code == 1
     assert r.output.startswith("error:") and "not found" in r.output and "Traceback" not in r.output
+
+
+def test_cli_serve_busy_port_is_one_line(student_base):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", str(student_base), "--port", str(port)])
+    assert r.exit_code == 1 and r.output.startswith("error: cannot listen") and "Traceback" not in r.output
