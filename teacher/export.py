@@ -24,6 +24,13 @@ import tensorflow as tf
 SERVING_SAMPLES = 10
 
 
+class Untracked:
+    """Holds an object out of sight of TensorFlow's object tracking (and so of SavedModel)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 def summarize(probs_samples: tf.Tensor) -> dict[str, tf.Tensor]:
     """[S, B, C] draws -> mean, variance and the entropy decomposition (mirrors metrics.predictive_summary)."""
     probs = tf.reduce_mean(probs_samples, axis=0)  # [B, C]
@@ -51,7 +58,10 @@ class MonteCarloModule(tf.Module):
         serving_samples: int = SERVING_SAMPLES,
     ):
         super().__init__(name="monte_carlo_teacher")
-        self.models = models  # tracked, so their variables are saved
+        self._keras = Untracked(list(models))
+        # Track the variables, not the Keras models: tracking a Keras model makes tf.saved_model.save
+        # trace every layer's call for Keras' own serialisation, which costs seconds and is never used.
+        self.model_variables = [v for m in models for v in m.variables]
         self._draw = draw
         self.minimum = tf.constant(np.asarray(minimum, np.float32))
         self.scale = tf.constant(np.asarray(scale, np.float32))
@@ -66,8 +76,13 @@ class MonteCarloModule(tf.Module):
                                       input_signature=[feats, count])
         self.sample = tf.function(lambda features, num_samples: {"probs_samples": self.draws(self.preprocess(features), num_samples)},
                                   input_signature=[feats, count])
-        # For training-time validation: already-scaled inputs, any batch.
-        self.predictive_scaled = tf.function(lambda x, num_samples: summarize(self.draws(x, num_samples)))
+        # For training-time validation and evaluation: already-scaled inputs; one trace for any batch.
+        self.predictive_scaled = tf.function(lambda x, num_samples: summarize(self.draws(x, num_samples)),
+                                             input_signature=[tf.TensorSpec([None, f], tf.float32), count])
+
+    @property
+    def models(self) -> list:
+        return self._keras.value
 
     def preprocess(self, features: tf.Tensor) -> tf.Tensor:
         return (features - self.minimum) / self.scale
