@@ -176,6 +176,7 @@ def run_pipeline(
     dataset: str = typer.Option("iris", help="Bundled name (iris), a .csv/.parquet file, or hf:NAME."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
     drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
+    kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout."),
     epochs: int = typer.Option(150, min=1, help="Teacher's maximum epochs."),
     kl_weight: float = typer.Option(1.0, min=0.0, help="Teacher's KL weight."),
     samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
@@ -200,7 +201,7 @@ def run_pipeline(
 
     t0 = time.perf_counter()
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, drop_missing=drop_missing, seed=seed)
-    teacher_cfg = TeacherConfig(epochs=epochs, kl_weight=kl_weight, eval_samples=samples, seed=seed)
+    teacher_cfg = TeacherConfig(kind=kind, epochs=epochs, kl_weight=kl_weight, eval_samples=samples, seed=seed)
     soft_cfg = SoftLabelConfig(transfer=TransferConfig(perturbations=perturbations, noise=noise, uniform=uniform, seed=seed),
                                num_samples=samples)
     student_cfg = StudentConfig(hidden=_sizes(hidden), epochs=student_epochs, seed=seed)
