@@ -26,7 +26,7 @@ class PredictiveModelHandler(ModelHandler[dict, PredictionResult, Any]):
     worker process (RunInference shares it across the process's threads).
     """
 
-    def __init__(self, export_path: str, feature_names: Sequence[str], num_samples: int, batch_size: int = 4096):
+    def __init__(self, export_path: str, feature_names: Sequence[str], num_samples: int, batch_size: int = 16_384):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self.export_path = str(export_path)
         self.feature_names = tuple(feature_names)

@@ -101,7 +101,7 @@ def soft_labels(
     uniform: int = typer.Option(2000, help="Points uniform over the training box widened by --margin."),
     margin: float = typer.Option(0.1, help="Widening of the training box on each side (scaled space)."),
     unlabeled: Optional[str] = typer.Option(None, help="Extra unlabeled rows: a .csv/.parquet with the teacher's feature columns."),
-    batch_size: int = typer.Option(4096, help="Rows per teacher call in the Beam job."),
+    batch_size: int = typer.Option(16384, help="Rows per teacher call in the Beam job."),
     seed: int = typer.Option(0, help="Seed of the transfer set."),
     progress: bool = typer.Option(True, help="Show a status line while the job runs."),
 ):

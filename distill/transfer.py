@@ -56,7 +56,7 @@ class SoftLabelConfig:
 
     transfer: TransferConfig = field(default_factory=TransferConfig)
     num_samples: int = 100  # S independent weight draws per row
-    batch_size: int = 4096  # rows per `predictive` call (BatchElements min = max); see bench/
+    batch_size: int = 16_384  # rows per `predictive` call (BatchElements min = max): bench/bench_soft_labels.py
 
     def __post_init__(self):
         if self.num_samples < 2:
