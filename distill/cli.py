@@ -73,7 +73,7 @@ def teacher(
     overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Stage 1: train the Flipout teacher, evaluate it by Monte Carlo and export it as a SavedModel."""
+    """Stage 1: train the teacher (Flipout BNN, deep ensemble or MC dropout), evaluate by Monte Carlo, export."""
     from distill.data import DataConfig
     from distill.pipeline import teacher_stage
     from teacher.config import TeacherConfig
