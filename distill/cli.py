@@ -35,6 +35,8 @@ def user_errors(fn: Callable) -> Callable:
         warnings.filterwarnings("ignore", module=r"tensorflow_probability.*")
         warnings.filterwarnings("ignore", category=UserWarning, module=r"tf_keras.*")
         logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes across runs of a study
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)  # optional GCP client notes
         try:
             return fn(*args, **kwargs)
         except BdkError as e:
