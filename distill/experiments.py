@@ -218,7 +218,7 @@ def teachers_study(cfg: StudyConfig, out: Path, kinds: tuple[str, ...] = KINDS, 
         table = pd.DataFrame(rows)
         table.to_csv(tmp / "metrics.csv", index=False)
         _teachers_figure(tmp / "teachers.png", table, title)
-        lines = [f"# {title}", "", f"Dataset: {cfg.data.dataset}, seed {cfg.data.seed}. OOD: "
+        lines = [f"# {title}", "", f"Dataset: {Path(cfg.data.dataset).name}, seed {cfg.data.seed}. OOD: "
                  + (f"rows of {Path(cfg.evaluation.ood_file).name}" if cfg.evaluation.ood_file else "far-away uniform inputs")
                  + ". Epistemic score: mutual information for teachers, the epistemic head for students.", "",
                  "| teacher | model | accuracy | NLL | ECE | Brier | OOD AUROC (entropy) | OOD AUROC (epistemic) | train s | latency ms | params |",
