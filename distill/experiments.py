@@ -137,6 +137,13 @@ def kl_weight_study(cfg: StudyConfig, weights: list[float], seeds: int, out: Pat
             verdict = (f"rejected: the reliability curves separate, but the larger KL weight gives ECE {t.loc[hi_w, 'test/ece']:.3f} "
                        f"against {t.loc[lo_w, 'test/ece']:.3f} and accuracy {t.loc[hi_w, 'test/accuracy']:.3f} against "
                        f"{t.loc[lo_w, 'test/accuracy']:.3f}.")
+        lo_ci, hi_ci = t.loc[lo_w, "test/ece_ci95"], t.loc[hi_w, "test/ece_ci95"]
+        if hi_ci[0] > lo_ci[1] or lo_ci[0] > hi_ci[1]:
+            direction = "worse" if t.loc[hi_w, "test/ece"] > t.loc[lo_w, "test/ece"] else "better"
+            verdict += (f" Beside the rule: the ECE intervals at weights {lo_w:g} and {hi_w:g} do not overlap "
+                        f"({t.loc[lo_w, 'test/ece']:.3f} [{lo_ci[0]:.3f}, {lo_ci[1]:.3f}] vs {t.loc[hi_w, 'test/ece']:.3f} "
+                        f"[{hi_ci[0]:.3f}, {hi_ci[1]:.3f}]): the larger weight is {direction} calibrated, because it moves "
+                        "predictions to lower-confidence bins (see the histogram under the curves), not because the curves differ.")
         _kl_figures(tmp, weights, bands, runs)
         summary = {"weights": weights, "seeds": seeds, "verdict": verdict, "null": null,
                    "overlap": {k: {"overlap": ok, "bins_apart": apart} for k, (ok, apart) in overlap.items()}}
@@ -147,16 +154,18 @@ def kl_weight_study(cfg: StudyConfig, weights: list[float], seeds: int, out: Pat
 
 def _kl_figures(out: Path, weights, bands, runs) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for w in weights:
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = 1 / (len(weights) + 1) / 15
+    for j, w in enumerate(weights):
         b = bands[w]
         centers = (b["edges"][:-1] + b["edges"][1:]) / 2
         ok = b["count"] > 0
         ax.plot(centers[ok], b["accuracy"][ok], "o-", label=f"KL weight {w:g}")
         ax.fill_between(centers[ok], b["lo"][ok], b["hi"][ok], alpha=0.2)
+        hist.bar(b["edges"][:-1] + (j + 0.5) * width, b["count"], width=width, label=f"{w:g}")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
-    ax.set(xlabel="confidence", ylabel="accuracy", title="Teacher reliability (test, pooled seeds, 95% bands)",
-           xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(ylabel="accuracy", title="Teacher reliability (test, pooled seeds, 95% bands)", xlim=(0, 1), ylim=(0, 1.02))
+    hist.set(xlabel="confidence", ylabel="rows per bin")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "reliability_by_kl_weight.png", dpi=110)
