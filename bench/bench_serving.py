@@ -8,8 +8,9 @@
 2. Batch throughput in rows/s: the teacher's `predictive` signature with 100 draws vs the student.
 3. A load run: N concurrent clients for a bounded time on loopback, counting errors and 5xx.
 
-Each server mode is measured: `threaded` (the TF call in Starlette's thread pool, the default) and
-`inline` (the TF call on the event loop). The client is the stdlib's http.client (keep-alive): it
+Each server mode is measured (`create_app(mode=...)`): `inline` (the TF call on the event loop),
+`thread` (in Starlette's thread pool) and `auto`, the default (small requests inline, big ones and
+scalar-input signatures in the pool). The client is the stdlib's http.client (keep-alive): it
 costs less CPU than httpx, which matters when client and server share 2 cores.
 """
 from __future__ import annotations
@@ -48,10 +49,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export: Path, name: str, threaded: bool) -> tuple[subprocess.Popen, int]:
+def start_server(export: Path, name: str, mode: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [sys.executable, __file__, "--serve", str(export), "--name", name, "--port", str(port),
-           "--threaded" if threaded else "--inline"]
+           "--mode", mode]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -75,7 +76,7 @@ def _serve_main(args) -> None:
     from distill.serve import configure_threads, create_app
 
     configure_threads()  # as `bdk serve` does
-    app = create_app(args.serve, args.name, threaded=not args.inline)
+    app = create_app(args.serve, args.name, mode=args.mode)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
@@ -216,12 +217,11 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--load-seconds", type=float, default=20.0)
     p.add_argument("--batch", type=int, default=1024, help="Rows per call in the throughput runs.")
-    p.add_argument("--modes", default="threaded,inline", help="Server modes to measure over HTTP.")
+    p.add_argument("--modes", default="auto,inline,thread", help="Server modes to measure over HTTP.")
     p.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # internal: run one server
     p.add_argument("--name", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--threaded", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="auto", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
         return _serve_main(args)
@@ -260,7 +260,7 @@ def main() -> None:
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         print(f"\n== HTTP on loopback, server mode: {mode} ==")
         for name, export in models.items():
-            proc, port = start_server(export, name, threaded=mode == "threaded")
+            proc, port = start_server(export, name, mode)
             try:
                 lat = http_latency(port, name, body, args.requests)
                 print(f"{name:8s} concurrency 1: {pct(lat)}")

@@ -38,6 +38,8 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Scalar integer inputs are work counts (the teacher's num_samples): one request must not buy hours
 # of CPU or a [num_samples, B, C] tensor that exhausts memory.
 DEFAULT_MAX_SCALAR = 1000
+MODES = ("auto", "inline", "thread")  # where a :predict request runs: see create_app
+INLINE_MAX_BODY_BYTES = 4096  # "auto" parses and runs bodies up to this size on the event loop (~30 rows)
 # After the body limit is crossed, keep reading (and discarding) up to this much so the client sees
 # the 413 instead of a connection reset while it is still sending.
 _DRAIN_BYTES = 64 * 1024 * 1024
@@ -310,17 +312,36 @@ def format_predict(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
     return {"predictions": [dict(zip(keys, row)) for row in zip(*lists.values())]}
 
 
-def predict(model: ServedModel, body: bytes, limits: Limits) -> bytes:
-    """The whole :predict handler minus HTTP: body bytes -> response bytes (or a RequestError)."""
+@dataclass(frozen=True)
+class Prepared:
+    """A validated :predict request, ready for TensorFlow."""
+
+    signature: Signature
+    inputs: dict[str, np.ndarray]  # name -> array of the spec's dtype, e.g. features [B, F] float32
+    row_format: bool
+
+
+def prepare(model: ServedModel, body: bytes, limits: Limits) -> Prepared:
+    """Body bytes -> validated tensors, or a RequestError: everything before TensorFlow runs."""
     request = loads(body)
     sig = model.signature(request.get("signature_name") if isinstance(request, dict) else None)
     inputs, row_format = parse_predict(request, sig, limits, may_hold_bool=b"true" in body or b"false" in body)
+    return Prepared(sig, inputs, row_format)
+
+
+def finish(p: Prepared) -> bytes:
+    """Run the signature and shape the response as TF Serving does."""
     try:
-        outputs = sig.run(inputs)
+        outputs = p.signature.run(p.inputs)
     except Exception as e:  # e.g. tf.errors.InvalidArgumentError from an op on odd (but well-typed) input
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RequestError(400, f"{type(e).__name__}: {first}") from None
-    return dumps(format_predict(outputs, row_format))
+    return dumps(format_predict(outputs, p.row_format))
+
+
+def predict(model: ServedModel, body: bytes, limits: Limits) -> bytes:
+    """The whole :predict handler minus HTTP: body bytes -> response bytes (or a RequestError)."""
+    return finish(prepare(model, body, limits))
 
 
 # ---------------------------------------------------------------- the app
@@ -328,13 +349,15 @@ def predict(model: ServedModel, body: bytes, limits: Limits) -> bytes:
 
 def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFAULT_MAX_BATCH,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_scalar: int = DEFAULT_MAX_SCALAR,
-               threaded: bool = True):
+               mode: str = "auto"):
     """A FastAPI app serving one SavedModel version under `name`.
 
-    `threaded` runs the TensorFlow call in Starlette's thread pool (the event loop keeps accepting
-    and parsing while TF computes, and TF releases the GIL, so two cores serve two calls at once);
-    False runs it on the event loop, which saves a thread hop per request (bench/bench_serving.py
-    measures both).
+    `mode` says where a :predict request runs. "inline": on the event loop, no thread hop (the
+    lowest latency for small requests, and under load a plain FIFO with tight tails). "thread":
+    in Starlette's thread pool (TF releases the GIL, so two cores can run two calls, and the loop
+    stays free during a long call). "auto" (default): small bodies for signatures without scalar
+    inputs inline; big bodies, and signatures whose scalar input sets the work (num_samples), in
+    the pool, so no request can stall the loop for long. bench/bench_serving.py measures all three.
     """
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
@@ -342,6 +365,8 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     model = ServedModel(model_base_or_version_dir, name)
     limits = Limits(max_batch=max_batch, max_body_bytes=max_body_bytes, max_scalar=max_scalar)
     app = FastAPI(title=f"bdk serve: {name}", docs_url=None, redoc_url=None, openapi_url=None)
@@ -395,7 +420,14 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
     async def run_predict(request: Request, model_name: str, version: str | None) -> Response:
         check(model_name, version)
         body = await read_body(request)
-        out = await run_in_threadpool(predict, model, body, limits) if threaded else predict(model, body, limits)
+        if mode == "thread" or (mode == "auto" and len(body) > INLINE_MAX_BODY_BYTES):
+            out = await run_in_threadpool(predict, model, body, limits)
+        else:
+            prepared = prepare(model, body, limits)  # small body: microseconds
+            if mode == "auto" and prepared.signature.scalar_inputs:
+                out = await run_in_threadpool(finish, prepared)
+            else:
+                out = finish(prepared)
         return Response(out, media_type="application/json")
 
     @app.get("/v1/models/{model_name}")
@@ -476,7 +508,7 @@ def _check_port(host: str, port: int) -> None:
 
 def serve(export_dir: Path, name: str | None = None, host: str = "127.0.0.1", port: int = 8501,
           max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          threaded: bool = True) -> None:
+          mode: str = "auto") -> None:
     """Load the export and serve it with uvicorn until interrupted (the `bdk serve` command)."""
     import uvicorn
 
@@ -484,7 +516,7 @@ def serve(export_dir: Path, name: str | None = None, host: str = "127.0.0.1", po
     _check_port(host, port)
     name = name or default_name(export_dir)
     configure_threads()
-    app = create_app(export_dir, name, max_batch=max_batch, max_body_bytes=max_body_bytes, threaded=threaded)
+    app = create_app(export_dir, name, max_batch=max_batch, max_body_bytes=max_body_bytes, mode=mode)
     model: ServedModel = app.state.model
     print(f"serving {name!r} version {model.version} from {model.path} (signatures: {', '.join(sorted(model.signatures))})")
     print(f"  http://{host}:{port}/v1/models/{name}:predict")

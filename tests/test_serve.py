@@ -27,7 +27,7 @@ def servers(teacher_run, student_base):
     from distill.serve import BackgroundServer, create_app
 
     teacher = create_app(teacher_run / "teacher" / "export", "teacher", max_batch=MAX_BATCH, max_body_bytes=MAX_BODY)
-    student = create_app(student_base / "1", "student", max_batch=MAX_BATCH, max_body_bytes=MAX_BODY, threaded=False)
+    student = create_app(student_base / "1", "student", max_batch=MAX_BATCH, max_body_bytes=MAX_BODY, mode="thread")
     with BackgroundServer(teacher) as t, BackgroundServer(student) as s:
         with httpx.Client(base_url=t.url, timeout=30) as tc, httpx.Client(base_url=s.url, timeout=30) as sc:
             yield {"teacher": tc, "student": sc}
