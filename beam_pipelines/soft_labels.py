@@ -230,5 +230,10 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
 
 
 if __name__ == "__main__":  # pragma: no cover
+    import sys
+
     logging.basicConfig(level=logging.INFO)
-    run()
+    try:
+        run()
+    except BdkError as e:
+        sys.exit(f"error: {e}")
