@@ -121,9 +121,9 @@ def soft_labels(
     from distill.errors import read_json
 
     m = read_json(out / "manifest.json")
-    summary_table(f"soft labels (S={m['num_samples']}, {m['runner']})",
+    summary_table(f"soft labels: S={m['num_samples']}, {m['runner']}",
                   {**{f"rows/{s}": n for s, n in m["rows_per_source"].items()}, "rows": m["rows"],
-                   "rows/s": float(m["rows_per_second"] or 0.0), "seconds": float(m["job_seconds"])})
+                   "rows/s": round(m["rows_per_second"] or 0), "seconds": f"{m['job_seconds']:.1f}"})
     print(f"soft labels: {out} ({len(m['shards'])} shard(s))")
 
 
