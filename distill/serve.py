@@ -136,6 +136,8 @@ class ServedModel:
 
     def signature(self, name: str | None) -> Signature:
         name = name or DEFAULT_SIGNATURE
+        if not isinstance(name, str):
+            raise RequestError(400, "\"signature_name\" must be a string")
         if name not in self.signatures:
             raise RequestError(404, f"Serving signature name: \"{name}\" not found in signature def; "
                                     f"available: {', '.join(sorted(self.signatures))}")
@@ -229,8 +231,11 @@ def to_tensor(name: str, value: Any, spec, limits: Limits, may_hold_bool: bool) 
 
 
 def _ragged(value: Any) -> bool:
-    return isinstance(value, list) and (
-        len({len(v) if isinstance(v, list) else -1 for v in value}) > 1 or any(_ragged(v) for v in value))
+    try:
+        return isinstance(value, list) and (
+            len({len(v) if isinstance(v, list) else -1 for v in value}) > 1 or any(_ragged(v) for v in value))
+    except RecursionError:
+        return True
 
 
 def _check_shape(name: str, arr: np.ndarray, spec, limits: Limits) -> None:

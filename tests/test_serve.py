@@ -174,6 +174,7 @@ BAD = {
     "empty_columnar_batch": ({"inputs": {"features": []}}, 400, ""),
     "over_batch_limit": ({"instances": [ROWS[0]] * (MAX_BATCH + 1)}, 413, "limit"),
     "over_body_limit": ({"instances": [ROWS[0]] * 3, "pad": "x" * MAX_BODY}, 413, "bytes"),
+    "signature_name_not_a_string": ({"signature_name": ["x"], "instances": ROWS}, 400, "string"),
     "unknown_signature": ({"signature_name": "nope", "instances": ROWS}, 404, "nope"),
     "missing_named_input": ({"signature_name": "predictive", "inputs": {"features": ROWS}}, 400, "num_samples"),
     "num_samples_too_big": ({"signature_name": "sample", "inputs": {"features": ROWS, "num_samples": 10**6}}, 400, "outside"),
