@@ -210,6 +210,17 @@ def test_unknown_route_and_method_keep_the_error_body(teacher):
     assert r.status_code == 405 and "error" in r.json()
 
 
+def test_chunked_bodies_are_counted_too(teacher):
+    def chunks(body: bytes):
+        for i in range(0, len(body), 100):
+            yield body[i:i + 100]
+
+    good = json.dumps({"instances": ROWS}).encode()
+    assert teacher.post("/v1/models/teacher:predict", content=chunks(good)).status_code == 200
+    r = teacher.post("/v1/models/teacher:predict", content=chunks(good + b" " * MAX_BODY))
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
 def test_large_body_is_refused_without_harm(teacher):
     r = teacher.post("/v1/models/teacher:predict", content=b"[" + b"1.0," * 300_000 + b"1.0]")
     assert r.status_code == 413
