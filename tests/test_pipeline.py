@@ -113,3 +113,24 @@ def test_soft_labels_from_another_dataset_are_refused(pipeline_run, tmp_path):
     manifest.write_text(json.dumps(m))
     r = CliRunner().invoke(app, ["student", "--run", str(run), "--no-progress"])
     assert r.exit_code == 1 and "class_names" in r.output and "bdk soft-labels" in r.output
+
+
+def test_the_real_student_over_http_matches_in_process(pipeline_run):
+    import httpx
+    import tensorflow as tf
+
+    from distill.serve import BackgroundServer, create_app
+
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.3, 2.8, 5.1, 1.5]]
+    with BackgroundServer(create_app(schema.student_dir(pipeline_run) / "export", "student")) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            got = client.post("/v1/models/student:predict", json={"instances": rows})
+            bad = client.post("/v1/models/student:predict", json={"instances": [[1.0, 2.0]]})
+    assert got.status_code == 200 and bad.status_code == 400 and "error" in bad.json()
+    local = tf.saved_model.load(str(schema.student_export(pipeline_run))).signatures["serving_default"](
+        features=tf.constant(rows, tf.float32))
+    served = got.json()["predictions"]
+    assert np.allclose([p["probs"] for p in served], local["probs"].numpy(), atol=1e-6)
+    assert np.allclose([p["epistemic"] for p in served], local["epistemic"].numpy(), atol=1e-6)
+    tflite = schema.student_dir(pipeline_run) / "student.tflite"
+    assert tflite.exists() and tflite.stat().st_size > 0
