@@ -14,8 +14,6 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 PREDICTIVE_SIGNATURE = "predictive"
-VECTOR_OUTPUTS = ("probs", "variance")  # [B, C] per call
-SCALAR_OUTPUTS = ("entropy", "expected_entropy", "mutual_information")  # [B] per call
 
 
 class PredictiveModelHandler(ModelHandler[dict, PredictionResult, Any]):
@@ -24,13 +22,19 @@ class PredictiveModelHandler(ModelHandler[dict, PredictionResult, Any]):
     One `predictive(features [B, F], num_samples)` call per batch: the export draws S independent
     weight samples in a tf.while_loop, one batched forward pass each. The model is loaded once per
     worker process (RunInference shares it across the process's threads).
+
+    `output_names` picks the signature's outputs to keep (classifier: probs [B, C], variance [B, C],
+    entropy, expected_entropy, mutual_information [B]; regression: mean, variance,
+    epistemic_variance [B]); None keeps every output the signature returns.
     """
 
-    def __init__(self, export_path: str, feature_names: Sequence[str], num_samples: int, batch_size: int = 16_384):
+    def __init__(self, export_path: str, feature_names: Sequence[str], num_samples: int, batch_size: int = 16_384,
+                 output_names: Optional[Sequence[str]] = None):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self.export_path = str(export_path)
         self.feature_names = tuple(feature_names)
         self.num_samples = int(num_samples)
+        self.output_names = tuple(output_names) if output_names is not None else None
 
     def set_environment_vars(self) -> None:
         """Runs on the worker before the model loads."""
@@ -53,7 +57,7 @@ class PredictiveModelHandler(ModelHandler[dict, PredictionResult, Any]):
         out = model.signatures[PREDICTIVE_SIGNATURE](features=tf.constant(x),
                                                     num_samples=tf.constant(self.num_samples, tf.int32))
         # Python lists per batch, not numpy per row: the per-row cost is what Beam adds to the model's.
-        columns = {k: out[k].numpy().tolist() for k in VECTOR_OUTPUTS + SCALAR_OUTPUTS}
+        columns = {k: out[k].numpy().tolist() for k in (self.output_names or sorted(out))}
         for i, row in enumerate(batch):
             yield PredictionResult(row, {k: v[i] for k, v in columns.items()}, self.export_path)
 

@@ -90,7 +90,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser = argparse.ArgumentParser(prog="python -m beam_pipelines.soft_labels", description=__doc__.split("\n")[0])
     parser.add_argument("--transfer", required=True, help="Transfer set Parquet file (distill.transfer).")
     parser.add_argument("--export", required=True, help="Teacher SavedModel folder with a `predictive` signature.")
-    parser.add_argument("--dataset_json", required=True, help="RUN/data/dataset.json (feature and class names).")
+    parser.add_argument("--dataset_json", required=True,
+                        help="RUN/data/dataset.json (feature and class names; `task: regression` for a regression teacher).")
     parser.add_argument("--output", required=True, help="Empty or new folder for the shards and manifest.json.")
     parser.add_argument("--num_samples", type=int, default=100, help="Weight draws per row (S >= 2).")
     parser.add_argument("--batch_size", type=int, default=16_384, help="Rows per predictive call.")
@@ -149,9 +150,11 @@ def _check_written(shards: list[str], transfer: str) -> tuple[int, dict[str, int
     return n, per_source
 
 
-def check_export(export: str, feature_names: list[str], class_names: list[str], minimum: list[float]) -> None:
+def check_export(export: str, feature_names: list[str], class_names: list[str], minimum: list[float],
+                 task: str = "classification") -> None:
     """Load the export on the launcher and call `predictive` once: a bad export is one clear error
-    here rather than a worker traceback. Costs one TensorFlow start on the launcher."""
+    here rather than a worker traceback. Costs one TensorFlow start on the launcher. `minimum` is
+    any valid raw feature row (the probe)."""
     import numpy as np
     import tensorflow as tf
 
@@ -170,6 +173,12 @@ def check_export(export: str, feature_names: list[str], class_names: list[str], 
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise BdkError(f"teacher export {export} does not take {len(feature_names)} features ({first}); {hint}") from None
+    if task == "regression":
+        wanted = schema.REGRESSION_OUTPUTS
+        if any(k not in out for k in wanted) or any(tuple(out[k].shape) != (1,) for k in wanted):
+            raise BdkError(f"teacher export {export} gives outputs {sorted(out)} with shapes "
+                           f"{[tuple(v.shape) for v in out.values()]}, expected {list(wanted)} of shape (1,) each; {hint}")
+        return
     missing = [k for k in schema.PREDICTIVE_OUTPUTS if k not in out]
     if missing or tuple(out["probs"].shape) != (1, len(class_names)):
         raise BdkError(f"teacher export {export} gives outputs {sorted(out)} with probs of shape {tuple(out['probs'].shape)}, "
@@ -186,14 +195,18 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     if FileSystems.match([shard_glob])[0].metadata_list or FileSystems.exists(FileSystems.join(output, schema.MANIFEST_FILE)):
         raise BdkError(f"{output} already holds soft labels; pass an empty or new --output")
     meta = _read_json(args.dataset_json)
-    features, classes = list(meta["feature_names"]), list(meta["class_names"])
-    check_export(args.export, features, classes, meta["scaler"]["minimum"])
+    features, classes = list(meta["feature_names"]), list(meta.get("class_names", []))
+    task = meta.get("task", "classification")  # regression: distill/uci.py writes task, scaler mean/std
+    probe = meta["scaler"]["mean"] if task == "regression" else meta["scaler"]["minimum"]
+    check_export(args.export, features, classes, probe, task)
     fingerprint = export_fingerprint(args.export)
 
-    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.batch_size)
+    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.batch_size,
+                                     output_names=schema.predictive_outputs(task))
+    arrow_schema = soft_label_arrow_schema(features, task)
     pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
     _ = pipeline | "SoftLabels" >> SoftLabelJob(args.transfer, handler, FileSystems.join(output, schema.SOFT_LABEL_PREFIX),
-                                                soft_label_arrow_schema(features))
+                                                arrow_schema)
     options = pipeline.options.get_all_options(drop_default=True, retain_unknown_options=True)  # before runners edit them
     runner = pipeline.options.view_as(StandardOptions).runner or type(pipeline.runner).__name__
     t0 = time.perf_counter()
@@ -211,7 +224,8 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         "rows": n,
         "rows_per_source": rows_per_source,
         "shards": [FileSystems.split(s)[1] for s in shards],
-        "columns": {f.name: str(f.type) for f in soft_label_arrow_schema(features)},
+        "task": task,
+        "columns": {f.name: str(f.type) for f in arrow_schema},
         "class_names": classes,
         "feature_names": features,
         "transfer": FileSystems.split(args.transfer)[1],

@@ -298,6 +298,36 @@ def experiment_digits(
     print(f"report: {out / 'report.md'}")
 
 
+@experiment_app.command("uci")
+@user_errors
+def experiment_uci(
+    dataset: str = typer.Option("boston", help="UCI regression dataset: boston | concrete."),
+    splits: int = typer.Option(20, help="Random 90/10 train/test splits (at least 2)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (replaced); default experiments/uci-DATASET."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs (early stopping on a validation slice)."),
+    kl_weight: Optional[float] = typer.Option(None, min=0.0, help="Teacher's KL weight (ELBO = NLL + w * KL / N_train)."),
+    noise: Optional[str] = typer.Option(None, help="Teacher's noise model: homoscedastic | heteroscedastic."),
+    samples: Optional[int] = typer.Option(None, min=2, help="Teacher draws for the evaluation and per soft label."),
+    student_epochs: Optional[int] = typer.Option(None, min=1, help="Student's maximum epochs."),
+    seed: int = typer.Option(0, help="Split i uses seed + i."),
+    progress: bool = typer.Option(True),
+):
+    """UCI regression benchmark: Bayes by Backprop teacher, Beam soft labels, mean-and-variance student.
+
+    Options left out take the defaults of distill.uci_experiment.UciStudyConfig (written to OUT/config.json).
+    """
+    from distill.uci_experiment import study_config, uci_study
+
+    cfg = study_config(dataset, seed=seed, epochs=epochs, kl_weight=kl_weight, noise=noise, samples=samples,
+                       student_epochs=student_epochs)
+    out = out or Path(f"experiments/uci-{dataset}")
+    s = uci_study(cfg, splits, out, progress=progress)
+    rows = {f"{m} test/{k}": "{:.3f} ± {:.3f}".format(*s[f"{m}/test/{k}"])
+            for m in ("teacher", "student") for k in ("log_likelihood", "rmse")}
+    summary_table(f"UCI {dataset}: {splits} splits (mean ± s.e.)", rows)
+    print(f"report: {out / 'report.md'}")
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())

@@ -148,3 +148,59 @@ def most_uncertain_pair(probs: np.ndarray, mutual_information: np.ndarray, class
     (a, b), best = max(totals.items(), key=lambda kv: kv[1])
     share = best / max(float(np.sum(mutual_information)), EPS)
     return class_names[a], class_names[b], share
+
+
+# ---------------------------------------------------------------- regression (Gaussian predictives)
+# Conventions: `y`, `mean`, `variance` are [N] in the target's original units; `mean_samples` and
+# `variance_samples` are [S, N], the Gaussian of each Monte Carlo weight draw.
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def regression_summary(mean_samples: np.ndarray, variance_samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Moments of the S-draw mixture (mirrors teacher.export.summarize_regression).
+
+    variance (total) = epistemic_variance (spread of the draws' means) + mean aleatoric variance.
+    """
+    epistemic = mean_samples.var(axis=0)  # [N]
+    return {"mean": mean_samples.mean(axis=0), "variance": epistemic + variance_samples.mean(axis=0),
+            "epistemic_variance": epistemic}
+
+
+def gaussian_log_likelihood(y: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """log N(y; mean, variance) per row, in nats."""
+    variance = np.maximum(variance, EPS)
+    return -0.5 * (LOG_2PI + np.log(variance) + (y - mean) ** 2 / variance)
+
+
+def mixture_log_likelihood(y: np.ndarray, mean_samples: np.ndarray, variance_samples: np.ndarray) -> np.ndarray:
+    """log (1/S sum_s N(y; mean_s, variance_s)) per row: the Monte Carlo predictive itself, not its
+    Gaussian moment match (how MC dropout's UCI numbers are computed)."""
+    from scipy.special import logsumexp
+
+    per_draw = gaussian_log_likelihood(y[None, :], mean_samples, variance_samples)  # [S, N]
+    return logsumexp(per_draw, axis=0) - np.log(len(mean_samples))
+
+
+def rmse(y: np.ndarray, mean: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((y - mean) ** 2)))
+
+
+def interval_coverage(y: np.ndarray, mean: np.ndarray, variance: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Observed share of rows inside the central Gaussian interval at each nominal level [L]."""
+    from scipy.stats import norm
+
+    z = norm.ppf(0.5 + np.asarray(levels) / 2.0)  # [L]
+    return (np.abs(y - mean)[None, :] <= z[:, None] * np.sqrt(np.maximum(variance, 0.0))[None, :]).mean(axis=1)
+
+
+def regression_metrics(y: np.ndarray, mean: np.ndarray, variance: np.ndarray, split: str) -> dict[str, float]:
+    """Mean test log-likelihood of the Gaussian predictive and RMSE of its mean, keyed `split/metric`."""
+    return {f"{split}/log_likelihood": float(gaussian_log_likelihood(y, mean, variance).mean()),
+            f"{split}/rmse": rmse(y, mean)}
+
+
+def mean_and_standard_error(values) -> tuple[float, float]:
+    """Mean over splits and its standard error, std (ddof=1) / sqrt(n), as UCI tables report them."""
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")

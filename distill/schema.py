@@ -64,13 +64,24 @@ MANIFEST_FILE = "manifest.json"
 TRANSFER_KEYS = ("id", "source", "label")  # str, one of SOURCES, class index or NO_LABEL
 SOFT_LABEL_OUTPUTS = PREDICTIVE_OUTPUTS + ("num_samples",)  # probs/variance are list<float> [C]; then scalars
 
+# Regression (dataset.json `task: regression`, distill/uci.py): the export's predictive in the target's
+# units, one float per row each; the soft-label shards carry them plus num_samples.
+REGRESSION_OUTPUTS = ("mean", "variance", "epistemic_variance")
+REGRESSION_SOFT_LABEL_OUTPUTS = REGRESSION_OUTPUTS + ("num_samples",)
+
+
+def predictive_outputs(task: str = "classification") -> tuple[str, ...]:
+    """The `predictive` signature's outputs the soft-label job keeps, by dataset.json's `task`."""
+    return REGRESSION_OUTPUTS if task == "regression" else PREDICTIVE_OUTPUTS
+
 
 def transfer_columns(feature_names: list[str]) -> list[str]:
     return [*TRANSFER_KEYS, *feature_names]
 
 
-def soft_label_columns(feature_names: list[str]) -> list[str]:
-    return [*TRANSFER_KEYS, *feature_names, *SOFT_LABEL_OUTPUTS]
+def soft_label_columns(feature_names: list[str], task: str = "classification") -> list[str]:
+    outputs = REGRESSION_SOFT_LABEL_OUTPUTS if task == "regression" else SOFT_LABEL_OUTPUTS
+    return [*TRANSFER_KEYS, *feature_names, *outputs]
 
 
 def transfer_path(run: Path) -> Path:

@@ -142,10 +142,14 @@ def transfer_arrow_schema(feature_names: list[str]):
                      + [(name, pa.float32()) for name in feature_names])
 
 
-def soft_label_arrow_schema(feature_names: list[str]):
-    """The soft-label shards' schema: the transfer columns, then the teacher's predictive for S draws."""
+def soft_label_arrow_schema(feature_names: list[str], task: str = "classification"):
+    """The soft-label shards' schema: the transfer columns, then the teacher's predictive for S draws
+    (regression: one float per row each for mean, variance, epistemic_variance)."""
     import pyarrow as pa
 
+    if task == "regression":
+        outputs = [(name, pa.float32()) for name in schema.REGRESSION_OUTPUTS] + [("num_samples", pa.int32())]
+        return pa.schema(list(transfer_arrow_schema(feature_names)) + [pa.field(n, t) for n, t in outputs])
     vector = pa.list_(pa.float32())  # [C]
     outputs = [("probs", vector), ("variance", vector), ("entropy", pa.float32()),
                ("expected_entropy", pa.float32()), ("mutual_information", pa.float32()), ("num_samples", pa.int32())]
@@ -201,6 +205,8 @@ def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
 
     Columns: schema.soft_label_columns(feature_names). `probs` and `variance` hold one float32 [C]
     row of an [N, C] array each: `np.stack(df["probs"].to_numpy())` gives the [N, C] array back.
+    A regression run (dataset.json `task: regression`) has the scalar columns mean, variance,
+    epistemic_variance instead (schema.soft_label_columns(feature_names, "regression")).
     Raises BdkError when they are missing or stale (teacher export, classes or features changed).
     """
     run = Path(run)
@@ -230,14 +236,17 @@ def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
     missing = [s.name for s in shards if not s.exists()]
     if missing:
         raise BdkError(f"soft-label shards {missing} listed in {schema.soft_labels_manifest(run)} are missing; {again}")
+    task = meta.get("task", "classification")
     table = pa.concat_tables([pq.read_table(s) for s in shards]) if shards else \
-        soft_label_arrow_schema(meta["feature_names"]).empty_table()
+        soft_label_arrow_schema(meta["feature_names"], task).empty_table()
     ids = pq.read_table(out / schema.TRANSFER_FILE, columns=["id"]).column("id").to_pylist()
     have = pd.Index(table.column("id").to_pylist())
     order = have.get_indexer(ids) if have.is_unique else None
     if order is None or len(have) != len(ids) or (order < 0).any():
         raise BdkError(f"soft labels in {out} do not match its transfer set row for row; {again}")
     table = table.take(order)  # transfer-set order, whatever order the runner wrote the shards in
+    if task == "regression":  # scalar columns only
+        return table.to_pandas()[schema.soft_label_columns(meta["feature_names"], task)], manifest
 
     num_classes = len(meta["class_names"])
     df = table.drop_columns(["probs", "variance"]).to_pandas()

@@ -47,6 +47,14 @@ def summarize(probs_samples: tf.Tensor) -> dict[str, tf.Tensor]:
     }
 
 
+def summarize_regression(mean_samples: tf.Tensor, variance_samples: tf.Tensor) -> dict[str, tf.Tensor]:
+    """[S, B] Gaussian draws -> the mixture's mean and variance split into its epistemic part
+    (variance of the draws' means) and the rest (mean aleatoric variance); mirrors metrics.regression_summary."""
+    epistemic = tf.math.reduce_variance(mean_samples, axis=0)  # [B]
+    return {"mean": tf.reduce_mean(mean_samples, axis=0), "variance": epistemic + tf.reduce_mean(variance_samples, axis=0),
+            "epistemic_variance": epistemic}
+
+
 class MonteCarloModule(tf.Module):
     def __init__(
         self,
