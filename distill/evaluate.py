@@ -114,10 +114,16 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     from distill import report
     from distill.transfer import read_soft_labels
 
+    from tqdm.auto import tqdm
+
     run = Path(run)
     ds = data_lib.load_from_run(run)
     soft, _ = read_soft_labels(run)
+    steps = tqdm(total=5, desc="evaluate", unit="step", disable=None if progress else True, leave=False)
+    steps.set_postfix_str("loading exports")
     exports = Exports(run, cfg.samples)
+    steps.update()
+    steps.set_postfix_str("predicting")
 
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}  # model -> input set -> outputs
     inputs = {"val": ds["val"].x, "test": ds["test"].x,
@@ -128,6 +134,8 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
         for name, x in inputs.items():
             if len(x):
                 preds[m][name] = exports.predict(m, x)
+    steps.update()
+    steps.set_postfix_str("bootstrap intervals")
 
     out: dict = {}
     for m in MODELS:
@@ -160,7 +168,11 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     ood["teacher/mutual_information_auroc"] = metrics.auroc(preds["teacher"]["test"]["epistemic"], preds["teacher"]["ood"]["epistemic"])
     ood["student/epistemic_auroc"] = metrics.auroc(preds["student"]["test"]["epistemic"], preds["student"]["ood"]["epistemic"])
     out["ood"] = ood
+    steps.update()
+    steps.set_postfix_str("latency")
     out["cost"] = {m: exports.cost(m, cfg.latency_calls) for m in MODELS}
+    steps.update()
+    steps.set_postfix_str("figures and report")
     tflite = schema.student_dir(run) / "student.tflite"
     if tflite.exists():
         out["cost"]["student"]["tflite_bytes"] = tflite.stat().st_size
@@ -171,6 +183,8 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
         for split in ("val", "test"):
             side_by_side(ds, split, preds).to_csv(tmp / f"{split}_predictions.csv", index=False)
         report.write(tmp, run, ds, preds, out)
+    steps.update()
+    steps.close()
     return out
 
 
