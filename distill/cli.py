@@ -117,7 +117,7 @@ def soft_labels(
 
     cfg = SoftLabelConfig(TransferConfig(perturbations=perturbations, noise=noise, uniform=uniform, margin=margin,
                                          unlabeled=unlabeled, seed=seed), num_samples=samples, batch_size=batch_size)
-    out = soft_labels_stage(cfg, run, list(ctx.args), progress=progress)
+    out = soft_labels_stage(cfg, run, beam_options(ctx.args), progress=progress)
     from distill.errors import read_json
 
     m = read_json(out / "manifest.json")
@@ -213,7 +213,7 @@ def run_pipeline(
         console.rule(f"[{i}/{len(STAGES)}] {name}  ({time.perf_counter() - t0:.0f} s)")
 
     s = run_all(data_cfg, teacher_cfg, soft_cfg, student_cfg, eval_cfg, out, overwrite=overwrite,
-                beam_args=ctx.args, progress=progress, announce=announce)
+                beam_args=beam_options(ctx.args), progress=progress, announce=announce)
     rows = _headline(s["evaluate"])
     rows["wall seconds"] = time.perf_counter() - t0
     summary_table(f"bdk run: {dataset}", rows)
@@ -326,6 +326,27 @@ def experiment_uci(
             for m in ("teacher", "student") for k in ("log_likelihood", "rmse")}
     summary_table(f"UCI {dataset}: {splits} splits (mean ± s.e.)", rows)
     print(f"report: {out / 'report.md'}")
+
+
+def beam_options(args: list[str]) -> list[str]:
+    """The extra arguments, checked to be Beam pipeline options (a mistyped bdk option is refused,
+    not passed to Beam, which would drop it with a warning)."""
+    if not args:
+        return []
+    import difflib
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    known = set(PipelineOptions([]).get_all_options().keys())
+    for arg in args:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0]
+            if name.replace("-", "_") not in known and name not in known:
+                guess = difflib.get_close_matches(name, [*known, "samples", "student-epochs", "perturbations", "uniform",
+                                                         "epochs", "seed", "noise", "unlabeled"], n=1)
+                hint = f" (did you mean --{guess[0]}?)" if guess else ""
+                raise BdkError(f"unknown option {arg.split('=', 1)[0]}{hint}; Beam pipeline options go after `--`")
+    return list(args)
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from distill import schema
-from distill.errors import BdkError, read_json, write_json
+from distill.errors import BdkError, first_line, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
 # name -> (file, label column, id column)
 BUNDLED = {"iris": (DATA_ROOT / "iris.csv", "Species", "Id")}
 SPLITS = ("train", "val", "test")
+ROW_NUMBER = "__row__"  # 1-based data row of the source file: the id when the table has no id column
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,7 @@ def _load_local(path: Path) -> pd.DataFrame:
     except BdkError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BdkError(f"{path}: could not read it as {kind} ({first}); check the file is a valid {kind} table") from None
+        raise BdkError(f"{path}: could not read it as {kind} ({first_line(e)}); check the file is a valid {kind} table") from None
 
 
 # ---------------------------------------------------------------- validating and splitting
@@ -175,6 +175,7 @@ def validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, list[str]
             raise BdkError(
                 f"feature column {c!r} is not numeric (e.g. {example!r}); encode it as numbers or remove the column"
             )
+    df = df.assign(**{ROW_NUMBER: np.arange(1, len(df) + 1)})  # the file's data row, kept through drops
     feats = df[features].astype("float64")
     missing = feats.isna().any(axis=1).to_numpy() | df[label].isna().to_numpy() | ~np.isfinite(feats.to_numpy()).all(axis=1)
     if missing.any():
@@ -211,7 +212,8 @@ def build_dataset(df: pd.DataFrame, cfg: DataConfig) -> Dataset:
     classes = _class_names(df[label])
     if len(classes) < 2:
         raise BdkError(f"label column {label!r} has {len(classes)} class ({classes}); classification needs at least 2")
-    y = np.searchsorted(np.asarray(classes), _label_strings(df[label])).astype(np.int64)
+    index = {name: i for i, name in enumerate(classes)}  # classes may sort numerically: no searchsorted
+    y = np.array([index[v] for v in _label_strings(df[label])], dtype=np.int64)
     counts = np.bincount(y, minlength=len(classes))
     small = [(classes[i], int(n)) for i, n in enumerate(counts) if n < 3]
     if small:
@@ -219,7 +221,7 @@ def build_dataset(df: pd.DataFrame, cfg: DataConfig) -> Dataset:
         raise BdkError(
             f"class {name!r} has only {n} row(s); stratified train/val/test splits need at least 3 per class: add rows or remove the class"
         )
-    ids = (df[id_col].astype(str) if id_col else pd.Series(np.arange(1, len(df) + 1)).astype(str)).to_numpy()
+    ids = (df[id_col] if id_col else df[ROW_NUMBER]).astype(str).to_numpy()
     if len(set(ids)) != len(ids):
         raise BdkError(f"id column {id_col!r} has duplicate values; ids must be unique (or pass --id-column to pick another)")
     x = df[features].to_numpy(np.float32)

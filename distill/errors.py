@@ -45,6 +45,12 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line (or its type), for one-line error messages."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def to_jsonable(obj: Any) -> Any:
     if is_dataclass(obj):
         return to_jsonable(asdict(obj))

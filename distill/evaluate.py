@@ -68,6 +68,12 @@ class Exports:
                 first = {"teacher": f"bdk teacher --out {run}", "student": f"bdk student --run {run}",
                          "baseline": f"bdk student --run {run}"}[name]
                 raise BdkError(f"{run} has no {name} export at {path}; run `{first}` first")
+        from student.train import soft_labels_digest
+
+        student_cfg = schema.student_dir(run) / "config.json"
+        if student_cfg.exists() and read_json(student_cfg).get("soft_labels_manifest") != soft_labels_digest(run):
+            raise BdkError(f"the student in {schema.student_dir(run)} was trained on other soft labels than those in "
+                           f"{schema.soft_labels_dir(run)}; rerun `bdk student --run {run}`")
         self.paths = paths
         self.models = {name: tf.saved_model.load(str(p)) for name, p in paths.items()}
 
@@ -132,7 +138,7 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
         inputs[src] = soft.loc[soft["source"] == src, ds.feature_names].to_numpy(np.float32)
     for m in MODELS:
         for name, x in inputs.items():
-            if len(x):
+            if len(x) and (m == "student" or name not in ("perturbed", "uniform")):  # teacher: soft labels there
                 preds[m][name] = exports.predict(m, x)
     steps.update()
     steps.set_postfix_str("bootstrap intervals")

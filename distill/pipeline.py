@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from distill import data as data_lib
-from distill.errors import atomic_dir
+from distill.errors import BdkError, atomic_dir, first_line, write_json
 
 
 def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwrite: bool = False,
@@ -18,10 +18,8 @@ def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwri
     """Stage 1: read and split the data, train, evaluate and export the teacher into a new run folder."""
     out = Path(out)
     if out.exists() and not overwrite:
-        from distill.errors import BdkError
         raise BdkError(f"run folder {out} already exists; pass --overwrite to replace it or choose another --out")
     ds = data_lib.load(data_cfg)  # validates before anything is written or TensorFlow loads
-    from distill.errors import write_json
     from teacher.train import train_teacher
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -48,7 +46,6 @@ def evaluate_stage(eval_cfg, run: Path, progress: bool = True) -> dict:
 def _existing_run(run: Path) -> Path:
     run = Path(run)
     if not run.is_dir():
-        from distill.errors import BdkError
         raise BdkError(f"run folder {run} does not exist; create it with `bdk teacher --out {run}` (or `bdk run --out {run}`)")
     return run
 
@@ -81,7 +78,6 @@ def soft_labels_stage(cfg, run: Path, beam_args: Sequence[str] = (), progress: b
     only when the job succeeded and its rows were checked, so a rerun never mixes old and new shards.
     """
     from distill import schema
-    from distill.errors import BdkError, write_json
     from distill.transfer import build_transfer_set, write_transfer_set
 
     run = _existing_run(run)
@@ -101,8 +97,11 @@ def soft_labels_stage(cfg, run: Path, beam_args: Sequence[str] = (), progress: b
             (status(message) if status else contextlib.nullcontext()):
         write_transfer_set(table, tmp / schema.TRANSFER_FILE, ds.feature_names)
         write_json(tmp / "config.json", {"soft_labels": cfg, "beam_args": list(beam_args)})
-        job.run(["--transfer", str(tmp / schema.TRANSFER_FILE), "--export", str(export),
-                 "--dataset_json", str(schema.data_dir(run).resolve() / "dataset.json"), "--output", str(tmp),
-                 "--num_samples", str(cfg.num_samples), "--batch_size", str(cfg.batch_size),
-                 "--seed", str(cfg.transfer.seed), *beam_args])
+        try:
+            job.run(["--transfer", str(tmp / schema.TRANSFER_FILE), "--export", str(export),
+                     "--dataset_json", str(schema.data_dir(run).resolve() / "dataset.json"), "--output", str(tmp),
+                     "--num_samples", str(cfg.num_samples), "--batch_size", str(cfg.batch_size),
+                     "--seed", str(cfg.transfer.seed), *beam_args])
+        except ValueError as e:  # Beam rejects pipeline options (e.g. an unknown runner) with ValueError
+            raise BdkError(f"the Beam job did not start: {first_line(e)}; check the Beam options after `--`") from None
     return schema.soft_labels_dir(run)

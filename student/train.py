@@ -23,6 +23,7 @@ from student.config import StudentConfig
 from student.export import StudentModule
 from student.losses import distillation_loss, epistemic_loss, hard_cross_entropy
 from student.model import build_student
+from student.tflite import export_tflite
 
 
 class GateFailed(BdkError):
@@ -145,26 +146,27 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         **{f"student/{k}": v for k, v in val["student"].items()},
         **{f"baseline/{k}": v for k, v in val["baseline"].items()},
     }
-    with atomic_dir(schema.student_dir(run), overwrite=True) as tmp:
-        write_json(tmp / "config.json", {"student": asdict(cfg), "soft_labels_fingerprint": manifest.get("teacher_fingerprint"),
-                                         "mi_scale": mi_scale})
+    # A passing student replaces RUN/student whole; a failing one goes to RUN/student/rejected only,
+    # so a failed retrain never unpublishes the student that is already deployed.
+    target = schema.student_dir(run) / "rejected" if failures else schema.student_dir(run)
+    with atomic_dir(target, overwrite=True) as tmp:
+        write_json(tmp / "config.json", {"student": asdict(cfg), "soft_labels_manifest": soft_labels_digest(run),
+                                         "teacher_fingerprint": manifest.get("teacher_fingerprint"), "mi_scale": mi_scale})
         result.history.to_csv(tmp / "history.csv", index=False)
         baseline_result.history.to_csv(tmp / "baseline_history.csv", index=False)
-        student_path = tmp / ("export" if not failures else "rejected") / schema.EXPORT_VERSION
-        student_module.save(student_path)
+        student_module.save(tmp / "export" / schema.EXPORT_VERSION)
         baseline_module.save(tmp / "baseline" / "export" / schema.EXPORT_VERSION)
         if not failures:
-            summary["tflite_bytes"] = _tflite(student_path, tmp / "student.tflite")
+            summary["tflite_bytes"] = export_tflite(tmp / "export" / schema.EXPORT_VERSION, tmp / "student.tflite")
         write_json(tmp / "metrics.json", summary)
     if failures:
-        raise GateFailed("student failed the quality gate (" + "; ".join(failures) + "); it was saved under "
-                         f"{schema.student_dir(run) / 'rejected'} and not published: retrain with more epochs or a larger --hidden, or raise the margins")
+        raise GateFailed("student failed the quality gate (" + "; ".join(failures) + f"); it was saved under {target} "
+                         "and not published: retrain with more epochs or a larger --hidden, or raise the margins")
     return summary
 
 
-def _tflite(saved_model: Path, out: Path) -> int | None:
-    try:
-        from student.tflite import export_tflite
-    except ImportError:  # not there yet
-        return None
-    return export_tflite(saved_model, out)
+def soft_labels_digest(run: Path) -> str:
+    """sha256 of RUN/soft_labels/manifest.json: ties a student to the soft labels it learned from."""
+    import hashlib
+
+    return hashlib.sha256(schema.soft_labels_manifest(Path(run)).read_bytes()).hexdigest()

@@ -91,8 +91,19 @@ def test_a_worse_student_fails_the_gate_and_is_not_published(pipeline_run, tmp_p
     r = CliRunner().invoke(app, ["student", "--run", str(run), "--epochs", "1", "--hidden", "1",
                                  "--gate-ece-margin", "0.0", "--gate-nll-margin", "0.0", "--no-progress"])
     assert r.exit_code == 1 and "quality gate" in r.output and "Traceback" not in r.output
-    assert not schema.student_export(run).exists()
-    assert (schema.student_dir(run) / "rejected" / "1" / "saved_model.pb").exists()
+    assert (schema.student_dir(run) / "rejected" / "export" / "1" / "saved_model.pb").exists()
+    # the student published before stays published, untouched
+    assert (schema.student_export(run) / "saved_model.pb").read_bytes() == \
+        (schema.student_export(pipeline_run) / "saved_model.pb").read_bytes()
+
+
+def test_a_student_from_other_soft_labels_is_noticed(pipeline_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pipeline_run, run)
+    manifest = schema.soft_labels_dir(run) / "manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")  # soft labels remade since the student learned
+    r = CliRunner().invoke(app, ["evaluate", "--run", str(run), "--no-progress"])
+    assert r.exit_code == 1 and "bdk student --run" in r.output
 
 
 def test_missing_stage_inputs_name_the_command_to_run(teacher_run, tmp_path):

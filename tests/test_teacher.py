@@ -100,6 +100,15 @@ def test_kl_weight_scales_the_kl_term():
         model(x)
         terms.append(float(tf.add_n(model.losses)))
     assert terms[1] == pytest.approx(3 * terms[0], rel=1e-5)
+    # and the layer loss is KL(q || p) / N_train: the per-example share of the ELBO's KL
+    tfk.utils.set_random_seed(0)
+    model = build_flipout(4, 3, n_train=50)
+    model(x)
+    import tensorflow_probability as tfp
+
+    raw = sum(float(tf.reduce_sum(tfp.distributions.kl_divergence(layer.kernel_posterior, layer.kernel_prior)))
+              for layer in model.layers)
+    assert float(tf.add_n(model.losses)) == pytest.approx(raw / 50, rel=1e-5)
 
 
 def test_cli_refuses_bad_input_without_traces(tmp_path, teacher_run):
