@@ -67,14 +67,18 @@ def figure_teacher_training(path: Path, history: pd.DataFrame) -> None:
     plt.close(fig)
 
 
-def figure_uncertainty(path: Path, preds) -> None:
+def ood_label(cfg) -> str:
+    return f"OOD ({Path(cfg.ood_file).name})" if cfg.ood_file else "OOD (far-away uniform)"
+
+
+def figure_uncertainty(path: Path, preds, ood: str) -> None:
     panels = [("teacher", "entropy"), ("teacher", "epistemic"), ("student", "entropy"), ("student", "epistemic")]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for ax, (m, key) in zip(axes, panels):
         both = np.r_[preds[m]["test"][key], preds[m]["ood"][key]]
         bins = np.linspace(0, max(float(both.max()), 1e-6), 30)
         ax.hist(preds[m]["test"][key], bins=bins, alpha=0.6, density=True, label="test")
-        ax.hist(preds[m]["ood"][key], bins=bins, alpha=0.6, density=True, label="OOD (far uniform)")
+        ax.hist(preds[m]["ood"][key], bins=bins, alpha=0.6, density=True, label=ood)
         name = {"entropy": "predictive entropy", "epistemic": "mutual information" if m == "teacher" else "epistemic head"}[key]
         ax.set(title=f"{m}: {name}", xlabel="nats")
         ax.legend()
@@ -108,7 +112,7 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
     figure_reliability(out_dir / "reliability.png", ds, preds)
     figure_rejection(out_dir / "accuracy_vs_rejection.png", ds, preds)
     figure_teacher_training(out_dir / "teacher_training.png", pd.read_csv(schema.teacher_dir(run) / "history.csv"))
-    figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds)
+    figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds, ood_label(out["config"]))
 
     lines = [f"# Bayesian dark knowledge report: {ds.source}", "",
              f"Test split: {len(ds['test'])} rows, validation: {len(ds['val'])} rows, classes: {', '.join(ds.class_names)}. "
@@ -135,7 +139,7 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
             a, t = out["agreement"], out["epistemic_tracking"]
             lines.append(f"| {name} | {a[f'{name}/kl']:.5f} | {a[f'{name}/top1_agreement']:.3f} | {t[f'{name}/spearman']:.3f} |")
     o = out["ood"]
-    lines += ["", "## Out-of-distribution detection (test vs far-away uniform inputs)", "",
+    lines += ["", f"## Out-of-distribution detection (test vs {ood_label(out['config'])[5:-1]} inputs)", "",
               "| model | AUROC by entropy | AUROC by epistemic score |", "|---|---|---|",
               f"| teacher | {o['teacher/entropy_auroc']:.3f} | {o['teacher/mutual_information_auroc']:.3f} (mutual information) |",
               f"| student | {o['student/entropy_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (epistemic head) |",
