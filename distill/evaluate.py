@@ -71,7 +71,8 @@ class Exports:
         from student.train import soft_labels_digest
 
         student_cfg = schema.student_dir(run) / "config.json"
-        if student_cfg.exists() and read_json(student_cfg).get("soft_labels_manifest") != soft_labels_digest(run):
+        made_from = read_json(student_cfg).get("soft_labels_manifest") if student_cfg.exists() else None
+        if made_from is not None and made_from != soft_labels_digest(run):
             raise BdkError(f"the student in {schema.student_dir(run)} was trained on other soft labels than those in "
                            f"{schema.soft_labels_dir(run)}; rerun `bdk student --run {run}`")
         self.paths = paths
