@@ -149,7 +149,7 @@ def _columns(df: pd.DataFrame, cfg: DataConfig) -> tuple[str, str | None]:
         raise BdkError(
             f"label column {label!r} not found; the columns are {list(df.columns)}: pass --label-column NAME"
         )
-    id_col = cfg.id_column or (bundled[2] if bundled else next((c for c in ("id", "Id", "ID") if c in df.columns), None))
+    id_col = cfg.id_column or (bundled[2] if bundled else next((c for c in schema.ID_COLUMNS if c in df.columns), None))
     if id_col is not None and id_col not in df.columns:
         raise BdkError(f"id column {id_col!r} not found; the columns are {list(df.columns)}: pass --id-column NAME")
     return label, id_col

@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from distill import schema
-from distill.errors import BdkError, read_json
+from distill.errors import BdkError, first_line, read_json
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-ID_CANDIDATES = ("id", "Id", "ID")
 
 
 def find_dataset_json(version_dir: Path) -> Path | None:
@@ -47,7 +46,7 @@ def read_input(path: Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BdkError(f"{path}: could not read it as {kind} ({first})") from None
     if len(df) == 0:
         raise BdkError(f"{path}: the table has no rows")
@@ -58,7 +57,7 @@ def pick_columns(df: pd.DataFrame, id_column: str | None, feature_names: list[st
     """(id column or None for row numbers, feature columns) from the run's names or the numeric columns."""
     if id_column is not None and id_column not in df.columns:
         raise BdkError(f"id column {id_column!r} not found; the columns are {list(df.columns)}")
-    id_col = id_column or next((c for c in ID_CANDIDATES if c in df.columns), None)
+    id_col = id_column or next((c for c in schema.ID_COLUMNS if c in df.columns), None)
     if feature_names is not None:
         missing = [c for c in feature_names if c not in df.columns]
         if missing:

@@ -11,8 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from distill import metrics, schema  # noqa: E402
-
-MODELS = ("teacher", "student", "baseline")
+from distill.evaluate import MODELS  # noqa: E402
 COLORS = {"teacher": "tab:blue", "student": "tab:orange", "baseline": "tab:gray"}
 
 

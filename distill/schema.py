@@ -4,7 +4,7 @@ One run folder holds one pipeline run; each stage reads only what earlier stages
 
     RUN/data/            dataset.json (features, classes, scaler, label column), split.json (ids)
     RUN/teacher/         config.json, history.csv, metrics.json, {val,test}_predictions.csv,
-                         weights.h5 (to resume training), export/1/ (SavedModel, TF Serving layout)
+                         weights/ckpt (to resume training), export/1/ (SavedModel, TF Serving layout)
     RUN/soft_labels/     transfer.parquet (the inputs), part-*.parquet (teacher predictive), manifest.json
     RUN/student/         config.json, history.csv, export/1/, student.tflite, baseline/export/1/
     RUN/report/          metrics.json, report.md, figures, per-example CSVs
@@ -21,6 +21,7 @@ PREDICTIVE_OUTPUTS = ("probs", "variance", "entropy", "expected_entropy", "mutua
 # Sources of transfer-set rows (stage 2).
 SOURCES = ("train", "perturbed", "uniform", "unlabeled")
 NO_LABEL = -1  # label of a transfer row that has no true class
+ID_COLUMNS = ("id", "Id", "ID")  # a table's row id column, when it has one of these
 
 
 def data_dir(run: Path) -> Path:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 from fastapi import Request  # module level: FastAPI resolves the handlers' (string) annotations here
 
-from distill.errors import BdkError
+from distill.errors import BdkError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class ServedModel:
             self._loaded = tf.saved_model.load(str(self.path))  # keep a reference: signatures need its variables
         except Exception as e:  # a corrupt or foreign file: say which, without a traceback
             raise BdkError(f"{self.path}: could not load the SavedModel ({type(e).__name__}: "
-                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+                           f"{first_line(e)})") from None
         self.signatures = {k: Signature.from_concrete(k, fn) for k, fn in self._loaded.signatures.items()}
         if not self.signatures:
             raise BdkError(f"{self.path}: the SavedModel has no signatures; export it with signatures={{...}}")
@@ -339,7 +339,7 @@ def finish(p: Prepared) -> bytes:
     try:
         outputs = p.signature.run(p.inputs)
     except Exception as e:  # e.g. tf.errors.InvalidArgumentError from an op on odd (but well-typed) input
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise RequestError(400, f"{type(e).__name__}: {first}") from None
     return dumps(format_predict(outputs, p.row_format))
 

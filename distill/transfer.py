@@ -27,7 +27,6 @@ from distill import schema
 from distill.data import Dataset, _row_list, read_table
 from distill.errors import BdkError, read_json
 
-ID_COLUMNS = ("id", "Id", "ID")  # an unlabeled table's optional row id column
 ROW_GROUP_ROWS = 16_384  # transfer.parquet row groups: Beam splits its read by row group (~1 MB each)
 
 
@@ -82,7 +81,7 @@ def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     if len(df) == 0:
         raise BdkError(f"unlabeled file {path} has no rows")
     features = ds.feature_names
-    id_col = next((c for c in ID_COLUMNS if c in df.columns), None)
+    id_col = next((c for c in schema.ID_COLUMNS if c in df.columns), None)
     missing = [f for f in features if f not in df.columns]
     extra = [c for c in df.columns if c not in features and c not in (id_col, ds.label_column)]
     if missing or extra:

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from distill.errors import BdkError
+from distill.errors import BdkError, first_line
 
 
 def export_tflite(saved_model_dir: Path, out_path: Path, signature_keys: tuple[str, ...] = ("serving_default",)) -> int:
@@ -31,7 +31,7 @@ def export_tflite(saved_model_dir: Path, out_path: Path, signature_keys: tuple[s
     try:
         flatbuffer = converter.convert()
     except Exception as e:  # e.g. an op without a TFLite kernel (the teacher's random ops)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BdkError(f"{version_dir}: TFLite conversion failed ({first}); only the deterministic student converts") from None
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
