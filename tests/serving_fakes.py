@@ -1,4 +1,4 @@
-"""Deterministic stand-ins for the student export (the real one is being written by another stage).
+"""Deterministic stand-ins for the student export, with known outputs (tests of the real student sit beside them).
 
 Same interface as the student: serving_default(features float32 [B, F]) -> probs [B, C],
 entropy [B], epistemic [B]; plus a one-output signature to exercise TF Serving's bare-value responses.
