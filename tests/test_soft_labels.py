@@ -271,7 +271,8 @@ def test_multi_process_and_portable_runners_give_the_same_rows(labelled, copy_ru
         p, q = stack(df, "probs"), stack(base, "probs")  # two independent S-draw estimates
         bound = 6 * np.sqrt((stack(df, "variance") + stack(base, "variance")) / S) + 0.02
         np.testing.assert_array_less(np.abs(p - q), bound, err_msg=name)
-        assert np.abs(p - q).mean() < 0.02, name
+        expected = np.sqrt(2 / np.pi) * np.sqrt((stack(df, "variance") + stack(base, "variance")) / S)  # E|p - q|
+        assert np.abs(p - q).mean() < 2 * expected.mean() + 1e-3, name
 
 
 def test_workers_need_no_project_code(teacher_run, tmp_path):
