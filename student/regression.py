@@ -116,10 +116,12 @@ def distil_regression_student(cfg: RegressionStudentConfig, ds: RegressionDatase
     result = fit(model, train_epoch, validate, "val_nll", cfg.epochs, cfg.patience, cfg.seed, "student", progress)
     seconds = time.perf_counter() - t0
     module = RegressionStudentModule(model, ds.x_norm.mean, ds.x_norm.std, ds.y_mean, ds.y_std)
-    test = {k: v.numpy() for k, v in module.serve(tf.constant(ds["test"].x)).items()}
     summary = {"rows": len(soft), "rows_per_source": soft["source"].value_counts().to_dict(),
-               "epochs_run": len(result.history), "best_epoch": result.best_epoch, "train_seconds": seconds,
-               **metrics.regression_metrics(ds["test"].y, test["mean"], test["variance"], "test")}
+               "epochs_run": len(result.history), "best_epoch": result.best_epoch, "train_seconds": seconds}
+    predictions = {split: {k: v.numpy() for k, v in module.serve(tf.constant(ds[split].x)).items()} for split in ("val", "test")}
+    for split, out in predictions.items():
+        summary.update(metrics.regression_metrics(ds[split].y, out["mean"], out["variance"], split))
+    test = predictions["test"]
     with atomic_dir(schema.student_dir(run), overwrite=True) as tmp:
         write_json(tmp / "config.json", {"student": asdict(cfg), "soft_labels_fingerprint": manifest.get("teacher_fingerprint"),
                                          "loss": "0.5 * [log s2 + (var_t + (mu_t - mu_s)^2) / s2], normalised units"})

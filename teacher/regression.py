@@ -230,17 +230,18 @@ def train_regression_teacher(cfg: RegressionTeacherConfig, ds: RegressionDataset
     t0 = time.perf_counter()
     module, result = fit_regression_teacher(cfg, ds, progress)
     train_seconds = time.perf_counter() - t0
-    x_test = tf.constant(ds["test"].x)
-    draws = {k: v.numpy() for k, v in module.sample(x_test, cfg.eval_samples).items()}  # [S, B] each, original units
     summary = {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "train_seconds": train_seconds,
                "n_train": len(ds["train"]), "eval_samples": cfg.eval_samples,
-               "noise_std": float(result.history["noise_std"].iloc[result.best_epoch - 1] * ds.y_std),
-               **evaluate_samples(ds["test"].y, draws["mean_samples"], draws["variance_samples"], "test")}
+               "noise_std": float(result.history["noise_std"].iloc[result.best_epoch - 1] * ds.y_std)}
+    draws = {}
+    for split in ("val", "test"):
+        draws[split] = {k: v.numpy() for k, v in module.sample(tf.constant(ds[split].x), cfg.eval_samples).items()}  # [S, B]
+        summary.update(evaluate_samples(ds[split].y, draws[split]["mean_samples"], draws[split]["variance_samples"], split))
     with atomic_dir(schema.teacher_dir(run), overwrite=True) as tmp:
         write_json(tmp / "config.json", {"teacher": asdict(cfg), "n_train": len(ds["train"]), "num_features": ds.num_features,
                                          "target": ds.target_name})
         result.history.to_csv(tmp / "history.csv", index=False)
-        prediction_frame(ds, "test", metrics.regression_summary(draws["mean_samples"], draws["variance_samples"])
+        prediction_frame(ds, "test", metrics.regression_summary(draws["test"]["mean_samples"], draws["test"]["variance_samples"])
                          ).to_csv(tmp / "test_predictions.csv", index=False)
         tf.train.Checkpoint(model=module.model).write(str(tmp / "weights" / "ckpt"))
         module.save(tmp / "export" / schema.EXPORT_VERSION)
