@@ -21,7 +21,7 @@ class RegressionTeacherConfig:
     prior_scale: float = 1.0  # N(0, prior_scale^2) prior on every kernel weight
     posterior_scale_init: float = -6.0  # initial untransformed posterior scale: softplus(-6) ~ 2.5e-3
     kl_weight: float = 1.0  # multiplies KL / N_train in the ELBO
-    learning_rate: float = 1e-3  # Adam
+    learning_rate: float = 3e-3  # Adam (chosen on the validation slices of Boston and Concrete)
     epochs: int = 1000
     batch_size: int = 32
     patience: int = 100  # epochs without a better validation NLL
