@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from distill import metrics, schema  # noqa: E402
+from distill.errors import read_json  # noqa: E402
 from distill.evaluate import MODELS  # noqa: E402
 COLORS = {"teacher": "tab:blue", "student": "tab:orange", "baseline": "tab:gray"}
 
@@ -53,14 +54,17 @@ def figure_rejection(path: Path, ds, preds) -> None:
     plt.close(fig)
 
 
-def figure_teacher_training(path: Path, history: pd.DataFrame) -> None:
+def figure_teacher_training(path: Path, history: pd.DataFrame, kind: str = "flipout") -> None:
+    if "member" in history:  # a deep ensemble: one history per member, averaged by epoch
+        history = history.groupby("epoch", as_index=False).mean(numeric_only=True)
+    penalty = "kl_weight * KL / N_train" if kind == "flipout" else "L2 penalty (weight decay)"
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(history["epoch"], history["train_nll"], label="train NLL (one draw)")
     a.plot(history["epoch"], history["val_nll"], label="val NLL (MC predictive)")
     a.set(xlabel="epoch", ylabel="nats per example", title="Teacher likelihood term")
     a.legend()
     b.plot(history["epoch"], history["kl"], color="tab:red")
-    b.set(xlabel="epoch", ylabel="kl_weight * KL / N_train", title="Teacher KL term")
+    b.set(xlabel="epoch", ylabel=penalty, title="Teacher KL term" if kind == "flipout" else "Teacher regulariser")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -110,7 +114,8 @@ def calibration_verdict(out: dict, n_test: int) -> str:
 def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
     figure_reliability(out_dir / "reliability.png", ds, preds)
     figure_rejection(out_dir / "accuracy_vs_rejection.png", ds, preds)
-    figure_teacher_training(out_dir / "teacher_training.png", pd.read_csv(schema.teacher_dir(run) / "history.csv"))
+    kind = read_json(schema.teacher_dir(run) / "config.json")["teacher"].get("kind", "flipout")
+    figure_teacher_training(out_dir / "teacher_training.png", pd.read_csv(schema.teacher_dir(run) / "history.csv"), kind)
     figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds, ood_label(out["config"]))
 
     lines = [f"# Bayesian dark knowledge report: {ds.source}", "",
