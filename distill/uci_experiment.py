@@ -110,7 +110,8 @@ def _predictions(runs: list[Path]) -> dict[str, pd.DataFrame]:
 
 def summarize_splits(per_split: pd.DataFrame) -> dict[str, tuple[float, float]]:
     keys = ["teacher/test/log_likelihood", "teacher/test/log_likelihood_mixture", "teacher/test/rmse",
-            "student/test/log_likelihood", "student/test/rmse", "gap/log_likelihood", "teacher/epochs_run",
+            "student/test/log_likelihood", "student/test/rmse", "gap/log_likelihood", "teacher/val/log_likelihood",
+            "student/val/log_likelihood", "teacher/epochs_run",
             "teacher/best_epoch", "student/best_epoch", "teacher/train_seconds", "student/train_seconds"]
     return {k: metrics.mean_and_standard_error(per_split[k]) for k in keys}
 
@@ -185,6 +186,8 @@ def report_markdown(cfg: UciStudyConfig, summary: dict) -> str:
         f"({t.eval_samples} weight draws), what the export returns and the student learns. The mixture of the draws "
         f"(how MC dropout's figures are computed) gives {_pm(summary['teacher/test/log_likelihood_mixture'])}.",
         f"- Student minus teacher log-likelihood, paired per split: {_pm(gap, 3)} nats.",
+        f"- Validation slices (where settings were chosen): teacher {_pm(summary['teacher/val/log_likelihood'])}, "
+        f"student {_pm(summary['student/val/log_likelihood'])} nats.",
         f"- Coverage of the central 95% Gaussian interval on test rows (pooled): teacher "
         f"{summary['coverage_95']['teacher']:.1%}, student {summary['coverage_95']['student']:.1%}.",
         f"- Teacher: Flipout MLP {list(t.hidden)}, {t.noise} Gaussian noise (init std {t.noise_init:g} normalised), "
@@ -195,7 +198,10 @@ def report_markdown(cfg: UciStudyConfig, summary: dict) -> str:
         f"copies each with N(0, {cfg.noise:g}²) noise in the normalised input space; {cfg.soft_label_samples} draws per row.",
         f"- Student: deterministic MLP {list(s.hidden)} with mean and log-variance outputs, loss "
         "0.5·[log s² + (var_t + (μ_t − μ_s)²)/s²] (expected Gaussian NLL under the teacher's predictive), Adam "
-        f"{s.learning_rate:g}, batch {s.batch_size}, up to {s.epochs} epochs, early-stopped on the validation NLL.", "",
+        f"{s.learning_rate:g}, batch {s.batch_size}, up to {s.epochs} epochs, early-stopped on "
+        + ("its distillation loss against the teacher's predictive on the validation inputs (not in the transfer set)."
+           if s.monitor == "teacher" else "the validation NLL of the true targets.")
+        + f" Best epoch {_pm(summary['student/best_epoch'], 0)}.", "",
         "## Figures", "",
         "Predictive intervals (mean ± 2 sd) on the test rows of split 0, sorted by the true value:", "",
         "![intervals](intervals.png)", "",
