@@ -10,14 +10,15 @@ NOISE_MODELS = ("homoscedastic", "heteroscedastic")
 class RegressionTeacherConfig:
     """Bayes by Backprop with Flipout layers and a Gaussian likelihood, in the normalised space.
 
-    One hidden layer of 50 units, as in the UCI literature (PBP, MC dropout). `noise`: one learned
-    noise variance for all inputs (homoscedastic, the literature's choice) or a second output of
-    the Bayesian last layer (heteroscedastic).
+    One hidden layer of 50 units, as in the UCI literature (PBP, MC dropout). `noise`: a second
+    output of the Bayesian last layer (heteroscedastic, the default: 0.22 nats better on Boston's
+    validation slices and 0.13 on Concrete's) or one learned noise variance for all inputs
+    (homoscedastic, as PBP and MC dropout). Defaults were chosen on validation slices only.
     """
 
     hidden: tuple[int, ...] = (50,)
     noise: str = "heteroscedastic"
-    noise_init: float = 0.5  # initial noise std, normalised target units (homoscedastic)
+    noise_init: float = 0.5  # initial noise std, normalised target units
     prior_scale: float = 1.0  # N(0, prior_scale^2) prior on every kernel weight
     posterior_scale_init: float = -6.0  # initial untransformed posterior scale: softplus(-6) ~ 2.5e-3
     kl_weight: float = 1.0  # multiplies KL / N_train in the ELBO
