@@ -103,12 +103,17 @@ class MonteCarloModule(tf.Module):
         return ta.stack()
 
     def save(self, path: Path) -> Path:
-        tf.saved_model.save(self, str(path), signatures={
-            "serving_default": self.serve.get_concrete_function(),
-            "predictive": self.predictive.get_concrete_function(),
-            "sample": self.sample.get_concrete_function(),
-        })
-        return Path(path)
+        return save_monte_carlo(self, path)
+
+
+def save_monte_carlo(module: tf.Module, path: Path) -> Path:
+    """The three signatures every Monte Carlo teacher export has (classifier or regressor)."""
+    tf.saved_model.save(module, str(path), signatures={
+        "serving_default": module.serve.get_concrete_function(),
+        "predictive": module.predictive.get_concrete_function(),
+        "sample": module.sample.get_concrete_function(),
+    })
+    return Path(path)
 
 
 def flipout_module(model, minimum, scale, num_classes: int, serving_samples: int = SERVING_SAMPLES) -> MonteCarloModule:

@@ -30,7 +30,7 @@ from distill import metrics, schema
 from distill.errors import atomic_dir, write_json
 from distill.training import fit, minibatches
 from distill.uci import RegressionDataset
-from teacher.export import SERVING_SAMPLES, Untracked, summarize_regression
+from teacher.export import SERVING_SAMPLES, Untracked, save_monte_carlo, summarize_regression
 from teacher.model import scaled_kl
 from teacher.regression_config import RegressionTeacherConfig
 
@@ -161,12 +161,7 @@ class RegressionMonteCarloModule(tf.Module):
         return {"mean_samples": mean_samples, "variance_samples": variance_samples}
 
     def save(self, path: Path) -> Path:
-        tf.saved_model.save(self, str(path), signatures={
-            "serving_default": self.serve.get_concrete_function(),
-            "predictive": self.predictive.get_concrete_function(),
-            "sample": self.sample.get_concrete_function(),
-        })
-        return Path(path)
+        return save_monte_carlo(self, path)
 
 
 # ---------------------------------------------------------------- training
