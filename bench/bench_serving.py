@@ -178,30 +178,14 @@ def throughput(model, signature: str, extra: dict, batch: int, seconds: float = 
 
 
 def fake_student(tmp: Path) -> Path:
-    """A student-sized stand-in (the real one's shape: scaling, MLP, softmax, entropy, epistemic head)."""
-    import tensorflow as tf
+    """An untrained student of the real one's shape, built and exported by the project's own code."""
     import tf_keras as tfk
 
+    from student.export import StudentModule
+    from student.model import build_student
+
     tfk.utils.set_random_seed(0)
-    inputs = tfk.Input((4,))
-    h = tfk.layers.Dense(32, activation="relu")(inputs)
-    model = tfk.Model(inputs, {"logits": tfk.layers.Dense(3)(h),
-                               "epistemic": tf.squeeze(tfk.layers.Dense(1, activation="softplus")(h), -1)})
-
-    class Student(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="features")])
-        def serve(self, features):
-            out = self.model((features - 4.3) / 3.6, training=False)
-            probs = tf.nn.softmax(out["logits"], axis=-1)  # [B, C]
-            entropy = -tf.reduce_sum(probs * tf.math.log(tf.clip_by_value(probs, 1e-12, 1.0)), axis=-1)  # [B]
-            return {"probs": probs, "entropy": entropy, "epistemic": out["epistemic"]}
-
-    m = Student()
-    tf.saved_model.save(m, str(tmp / "export" / "1"), signatures={"serving_default": m.serve})
+    StudentModule(build_student(4, 3, (32,)), minimum=[4.3] * 4, scale=[3.6] * 4).save(tmp / "export" / "1")
     return tmp / "export"
 
 

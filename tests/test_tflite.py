@@ -8,32 +8,15 @@ OUTPUTS = {"probs", "entropy", "epistemic"}
 
 
 def save_keras_mlp(out):
-    """A deterministic tf_keras MLP student: features [B, 4] -> probs [B, 3], entropy [B], epistemic [B]."""
-    import tensorflow as tf
+    """An untrained student built and exported by the project's own code (deterministic, scaling inside)."""
     import tf_keras as tfk
 
+    from student.export import StudentModule
+    from student.model import build_student
+
     tfk.utils.set_random_seed(0)
-    inputs = tfk.Input((4,))
-    hidden = tfk.layers.Dense(16, activation="relu")(tfk.layers.Dense(16, activation="relu")(inputs))
-    logits = tfk.layers.Dense(3)(hidden)  # [B, 3]
-    epistemic = tfk.layers.Dense(1, activation="softplus")(hidden)  # [B, 1]
-    model = tfk.Model(inputs, [logits, epistemic])
-
-    class Student(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="features")])
-        def serve(self, features):
-            logits, epi = self.model(features, training=False)
-            probs = tf.nn.softmax(logits, axis=-1)
-            entropy = -tf.reduce_sum(probs * tf.math.log(tf.clip_by_value(probs, 1e-12, 1.0)), axis=-1)
-            return {"probs": probs, "entropy": entropy, "epistemic": tf.squeeze(epi, -1)}
-
-    m = Student()
-    tf.saved_model.save(m, str(out), signatures={"serving_default": m.serve})
-    return out
+    model = build_student(4, 3, (16, 16))
+    return StudentModule(model, minimum=[4.3, 2.0, 1.0, 0.1], scale=[3.6, 2.4, 5.9, 2.4], epistemic_scale=0.05).save(out)
 
 
 def test_tflite_matches_saved_model(tmp_path):
