@@ -436,22 +436,14 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
         return Response(out, media_type="application/json")
 
     @app.get("/v1/models/{model_name}")
-    async def status(model_name: str):
-        check(model_name)
-        return model.status()
-
     @app.get("/v1/models/{model_name}/versions/{version}")
-    async def version_status(model_name: str, version: str):
+    async def status(model_name: str, version: str | None = None):
         check(model_name, version)
         return model.status()
 
     @app.get("/v1/models/{model_name}/metadata")
-    async def metadata(model_name: str):
-        check(model_name)
-        return model.metadata()
-
     @app.get("/v1/models/{model_name}/versions/{version}/metadata")
-    async def version_metadata(model_name: str, version: str):
+    async def metadata(model_name: str, version: str | None = None):
         check(model_name, version)
         return model.metadata()
 

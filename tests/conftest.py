@@ -46,3 +46,13 @@ def copy_run(teacher_run, tmp_path):
         return dst
 
     return make
+
+
+@pytest.fixture(scope="session")
+def student_base(tmp_path_factory) -> Path:
+    """Base path of a deterministic stand-in student export with known outputs (tests/serving_fakes.py)."""
+    from serving_fakes import save_linear_student
+
+    base = tmp_path_factory.mktemp("student") / "export"
+    save_linear_student(base)
+    return base

@@ -5,16 +5,9 @@ import pytest
 from typer.testing import CliRunner
 
 from distill.cli import app
-from serving_fakes import reference, save_linear_student
+from serving_fakes import reference
 
 IRIS_FEATURES = ["SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"]
-
-
-@pytest.fixture(scope="module")
-def student_base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("student") / "export"
-    save_linear_student(base)
-    return base
 
 
 @pytest.fixture(scope="module")

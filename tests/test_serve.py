@@ -7,18 +7,11 @@ import httpx
 import numpy as np
 import pytest
 
-from serving_fakes import reference, save_linear_student
+from serving_fakes import reference
 
 MAX_BATCH, MAX_BODY = 8, 4096
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
 TEACHER_OUTPUTS = {"probs", "variance", "entropy", "expected_entropy", "mutual_information"}
-
-
-@pytest.fixture(scope="module")
-def student_base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("student") / "export"
-    save_linear_student(base)
-    return base
 
 
 @pytest.fixture(scope="module")
