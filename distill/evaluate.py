@@ -68,7 +68,7 @@ class Exports:
                 first = {"teacher": f"bdk teacher --out {run}", "student": f"bdk student --run {run}",
                          "baseline": f"bdk student --run {run}"}[name]
                 raise BdkError(f"{run} has no {name} export at {path}; run `{first}` first")
-        from student.train import soft_labels_digest
+        from distill.transfer import soft_labels_digest
 
         student_cfg = schema.student_dir(run) / "config.json"
         made_from = read_json(student_cfg).get("soft_labels_manifest") if student_cfg.exists() else None

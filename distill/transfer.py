@@ -170,6 +170,11 @@ def write_transfer_set(table: pd.DataFrame, path: Path, feature_names: list[str]
 # ---------------------------------------------------------------- the teacher export's identity
 
 
+def soft_labels_digest(run: Path) -> str:
+    """sha256 of RUN/soft_labels/manifest.json: ties a student to the soft labels it learned from."""
+    return hashlib.sha256(schema.soft_labels_manifest(Path(run)).read_bytes()).hexdigest()
+
+
 def export_fingerprint(export: str | Path) -> str:
     """sha256 over the export's files (relative path, size, bytes; in path order).
 

@@ -105,7 +105,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     Raises GateFailed (after writing RUN/student with the student under `rejected/`) when the
     student's validation NLL or ECE is worse than the teacher's by more than the margins.
     """
-    from distill.transfer import read_soft_labels
+    from distill.transfer import read_soft_labels, soft_labels_digest
 
     run = Path(run)
     ds = data_lib.load_from_run(run)
@@ -164,9 +164,3 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
                          "and not published: retrain with more epochs or a larger --hidden, or raise the margins")
     return summary
 
-
-def soft_labels_digest(run: Path) -> str:
-    """sha256 of RUN/soft_labels/manifest.json: ties a student to the soft labels it learned from."""
-    import hashlib
-
-    return hashlib.sha256(schema.soft_labels_manifest(Path(run)).read_bytes()).hexdigest()
