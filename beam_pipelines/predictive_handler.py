@@ -1,10 +1,13 @@
-"""What the soft-label job runs on Beam workers: a ModelHandler for the teacher's `predictive` signature.
+"""What the soft-label job runs on Beam workers: a ModelHandler for the teacher's seeded predictive.
 
-Workers need only apache-beam, numpy, tensorflow and the SavedModel: this module imports nothing
-else (not even `distill`), and the job registers it with Beam's pickler by value, so its classes and
-functions travel inside the pipeline instead of being imported on the workers. Beam's own
-TFModelHandlerNumpy goes through tf.keras.models.load_model, which cannot load a plain
+Workers need only apache-beam, numpy, pyarrow, tensorflow and the SavedModel: this module imports
+nothing else (not even `distill`), and the job registers it with Beam's pickler by value, so its
+classes and functions travel inside the pipeline instead of being imported on the workers. Beam's
+own TFModelHandlerNumpy goes through tf.keras.models.load_model, which cannot load a plain
 tf.saved_model.save export (see ../shared/notes/stack.md); this handler uses tf.saved_model.load.
+
+Rows stay columnar end to end: an element is an Arrow table (a row group of the transfer set), one
+`predictive_seeded` call labels it, and the result is the same table with the outputs appended.
 """
 from __future__ import annotations
 
@@ -13,28 +16,28 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-PREDICTIVE_SIGNATURE = "predictive"
+PREDICTIVE_SIGNATURE = "predictive_seeded"
 
 
-class PredictiveModelHandler(ModelHandler[dict, PredictionResult, Any]):
-    """Rows (dicts with raw feature values) in; per row the teacher's S-draw posterior predictive out.
+class PredictiveModelHandler(ModelHandler[Any, PredictionResult, Any]):
+    """Arrow tables of transfer rows in; per table the teacher's S-draw posterior predictive out.
 
-    One `predictive(features [B, F], num_samples)` call per batch: the export draws S independent
-    weight samples in a tf.while_loop, one batched forward pass each. The model is loaded once per
-    worker process (RunInference shares it across the process's threads).
+    One `predictive_seeded(features [B, F], num_samples, seed)` call per table. The seed is the job's:
+    the export samples the same S weight draws for every row, so each row's soft label is a pure
+    function of (row, S, seed), bit-identical whatever the runner or the batching. The model is
+    loaded once per worker process (RunInference shares it across the process's threads).
 
-    `output_names` picks the signature's outputs to keep (classifier: probs [B, C], variance [B, C],
-    entropy, expected_entropy, mutual_information [B]; regression: mean, variance,
-    epistemic_variance [B]); None keeps every output the signature returns.
+    `output_names` picks the signature's outputs to keep (the task's outputs, distill.tasks).
     """
 
-    def __init__(self, export_path: str, feature_names: Sequence[str], num_samples: int, batch_size: int = 16_384,
-                 output_names: Optional[Sequence[str]] = None):
-        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+    def __init__(self, export_path: str, feature_names: Sequence[str], num_samples: int, seed: int,
+                 output_names: Sequence[str]):
+        super().__init__(min_batch_size=1, max_batch_size=1)  # an element is already a batch (a row group)
         self.export_path = str(export_path)
         self.feature_names = tuple(feature_names)
         self.num_samples = int(num_samples)
-        self.output_names = tuple(output_names) if output_names is not None else None
+        self.seed = int(seed)
+        self.output_names = tuple(output_names)
 
     def set_environment_vars(self) -> None:
         """Runs on the worker before the model loads."""
@@ -49,21 +52,19 @@ class PredictiveModelHandler(ModelHandler[dict, PredictionResult, Any]):
 
         return tf.saved_model.load(self.export_path)
 
-    def run_inference(self, batch: Sequence[dict], model: Any,
+    def run_inference(self, batch: Sequence[Any], model: Any,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         import tensorflow as tf
 
-        x = np.array([[row[f] for f in self.feature_names] for row in batch], dtype=np.float32)  # [B, F]
-        out = model.signatures[PREDICTIVE_SIGNATURE](features=tf.constant(x),
-                                                    num_samples=tf.constant(self.num_samples, tf.int32))
-        # Python lists per batch, not numpy per row: the per-row cost is what Beam adds to the model's.
-        columns = {k: out[k].numpy().tolist() for k in (self.output_names or sorted(out))}
-        for i, row in enumerate(batch):
-            yield PredictionResult(row, {k: v[i] for k, v in columns.items()}, self.export_path)
+        fn = model.signatures[PREDICTIVE_SIGNATURE]
+        for table in batch:
+            x = np.stack([table.column(f).to_numpy().astype(np.float32, copy=False) for f in self.feature_names], axis=1)
+            out = fn(features=tf.constant(x), num_samples=tf.constant(self.num_samples, tf.int32),
+                     seed=tf.constant(self.seed, tf.int64))  # [B, F] -> {name: [B] or [B, C]}
+            yield PredictionResult(table, {k: out[k].numpy() for k in self.output_names}, self.export_path)
 
-    def get_num_bytes(self, batch: Sequence[dict]) -> int:
-        # The default pickles the whole batch just to count bytes for metrics; an estimate is enough.
-        return len(batch) * 8 * (len(self.feature_names) + 4)
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(t.nbytes for t in batch)
 
     def get_metrics_namespace(self) -> str:
         return "SoftLabels"
@@ -73,6 +74,18 @@ def _quiet_resource_warning(record) -> bool:
     return "Resource module is not available" not in str(record.msg)
 
 
-def to_soft_label_row(result: PredictionResult, num_samples: int) -> dict:
-    """A transfer row plus the teacher's predictive: one row of the soft-label dataset."""
-    return {**result.example, **result.inference, "num_samples": num_samples}
+def to_soft_label_table(result: PredictionResult, num_samples: int, arrow_schema):
+    """A transfer table plus the teacher's predictive columns: one record batch of the soft-label dataset."""
+    import pyarrow as pa
+
+    table = result.example
+    columns = {name: table.column(name) for name in table.column_names}
+    for name, value in result.inference.items():
+        value = np.ascontiguousarray(value, np.float32)
+        if value.ndim == 2:  # [B, C] -> list<float>
+            offsets = pa.array(np.arange(0, value.size + 1, value.shape[1], dtype=np.int32))
+            columns[name] = pa.ListArray.from_arrays(offsets, pa.array(value.reshape(-1)))
+        else:
+            columns[name] = pa.array(value)
+    columns["num_samples"] = pa.array(np.full(table.num_rows, num_samples, np.int32))
+    return pa.Table.from_arrays([columns[f.name] for f in arrow_schema], schema=arrow_schema)

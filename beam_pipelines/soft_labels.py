@@ -1,11 +1,14 @@
 """Stage 2's Beam job: the teacher's S-draw posterior predictive on every row of the transfer set.
 
-    ReadTransferSet -> PredictSoftLabels [SampleTeacher (RunInference: BatchElements, predictive) ->
-    ToSoftLabelRows] -> WriteSoftLabels (Parquet shards, explicit Arrow schema)
+    ReadTransferSet (Arrow tables, one per row group) -> PredictSoftLabels [SampleTeacher (RunInference:
+    one predictive_seeded call per table) -> ToSoftLabelTables] -> WriteSoftLabels (Parquet shards,
+    explicit Arrow schema)
 
 then, on the launcher, manifest.json: what was labelled with which teacher (export fingerprint), by
-how many draws, and the rows per source as read back from the shards. Rows stream through the
-pipeline (one fused stage, shards written per bundle), so memory does not grow with the row count.
+how many draws with which seed, and the rows per source as read back from the shards. Rows stay
+columnar (Arrow record batches, no per-row Python objects) and stream through one fused stage, shards
+written per bundle, so memory does not grow with the row count. The job's seed fixes the teacher's S
+weight draws for every row: a rerun gives bit-identical soft labels on any runner, in any batching.
 
 Runs anywhere Beam runs. Default: the embedded FnApiRunner (no network); pass Beam options to
 choose another runner, e.g. `--direct_running_mode=multi_processing --direct_num_workers=2`,
@@ -13,7 +16,7 @@ choose another runner, e.g. `--direct_running_mode=multi_processing --direct_num
 gs:// paths (workers need only apache-beam and tensorflow, see beam_pipelines/predictive_handler.py).
 
     python -m beam_pipelines.soft_labels --transfer T.parquet --export EXPORT --dataset_json D.json \\
-        --output DIR [--num_samples 100 --batch_size 16384] [Beam pipeline options]
+        --output DIR [--num_samples 100 --seed 0] [Beam pipeline options]
 
 `bdk soft-labels` (distill.pipeline.soft_labels_stage) builds the transfer set and calls `run`
 into a temporary folder that replaces RUN/soft_labels on success.
@@ -34,8 +37,8 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_pipelines import predictive_handler
-from beam_pipelines.predictive_handler import PredictiveModelHandler, to_soft_label_row
-from distill import schema
+from beam_pipelines.predictive_handler import PredictiveModelHandler, to_soft_label_table
+from distill import schema, tasks
 from distill.errors import BdkError
 from distill.transfer import export_fingerprint, soft_label_arrow_schema
 
@@ -53,17 +56,18 @@ def _ship_handler_by_value() -> None:
 
 
 class PredictSoftLabels(beam.PTransform):
-    """Transfer rows (dicts) -> soft-label rows: the rows plus the teacher's predictive for S draws."""
+    """Arrow tables of transfer rows -> the same tables plus the teacher's predictive for S draws."""
 
-    def __init__(self, handler: PredictiveModelHandler):
+    def __init__(self, handler: PredictiveModelHandler, arrow_schema):
         super().__init__()
         _ship_handler_by_value()
-        self.handler = handler
+        self.handler, self.arrow_schema = handler, arrow_schema
 
-    def expand(self, rows):
-        return (rows
-                | "SampleTeacher" >> RunInference(self.handler)  # BatchElements, then one predictive call per batch
-                | "ToSoftLabelRows" >> beam.Map(to_soft_label_row, num_samples=self.handler.num_samples))
+    def expand(self, tables):
+        return (tables
+                | "SampleTeacher" >> RunInference(self.handler)  # one predictive_seeded call per table
+                | "ToSoftLabelTables" >> beam.Map(to_soft_label_table, num_samples=self.handler.num_samples,
+                                                  arrow_schema=self.arrow_schema))
 
 
 class SoftLabelJob(beam.PTransform):
@@ -75,12 +79,11 @@ class SoftLabelJob(beam.PTransform):
 
     def expand(self, root):
         return (root
-                | "ReadTransferSet" >> beam.io.ReadFromParquet(self.transfer)
-                | "PredictSoftLabels" >> PredictSoftLabels(self.handler)
-                # num_shards=0: one shard per bundle, written as rows stream (a fixed count adds a shuffle).
-                | "WriteSoftLabels" >> beam.io.WriteToParquet(self.output_prefix, self.arrow_schema,
-                                                              file_name_suffix=SHARD_SUFFIX,
-                                                              row_group_buffer_size=16 << 20))
+                | "ReadTransferSet" >> beam.io.ReadFromParquetBatched(self.transfer)
+                | "PredictSoftLabels" >> PredictSoftLabels(self.handler, self.arrow_schema)
+                # num_shards=0: one shard per bundle, written as tables stream (a fixed count adds a shuffle).
+                | "WriteSoftLabels" >> beam.io.WriteToParquetBatched(self.output_prefix, self.arrow_schema,
+                                                                     file_name_suffix=SHARD_SUFFIX))
 
 
 # ---------------------------------------------------------------- launcher side
@@ -94,8 +97,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
                         help="RUN/data/dataset.json (feature and class names; `task: regression` for a regression teacher).")
     parser.add_argument("--output", required=True, help="Empty or new folder for the shards and manifest.json.")
     parser.add_argument("--num_samples", type=int, default=100, help="Weight draws per row (S >= 2).")
-    parser.add_argument("--batch_size", type=int, default=16_384, help="Rows per predictive call.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed the transfer set was built with (recorded).")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of the teacher's weight draws (the same for every row), recorded in the manifest.")
     return parser.parse_known_args(argv)
 
 
@@ -150,11 +153,9 @@ def _check_written(shards: list[str], transfer: str) -> tuple[int, dict[str, int
     return n, per_source
 
 
-def check_export(export: str, feature_names: list[str], class_names: list[str], minimum: list[float],
-                 task: str = "classification") -> None:
-    """Load the export on the launcher and call `predictive` once: a bad export is one clear error
-    here rather than a worker traceback. Costs one TensorFlow start on the launcher. `minimum` is
-    any valid raw feature row (the probe)."""
+def check_export(export: str, feature_names: list[str], class_names: list[str], task: tasks.Task) -> None:
+    """Load the export on the launcher and call its predictive once: a bad export is one clear error
+    here rather than a worker traceback. Costs one TensorFlow start on the launcher."""
     import numpy as np
     import tensorflow as tf
 
@@ -166,23 +167,18 @@ def check_export(export: str, feature_names: list[str], class_names: list[str], 
         raise BdkError(f"teacher export {export} cannot be loaded ({type(e).__name__}: {first}); {hint}") from None
     fn = model.signatures.get(predictive_handler.PREDICTIVE_SIGNATURE)
     if fn is None:
-        raise BdkError(f"teacher export {export} has no `predictive` signature (it has {sorted(model.signatures)}); {hint}")
-    x = np.asarray([minimum], np.float32)  # [1, F]
+        raise BdkError(f"teacher export {export} has no `{predictive_handler.PREDICTIVE_SIGNATURE}` signature (it has "
+                       f"{sorted(model.signatures)}); {hint}")
     try:
-        out = fn(features=tf.constant(x), num_samples=tf.constant(2, tf.int32))
+        out = fn(features=tf.zeros([1, len(feature_names)]), num_samples=tf.constant(2, tf.int32),
+                 seed=tf.constant(0, tf.int64))
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise BdkError(f"teacher export {export} does not take {len(feature_names)} features ({first}); {hint}") from None
-    if task == "regression":
-        wanted = schema.REGRESSION_OUTPUTS
-        if any(k not in out for k in wanted) or any(tuple(out[k].shape) != (1,) for k in wanted):
-            raise BdkError(f"teacher export {export} gives outputs {sorted(out)} with shapes "
-                           f"{[tuple(v.shape) for v in out.values()]}, expected {list(wanted)} of shape (1,) each; {hint}")
-        return
-    missing = [k for k in schema.PREDICTIVE_OUTPUTS if k not in out]
-    if missing or tuple(out["probs"].shape) != (1, len(class_names)):
-        raise BdkError(f"teacher export {export} gives outputs {sorted(out)} with probs of shape {tuple(out['probs'].shape)}, "
-                       f"expected {list(schema.PREDICTIVE_OUTPUTS)} with probs (1, {len(class_names)}); {hint}")
+    shapes = {k: (1, len(class_names)) if k in task.vector_outputs else (1,) for k in task.outputs}
+    if any(k not in out or tuple(out[k].shape) != shape for k, shape in shapes.items()):
+        raise BdkError(f"teacher export {export} gives outputs { {k: tuple(v.shape) for k, v in out.items()} }, expected "
+                       f"{shapes} for {task.name}; {hint}")
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
@@ -196,13 +192,11 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         raise BdkError(f"{output} already holds soft labels; pass an empty or new --output")
     meta = _read_json(args.dataset_json)
     features, classes = list(meta["feature_names"]), list(meta.get("class_names", []))
-    task = meta.get("task", "classification")  # regression: distill/uci.py writes task, scaler mean/std
-    probe = meta["scaler"]["mean"] if task == "regression" else meta["scaler"]["minimum"]
-    check_export(args.export, features, classes, probe, task)
+    task = tasks.get(meta.get("task", "classification"))
+    check_export(args.export, features, classes, task)
     fingerprint = export_fingerprint(args.export)
 
-    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.batch_size,
-                                     output_names=schema.predictive_outputs(task))
+    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.seed, output_names=task.outputs)
     arrow_schema = soft_label_arrow_schema(features, task)
     pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
     _ = pipeline | "SoftLabels" >> SoftLabelJob(args.transfer, handler, FileSystems.join(output, schema.SOFT_LABEL_PREFIX),
@@ -224,12 +218,11 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         "rows": n,
         "rows_per_source": rows_per_source,
         "shards": [FileSystems.split(s)[1] for s in shards],
-        "task": task,
+        "task": task.name,
         "columns": {f.name: str(f.type) for f in arrow_schema},
         "class_names": classes,
         "feature_names": features,
         "transfer": FileSystems.split(args.transfer)[1],
-        "batch_size": args.batch_size,
         "pipeline_options": {k: v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v)
                              for k, v in options.items()},
         "runner": str(runner),

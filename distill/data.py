@@ -1,9 +1,14 @@
-"""Load a tabular classification dataset, validate it, split it and fit the [0, 1] scaler.
+"""Load a tabular dataset (classification or regression), validate it, split it, fit the normalisers.
 
-Every source goes through Hugging Face `datasets`: the bundled Iris and local files through its
-csv/parquet loaders (offline), `hf:NAME` through the Hub. The split recipe: shuffle with the seed,
-hold out a stratified 20% test split, then a stratified 20% of the rest for validation. The scaler
-uses the train split's min/max only; exported models carry it, so they take raw features.
+Every source goes through Hugging Face `datasets`: the bundled tables and local files through its
+csv/parquet loaders (offline), `hf:NAME` through the Hub. The task is the label's likelihood
+(distill.tasks): given, or inferred (a numeric label with many distinct values is regression).
+Split recipe: classification holds out a stratified `test_fraction` (default 20%), then a
+stratified `val_fraction` of the rest; regression does the same on a seeded random permutation
+(the UCI protocol of Hernandez-Lobato & Adams 2015 with test_fraction = val_fraction = 0.1).
+Normalisers see the train split only: features min-max to [0, 1] for classes, z-scored for
+regression, and a regression target z-scored; exports carry them, so they take raw features and
+answer in the target's units.
 """
 from __future__ import annotations
 
@@ -15,14 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from distill import schema
+from distill import schema, tasks
 from distill.errors import BdkError, first_line, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
-# name -> (file, label column, id column)
-BUNDLED = {"iris": (DATA_ROOT / "iris.csv", "Species", "Id")}
+# name -> (file, label column, id column, task); provenance and licenses in data/README.md
+BUNDLED = {
+    "iris": (DATA_ROOT / "iris.csv", "Species", "Id", "classification"),
+    "boston": (DATA_ROOT / "boston.csv", "medv", "id", "regression"),
+    "concrete": (DATA_ROOT / "concrete.csv", "compressive_strength", "id", "regression"),
+}
 SPLITS = ("train", "val", "test")
 ROW_NUMBER = "__row__"  # 1-based data row of the source file: the id when the table has no id column
 
@@ -32,40 +41,64 @@ class DataConfig:
     dataset: str = "iris"  # bundled name, a .csv/.parquet path, or hf:NAME
     label_column: str | None = None  # default: the bundled dataset's, else "label"
     id_column: str | None = None  # default: the bundled dataset's, "id"/"Id" if present, else row number
+    task: str | None = None  # classification | regression; None: the bundled dataset's, else inferred from the label
     test_fraction: float = 0.2
     val_fraction: float = 0.2  # of what remains after the test split
     drop_missing: bool = False
     seed: int = 0
 
+    def __post_init__(self):
+        if self.task is not None and self.task not in tasks.TASKS:
+            raise BdkError(f"unknown task {self.task!r}; choose one of {', '.join(tasks.TASKS)}")
+        for name in ("test_fraction", "val_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise BdkError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
-class Scaler:
-    """Min-max scaling to [0, 1] fitted on the train split; constant features get range 1."""
+class Normaliser:
+    """x -> (x - shift) / scale per column, fitted on the train split: `minmax` maps it to [0, 1],
+    `standard` to zero mean and unit variance; constant columns get scale 1."""
 
-    minimum: tuple[float, ...]
-    maximum: tuple[float, ...]
+    kind: str
+    shift: tuple[float, ...]
+    scale: tuple[float, ...]
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "Scaler":
-        return cls(tuple(map(float, x.min(axis=0))), tuple(map(float, x.max(axis=0))))
-
-    @property
-    def scale(self) -> np.ndarray:
-        span = np.asarray(self.maximum, np.float32) - np.asarray(self.minimum, np.float32)
-        return np.where(span > 0, span, 1.0).astype(np.float32)
+    def fit(cls, x: np.ndarray, kind: str) -> "Normaliser":
+        x = np.asarray(x, np.float64).reshape(len(x), -1)
+        if kind == "minmax":
+            shift, span = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
+        elif kind == "standard":
+            shift, span = x.mean(axis=0), x.std(axis=0)
+        else:
+            raise BdkError(f"unknown scaling {kind!r}; choose minmax or standard")
+        return cls(kind, tuple(map(float, shift)), tuple(float(s) if s > 0 else 1.0 for s in span))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, np.float32) - np.asarray(self.minimum, np.float32)) / self.scale).astype(np.float32)
+        return ((np.asarray(x, np.float32) - np.float32(self.shift)) / np.float32(self.scale)).astype(np.float32)
 
-    def inverse(self, x_scaled: np.ndarray) -> np.ndarray:
-        return (np.asarray(x_scaled, np.float32) * self.scale + np.asarray(self.minimum, np.float32)).astype(np.float32)
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        return (np.asarray(z, np.float32) * np.float32(self.scale) + np.float32(self.shift)).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "shift": list(self.shift), "scale": list(self.scale)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Normaliser":
+        if "kind" in d:
+            return cls(d["kind"], tuple(d["shift"]), tuple(d["scale"]))
+        if "minimum" in d:  # run folders written before the task abstraction (classification)
+            lo, hi = np.asarray(d["minimum"], np.float64), np.asarray(d["maximum"], np.float64)
+            return cls("minmax", tuple(map(float, lo)), tuple(float(s) if s > 0 else 1.0 for s in hi - lo))
+        return cls("standard", tuple(d["mean"]), tuple(d["std"]))
 
 
 @dataclass
 class Split:
     ids: np.ndarray  # [n] str
     x: np.ndarray  # [n, F] float32, raw features
-    y: np.ndarray  # [n] int64 class index
+    y: np.ndarray  # [n] int64 class index | float32 target in its own units
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -73,10 +106,12 @@ class Split:
 
 @dataclass
 class Dataset:
+    task: str  # distill.tasks name
     feature_names: list[str]
-    class_names: list[str]
+    class_names: list[str]  # empty for regression
     label_column: str
-    scaler: Scaler
+    scaler: Normaliser  # features
+    target_scaler: Normaliser | None = None  # regression target; None for classes
     splits: dict[str, Split] = field(default_factory=dict)
     source: str = ""
 
@@ -88,11 +123,30 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def target_shift(self) -> float:
+        return self.target_scaler.shift[0] if self.target_scaler else 0.0
+
+    @property
+    def target_scale(self) -> float:
+        return self.target_scaler.scale[0] if self.target_scaler else 1.0
+
     def __getitem__(self, name: str) -> Split:
         return self.splits[name]
 
     def scaled(self, name: str) -> np.ndarray:
+        """Normalised features [n, F]."""
         return self.scaler.transform(self.splits[name].x)
+
+    def target(self, name: str) -> np.ndarray:
+        """The labels in the model's units: class indices, or the z-scored target [n]."""
+        y = self.splits[name].y
+        return y if self.target_scaler is None else self.target_scaler.transform(y[:, None])[:, 0]
+
+    def box(self) -> tuple[np.ndarray, np.ndarray]:
+        """The train split's bounding box in normalised space ([0, 1]^F under min-max scaling)."""
+        z = self.scaled("train")
+        return z.min(axis=0), z.max(axis=0)
 
 
 # ---------------------------------------------------------------- reading
@@ -104,8 +158,7 @@ def read_table(source: str) -> pd.DataFrame:
 
     datasets.disable_progress_bars()
     if source in BUNDLED:
-        path = BUNDLED[source][0]
-        return _load_local(path)
+        return _load_local(BUNDLED[source][0])
     if source.startswith("hf:"):
         name = source[3:]
         try:
@@ -191,48 +244,97 @@ def validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, list[str]
     return df, features, label, id_col
 
 
+def _integer_valued(labels: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(labels) and all(float(v).is_integer() for v in labels.unique())
+
+
 def _class_names(labels: pd.Series) -> list[str]:
     values = labels.unique()
-    if pd.api.types.is_numeric_dtype(labels) and all(float(v).is_integer() for v in values):
+    if _integer_valued(labels):
         return [str(int(v)) for v in sorted(values)]
     return sorted(str(v) for v in values)
 
 
 def _label_strings(labels: pd.Series) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(labels) and all(float(v).is_integer() for v in labels.unique()):
+    if _integer_valued(labels):
         return labels.astype("int64").astype(str).to_numpy()
     return labels.astype(str).to_numpy()
 
 
-def build_dataset(df: pd.DataFrame, cfg: DataConfig) -> Dataset:
-    """Validate `df`, split it with the seed (stratified) and fit the scaler on train."""
-    from sklearn.model_selection import train_test_split
+MANY_VALUES = 20  # a numeric label with more distinct values than this (and fractions, or > 5% of rows) is regression
 
-    df, features, label, id_col = validate(df, cfg)
+
+def infer_task(labels: pd.Series) -> tuple[str, str]:
+    """(task, why): a numeric label with many distinct values is a regression target, anything else classes."""
+    distinct = labels.nunique()
+    numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
+    if numeric and distinct > MANY_VALUES and (not _integer_valued(labels) or distinct > 0.05 * len(labels)):
+        return "regression", f"numeric label with {distinct} distinct values"
+    return "classification", f"label with {distinct} distinct values"
+
+
+def _classes(df: pd.DataFrame, label: str) -> tuple[list[str], np.ndarray]:
     classes = _class_names(df[label])
     if len(classes) < 2:
         raise BdkError(f"label column {label!r} has {len(classes)} class ({classes}); classification needs at least 2")
     index = {name: i for i, name in enumerate(classes)}  # classes may sort numerically: no searchsorted
     y = np.array([index[v] for v in _label_strings(df[label])], dtype=np.int64)
-    counts = np.bincount(y, minlength=len(classes))
-    small = [(classes[i], int(n)) for i, n in enumerate(counts) if n < 3]
+    small = [(classes[i], int(n)) for i, n in enumerate(np.bincount(y, minlength=len(classes))) if n < 3]
     if small:
         name, n = small[0]
         raise BdkError(
-            f"class {name!r} has only {n} row(s); stratified train/val/test splits need at least 3 per class: add rows or remove the class"
+            f"class {name!r} has only {n} row(s); stratified train/val/test splits need at least 3 per class: add rows "
+            "or remove the class (or pass --task regression if the label is a number to predict)"
         )
-    ids = (df[id_col] if id_col else df[ROW_NUMBER]).astype(str).to_numpy()
-    if len(set(ids)) != len(ids):
-        raise BdkError(f"id column {id_col!r} has duplicate values; ids must be unique (or pass --id-column to pick another)")
-    x = df[features].to_numpy(np.float32)
-    idx = np.arange(len(df))
+    return classes, y
+
+
+def _target(df: pd.DataFrame, label: str) -> np.ndarray:
+    if not pd.api.types.is_numeric_dtype(df[label]) or pd.api.types.is_bool_dtype(df[label]):
+        example = next(iter(df[label]), None)
+        raise BdkError(f"label column {label!r} is not numeric (e.g. {example!r}); regression needs a numeric target "
+                       "(or pass --task classification)")
+    if len(df) < 10:
+        raise BdkError(f"{len(df)} rows are too few for train/val/test splits of a regression target; add rows")
+    return df[label].to_numpy(np.float32)
+
+
+def split_indices(n: int, y: np.ndarray | None, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) row indices: stratified by `y` (classes), else from a seeded permutation."""
+    if y is None:  # regression: the UCI recipe (test first, then validation from the rest)
+        order = np.random.default_rng(cfg.seed).permutation(n)
+        n_test = int(round(n * cfg.test_fraction))
+        n_val = int(round((n - n_test) * cfg.val_fraction))
+        return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(n)
     try:
         rest, test = train_test_split(idx, test_size=cfg.test_fraction, stratify=y, random_state=cfg.seed, shuffle=True)
         train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=y[rest], random_state=cfg.seed, shuffle=True)
     except ValueError as e:
         raise BdkError(f"cannot stratify the splits: {e}; add rows to the small classes or remove them") from None
-    splits = {name: Split(ids[i], x[i], y[i]) for name, i in zip(SPLITS, (train, val, test))}
-    return Dataset(features, classes, label, Scaler.fit(splits["train"].x), splits, source=cfg.dataset)
+    return train, val, test
+
+
+def build_dataset(df: pd.DataFrame, cfg: DataConfig) -> Dataset:
+    """Validate `df`, choose the task, split it with the seed and fit the normalisers on train."""
+    df, features, label, id_col = validate(df, cfg)
+    bundled = BUNDLED.get(cfg.dataset)
+    task = cfg.task or (bundled[3] if bundled and not cfg.label_column else None) or infer_task(df[label])[0]
+    if task == "classification":
+        classes, y = _classes(df, label)
+    else:
+        classes, y = [], _target(df, label)
+    ids = (df[id_col] if id_col else df[ROW_NUMBER]).astype(str).to_numpy()
+    if len(set(ids)) != len(ids):
+        raise BdkError(f"id column {id_col!r} has duplicate values; ids must be unique (or pass --id-column to pick another)")
+    x = df[features].to_numpy(np.float32)
+    parts = split_indices(len(df), y if task == "classification" else None, cfg)
+    splits = {name: Split(ids[i], x[i], y[i]) for name, i in zip(SPLITS, parts)}
+    scaler = Normaliser.fit(splits["train"].x, tasks.get(task).feature_scaling)
+    target_scaler = Normaliser.fit(splits["train"].y, "standard") if task == "regression" else None
+    return Dataset(task, features, classes, label, scaler, target_scaler, splits, source=cfg.dataset)
 
 
 def load(cfg: DataConfig) -> Dataset:
@@ -247,8 +349,9 @@ def save(ds: Dataset, out: Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dataset.json", {
-        "source": ds.source, "label_column": ds.label_column, "feature_names": ds.feature_names,
-        "class_names": ds.class_names, "scaler": {"minimum": ds.scaler.minimum, "maximum": ds.scaler.maximum},
+        "task": ds.task, "source": ds.source, "label_column": ds.label_column, "feature_names": ds.feature_names,
+        "class_names": ds.class_names, "scaler": ds.scaler.to_json(),
+        "target_scaler": ds.target_scaler.to_json() if ds.target_scaler else None,
     })
     write_json(out / "split.json", {name: list(map(str, s.ids)) for name, s in ds.splits.items()})
     frames = []
@@ -261,16 +364,26 @@ def save(ds: Dataset, out: Path) -> None:
     pd.concat(frames, ignore_index=True).to_parquet(out / "splits.parquet", index=False)
 
 
-def load_from_run(run: Path) -> Dataset:
-    d = schema.data_dir(run)
-    if not (d / "dataset.json").exists():
+def read_dataset_json(run: Path) -> dict:
+    """RUN/data/dataset.json with its defaults filled in (older runs: classification, min-max scaler)."""
+    path = schema.data_dir(run) / "dataset.json"
+    if not path.exists():
         raise BdkError(f"{run} has no dataset; run `bdk teacher --out {run}` first")
-    meta = read_json(d / "dataset.json")
-    rows = pd.read_parquet(d / "splits.parquet")
+    meta = read_json(path)
+    meta.setdefault("task", "classification")
+    meta.setdefault("target_scaler", None)
+    return meta
+
+
+def load_from_run(run: Path) -> Dataset:
+    meta = read_dataset_json(run)
+    rows = pd.read_parquet(schema.data_dir(run) / "splits.parquet")
     feats = meta["feature_names"]
+    dtype = tasks.get(meta["task"]).label_dtype()
     splits = {}
     for name in SPLITS:
         r = rows[rows["split"] == name]
-        splits[name] = Split(r["id"].to_numpy().astype(str), r[feats].to_numpy(np.float32), r["label"].to_numpy(np.int64))
-    scaler = Scaler(tuple(meta["scaler"]["minimum"]), tuple(meta["scaler"]["maximum"]))
-    return Dataset(feats, meta["class_names"], meta["label_column"], scaler, splits, source=meta["source"])
+        splits[name] = Split(r["id"].to_numpy().astype(str), r[feats].to_numpy(np.float32), r["label"].to_numpy(dtype))
+    target = Normaliser.from_json(meta["target_scaler"]) if meta["target_scaler"] else None
+    return Dataset(meta["task"], feats, meta["class_names"], meta["label_column"], Normaliser.from_json(meta["scaler"]),
+                   target, splits, source=meta["source"])

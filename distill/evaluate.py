@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from distill import data as data_lib
-from distill import metrics, schema
+from distill import metrics, schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
 
 
@@ -29,17 +29,21 @@ class EvalConfig:
     seed: int = 0
 
 
-MODELS = ("teacher", "student", "baseline")
+from distill import report
+from distill.report import MODELS  # the report owns the model list: evaluate imports report, never the reverse
 
 
 def far_uniform(ds: data_lib.Dataset, rows: int, inner: float, outer: float, seed: int) -> np.ndarray:
-    """Raw-feature rows uniform in [-outer, 1 + outer]^F minus [-inner, 1 + inner]^F (scaled space)."""
+    """Raw-feature rows uniform in the train box widened by `outer` times its width on each side, minus
+    the box widened by `inner` (normalised space; under min-max scaling [-outer, 1 + outer]^F minus
+    [-inner, 1 + inner]^F)."""
     rng = np.random.default_rng(seed)
-    out = []
-    while sum(map(len, out)) < rows:
-        x = rng.uniform(-outer, 1 + outer, (rows * 2, ds.num_features))
-        out.append(x[((x < -inner) | (x > 1 + inner)).any(axis=1)])
-    return ds.scaler.inverse(np.concatenate(out)[:rows].astype(np.float32))
+    lo, hi = ds.box()
+    u_out = []
+    while sum(map(len, u_out)) < rows:
+        u = rng.uniform(-outer, 1 + outer, (rows * 2, ds.num_features))  # in units of the box
+        u_out.append(u[((u < -inner) | (u > 1 + inner)).any(axis=1)])
+    return ds.scaler.inverse((lo + np.concatenate(u_out)[:rows] * (hi - lo)).astype(np.float32))
 
 
 def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
@@ -57,10 +61,10 @@ def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
 class Exports:
     """The three exports, called as a client would call them."""
 
-    def __init__(self, run: Path, samples: int):
+    def __init__(self, run: Path, samples: int, task: tasks.Task, seed: int = 0):
         import tensorflow as tf
 
-        self.tf, self.samples = tf, samples
+        self.tf, self.samples, self.task, self.seed = tf, samples, task, seed
         paths = {"teacher": schema.teacher_export(run), "student": schema.student_export(run),
                  "baseline": schema.baseline_export(run)}
         for name, path in paths.items():
@@ -79,13 +83,18 @@ class Exports:
         self.models = {name: tf.saved_model.load(str(p)) for name, p in paths.items()}
 
     def predict(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        """probs, entropy and the epistemic score (teacher: mutual information; student: its head)."""
+        """The task's outputs and the epistemic score (teacher: its epistemic output; student: its head)."""
         tf = self.tf
         features = tf.constant(np.asarray(x, np.float32))
         if name == "teacher":
-            out = self.models[name].signatures["predictive"](features=features, num_samples=tf.constant(self.samples))
+            sig = self.models[name].signatures
+            if "predictive_seeded" in sig:
+                out = sig["predictive_seeded"](features=features, num_samples=tf.constant(self.samples),
+                                               seed=tf.constant(self.seed, tf.int64))
+            else:  # an export made before seeded signatures existed
+                out = sig["predictive"](features=features, num_samples=tf.constant(self.samples))
             out = {k: v.numpy() for k, v in out.items()}
-            out["epistemic"] = out["mutual_information"]
+            out["epistemic"] = out[self.task.epistemic_output]
         else:
             out = {k: v.numpy() for k, v in self.models[name].signatures["serving_default"](features=features).items()}
         return out
@@ -118,23 +127,22 @@ def export_parameters(export: Path) -> int:
 
 def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     """Compute the comparison, write RUN/report atomically, return metrics.json's content."""
-    from distill import report
     from distill.transfer import read_soft_labels
 
     from tqdm.auto import tqdm
 
     run = Path(run)
     ds = data_lib.load_from_run(run)
+    task = tasks.get(ds.task)
     soft, _ = read_soft_labels(run)
     steps = tqdm(total=5, desc="evaluate", unit="step", disable=None if progress else True, leave=False)
     steps.set_postfix_str("loading exports")
-    exports = Exports(run, cfg.samples)
+    exports = Exports(run, cfg.samples, task, cfg.seed)
     steps.update()
     steps.set_postfix_str("predicting")
 
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}  # model -> input set -> outputs
-    inputs = {"val": ds["val"].x, "test": ds["test"].x,
-              "ood": ood_inputs(cfg, ds)}
+    inputs = {"val": ds["val"].x, "test": ds["test"].x, "ood": ood_inputs(cfg, ds)}
     for src in ("perturbed", "uniform"):
         inputs[src] = soft.loc[soft["source"] == src, ds.feature_names].to_numpy(np.float32)
     for m in MODELS:
@@ -144,12 +152,16 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     steps.update()
     steps.set_postfix_str("bootstrap intervals")
 
-    out: dict = {}
+    out: dict = {"task": ds.task}
     for m in MODELS:
         out[m] = {}
         for split in ("test", "val"):
-            out[m].update(metrics.classification_metrics_with_intervals(
-                preds[m][split]["probs"], ds[split].y, split, cfg.bootstrap, cfg.seed))
+            out[m].update(task.metrics_with_intervals(ds[split].y, preds[m][split], split, cfg.bootstrap, cfg.seed))
+    if ds.task == "regression":
+        for m in MODELS:
+            p = preds[m]["test"]
+            out[m]["test/mean_epistemic_share"] = float((p["epistemic"] / np.maximum(p["variance"], metrics.EPS)).mean()) \
+                if m != "baseline" else None
 
     # Agreement: teacher's predictive vs the student's one pass. On perturbed/uniform rows the
     # teacher's side is the soft-label dataset itself (what the student was trained to match).
@@ -158,21 +170,23 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
         if name not in preds["student"]:
             continue
         if name == "test":
-            t_probs, t_mi = preds["teacher"]["test"]["probs"], preds["teacher"]["test"]["mutual_information"]
+            teacher = preds["teacher"]["test"]
         else:
             rows = soft[soft["source"] == name]
-            t_probs, t_mi = np.stack(rows["probs"].to_numpy()), rows["mutual_information"].to_numpy()
+            teacher = {k: np.stack(rows[k].to_numpy()) if k in task.vector_outputs else rows[k].to_numpy() for k in task.outputs}
+            teacher["epistemic"] = teacher[task.epistemic_output]
         s = preds["student"][name]
-        agreement[f"{name}/kl"] = float(metrics.kl_divergence(t_probs, s["probs"]).mean())
-        agreement[f"{name}/top1_agreement"] = float((t_probs.argmax(-1) == s["probs"].argmax(-1)).mean())
-        tracking[f"{name}/spearman"] = metrics.spearman(t_mi, s["epistemic"])
+        agreement[f"{name}/kl"] = float(task.divergence(teacher, s).mean())
+        if ds.task == "classification":
+            agreement[f"{name}/top1_agreement"] = float((teacher["probs"].argmax(-1) == s["probs"].argmax(-1)).mean())
+        tracking[f"{name}/spearman"] = metrics.spearman(teacher["epistemic"], s["epistemic"])
     out["agreement"] = agreement
     out["epistemic_tracking"] = tracking
 
-    ood = {}
-    for m in MODELS:
-        ood[f"{m}/entropy_auroc"] = metrics.auroc(preds[m]["test"]["entropy"], preds[m]["ood"]["entropy"])
-    ood["teacher/mutual_information_auroc"] = metrics.auroc(preds["teacher"]["test"]["epistemic"], preds["teacher"]["ood"]["epistemic"])
+    total = task.total_output
+    ood = {f"{m}/{total}_auroc": metrics.auroc(preds[m]["test"][total], preds[m]["ood"][total]) for m in MODELS}
+    ood[f"teacher/{task.epistemic_output}_auroc"] = metrics.auroc(preds["teacher"]["test"]["epistemic"],
+                                                                 preds["teacher"]["ood"]["epistemic"])
     ood["student/epistemic_auroc"] = metrics.auroc(preds["student"]["test"]["epistemic"], preds["student"]["ood"]["epistemic"])
     out["ood"] = ood
     steps.update()
@@ -196,15 +210,22 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
 
 
 def side_by_side(ds: data_lib.Dataset, split: str, preds) -> pd.DataFrame:
-    s = ds[split]
-    df = pd.DataFrame({"id": s.ids, "true_class": [ds.class_names[i] for i in s.y]})
+    """Per-example outputs of the three models (vector outputs one column per class) and their KL."""
+    s, task = ds[split], tasks.get(ds.task)
+    if ds.task == "classification":
+        df = pd.DataFrame({"id": s.ids, "true_class": [ds.class_names[i] for i in s.y]})
+    else:
+        df = pd.DataFrame({"id": s.ids, "y": s.y})
     for m in MODELS:
         p = preds[m][split]
-        df[f"{m}_predicted"] = [ds.class_names[i] for i in p["probs"].argmax(-1)]
-        for c, name in enumerate(ds.class_names):
-            df[f"{m}_prob_{name}"] = p["probs"][:, c]
-        df[f"{m}_entropy"] = p["entropy"]
+        if ds.task == "classification":
+            df[f"{m}_predicted"] = [ds.class_names[i] for i in p["probs"].argmax(-1)]
+            for c, name in enumerate(ds.class_names):
+                df[f"{m}_prob_{name}"] = p["probs"][:, c]
+            df[f"{m}_entropy"] = p["entropy"]
+        else:
+            df[f"{m}_mean"], df[f"{m}_variance"] = p["mean"], p["variance"]
         if m != "baseline":
             df[f"{m}_epistemic"] = p["epistemic"]
-    df["kl_teacher_student"] = metrics.kl_divergence(preds["teacher"][split]["probs"], preds["student"][split]["probs"])
+    df["kl_teacher_student"] = task.divergence(preds["teacher"][split], preds["student"][split])
     return df

@@ -21,23 +21,6 @@ def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
     return -(probs * np.log(p)).sum(axis=axis)
 
 
-def predictive_summary(probs_samples: np.ndarray) -> dict[str, np.ndarray]:
-    """Posterior predictive of S draws: mean, per-class variance and the entropy decomposition.
-
-    entropy (total) = expected_entropy (aleatoric) + mutual_information (epistemic).
-    """
-    probs = probs_samples.mean(axis=0)  # [N, C]
-    total = entropy(probs)  # [N]
-    expected = entropy(probs_samples).mean(axis=0)  # [N]
-    return {
-        "probs": probs,
-        "variance": probs_samples.var(axis=0),  # [N, C]
-        "entropy": total,
-        "expected_entropy": expected,
-        "mutual_information": np.maximum(total - expected, 0.0),
-    }
-
-
 def nll(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(y)), y], EPS, 1.0)).mean())
 
@@ -152,19 +135,10 @@ def most_uncertain_pair(probs: np.ndarray, mutual_information: np.ndarray, class
 
 # ---------------------------------------------------------------- regression (Gaussian predictives)
 # Conventions: `y`, `mean`, `variance` are [N] in the target's original units; `mean_samples` and
-# `variance_samples` are [S, N], the Gaussian of each Monte Carlo weight draw.
+# `variance_samples` are [S, N], the Gaussian of each Monte Carlo weight draw. The summaries of S
+# draws (classes and Gaussians) are the tasks' own, in distill/tasks.py.
 
 LOG_2PI = float(np.log(2.0 * np.pi))
-
-
-def regression_summary(mean_samples: np.ndarray, variance_samples: np.ndarray) -> dict[str, np.ndarray]:
-    """Moments of the S-draw mixture (mirrors teacher.export.summarize_regression).
-
-    variance (total) = epistemic_variance (spread of the draws' means) + mean aleatoric variance.
-    """
-    epistemic = mean_samples.var(axis=0)  # [N]
-    return {"mean": mean_samples.mean(axis=0), "variance": epistemic + variance_samples.mean(axis=0),
-            "epistemic_variance": epistemic}
 
 
 def gaussian_log_likelihood(y: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
@@ -194,10 +168,31 @@ def interval_coverage(y: np.ndarray, mean: np.ndarray, variance: np.ndarray, lev
     return (np.abs(y - mean)[None, :] <= z[:, None] * np.sqrt(np.maximum(variance, 0.0))[None, :]).mean(axis=1)
 
 
+def gaussian_nll(y: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> float:
+    return float(-gaussian_log_likelihood(y, mean, variance).mean())
+
+
+def coverage_95(y: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> float:
+    return float(interval_coverage(y, mean, variance, np.array([0.95]))[0])
+
+
+REGRESSION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
+    "rmse": lambda y, m, v: rmse(y, m), "nll": gaussian_nll, "coverage_95": coverage_95,
+}
+
+
 def regression_metrics(y: np.ndarray, mean: np.ndarray, variance: np.ndarray, split: str) -> dict[str, float]:
-    """Mean test log-likelihood of the Gaussian predictive and RMSE of its mean, keyed `split/metric`."""
-    return {f"{split}/log_likelihood": float(gaussian_log_likelihood(y, mean, variance).mean()),
-            f"{split}/rmse": rmse(y, mean)}
+    """RMSE of the mean, NLL of the Gaussian predictive (nats per row; the UCI tables report its negative,
+    the test log-likelihood) and the coverage of its central 95% interval, keyed `split/metric`."""
+    return {f"{split}/{name}": fn(y, mean, variance) for name, fn in REGRESSION_METRICS.items()}
+
+
+def regression_metrics_with_intervals(y, mean, variance, split: str, num_resamples: int = 1000, seed: int = 0) -> dict:
+    out: dict[str, float | list[float]] = {}
+    for name, fn in REGRESSION_METRICS.items():
+        out[f"{split}/{name}"] = fn(y, mean, variance)
+        out[f"{split}/{name}_ci95"] = list(bootstrap_interval(fn, y, mean, variance, num_resamples=num_resamples, seed=seed))
+    return out
 
 
 def mean_and_standard_error(values) -> tuple[float, float]:

@@ -6,6 +6,7 @@ reading data are reported before TensorFlow starts.
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,8 @@ def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwri
     if out.exists() and not overwrite:
         raise BdkError(f"run folder {out} already exists; pass --overwrite to replace it or choose another --out")
     ds = data_lib.load(data_cfg)  # validates before anything is written or TensorFlow loads
+    if data_cfg.task is None and progress:
+        print(f"task: {ds.task} (from the data; pass --task to choose)", file=sys.stderr)
     from teacher.train import train_teacher
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -77,7 +80,7 @@ def soft_labels_stage(cfg, run: Path, beam_args: Sequence[str] = (), progress: b
     embedded FnApiRunner). Everything is written into a temporary folder that replaces RUN/soft_labels
     only when the job succeeded and its rows were checked, so a rerun never mixes old and new shards.
     """
-    from distill import schema
+    from distill import schema, tasks
     from distill.transfer import build_transfer_set, write_transfer_set
 
     run = _existing_run(run)
@@ -95,13 +98,12 @@ def soft_labels_stage(cfg, run: Path, beam_args: Sequence[str] = (), progress: b
     message = f"labelling {len(table)} rows with {cfg.num_samples} teacher draws each (Beam)"
     with atomic_dir(schema.soft_labels_dir(run), overwrite=True) as tmp, \
             (status(message) if status else contextlib.nullcontext()):
-        write_transfer_set(table, tmp / schema.TRANSFER_FILE, ds.feature_names)
+        write_transfer_set(table, tmp / schema.TRANSFER_FILE, ds.feature_names, tasks.get(ds.task), cfg.batch_size)
         write_json(tmp / "config.json", {"soft_labels": cfg, "beam_args": list(beam_args)})
         try:
             job.run(["--transfer", str(tmp / schema.TRANSFER_FILE), "--export", str(export),
                      "--dataset_json", str(schema.data_dir(run).resolve() / "dataset.json"), "--output", str(tmp),
-                     "--num_samples", str(cfg.num_samples), "--batch_size", str(cfg.batch_size),
-                     "--seed", str(cfg.transfer.seed), *beam_args])
+                     "--num_samples", str(cfg.num_samples), "--seed", str(cfg.transfer.seed), *beam_args])
         except ValueError as e:  # Beam rejects pipeline options (e.g. an unknown runner) with ValueError
             raise BdkError(f"the Beam job did not start: {first_line(e)}; check the Beam options after `--`") from None
     return schema.soft_labels_dir(run)

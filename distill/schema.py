@@ -15,12 +15,9 @@ from pathlib import Path
 
 EXPORT_VERSION = "1"  # TF Serving wants base_path/<integer version>/saved_model.pb
 
-# Monte Carlo summaries, in the order they appear in exports, predictions and soft labels.
-PREDICTIVE_OUTPUTS = ("probs", "variance", "entropy", "expected_entropy", "mutual_information")
-
 # Sources of transfer-set rows (stage 2).
 SOURCES = ("train", "perturbed", "uniform", "unlabeled")
-NO_LABEL = -1  # label of a transfer row that has no true class
+NO_LABEL = -1  # label of a transfer row that has no true class (regression: NaN)
 ID_COLUMNS = ("id", "Id", "ID")  # a table's row id column, when it has one of these
 
 
@@ -58,31 +55,21 @@ def report_dir(run: Path) -> Path:
 
 # ---------------------------------------------------------------- stage 2: transfer set and soft labels
 # RUN/soft_labels/transfer.parquet has TRANSFER_KEYS then the raw feature columns (named as in
-# dataset.json); the teacher's shards (part-*.parquet) add SOFT_LABEL_OUTPUTS after them.
+# dataset.json); the teacher's shards (part-*.parquet) add the task's predictive outputs
+# (distill.tasks: Task.outputs) and num_samples after them.
 TRANSFER_FILE = "transfer.parquet"
 SOFT_LABEL_PREFIX = "part"  # shards: part-00000-of-00002.parquet
 MANIFEST_FILE = "manifest.json"
-TRANSFER_KEYS = ("id", "source", "label")  # str, one of SOURCES, class index or NO_LABEL
-SOFT_LABEL_OUTPUTS = PREDICTIVE_OUTPUTS + ("num_samples",)  # probs/variance are list<float> [C]; then scalars
-
-# Regression (dataset.json `task: regression`, distill/uci.py): the export's predictive in the target's
-# units, one float per row each; the soft-label shards carry them plus num_samples.
-REGRESSION_OUTPUTS = ("mean", "variance", "epistemic_variance")
-REGRESSION_SOFT_LABEL_OUTPUTS = REGRESSION_OUTPUTS + ("num_samples",)
-
-
-def predictive_outputs(task: str = "classification") -> tuple[str, ...]:
-    """The `predictive` signature's outputs the soft-label job keeps, by dataset.json's `task`."""
-    return REGRESSION_OUTPUTS if task == "regression" else PREDICTIVE_OUTPUTS
+TRANSFER_KEYS = ("id", "source", "label")  # str, one of SOURCES, class index / NO_LABEL or the target / NaN
 
 
 def transfer_columns(feature_names: list[str]) -> list[str]:
     return [*TRANSFER_KEYS, *feature_names]
 
 
-def soft_label_columns(feature_names: list[str], task: str = "classification") -> list[str]:
-    outputs = REGRESSION_SOFT_LABEL_OUTPUTS if task == "regression" else SOFT_LABEL_OUTPUTS
-    return [*TRANSFER_KEYS, *feature_names, *outputs]
+def soft_label_columns(feature_names: list[str], outputs: tuple[str, ...]) -> list[str]:
+    """The shards' columns for a task's predictive `outputs`."""
+    return [*TRANSFER_KEYS, *feature_names, *outputs, "num_samples"]
 
 
 def transfer_path(run: Path) -> Path:

@@ -4,10 +4,12 @@ Bayesian dark knowledge distils the teacher's posterior predictive on more input
 set: the student must learn where the teacher is unsure, and the training points alone sit where
 it is sure. The transfer set is
 - train: the training inputs (true labels kept);
-- perturbed: K copies of each with Gaussian noise of std `noise` in the scaled [0, 1] space, the
-  recipe of Korattikara et al. 2015 (labels of their origin kept);
-- uniform: U points uniform over the training box widened by `margin` (scaled space), so the
-  student sees the teacher's epistemic uncertainty away from the data (NO_LABEL);
+- perturbed: K copies of each with Gaussian noise of std `noise` in the normalised feature space
+  (min-max for classes, z-scores for regression), the recipe of Korattikara et al. 2015 (labels of
+  their origin kept);
+- uniform: U points uniform over the training box widened by `margin` times its width on each side
+  (normalised space), so the student sees the teacher's epistemic uncertainty away from the data
+  (NO_LABEL);
 - unlabeled: optional rows from a user table with the teacher's feature columns (NO_LABEL).
 Rows are stored with RAW features (the teacher export scales them itself), ids stable across runs.
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from distill import schema
+from distill import schema, tasks
 from distill.data import Dataset, _row_list, read_table
 from distill.errors import BdkError, read_json
 
@@ -55,7 +57,7 @@ class SoftLabelConfig:
 
     transfer: TransferConfig = field(default_factory=TransferConfig)
     num_samples: int = 100  # S independent weight draws per row
-    batch_size: int = 16_384  # rows per `predictive` call (BatchElements min = max): bench/bench_soft_labels.py
+    batch_size: int = 16_384  # rows per `predictive` call (the transfer set's row groups): bench/bench_soft_labels.py
 
     def __post_init__(self):
         if self.num_samples < 2:
@@ -67,11 +69,12 @@ class SoftLabelConfig:
 # ---------------------------------------------------------------- building the transfer set
 
 
-def check_feature_names(feature_names: list[str]) -> None:
+def check_feature_names(feature_names: list[str], task: tasks.Task) -> None:
     """Soft-label columns and features share one table: a feature may not take a reserved name."""
-    clash = sorted(set(feature_names) & set(schema.TRANSFER_KEYS + schema.SOFT_LABEL_OUTPUTS))
+    reserved = schema.soft_label_columns([], task.outputs)
+    clash = sorted(set(feature_names) & set(reserved))
     if clash:
-        raise BdkError(f"feature column(s) {clash} clash with the soft-label columns {list(schema.soft_label_columns([]))}; "
+        raise BdkError(f"feature column(s) {clash} clash with the soft-label columns {reserved}; "
                        "rename them in the dataset and retrain the teacher")
 
 
@@ -103,67 +106,69 @@ def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     """The transfer set as a table: TRANSFER_KEYS then the raw features (see the module docstring)."""
-    check_feature_names(ds.feature_names)
+    task = tasks.get(ds.task)
+    check_feature_names(ds.feature_names, task)
     train = ds["train"]
     n, f = train.x.shape
     k = cfg.perturbations
+    none = schema.NO_LABEL if ds.task == "classification" else np.nan
     # One generator per source, so changing U leaves the perturbed rows (and their ids) unchanged.
     perturb_rng, uniform_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(2))
 
-    noisy = ds.scaler.transform(train.x)[:, None, :] + cfg.noise * perturb_rng.standard_normal((n, k, f))  # [n, K, F]
-    box = uniform_rng.uniform(-cfg.margin, 1.0 + cfg.margin, size=(cfg.uniform, f))  # [U, F], scaled
+    noisy = ds.scaled("train")[:, None, :] + cfg.noise * perturb_rng.standard_normal((n, k, f))  # [n, K, F]
+    lo, hi = ds.box()  # [F] each, normalised
+    widen = cfg.margin * (hi - lo)
+    box = lo - widen + uniform_rng.uniform(0.0, 1.0, size=(cfg.uniform, f)) * (hi - lo + 2 * widen)  # [U, F]
     parts = [
         (np.char.add("train:", train.ids.astype(str)), "train", train.y, train.x),
         (np.array([f"perturbed:{i}:{j}" for i in train.ids for j in range(k)], dtype=str), "perturbed",
          np.repeat(train.y, k), ds.scaler.inverse(noisy.reshape(n * k, f))),
         (np.array([f"uniform:{i}" for i in range(cfg.uniform)], dtype=str), "uniform",
-         np.full(cfg.uniform, schema.NO_LABEL), ds.scaler.inverse(box)),
+         np.full(cfg.uniform, none), ds.scaler.inverse(box)),
     ]
     if cfg.unlabeled:
         ids, x = read_unlabeled(cfg.unlabeled, ds)
-        parts.append((np.char.add("unlabeled:", ids), "unlabeled", np.full(len(ids), schema.NO_LABEL), x))
+        parts.append((np.char.add("unlabeled:", ids), "unlabeled", np.full(len(ids), none), x))
     frames = []
     for ids, source, labels, x in parts:
         frame = pd.DataFrame(np.asarray(x, np.float32).reshape(len(ids), f), columns=ds.feature_names)
         frame.insert(0, "id", pd.array(ids, dtype=object))
         frame.insert(1, "source", source)
-        frame.insert(2, "label", np.asarray(labels, np.int64))
+        frame.insert(2, "label", np.asarray(labels, task.label_dtype()))
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     assert table["id"].is_unique, "transfer ids must be unique"
     return table
 
 
-def transfer_arrow_schema(feature_names: list[str]):
+def transfer_arrow_schema(feature_names: list[str], task: tasks.Task):
     import pyarrow as pa
 
-    return pa.schema([("id", pa.string()), ("source", pa.string()), ("label", pa.int64())]
+    label = pa.int64() if task.label_dtype() is np.int64 else pa.float32()
+    return pa.schema([("id", pa.string()), ("source", pa.string()), ("label", label)]
                      + [(name, pa.float32()) for name in feature_names])
 
 
-def soft_label_arrow_schema(feature_names: list[str], task: str = "classification"):
+def soft_label_arrow_schema(feature_names: list[str], task: tasks.Task):
     """The soft-label shards' schema: the transfer columns, then the teacher's predictive for S draws
-    (regression: one float per row each for mean, variance, epistemic_variance)."""
+    (the task's outputs: list<float> [C] for vector outputs, float otherwise) and num_samples."""
     import pyarrow as pa
 
-    if task == "regression":
-        outputs = [(name, pa.float32()) for name in schema.REGRESSION_OUTPUTS] + [("num_samples", pa.int32())]
-        return pa.schema(list(transfer_arrow_schema(feature_names)) + [pa.field(n, t) for n, t in outputs])
-    vector = pa.list_(pa.float32())  # [C]
-    outputs = [("probs", vector), ("variance", vector), ("entropy", pa.float32()),
-               ("expected_entropy", pa.float32()), ("mutual_information", pa.float32()), ("num_samples", pa.int32())]
-    assert tuple(name for name, _ in outputs) == schema.SOFT_LABEL_OUTPUTS
-    return pa.schema(list(transfer_arrow_schema(feature_names)) + [pa.field(n, t) for n, t in outputs])
+    outputs = [pa.field(name, pa.list_(pa.float32()) if name in task.vector_outputs else pa.float32())
+               for name in task.outputs]
+    return pa.schema(list(transfer_arrow_schema(feature_names, task)) + outputs + [pa.field("num_samples", pa.int32())])
 
 
-def write_transfer_set(table: pd.DataFrame, path: Path, feature_names: list[str]) -> Path:
-    """Parquet in ~1 MB row groups, so parallel runners read it in parallel splits."""
+def write_transfer_set(table: pd.DataFrame, path: Path, feature_names: list[str], task: tasks.Task,
+                       row_group_rows: int = ROW_GROUP_ROWS) -> Path:
+    """Parquet in row groups of `row_group_rows` (the Beam job's batch: it reads one row group per
+    batch), so parallel runners read it in parallel splits."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    arrow = pa.Table.from_pandas(table[schema.transfer_columns(feature_names)], schema=transfer_arrow_schema(feature_names),
-                                 preserve_index=False)
-    pq.write_table(arrow, str(path), row_group_size=ROW_GROUP_ROWS)
+    arrow = pa.Table.from_pandas(table[schema.transfer_columns(feature_names)],
+                                 schema=transfer_arrow_schema(feature_names, task), preserve_index=False)
+    pq.write_table(arrow, str(path), row_group_size=row_group_rows)
     return Path(path)
 
 
@@ -207,10 +212,9 @@ def export_fingerprint(export: str | Path) -> str:
 def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
     """The soft-label dataset of a run, in transfer-set order, and its manifest.
 
-    Columns: schema.soft_label_columns(feature_names). `probs` and `variance` hold one float32 [C]
-    row of an [N, C] array each: `np.stack(df["probs"].to_numpy())` gives the [N, C] array back.
-    A regression run (dataset.json `task: regression`) has the scalar columns mean, variance,
-    epistemic_variance instead (schema.soft_label_columns(feature_names, "regression")).
+    Columns: schema.soft_label_columns(feature_names, task.outputs). A vector output (classes: `probs`,
+    `variance`) holds one float32 [C] row of an [N, C] array each: `np.stack(df["probs"].to_numpy())`
+    gives the [N, C] array back; regression outputs (mean, variance, epistemic_variance) are floats.
     Raises BdkError when they are missing or stale (teacher export, classes or features changed).
     """
     run = Path(run)
@@ -240,7 +244,7 @@ def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
     missing = [s.name for s in shards if not s.exists()]
     if missing:
         raise BdkError(f"soft-label shards {missing} listed in {schema.soft_labels_manifest(run)} are missing; {again}")
-    task = meta.get("task", "classification")
+    task = tasks.get(meta.get("task", "classification"))
     table = pa.concat_tables([pq.read_table(s) for s in shards]) if shards else \
         soft_label_arrow_schema(meta["feature_names"], task).empty_table()
     ids = pq.read_table(out / schema.TRANSFER_FILE, columns=["id"]).column("id").to_pylist()
@@ -249,15 +253,12 @@ def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
     if order is None or len(have) != len(ids) or (order < 0).any():
         raise BdkError(f"soft labels in {out} do not match its transfer set row for row; {again}")
     table = table.take(order)  # transfer-set order, whatever order the runner wrote the shards in
-    if task == "regression":  # scalar columns only
-        return table.to_pandas()[schema.soft_label_columns(meta["feature_names"], task)], manifest
-
     num_classes = len(meta["class_names"])
-    df = table.drop_columns(["probs", "variance"]).to_pandas()
-    for name in ("probs", "variance"):
+    df = table.drop_columns(list(task.vector_outputs)).to_pandas()
+    for name in task.vector_outputs:
         values = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         if len(values) != num_classes * len(table):
             raise BdkError(f"soft labels in {out}: {name} rows do not all have {num_classes} classes; {again}")
         matrix = values.astype(np.float32).reshape(len(table), num_classes)  # [N, C]
         df[name] = pd.Series(list(matrix), index=df.index, dtype=object)  # row views of the [N, C] array
-    return df[schema.soft_label_columns(meta["feature_names"])], manifest
+    return df[schema.soft_label_columns(meta["feature_names"], task.outputs)], manifest

@@ -1,4 +1,8 @@
-"""The student SavedModel: raw features -> probs, entropy, epistemic; deterministic, one pass."""
+"""The student SavedModel: raw features -> the task's outputs and an epistemic score; deterministic, one pass.
+
+`serving_default(features [batch, F])` -> probs [batch, C], entropy, epistemic (classes) or mean,
+variance, epistemic (regression, in the target's units).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,25 +10,29 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from distill import tasks
 from teacher.export import Untracked
 
 
 class StudentModule(tf.Module):
-    def __init__(self, model, minimum: np.ndarray, scale: np.ndarray, epistemic_scale: float = 1.0):
+    def __init__(self, task: tasks.Task, model, feature_shift, feature_scale, target_shift: float = 0.0,
+                 target_scale: float = 1.0, epistemic_scale: float = 1.0):
         super().__init__(name="student")
+        self.task = task
         self._keras = Untracked(model)  # see teacher.export.Untracked: save the variables, skip Keras tracing
         self.model_variables = list(model.variables)
-        self.minimum = tf.constant(np.asarray(minimum, np.float32))
-        self.scale = tf.constant(np.asarray(scale, np.float32))
+        self.feature_shift = tf.constant(np.asarray(feature_shift, np.float32))
+        self.feature_scale = tf.constant(np.asarray(feature_scale, np.float32))
+        self.target_shift = tf.constant(float(target_shift), tf.float32)
+        self.target_scale = tf.constant(float(target_scale), tf.float32)
         self.epistemic_scale = tf.constant(float(epistemic_scale), tf.float32)
-        f = int(self.minimum.shape[0])
+        f = int(self.feature_shift.shape[0])
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None, f], tf.float32, name="features")])
 
     def _serve(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = self._keras.value((features - self.minimum) / self.scale, training=False)
-        probs = tf.nn.softmax(out["logits"], axis=-1)  # [B, C]
-        entropy = -tf.reduce_sum(probs * tf.math.log(tf.clip_by_value(probs, 1e-12, 1.0)), axis=-1)  # [B]
-        return {"probs": probs, "entropy": entropy, "epistemic": out["epistemic"] * self.epistemic_scale}
+        out = self._keras.value((features - self.feature_shift) / self.feature_scale, training=False)
+        params = self.task.to_target_units(self.task.draw_params(out["head"]), self.target_shift, self.target_scale)
+        return {**self.task.point_outputs(params), "epistemic": out["epistemic"] * self.epistemic_scale}
 
     def save(self, path: Path) -> Path:
         tf.saved_model.save(self, str(path), signatures={"serving_default": self.serve.get_concrete_function()})

@@ -4,17 +4,17 @@ from __future__ import annotations
 import tf_keras as tfk
 
 
-def build_student(num_features: int, num_classes: int, hidden: tuple[int, ...] = (32,), name: str = "student") -> tfk.Model:
-    """features in [0, 1] [batch, F] -> {"logits": [batch, C], "epistemic": [batch]}.
+def build_student(num_features: int, units: int, hidden: tuple[int, ...] = (32,), name: str = "student") -> tfk.Model:
+    """Normalised features [batch, F] -> {"head": [batch, units], "epistemic": [batch]}.
 
-    The epistemic head reads the same hidden features as the class head and predicts the
-    teacher's mutual information (normalised; the export undoes the normalisation). Softplus
-    keeps it non-negative.
+    `head` is the task's head (distill.tasks: logits, or a Gaussian's mean and raw variance), the
+    same type as the teacher's. The epistemic head reads the same hidden features and predicts the
+    teacher's epistemic score (normalised; the export undoes it); softplus keeps it non-negative.
     """
     x = inputs = tfk.Input(shape=(num_features,), name="features")
-    for i, units in enumerate(hidden):
-        x = tfk.layers.Dense(units, activation="relu", name=f"hidden_{i}")(x)
-    logits = tfk.layers.Dense(num_classes, name="logits")(x)
+    for i, width in enumerate(hidden):
+        x = tfk.layers.Dense(width, activation="relu", name=f"hidden_{i}")(x)
+    head = tfk.layers.Dense(units, name="head")(x)
     epistemic = tfk.layers.Dense(1, activation="softplus", name="epistemic")(x)
     epistemic = tfk.layers.Reshape((), name="epistemic_flat")(epistemic)
-    return tfk.Model(inputs, {"logits": logits, "epistemic": epistemic}, name=name)
+    return tfk.Model(inputs, {"head": head, "epistemic": epistemic}, name=name)

@@ -2,8 +2,9 @@
 check the quality gate, export.
 
 The student learns the teacher's posterior predictive over the whole transfer set (training
-inputs, their perturbed copies, uniform points, unlabeled rows) and, through a second head, the
-teacher's mutual information, so one deterministic pass returns both.
+inputs, their perturbed copies, uniform points, unlabeled rows) by the task's cross-entropy from
+the teacher's predictive to the student's distribution, and through a second head the teacher's
+epistemic score (mutual information, or epistemic variance), so one deterministic pass returns both.
 """
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ import tensorflow as tf
 import tf_keras as tfk
 
 from distill import data as data_lib
-from distill import metrics, schema
+from distill import schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
 from distill.training import fit, minibatches
 from student.config import StudentConfig
 from student.export import StudentModule
-from student.losses import distillation_loss, epistemic_loss, hard_cross_entropy
 from student.model import build_student
 from student.tflite import export_tflite
 
@@ -30,119 +30,122 @@ class GateFailed(BdkError):
     """The student is worse calibrated than the teacher by more than the configured margin."""
 
 
-def _validator(model, x_val: np.ndarray, y_val: np.ndarray):
-    def validate() -> dict[str, float]:
-        probs = tf.nn.softmax(model(x_val, training=False)["logits"]).numpy()
-        return {"val_nll": metrics.nll(probs, y_val), "val_accuracy": metrics.accuracy(probs, y_val)}
+def teacher_on_validation(run: Path, ds: data_lib.Dataset, num_samples: int, seed: int) -> np.ndarray:
+    """The teacher export's predictive on the validation inputs (which are not in the transfer set), as
+    the task's soft targets [N_val, K]: what the student's early stopping compares it with."""
+    export = tf.saved_model.load(str(schema.teacher_export(run)))
+    out = export.signatures["predictive_seeded"](features=tf.constant(ds["val"].x), num_samples=tf.constant(num_samples),
+                                                 seed=tf.constant(seed, tf.int64))
+    return tasks.get(ds.task).soft_targets({k: v.numpy() for k, v in out.items()}, ds.target_shift, ds.target_scale)
 
-    return validate
 
-
-def _train_distilled(cfg: StudentConfig, ds: data_lib.Dataset, x, teacher_probs, labels, mi_target, progress: bool):
-    model = build_student(ds.num_features, ds.num_classes, cfg.hidden)
+def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple, ds: data_lib.Dataset,
+         val_targets: np.ndarray | None, epochs: int, batch_size: int, desc: str, progress: bool, variables=None):
+    """Minibatch training of `loss_fn(out, *batch columns)`, early-stopped on the monitored validation value."""
     optimizer = tfk.optimizers.Adam(cfg.learning_rate)
-    w_epi = tf.constant(cfg.epistemic_weight, tf.float32)
+    variables = variables or model.trainable_variables
+    x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
 
     @tf.function
-    def step(xb, qb, yb, mb):
+    def step(xb, *batch):
         with tf.GradientTape() as tape:
-            out = model(xb, training=True)
-            soft = distillation_loss(qb, yb, out["logits"], cfg.temperature, cfg.alpha)
-            epi = epistemic_loss(mb, out["epistemic"])
-            loss = soft + w_epi * epi
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        return soft, epi
-
-    def train_epoch(rng):
-        softs, epis = [], []
-        for idx in minibatches(len(x), cfg.batch_size, rng):
-            soft, epi = step(x[idx], teacher_probs[idx], labels[idx], mi_target[idx])
-            softs.append(float(soft)), epis.append(float(epi))
-        return {"distill_loss": float(np.mean(softs)), "epistemic_loss": float(np.mean(epis))}
-
-    result = fit(model, train_epoch, _validator(model, ds.scaled("val"), ds["val"].y), "val_nll",
-                 cfg.epochs, cfg.patience, cfg.seed, "student", progress)
-    return model, result
-
-
-def _train_baseline(cfg: StudentConfig, ds: data_lib.Dataset, progress: bool):
-    """The same architecture on the train split's hard labels only: what you get without a teacher."""
-    model = build_student(ds.num_features, ds.num_classes, cfg.hidden, name="baseline")
-    optimizer = tfk.optimizers.Adam(cfg.learning_rate)
-    x, y = ds.scaled("train"), ds["train"].y
-
-    variables = [v for v in model.trainable_variables if "epistemic" not in v.name]  # no head to train
-
-    @tf.function
-    def step(xb, yb):
-        with tf.GradientTape() as tape:
-            loss = hard_cross_entropy(yb, model(xb, training=True)["logits"])
+            loss = loss_fn(model(xb, training=True), *batch)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
     def train_epoch(rng):
-        losses = [float(step(x[idx], y[idx])) for idx in minibatches(len(x), cfg.baseline_batch_size, rng)]
-        return {"train_nll": float(np.mean(losses))}
+        losses = [float(step(x[idx], *(c[idx] for c in columns))) for idx in minibatches(len(x), batch_size, rng)]
+        return {"train_loss": float(np.mean(losses))}
 
-    result = fit(model, train_epoch, _validator(model, ds.scaled("val"), ds["val"].y), "val_nll",
-                 cfg.baseline_epochs, cfg.patience, cfg.seed, "baseline", progress)
-    return model, result
+    def validate():
+        head = model(x_val, training=False)["head"]
+        pred = {k: v.numpy() for k, v in task.point_outputs(task.draw_params(head)).items()}  # normalised units
+        logs = {f"val_{k.split('/')[1]}": v for k, v in task.metrics(y_val, pred, "val").items()}
+        if val_targets is not None:
+            logs["val_distill_loss"] = float(task.distill_loss(val_targets, head, None))
+        return logs
+
+    monitor = "val_distill_loss" if val_targets is not None else "val_nll"
+    return fit(model, train_epoch, validate, monitor, epochs, cfg.patience, cfg.seed, desc, progress)
 
 
 def check_gate(cfg: StudentConfig, student: dict, teacher: dict, split: str = "val") -> list[str]:
     """Reasons the student fails the gate (empty when it passes)."""
     failures = []
     for name, margin in (("nll", cfg.gate_nll_margin), ("ece", cfg.gate_ece_margin)):
-        s, t = student[f"{split}/{name}"], teacher[f"{split}/{name}"]
-        if s > t + margin:
-            failures.append(f"{split} {name.upper()} {s:.4f} > teacher {t:.4f} + margin {margin}")
+        key = f"{split}/{name}"
+        if key in student and key in teacher and student[key] > teacher[key] + margin:
+            failures.append(f"{split} {name.upper()} {student[key]:.4f} > teacher {teacher[key]:.4f} + margin {margin}")
     return failures
 
 
 def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict:
     """Train student and baseline, gate, export into RUN/student atomically. Returns the summary.
 
-    Raises GateFailed (after writing RUN/student with the student under `rejected/`) when the
-    student's validation NLL or ECE is worse than the teacher's by more than the margins.
+    Raises GateFailed (after writing RUN/student with the student under `rejected/`) when the gate is
+    on and the student's validation NLL (or, for classes, ECE) is worse than the teacher's by more than
+    the margins.
     """
     from distill.transfer import read_soft_labels, soft_labels_digest
 
     run = Path(run)
     ds = data_lib.load_from_run(run)
+    cfg = cfg.resolved(ds.task)
+    task = tasks.get(ds.task)
     if not (schema.teacher_dir(run) / "metrics.json").exists():
         raise BdkError(f"{run} has no teacher; run `bdk teacher --out {run}` first")
     soft, manifest = read_soft_labels(run)
     tfk.utils.set_random_seed(cfg.seed)
 
     x = ds.scaler.transform(soft[ds.feature_names].to_numpy(np.float32))  # [N, F]
-    teacher_probs = np.stack(soft["probs"].to_numpy()).astype(np.float32)  # [N, C]
-    labels = soft["label"].to_numpy(np.int64)  # [N], -1 where none
-    mi = soft["mutual_information"].to_numpy(np.float32)  # [N]
-    mi_scale = float(mi.std()) or 1.0  # the head learns MI / mi_scale; the export multiplies back
-    mi_target = (mi / mi_scale).astype(np.float32)
+    outputs = {k: (np.stack(soft[k].to_numpy()) if k in task.vector_outputs else soft[k].to_numpy()) for k in task.outputs}
+    targets = task.soft_targets(outputs, ds.target_shift, ds.target_scale)  # [N, K], normalised
+    labels = soft["label"].to_numpy()  # [N]; classes: -1 where none
+    epistemic = soft[task.epistemic_output].to_numpy(np.float32)  # [N]
+    epistemic_scale = float(epistemic.std()) or 1.0  # the head learns epistemic / scale; the export multiplies back
+    epistemic_target = (epistemic / epistemic_scale).astype(np.float32)
+    val_targets = (teacher_on_validation(run, ds, int(manifest["num_samples"]), cfg.seed)
+                   if cfg.monitor == "teacher" else None)
+    units = task.head_units(ds.num_classes)
+
+    model = build_student(ds.num_features, units, cfg.hidden)
+    w_epi = tf.constant(cfg.epistemic_weight, tf.float32)
+
+    def student_loss(out, q, y, e):
+        return (task.distill_loss(q, out["head"], y, cfg.temperature, cfg.alpha)
+                + w_epi * tf.reduce_mean(tf.square(e - out["epistemic"])))
 
     t0 = time.perf_counter()
-    model, result = _train_distilled(cfg, ds, x, teacher_probs, labels, mi_target, progress)
+    result = _fit(cfg, task, model, student_loss, x, (targets, labels, epistemic_target), ds, val_targets, cfg.epochs,
+                  cfg.batch_size, "student", progress)
     student_seconds = time.perf_counter() - t0
+
+    # The same architecture on the train split's hard labels only: what you get without a teacher.
+    baseline = build_student(ds.num_features, units, cfg.hidden, name="baseline")
     t0 = time.perf_counter()
-    baseline, baseline_result = _train_baseline(cfg, ds, progress)
+    baseline_result = _fit(cfg, task, baseline, lambda out, y: -tf.reduce_mean(task.log_likelihood(y, out["head"])),
+                           ds.scaled("train"), (ds.target("train"),), ds, None, cfg.baseline_epochs,
+                           cfg.baseline_batch_size, "baseline", progress,
+                           variables=[v for v in baseline.trainable_variables if "epistemic" not in v.name])
     baseline_seconds = time.perf_counter() - t0
 
-    student_module = StudentModule(model, ds.scaler.minimum, ds.scaler.scale, mi_scale)
-    baseline_module = StudentModule(baseline, ds.scaler.minimum, ds.scaler.scale, 0.0)  # no epistemic estimate
+    units_args = (ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale)
+    student_module = StudentModule(task, model, *units_args, epistemic_scale=epistemic_scale)
+    baseline_module = StudentModule(task, baseline, *units_args, epistemic_scale=0.0)  # no epistemic estimate
     val = {}
     for name, module in (("student", student_module), ("baseline", baseline_module)):
-        probs = module.serve(tf.constant(ds["val"].x))["probs"].numpy()
-        val[name] = metrics.classification_metrics(probs, ds["val"].y, "val")
+        pred = {k: v.numpy() for k, v in module.serve(tf.constant(ds["val"].x)).items()}
+        val[name] = task.metrics(ds["val"].y, pred, "val")
     teacher_metrics = read_json(schema.teacher_dir(run) / "metrics.json")
-    failures = check_gate(cfg, val["student"], teacher_metrics)
+    failures = check_gate(cfg, val["student"], teacher_metrics) if cfg.gate else []
 
     summary = {
-        "rows": len(soft), "rows_per_source": soft["source"].value_counts().to_dict(),
+        "task": ds.task, "rows": len(soft), "rows_per_source": soft["source"].value_counts().to_dict(),
         "epochs_run": len(result.history), "best_epoch": result.best_epoch, "train_seconds": student_seconds,
-        "baseline_epochs_run": len(baseline_result.history), "baseline_train_seconds": baseline_seconds,
-        "mi_scale": mi_scale, "gate": {"passed": not failures, "failures": failures, "split": "val",
-                                       "teacher": {k: teacher_metrics[k] for k in ("val/nll", "val/ece")}},
+        "monitor": cfg.monitor, "baseline_epochs_run": len(baseline_result.history),
+        "baseline_train_seconds": baseline_seconds, "epistemic_scale": epistemic_scale,
+        "gate": {"on": cfg.gate, "passed": not failures, "failures": failures, "split": "val",
+                 "teacher": {k: teacher_metrics[k] for k in ("val/nll", "val/ece") if k in teacher_metrics}},
         **{f"student/{k}": v for k, v in val["student"].items()},
         **{f"baseline/{k}": v for k, v in val["baseline"].items()},
     }
@@ -150,8 +153,9 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     # so a failed retrain never unpublishes the student that is already deployed.
     target = schema.student_dir(run) / "rejected" if failures else schema.student_dir(run)
     with atomic_dir(target, overwrite=True) as tmp:
-        write_json(tmp / "config.json", {"student": asdict(cfg), "soft_labels_manifest": soft_labels_digest(run),
-                                         "teacher_fingerprint": manifest.get("teacher_fingerprint"), "mi_scale": mi_scale})
+        write_json(tmp / "config.json", {"student": asdict(cfg), "task": ds.task, "soft_labels_manifest": soft_labels_digest(run),
+                                         "teacher_fingerprint": manifest.get("teacher_fingerprint"),
+                                         "epistemic_scale": epistemic_scale})
         result.history.to_csv(tmp / "history.csv", index=False)
         baseline_result.history.to_csv(tmp / "baseline_history.csv", index=False)
         student_module.save(tmp / "export" / schema.EXPORT_VERSION)
@@ -163,4 +167,3 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         raise GateFailed("student failed the quality gate (" + "; ".join(failures) + f"); it was saved under {target} "
                          "and not published: retrain with more epochs or a larger --hidden, or raise the margins")
     return summary
-

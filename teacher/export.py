@@ -1,17 +1,24 @@
-"""The Monte Carlo SavedModel: raw features in, posterior predictive out.
+"""The Monte Carlo SavedModel: raw features in, the posterior predictive out, for every family and task.
 
-The module bakes in the train split's min-max scaling and wraps a `draw(x_scaled, i) -> logits`
-function that uses fresh weights on every call (Flipout samples its perturbation per call; an
-ensemble would pick member i). Draws run in a `tf.while_loop`, one whole-batch forward pass per
-draw, so S draws are S independent weight samples at the cost of S batched matmuls.
+Each draw is one explicit weight sample shared by the whole batch: W = loc + scale * eps for a
+Flipout layer's mean-field posterior, a member's weights for a deep ensemble, a Bernoulli mask on
+the hidden units for MC dropout. The S draws' weights are sampled up front by stateless random ops
+from one seed, so the predictive is a pure function of (features, S, seed): every row gets the same
+S posterior samples whatever batch it arrives in. Flipout (random signs per row, two matmuls per
+layer) is the estimator for training gradients; at inference each row needs only S independent
+weight samples, which cost one matmul per layer and draw. Two evaluation orders, one result:
+- small requests (S * batch <= BATCHED_ROWS): one batched matmul over [S, batch, width];
+- large batches: a tf.while_loop of S whole-batch forward passes (memory stays at one draw).
 
-Signatures (all take `features` float32 [batch, F] of raw features):
-- `serving_default`: the serving setting, `SERVING_SAMPLES` draws -> probs, variance, entropy,
-  expected_entropy, mutual_information.
-- `predictive`: the same with `num_samples` (int32 scalar) draws: what the Beam job calls.
-- `sample`: `num_samples` draws -> probs_samples [S, batch, C], each draw's softmax.
-The scalar `num_samples` keeps the last two out of TF Serving's row format; clients of the row
-format use `serving_default`.
+Signatures (all take `features` float32 [batch, F] of raw features; outputs are named by the task,
+distill.tasks: probs/variance/entropy/expected_entropy/mutual_information, or mean/variance/
+epistemic_variance in the target's units):
+- `serving_default`: `SERVING_SAMPLES` draws, fresh ones per call.
+- `predictive`: `num_samples` (int32 scalar) draws, fresh per call; `predictive_seeded` adds `seed`
+  (int64 scalar): the same seed gives bit-identical output. What the Beam job calls.
+- `sample` / `sample_seeded`: each draw's distribution parameters ([S, batch, ...]).
+Fresh draws come from a stateful random op with no seed attribute (seed = seed2 = 0), which TensorFlow
+seeds from the OS at load: two processes that load one export draw differently.
 """
 from __future__ import annotations
 
@@ -21,7 +28,10 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from distill import tasks
+
 SERVING_SAMPLES = 10
+BATCHED_ROWS = 4096  # S * batch up to which the draws run as one batched matmul
 
 
 class Untracked:
@@ -31,105 +41,165 @@ class Untracked:
         self.value = value
 
 
-def summarize(probs_samples: tf.Tensor) -> dict[str, tf.Tensor]:
-    """[S, B, C] draws -> mean, variance and the entropy decomposition (mirrors metrics.predictive_summary)."""
-    probs = tf.reduce_mean(probs_samples, axis=0)  # [B, C]
-    variance = tf.math.reduce_variance(probs_samples, axis=0)  # [B, C]
-    log = lambda p: tf.math.log(tf.clip_by_value(p, 1e-12, 1.0))  # noqa: E731
-    entropy = -tf.reduce_sum(probs * log(probs), axis=-1)  # [B]
-    expected_entropy = tf.reduce_mean(-tf.reduce_sum(probs_samples * log(probs_samples), axis=-1), axis=0)  # [B]
-    return {
-        "probs": probs,
-        "variance": variance,
-        "entropy": entropy,
-        "expected_entropy": expected_entropy,
-        "mutual_information": tf.maximum(entropy - expected_entropy, 0.0),
-    }
+def fresh_seed() -> tf.Tensor:
+    """An int64 scalar from the OS-seeded stream: no seed is frozen into the graph."""
+    return tf.raw_ops.RandomUniformInt(shape=tf.constant([], tf.int32), minval=tf.constant(0, tf.int64), maxval=tf.constant(2 ** 62, tf.int64),
+                                       seed=0, seed2=0)
 
 
-def summarize_regression(mean_samples: tf.Tensor, variance_samples: tf.Tensor) -> dict[str, tf.Tensor]:
-    """[S, B] Gaussian draws -> the mixture's mean and variance split into its epistemic part
-    (variance of the draws' means) and the rest (mean aleatoric variance); mirrors metrics.regression_summary."""
-    epistemic = tf.math.reduce_variance(mean_samples, axis=0)  # [B]
-    return {"mean": tf.reduce_mean(mean_samples, axis=0), "variance": epistemic + tf.reduce_mean(variance_samples, axis=0),
-            "epistemic_variance": epistemic}
+def layer_seed(seed: tf.Tensor, layer: int) -> tf.Tensor:
+    """The stateless [2] seed of one layer's draws."""
+    return tf.random.experimental.stateless_fold_in(tf.stack([tf.cast(seed, tf.int64), tf.constant(0x5eed, tf.int64)]),
+                                                    layer)
+
+
+# A sampler: (seed, S) -> per layer (kernels [S, in, out], biases [S, out], unit mask [S, out] or None).
+Sampler = Callable[[tf.Tensor, tf.Tensor], list]
+
+
+def flipout_sampler(layers: list) -> Sampler:
+    """The mean-field posterior of each DenseFlipout layer, sampled explicitly; biases are point estimates."""
+
+    def sample(seed, num_samples):
+        out = []
+        for l, layer in enumerate(layers):
+            q = layer.kernel_posterior.distribution
+            loc, scale = tf.convert_to_tensor(q.loc), tf.convert_to_tensor(q.scale)  # [in, out] each
+            eps = tf.random.stateless_normal(tf.concat([[num_samples], tf.shape(loc)], 0), layer_seed(seed, l))
+            bias = tf.convert_to_tensor(layer.bias_posterior.distribution.loc)  # [out]
+            out.append((loc + scale * eps, tf.tile(bias[None], [num_samples, 1]), None))
+        return out
+
+    return sample
+
+
+def dropout_sampler(layers: list, rate: float) -> Sampler:
+    """MC dropout (Gal & Ghahramani 2016) as weight sampling: each draw drops hidden units with
+    probability `rate` (inverted scaling), the same units for every row of the batch."""
+
+    def sample(seed, num_samples):
+        out = []
+        for l, layer in enumerate(layers):
+            kernel, bias = tf.convert_to_tensor(layer.kernel), tf.convert_to_tensor(layer.bias)
+            mask = None
+            if l < len(layers) - 1:
+                keep = tf.random.stateless_uniform(tf.stack([num_samples, tf.shape(kernel)[1]]), layer_seed(seed, l)) >= rate
+                mask = tf.cast(keep, tf.float32) / (1.0 - rate)  # [S, out]
+            out.append((tf.tile(kernel[None], [num_samples, 1, 1]), tf.tile(bias[None], [num_samples, 1]), mask))
+        return out
+
+    return sample
+
+
+def ensemble_sampler(members: list[list]) -> Sampler:
+    """Draw i is member i mod M: with S a multiple of M the predictive is the exact ensemble mean."""
+
+    def sample(seed, num_samples):
+        which = tf.math.floormod(tf.range(num_samples), len(members))  # [S]
+        out = []
+        for l in range(len(members[0])):
+            kernels = tf.stack([m[l].kernel for m in members])  # [M, in, out]
+            biases = tf.stack([m[l].bias for m in members])  # [M, out]
+            out.append((tf.gather(kernels, which), tf.gather(biases, which), None))
+        return out
+
+    return sample
+
+
+def forward_batched(x: tf.Tensor, weights: list) -> tf.Tensor:
+    """x [B, F] through S sampled networks at once -> head [S, B, units]."""
+    h = x[None]  # [1, B, F], broadcast over S
+    for l, (kernel, bias, mask) in enumerate(weights):
+        h = tf.matmul(h, kernel) + bias[:, None, :]  # [S, B, out]
+        if l < len(weights) - 1:
+            h = tf.nn.relu(h)
+            if mask is not None:
+                h = h * mask[:, None, :]
+    return h
+
+
+def forward_one(x: tf.Tensor, weights: list, i) -> tf.Tensor:
+    """x [B, F] through sampled network i -> head [B, units]."""
+    h = x
+    for l, (kernel, bias, mask) in enumerate(weights):
+        h = tf.matmul(h, kernel[i]) + bias[i]
+        if l < len(weights) - 1:
+            h = tf.nn.relu(h)
+            if mask is not None:
+                h = h * mask[i]
+    return h
 
 
 class MonteCarloModule(tf.Module):
-    def __init__(
-        self,
-        draw: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
-        models: list,
-        minimum: np.ndarray,
-        scale: np.ndarray,
-        num_classes: int,
-        serving_samples: int = SERVING_SAMPLES,
-    ):
+    """Raw features -> the task's posterior predictive over S weight samples (see the module docstring)."""
+
+    def __init__(self, task: tasks.Task, sampler: Sampler, models: list, feature_shift, feature_scale,
+                 target_shift: float = 0.0, target_scale: float = 1.0, serving_samples: int = SERVING_SAMPLES):
         super().__init__(name="monte_carlo_teacher")
+        self.task = task
         self._keras = Untracked(list(models))
         # Track the variables, not the Keras models: tracking a Keras model makes tf.saved_model.save
         # trace every layer's call for Keras' own serialisation, which costs seconds and is never used.
         self.model_variables = [v for m in models for v in m.variables]
-        self._draw = draw
-        self.minimum = tf.constant(np.asarray(minimum, np.float32))
-        self.scale = tf.constant(np.asarray(scale, np.float32))
-        self.num_classes = num_classes
+        self._sampler = sampler
+        self.feature_shift = tf.constant(np.asarray(feature_shift, np.float32))
+        self.feature_scale = tf.constant(np.asarray(feature_scale, np.float32))
+        self.target_shift = tf.constant(float(target_shift), tf.float32)
+        self.target_scale = tf.constant(float(target_scale), tf.float32)
         self.serving_samples = serving_samples
-        f = int(self.minimum.shape[0])
+        f = int(self.feature_shift.shape[0])
         feats = tf.TensorSpec([None, f], tf.float32, name="features")
         count = tf.TensorSpec([], tf.int32, name="num_samples")
-        self.serve = tf.function(lambda features: summarize(self.draws(self.preprocess(features), serving_samples)),
+        seed = tf.TensorSpec([], tf.int64, name="seed")
+        self.serve = tf.function(lambda features: self._predictive(features, serving_samples, fresh_seed()),
                                  input_signature=[feats])
-        self.predictive = tf.function(lambda features, num_samples: summarize(self.draws(self.preprocess(features), num_samples)),
+        self.predictive = tf.function(lambda features, num_samples: self._predictive(features, num_samples, fresh_seed()),
                                       input_signature=[feats, count])
-        self.sample = tf.function(lambda features, num_samples: {"probs_samples": self.draws(self.preprocess(features), num_samples)},
+        self.predictive_seeded = tf.function(self._predictive, input_signature=[feats, count, seed])
+        self.sample = tf.function(lambda features, num_samples: self._sample(features, num_samples, fresh_seed()),
                                   input_signature=[feats, count])
-        # For training-time validation and evaluation: already-scaled inputs; one trace for any batch.
-        self.predictive_scaled = tf.function(lambda x, num_samples: summarize(self.draws(x, num_samples)),
-                                             input_signature=[tf.TensorSpec([None, f], tf.float32), count])
+        self.sample_seeded = tf.function(self._sample, input_signature=[feats, count, seed])
+        # Training-time validation and evaluation: normalised inputs, normalised outputs; one trace for any batch.
+        self.predictive_normalised = tf.function(
+            lambda x, num_samples, seed: task.summarize(self.draws(x, num_samples, seed)),
+            input_signature=[tf.TensorSpec([None, f], tf.float32), count, seed])
 
     @property
     def models(self) -> list:
         return self._keras.value
 
-    def preprocess(self, features: tf.Tensor) -> tf.Tensor:
-        return (features - self.minimum) / self.scale
+    def draws(self, x: tf.Tensor, num_samples, seed) -> tf.Tensor:
+        """Normalised x [B, F] -> each draw's parameters [S, B, K] in normalised units."""
+        num_samples = tf.convert_to_tensor(num_samples, tf.int32)
+        weights = self._sampler(seed, num_samples)
 
-    def draws(self, x: tf.Tensor, num_samples) -> tf.Tensor:
-        """S draws -> probs_samples [S, B, C]."""
-        ta = tf.TensorArray(tf.float32, size=num_samples, element_shape=tf.TensorShape([None, self.num_classes]))
-        for i in tf.range(num_samples):
-            ta = ta.write(i, tf.nn.softmax(self._draw(x, i), axis=-1))
-        return ta.stack()
+        def batched():
+            return self.task.draw_params(forward_batched(x, weights))
+
+        def loop():
+            ta = tf.TensorArray(tf.float32, size=num_samples)
+            for i in tf.range(num_samples):
+                ta = ta.write(i, self.task.draw_params(forward_one(x, weights, i)))
+            return ta.stack()
+
+        return tf.cond(num_samples * tf.shape(x)[0] <= BATCHED_ROWS, batched, loop)
+
+    def _params(self, features, num_samples, seed):
+        x = (features - self.feature_shift) / self.feature_scale
+        return self.task.to_target_units(self.draws(x, num_samples, seed), self.target_shift, self.target_scale)
+
+    def _predictive(self, features, num_samples, seed):
+        return self.task.summarize(self._params(features, num_samples, seed))
+
+    def _sample(self, features, num_samples, seed):
+        return self.task.sample_dict(self._params(features, num_samples, seed))
 
     def save(self, path: Path) -> Path:
-        return save_monte_carlo(self, path)
-
-
-def save_monte_carlo(module: tf.Module, path: Path) -> Path:
-    """The three signatures every Monte Carlo teacher export has (classifier or regressor)."""
-    tf.saved_model.save(module, str(path), signatures={
-        "serving_default": module.serve.get_concrete_function(),
-        "predictive": module.predictive.get_concrete_function(),
-        "sample": module.sample.get_concrete_function(),
-    })
-    return Path(path)
-
-
-def flipout_module(model, minimum, scale, num_classes: int, serving_samples: int = SERVING_SAMPLES) -> MonteCarloModule:
-    return MonteCarloModule(lambda x, i: model(x), [model], minimum, scale, num_classes, serving_samples)
-
-
-def mc_dropout_module(model, minimum, scale, num_classes: int, serving_samples: int = SERVING_SAMPLES) -> MonteCarloModule:
-    """Dropout kept on at inference (Gal & Ghahramani 2016): each draw is a fresh dropout mask."""
-    return MonteCarloModule(lambda x, i: model(x, training=True), [model], minimum, scale, num_classes, serving_samples)
-
-
-def ensemble_module(models: list, minimum, scale, num_classes: int, serving_samples: int = SERVING_SAMPLES) -> MonteCarloModule:
-    """Draw i is member i mod M: with S a multiple of M the predictive is the exact ensemble mean."""
-    branches = len(models)
-
-    def draw(x, i):
-        return tf.switch_case(tf.math.floormod(i, branches), [lambda m=m: m(x, training=False) for m in models])
-
-    return MonteCarloModule(draw, list(models), minimum, scale, num_classes, serving_samples)
+        tf.saved_model.save(self, str(path), signatures={
+            "serving_default": self.serve.get_concrete_function(),
+            "predictive": self.predictive.get_concrete_function(),
+            "predictive_seeded": self.predictive_seeded.get_concrete_function(),
+            "sample": self.sample.get_concrete_function(),
+            "sample_seeded": self.sample_seeded.get_concrete_function(),
+        })
+        return Path(path)
