@@ -73,7 +73,7 @@ def _serve_main(args) -> None:
     """The subprocess: one export behind uvicorn, in the mode under test."""
     import uvicorn
 
-    from distill.serve import configure_threads, create_app
+    from serving.server import configure_threads, create_app
 
     configure_threads()  # as `bdk serve` does
     app = create_app(args.serve, args.name, mode=args.mode)
@@ -143,7 +143,7 @@ def load_run(port: int, name: str, body: bytes, clients: int, seconds: float) ->
 
 
 def inproc_latency(export: Path, name: str, body: bytes, n: int) -> tuple[list[float], list[float], object]:
-    from distill.serve import Limits, ServedModel, predict
+    from serving.server import Limits, ServedModel, predict
 
     model = ServedModel(export, name)
     limits = Limits()
@@ -185,7 +185,10 @@ def fake_student(tmp: Path) -> Path:
     from student.model import build_student
 
     tfk.utils.set_random_seed(0)
-    StudentModule(build_student(4, 3, (32,)), minimum=[4.3] * 4, scale=[3.6] * 4).save(tmp / "export" / "1")
+    from distill import tasks
+
+    StudentModule(tasks.get("classification"), build_student(4, 3, (32,)), feature_shift=[4.3] * 4,
+                  feature_scale=[3.6] * 4).save(tmp / "export" / "1")
     return tmp / "export"
 
 

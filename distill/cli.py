@@ -20,6 +20,8 @@ app = typer.Typer(help="Bayesian dark knowledge: a Flipout teacher, Beam soft la
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None)
 console = Console(stderr=True)
+DATASET_HELP = "Bundled name (iris, boston, concrete), a .csv/.parquet file, or hf:NAME."
+TASK_HELP = "classification | regression (default: the bundled dataset's, else inferred: a numeric label with many values is regression)."
 
 
 @app.callback()
@@ -59,18 +61,19 @@ def summary_table(title: str, rows: dict) -> None:
 @user_errors
 def teacher(
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
-    dataset: str = typer.Option("iris", help="Bundled name (iris), a .csv/.parquet file, or hf:NAME."),
+    dataset: str = typer.Option("iris", help=DATASET_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
     kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout."),
     members: int = typer.Option(5, min=2, help="Ensemble size (--kind ensemble)."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
     id_column: Optional[str] = typer.Option(None, help="Row id column (default: id/Id if present, else row number)."),
     drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
-    epochs: int = typer.Option(150, min=1, help="Maximum epochs (early stopping on the validation NLL)."),
-    batch_size: int = typer.Option(16, min=1),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Maximum epochs (early stopping on the validation NLL); default by task."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Default by task."),
     samples: int = typer.Option(100, min=2, help="Monte Carlo weight draws for the evaluation."),
     kl_weight: float = typer.Option(1.0, min=0.0, help="Multiplier of the KL / N_train term of the ELBO."),
-    learning_rate: float = typer.Option(1e-3, min=0.0),
-    patience: int = typer.Option(30, min=1),
+    learning_rate: Optional[float] = typer.Option(None, min=0.0, help="Adam's; default by task."),
+    patience: Optional[int] = typer.Option(None, min=1, help="Default by task."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -80,15 +83,16 @@ def teacher(
     from distill.pipeline import teacher_stage
     from teacher.config import TeacherConfig
 
-    data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column,
+    data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
                           drop_missing=drop_missing, seed=seed)
     cfg = TeacherConfig(kind=kind, members=members, epochs=epochs, batch_size=batch_size, eval_samples=samples, kl_weight=kl_weight,
                         learning_rate=learning_rate, patience=patience, seed=seed)
     s = teacher_stage(data_cfg, cfg, out, overwrite=overwrite, progress=progress)
-    summary_table(f"teacher ({s['kind']} on {s['device']}, {s['epochs_run']} epochs, best {s['best_epoch']})",
+    summary_table(f"teacher ({s['task']}, {s['kind']} on {s['device']}, {s['epochs_run']} epochs, best {s['best_epoch']})",
                   {k: v for k, v in s.items() if "/" in k})
-    a, b = s["most_uncertain_pair"]
-    print(f"most epistemic uncertainty between {a} and {b} ({s['most_uncertain_pair_share']:.0%} of the mutual information)")
+    if "most_uncertain_pair" in s:
+        a, b = s["most_uncertain_pair"]
+        print(f"most epistemic uncertainty between {a} and {b} ({s['most_uncertain_pair_share']:.0%} of the mutual information)")
     print(f"export: {out / 'teacher' / 'export' / '1'}")
 
 
@@ -99,7 +103,7 @@ def soft_labels(
     run: Path = typer.Option(..., "--run", help="Run folder with a trained teacher."),
     samples: int = typer.Option(100, help="Teacher weight draws per row (at least 2)."),
     perturbations: int = typer.Option(10, help="Gaussian-perturbed copies of each training input."),
-    noise: float = typer.Option(0.05, help="Std of the perturbation noise in the scaled [0, 1] feature space."),
+    noise: float = typer.Option(0.05, help="Std of the perturbation noise in the normalised feature space."),
     uniform: int = typer.Option(2000, help="Points uniform over the training box widened by --margin."),
     margin: float = typer.Option(0.1, help="Widening of the training box on each side (scaled space)."),
     unlabeled: Optional[str] = typer.Option(None, help="Extra unlabeled rows: a .csv/.parquet with the teacher's feature columns."),
@@ -131,7 +135,7 @@ def soft_labels(
 @user_errors
 def student(
     run: Path = typer.Option(..., "--run", help="Run folder with a teacher and soft labels."),
-    hidden: str = typer.Option("32", help="Hidden layer sizes, comma-separated (e.g. 32 or 64,32)."),
+    hidden: Optional[str] = typer.Option(None, help="Hidden layer sizes, comma-separated (e.g. 32 or 64,32); default by task."),
     temperature: float = typer.Option(1.0, min=1e-3, help="Distillation temperature T (loss scaled by T^2)."),
     alpha: float = typer.Option(0.0, min=0.0, max=1.0, help="Weight of the hard-label loss on labelled rows."),
     epistemic_weight: float = typer.Option(1.0, min=0.0, help="Weight of the epistemic head's loss."),
@@ -145,11 +149,11 @@ def student(
     from distill.pipeline import student_stage
     from student.config import StudentConfig
 
-    cfg = StudentConfig(hidden=_sizes(hidden), temperature=temperature, alpha=alpha, epistemic_weight=epistemic_weight,
+    cfg = StudentConfig(hidden=_sizes(hidden) if hidden else None, temperature=temperature, alpha=alpha, epistemic_weight=epistemic_weight,
                         epochs=epochs, gate_nll_margin=gate_nll_margin, gate_ece_margin=gate_ece_margin, seed=seed)
     s = student_stage(cfg, run, progress=progress)
     summary_table(f"student ({s['epochs_run']} epochs, best {s['best_epoch']}; gate passed)",
-                  {k: v for k, v in s.items() if k.count("/") == 2})
+                  {k: v for k, v in s.items() if k.startswith(("student/", "baseline/"))})
     print(f"export: {run / 'student' / 'export' / '1'}")
 
 
@@ -175,18 +179,19 @@ def evaluate(
 def run_pipeline(
     ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
-    dataset: str = typer.Option("iris", help="Bundled name (iris), a .csv/.parquet file, or hf:NAME."),
+    dataset: str = typer.Option("iris", help=DATASET_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
     drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
     kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout."),
-    epochs: int = typer.Option(150, min=1, help="Teacher's maximum epochs."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs; default by task."),
     kl_weight: float = typer.Option(1.0, min=0.0, help="Teacher's KL weight."),
     samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
     perturbations: int = typer.Option(10, min=0, help="Gaussian-perturbed copies of each training input."),
-    noise: float = typer.Option(0.05, min=0.0, help="Std of the perturbation noise (scaled feature space)."),
+    noise: float = typer.Option(0.05, min=0.0, help="Std of the perturbation noise (normalised feature space)."),
     uniform: int = typer.Option(2000, min=0, help="Uniform points over the widened training box."),
     student_epochs: int = typer.Option(300, min=1, help="Student's maximum epochs."),
-    hidden: str = typer.Option("32", help="Student hidden layer sizes, comma-separated."),
+    hidden: Optional[str] = typer.Option(None, help="Student hidden layer sizes, comma-separated; default by task."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -202,11 +207,11 @@ def run_pipeline(
     from teacher.config import TeacherConfig
 
     t0 = time.perf_counter()
-    data_cfg = DataConfig(dataset=dataset, label_column=label_column, drop_missing=drop_missing, seed=seed)
+    data_cfg = DataConfig(dataset=dataset, label_column=label_column, task=task, drop_missing=drop_missing, seed=seed)
     teacher_cfg = TeacherConfig(kind=kind, epochs=epochs, kl_weight=kl_weight, eval_samples=samples, seed=seed)
     soft_cfg = SoftLabelConfig(transfer=TransferConfig(perturbations=perturbations, noise=noise, uniform=uniform, seed=seed),
                                num_samples=samples)
-    student_cfg = StudentConfig(hidden=_sizes(hidden), epochs=student_epochs, seed=seed)
+    student_cfg = StudentConfig(hidden=_sizes(hidden) if hidden else None, epochs=student_epochs, seed=seed)
     eval_cfg = EvalConfig(samples=samples, seed=seed)
 
     def announce(i: int, name: str) -> None:
@@ -229,7 +234,7 @@ def _study(dataset: str, label_column: Optional[str], epochs: int, samples: int,
     from dataclasses import replace
 
     from distill.data import DataConfig
-    from distill.experiments import StudyConfig
+    from distill.studies.classification import StudyConfig
     from distill.transfer import SoftLabelConfig, TransferConfig
 
     base = StudyConfig()
@@ -253,7 +258,7 @@ def experiment_kl_weight(
     progress: bool = typer.Option(True),
 ):
     """Flipout teachers (and students) at several KL weights over seeds; reliability bands and a verdict."""
-    from distill.experiments import kl_weight_study
+    from distill.studies.classification import kl_weight_study
 
     try:
         ws = [float(w) for w in weights.split(",") if w.strip()]
@@ -275,7 +280,7 @@ def experiment_teachers(
     progress: bool = typer.Option(True),
 ):
     """Flipout vs deep ensemble vs MC dropout teachers and their students: one table, one figure."""
-    from distill.experiments import teachers_study
+    from distill.studies.classification import teachers_study
 
     table = teachers_study(_study(dataset, label_column, epochs, samples, uniform, student_epochs), out, progress=progress)
     Console().print(table.round(4).to_string(index=False))
@@ -291,7 +296,7 @@ def experiment_digits(
     progress: bool = typer.Option(True),
 ):
     """Shifted benchmark: 8x8 digits 0-4 in distribution, 5-9 as OOD; each teacher family and its student."""
-    from distill.experiments import digits_study
+    from distill.studies.classification import digits_study
 
     table = digits_study(_study("digits", "digit", epochs, samples, uniform, student_epochs), out, progress=progress)
     Console().print(table.round(4).to_string(index=False))
@@ -306,7 +311,6 @@ def experiment_uci(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (replaced); default experiments/uci-DATASET."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs (early stopping on a validation slice)."),
     kl_weight: Optional[float] = typer.Option(None, min=0.0, help="Teacher's KL weight (ELBO = NLL + w * KL / N_train)."),
-    noise: Optional[str] = typer.Option(None, help="Teacher's noise model: homoscedastic | heteroscedastic."),
     samples: Optional[int] = typer.Option(None, min=2, help="Teacher draws for the evaluation and per soft label."),
     student_epochs: Optional[int] = typer.Option(None, min=1, help="Student's maximum epochs."),
     seed: int = typer.Option(0, help="Split i uses seed + i."),
@@ -314,11 +318,11 @@ def experiment_uci(
 ):
     """UCI regression benchmark: Bayes by Backprop teacher, Beam soft labels, mean-and-variance student.
 
-    Options left out take the defaults of distill.uci_experiment.UciStudyConfig (written to OUT/config.json).
+    Options left out take the defaults of distill.studies.uci.UciStudyConfig (written to OUT/config.json).
     """
-    from distill.uci_experiment import study_config, uci_study
+    from distill.studies.uci import study_config, uci_study
 
-    cfg = study_config(dataset, seed=seed, epochs=epochs, kl_weight=kl_weight, noise=noise, samples=samples,
+    cfg = study_config(dataset, seed=seed, epochs=epochs, kl_weight=kl_weight, samples=samples,
                        student_epochs=student_epochs)
     out = out or Path(f"experiments/uci-{dataset}")
     s = uci_study(cfg, splits, out, progress=progress)
@@ -343,7 +347,7 @@ def beam_options(args: list[str]) -> list[str]:
             name = arg[2:].split("=", 1)[0]
             if name.replace("-", "_") not in known and name not in known:
                 guess = difflib.get_close_matches(name, [*known, "samples", "student-epochs", "perturbations", "uniform",
-                                                         "epochs", "seed", "noise", "unlabeled"], n=1)
+                                                         "epochs", "seed", "noise", "unlabeled", "task"], n=1)
                 hint = f" (did you mean --{guess[0]}?)" if guess else ""
                 raise BdkError(f"unknown option {arg.split('=', 1)[0]}{hint}; Beam pipeline options go after `--`")
     return list(args)
@@ -360,9 +364,12 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def _headline(out: dict) -> dict:
+    from distill import tasks
+
+    task = tasks.get(out.get("task", "classification"))
     rows = {}
     for m in ("teacher", "student", "baseline"):
-        for k in ("accuracy", "nll", "ece", "brier"):
+        for k in task.metric_names:
             rows[f"{m} test/{k}"] = out[m][f"test/{k}"]
     rows.update({f"agreement {k}": v for k, v in out["agreement"].items()})
     rows.update({f"ood {k}": v for k, v in out["ood"].items()})
@@ -380,7 +387,7 @@ def serve(
     max_body_bytes: int = typer.Option(4 * 1024 * 1024, min=1, help="Request body size above which the server answers 413."),
 ):
     """Serve an export over TF Serving's REST API (GET /v1/models/NAME[/metadata], POST /v1/models/NAME:predict)."""
-    from distill.serve import serve as serve_export
+    from serving.server import serve as serve_export
 
     serve_export(export_dir, name=name, host=host, port=port, max_batch=max_batch, max_body_bytes=max_body_bytes)
 
@@ -398,7 +405,7 @@ def predict(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Batch prediction: score a table with an export and write every output beside each row's id."""
-    from distill.predict import predict_file
+    from serving.predict import predict_file
 
     s = predict_file(export_dir, input, out, batch_size=batch_size, signature=signature, id_column=id_column,
                      overwrite=overwrite, progress=progress)

@@ -78,3 +78,23 @@ def transfer_path(run: Path) -> Path:
 
 def soft_labels_manifest(run: Path) -> Path:
     return soft_labels_dir(run) / MANIFEST_FILE
+
+
+def prediction_frame(ds, split: str, outputs: dict):
+    """Per-example predictions of one model on one split (`{model}/{split}_predictions.csv`): the id, the
+    truth, then each output of the model (vector outputs one column per class: prob_<class>, variance_<class>)."""
+    import pandas as pd
+
+    s = ds[split]
+    if ds.class_names:
+        df = pd.DataFrame({"id": s.ids, "true_class": [ds.class_names[i] for i in s.y],
+                           "predicted_class": [ds.class_names[i] for i in outputs["probs"].argmax(-1)]})
+    else:
+        df = pd.DataFrame({"id": s.ids, "y": s.y})
+    for key, value in outputs.items():
+        if getattr(value, "ndim", 1) == 2:
+            for c, name in enumerate(ds.class_names):
+                df[f"{'prob' if key == 'probs' else key}_{name}"] = value[:, c]
+        else:
+            df[key] = value
+    return df

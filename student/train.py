@@ -132,10 +132,14 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     units_args = (ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale)
     student_module = StudentModule(task, model, *units_args, epistemic_scale=epistemic_scale)
     baseline_module = StudentModule(task, baseline, *units_args, epistemic_scale=0.0)  # no epistemic estimate
-    val = {}
+    val, test_pred = {}, None
     for name, module in (("student", student_module), ("baseline", baseline_module)):
-        pred = {k: v.numpy() for k, v in module.serve(tf.constant(ds["val"].x)).items()}
-        val[name] = task.metrics(ds["val"].y, pred, "val")
+        val[name] = {}
+        for split in ("val", "test"):
+            pred = {k: v.numpy() for k, v in module.serve(tf.constant(ds[split].x)).items()}
+            val[name].update(task.metrics(ds[split].y, pred, split))
+            if name == "student" and split == "test":
+                test_pred = pred
     teacher_metrics = read_json(schema.teacher_dir(run) / "metrics.json")
     failures = check_gate(cfg, val["student"], teacher_metrics) if cfg.gate else []
 
@@ -157,6 +161,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
                                          "teacher_fingerprint": manifest.get("teacher_fingerprint"),
                                          "epistemic_scale": epistemic_scale})
         result.history.to_csv(tmp / "history.csv", index=False)
+        schema.prediction_frame(ds, "test", test_pred).to_csv(tmp / "test_predictions.csv", index=False)
         baseline_result.history.to_csv(tmp / "baseline_history.csv", index=False)
         student_module.save(tmp / "export" / schema.EXPORT_VERSION)
         baseline_module.save(tmp / "baseline" / "export" / schema.EXPORT_VERSION)

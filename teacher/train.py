@@ -31,23 +31,6 @@ def training_device() -> str:
     return "/GPU:0" if gpus else "/CPU:0"
 
 
-def prediction_frame(ds: data_lib.Dataset, split: str, summary: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Per-example predictions: id, truth, the task's outputs (vector outputs one column per class)."""
-    s, task = ds[split], tasks.get(ds.task)
-    if ds.task == "classification":
-        df = pd.DataFrame({"id": s.ids, "true_class": [ds.class_names[i] for i in s.y],
-                           "predicted_class": [ds.class_names[i] for i in summary["probs"].argmax(-1)]})
-    else:
-        df = pd.DataFrame({"id": s.ids, "y": s.y})
-    for key in task.outputs:
-        if key in task.vector_outputs:
-            for c, name in enumerate(ds.class_names):
-                df[f"{'prob' if key == 'probs' else key}_{name}"] = summary[key][:, c]
-        else:
-            df[key] = summary[key]
-    return df
-
-
 def _fit_member(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloModule, ds: data_lib.Dataset,
                 val_samples: int, progress: bool, desc: str, seed: int):
     """Minibatch training on -log-likelihood + sum(model.losses) (the scaled KL for Flipout, L2 otherwise),
@@ -154,7 +137,7 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
                                          "num_features": ds.num_features, "num_classes": ds.num_classes, "device": device})
         history.to_csv(tmp / "history.csv", index=False)
         for split in ("val", "test"):
-            prediction_frame(ds, split, summaries[split]).to_csv(tmp / f"{split}_predictions.csv", index=False)
+            schema.prediction_frame(ds, split, summaries[split]).to_csv(tmp / f"{split}_predictions.csv", index=False)
         tf.train.Checkpoint(models=module.models).write(str(tmp / "weights" / "ckpt"))
         module.save(tmp / "export" / schema.EXPORT_VERSION)
         write_json(tmp / "metrics.json", summary)

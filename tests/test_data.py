@@ -1,4 +1,6 @@
-"""Data loading, validation, splitting and scaling."""
+"""Data loading, validation, splitting and scaling; task inference."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,13 +24,17 @@ def test_iris_split_is_stratified_disjoint_and_seeded(iris):
 
 
 def test_scaler_uses_train_split_only(iris):
+    assert iris.task == "classification" and iris.scaler.kind == "minmax" and iris.target_scaler is None
     xs = iris.scaled("train")
     assert np.allclose(xs.min(0), 0) and np.allclose(xs.max(0), 1)
     assert np.allclose(iris.scaler.inverse(xs), iris["train"].x, atol=1e-5)
-    assert np.allclose(iris.scaler.minimum, iris["train"].x.min(0))
+    lo, hi = iris["train"].x.min(0), iris["train"].x.max(0)
+    assert np.allclose(iris.scaler.shift, lo) and np.allclose(iris.scaler.scale, hi - lo, atol=1e-6)
     # min/max came from train alone: at this seed some val/test value lies outside the train range
     held_out = np.concatenate([iris["val"].x, iris["test"].x])
-    assert ((held_out < np.array(iris.scaler.minimum) - 1e-6) | (held_out > np.array(iris.scaler.maximum) + 1e-6)).any()
+    assert ((held_out < lo - 1e-6) | (held_out > hi + 1e-6)).any()
+    # class labels are their own model units
+    assert (iris.target("test") == iris["test"].y).all() and (iris.target_shift, iris.target_scale) == (0.0, 1.0)
 
 
 def test_saved_split_round_trips(iris, tmp_path):
@@ -38,7 +44,57 @@ def test_saved_split_round_trips(iris, tmp_path):
         assert list(back[name].ids) == list(iris[name].ids)
         assert np.allclose(back[name].x, iris[name].x)
         assert (back[name].y == iris[name].y).all()
-    assert back.scaler == iris.scaler
+    assert back.scaler == iris.scaler and back.task == "classification" and back.target_scaler is None
+
+
+def test_regression_dataset_is_z_scored_on_train(tmp_path):
+    cfg = data.DataConfig(dataset="boston", test_fraction=0.1, val_fraction=0.1, seed=3)
+    ds = data.load(cfg)
+    assert ds.task == "regression" and ds.class_names == [] and ds.label_column == "medv"
+    assert "medv" not in ds.feature_names and "id" not in ds.feature_names and ds.num_features == 13
+    sizes = {k: len(v) for k, v in ds.splits.items()}
+    assert sizes == {"train": 409, "val": 46, "test": 51} and sum(sizes.values()) == 506  # the UCI 90/10, then 10%
+    assert ds["train"].y.dtype == np.float32 and ds["train"].y.min() >= 5 and ds["train"].y.max() <= 50
+    ids = [set(s.ids) for s in ds.splits.values()]
+    assert len(set.union(*ids)) == 506
+    # features and target standardised with the train split's moments
+    assert ds.scaler.kind == "standard" and ds.target_scaler.kind == "standard"
+    z = ds.scaled("train")
+    assert np.allclose(z.mean(0), 0, atol=1e-4) and np.allclose(z.std(0), 1, atol=1e-3)
+    t = ds.target("train")
+    assert abs(t.mean()) < 1e-4 and abs(t.std() - 1) < 1e-3
+    assert ds.target_shift == pytest.approx(float(ds["train"].y.mean()), rel=1e-5)
+    assert ds.target_scale == pytest.approx(float(ds["train"].y.std()), rel=1e-4)
+    np.testing.assert_allclose(ds.target("test") * ds.target_scale + ds.target_shift, ds["test"].y, rtol=1e-5)
+    assert abs(ds.target("test").mean()) > 1e-3  # held-out rows are not re-centred on themselves
+    # seeded permutation splits
+    assert list(data.load(cfg)["test"].ids) == list(ds["test"].ids)
+    assert list(data.load(data.DataConfig(dataset="boston", test_fraction=0.1, val_fraction=0.1, seed=4))["test"].ids) \
+        != list(ds["test"].ids)
+    # round trip through the run folder, float targets and both normalisers included
+    data.save(ds, tmp_path / "data")
+    back = data.load_from_run(tmp_path)
+    assert back.task == "regression" and back.scaler == ds.scaler and back.target_scaler == ds.target_scaler
+    for name in data.SPLITS:
+        assert list(back[name].ids) == list(ds[name].ids)
+        np.testing.assert_array_equal(back[name].y, ds[name].y)
+        assert back[name].y.dtype == np.float32
+
+
+def test_old_run_folders_still_load(iris, tmp_path):
+    """dataset.json written before the task abstraction: min/max scaler, no task (classification)."""
+    data.save(iris, tmp_path / "data")
+    path = tmp_path / "data" / "dataset.json"
+    meta = json.loads(path.read_text())
+    lo, hi = iris["train"].x.min(0), iris["train"].x.max(0)
+    old = {"source": meta["source"], "label_column": meta["label_column"], "feature_names": meta["feature_names"],
+           "class_names": meta["class_names"], "scaler": {"minimum": lo.tolist(), "maximum": hi.tolist()}}
+    path.write_text(json.dumps(old))
+    back = data.load_from_run(tmp_path)
+    assert back.task == "classification" and back.target_scaler is None and back.class_names == iris.class_names
+    assert back.scaler.kind == "minmax"
+    np.testing.assert_allclose(back.scaled("test"), iris.scaled("test"), atol=1e-5)
+    assert back["test"].y.dtype == np.int64 and (back["test"].y == iris["test"].y).all()
 
 
 def _frame(n_per_class=10, classes=("a", "b", "c"), seed=0):
@@ -119,3 +175,27 @@ def test_dropped_rows_keep_the_file_row_numbers_as_ids(tmp_path):
     by_id = {i: x for s in ds.splits.values() for i, x in zip(s.ids, s.x)}
     assert "1" not in by_id and set(by_id) == {str(i) for i in range(2, 31)}
     assert np.allclose(by_id["18"], df.loc[17, ["f1", "f2"]].to_numpy(np.float32))
+
+
+def test_task_is_inferred_from_the_label(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    floats = pd.DataFrame({"x": x, "label": 2 * x + rng.normal(0, 0.1, 200)})  # a float with 200 distinct values
+    assert data.infer_task(floats["label"])[0] == "regression"
+    strings = pd.DataFrame({"x": x, "label": np.where(x > 0, "up", "down")})
+    assert data.infer_task(strings["label"])[0] == "classification"
+    few_ints = pd.DataFrame({"x": x, "label": (x > 0).astype(int) + (x > 1)})  # 3 integer values
+    assert data.infer_task(few_ints["label"])[0] == "classification"
+    for name, df, task in (("floats", floats, "regression"), ("strings", strings, "classification")):
+        path = tmp_path / f"{name}.csv"
+        df.to_csv(path, index=False)
+        ds = data.load(data.DataConfig(dataset=str(path)))
+        assert ds.task == task, name
+        assert (ds.class_names == []) == (task == "regression")
+    # an explicit task wins over the inference; a bad one is a one-line error
+    ds = data.load(data.DataConfig(dataset=str(tmp_path / "floats.csv"), task="regression"))
+    assert ds.task == "regression"
+    with pytest.raises(BdkError, match="unknown task"):
+        data.DataConfig(task="ranking")
+    with pytest.raises(BdkError, match="not numeric"):
+        data.load(data.DataConfig(dataset=str(tmp_path / "strings.csv"), task="regression"))

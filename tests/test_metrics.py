@@ -35,15 +35,42 @@ def test_brier_is_tfp_plus_one():
     assert metrics.brier(p, y) == pytest.approx(float(tf.reduce_mean(ref)) + 1, abs=1e-6)
 
 
+def summarize(draws: np.ndarray) -> dict[str, np.ndarray]:
+    """The classification task's summary of S draws [S, B, C], on numpy in and out."""
+    import tensorflow as tf
+
+    from distill import tasks
+
+    return {k: v.numpy() for k, v in tasks.get("classification").summarize(tf.constant(draws, tf.float32)).items()}
+
+
 def test_entropy_decomposition():
     agree = np.tile([[[0.5, 0.5]]], (4, 1, 1))  # all draws the same: no epistemic part
-    s = metrics.predictive_summary(agree)
-    assert s["mutual_information"][0] == pytest.approx(0, abs=1e-9)
+    s = summarize(agree)
+    assert s["mutual_information"][0] == pytest.approx(0, abs=1e-6)
+    assert s["entropy"][0] == pytest.approx(np.log(2), rel=1e-6)
     disagree = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])  # confident draws that disagree: all epistemic
-    s = metrics.predictive_summary(disagree)
-    assert s["entropy"][0] == pytest.approx(np.log(2))
-    assert s["mutual_information"][0] == pytest.approx(np.log(2))
+    s = summarize(disagree)
+    assert s["entropy"][0] == pytest.approx(np.log(2), rel=1e-6)
+    assert s["mutual_information"][0] == pytest.approx(np.log(2), rel=1e-5)
+    assert s["expected_entropy"][0] == pytest.approx(0, abs=1e-6)
     assert s["variance"][0].tolist() == pytest.approx([0.25, 0.25])
+
+
+def test_classification_summary_matches_a_numpy_reference():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(30, 7, 4)) * 2  # [S, B, C]
+    draws = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    s = summarize(draws)
+    probs = draws.mean(0)  # [B, C]
+    entropy = -(probs * np.log(probs)).sum(-1)
+    expected = -(draws * np.log(draws)).sum(-1).mean(0)
+    np.testing.assert_allclose(s["probs"], probs, atol=1e-6)
+    np.testing.assert_allclose(s["variance"], draws.var(0), atol=1e-6)
+    np.testing.assert_allclose(s["entropy"], entropy, atol=1e-5)
+    np.testing.assert_allclose(s["expected_entropy"], expected, atol=1e-5)
+    np.testing.assert_allclose(s["mutual_information"], entropy - expected, atol=1e-5)
+    assert (s["mutual_information"] > 1e-3).all()  # disagreeing draws: a non-trivial epistemic part
 
 
 def test_bootstrap_interval_covers_and_auroc():

@@ -130,7 +130,7 @@ def test_the_real_student_over_http_matches_in_process(pipeline_run):
     import httpx
     import tensorflow as tf
 
-    from distill.serve import BackgroundServer, create_app
+    from serving.server import BackgroundServer, create_app
 
     rows = [[5.1, 3.5, 1.4, 0.2], [6.3, 2.8, 5.1, 1.5]]
     with BackgroundServer(create_app(schema.student_dir(pipeline_run) / "export", "student")) as server:

@@ -17,7 +17,7 @@ TEACHER_OUTPUTS = {"probs", "variance", "entropy", "expected_entropy", "mutual_i
 @pytest.fixture(scope="module")
 def servers(teacher_run, student_base):
     """Teacher served from its base path, the fake student from its version folder: one process, two ports."""
-    from distill.serve import BackgroundServer, create_app
+    from serving.server import BackgroundServer, create_app
 
     teacher = create_app(teacher_run / "teacher" / "export", "teacher", max_batch=MAX_BATCH, max_body_bytes=MAX_BODY)
     student = create_app(student_base / "1", "student", max_batch=MAX_BATCH, max_body_bytes=MAX_BODY, mode="thread")
@@ -57,7 +57,7 @@ def test_metadata_lists_every_signature_in_tf_serving_shape(teacher, student):
     meta = teacher.get("/v1/models/teacher/metadata").json()
     assert meta["model_spec"] == {"name": "teacher", "signature_name": "", "version": "1"}
     defs = meta["metadata"]["signature_def"]["signature_def"]
-    assert set(defs) == {"serving_default", "predictive", "sample"}
+    assert set(defs) == {"serving_default", "predictive", "predictive_seeded", "sample", "sample_seeded"}
     sd = defs["serving_default"]
     assert sd["method_name"] == "tensorflow/serving/predict"
     assert sd["inputs"]["features"]["dtype"] == "DT_FLOAT"
@@ -116,7 +116,7 @@ def test_student_is_deterministic_and_exact(student):
 
 
 def test_flat_call_matches_the_public_call(student_base):
-    from distill.serve import ServedModel
+    from serving.server import ServedModel
 
     sig = ServedModel(student_base, "student").signature(None)
     x = np.array(ROWS, np.float32)
@@ -225,7 +225,7 @@ def test_large_body_is_refused_without_harm(teacher):
 
 def test_base_path_picks_the_highest_integer_version(student_base, tmp_path):
     from distill.errors import BdkError
-    from distill.serve import default_name, resolve_export
+    from serving.server import default_name, resolve_export
 
     base = tmp_path / "student" / "export"
     for v in ("2", "10", "latest"):

@@ -1,12 +1,19 @@
-"""Stage 3 pieces: distillation losses against hand-computed values, the epistemic target, the gate."""
+"""Stage 3 pieces: the tasks' distillation losses against hand-computed values, the student's heads and
+export (target units), its config, the gate."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from student.config import StudentConfig
-from student.losses import distillation_loss, epistemic_loss, hard_cross_entropy, soft_cross_entropy
+from distill import tasks
+from distill.errors import BdkError
+from student.config import TASK_DEFAULTS, StudentConfig
+from student.export import StudentModule
 from student.model import build_student
 from student.train import check_gate
+
+CLS, REG = tasks.get("classification"), tasks.get("regression")
 
 
 def _softmax(z):
@@ -16,39 +23,112 @@ def _softmax(z):
 
 Q = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], np.float32)
 Z = np.array([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]], np.float32)
+NONE = np.array([-1, -1], np.int64)
+
+
+def soft_ce(q, z, temperature=1.0):
+    return float(CLS.distill_loss(tf.constant(q), tf.constant(z), tf.constant(NONE), temperature=temperature))
 
 
 def test_soft_cross_entropy_by_hand():
     expected = -(Q * np.log(_softmax(Z))).sum(-1).mean()
-    assert float(soft_cross_entropy(Q, Z)) == pytest.approx(expected, rel=1e-5)
+    assert soft_ce(Q, Z) == pytest.approx(expected, rel=1e-5)
     # T = 2: both sides softened, teacher q^(1/T) renormalised, times T^2
     q2 = Q ** 0.5 / (Q ** 0.5).sum(-1, keepdims=True)
     expected2 = 4 * -(q2 * np.log(_softmax(Z / 2))).sum(-1).mean()
-    assert float(soft_cross_entropy(Q, Z, temperature=2.0)) == pytest.approx(expected2, rel=1e-5)
+    assert soft_ce(Q, Z, temperature=2.0) == pytest.approx(expected2, rel=1e-5)
 
 
 def test_soft_cross_entropy_is_minimised_by_the_teacher():
-    at_teacher = float(soft_cross_entropy(Q, np.log(Q)))
+    at_teacher = soft_ce(Q, np.log(Q))
     entropy = -(Q * np.log(Q)).sum(-1).mean()
     assert at_teacher == pytest.approx(entropy, rel=1e-5)  # CE = H(q) + KL(q||p) with KL = 0
-    assert float(soft_cross_entropy(Q, Z)) > at_teacher
+    assert soft_ce(Q, Z) > at_teacher
 
 
 def test_hard_label_term_masks_unlabelled_rows_and_alpha_mixes():
     y = np.array([0, -1], np.int64)
     ce0 = -np.log(_softmax(Z)[0, 0])
-    assert float(hard_cross_entropy(y, Z)) == pytest.approx(ce0, rel=1e-5)
-    assert float(hard_cross_entropy(np.array([-1, -1]), Z)) == 0.0
-    soft = float(soft_cross_entropy(Q, Z))
-    assert float(distillation_loss(Q, y, Z, alpha=0.25)) == pytest.approx(0.75 * soft + 0.25 * ce0, rel=1e-5)
+    loss = lambda labels, alpha: float(CLS.distill_loss(tf.constant(Q), tf.constant(Z), tf.constant(labels), alpha=alpha))  # noqa: E731
+    assert loss(y, 1.0) == pytest.approx(ce0, rel=1e-5)  # alpha = 1: the hard term alone, on the labelled row only
+    assert loss(NONE, 1.0) == 0.0  # no labelled rows: no hard term
+    assert loss(y, 0.25) == pytest.approx(0.75 * soft_ce(Q, Z) + 0.25 * ce0, rel=1e-5)
+    assert loss(y, 0.0) == pytest.approx(soft_ce(Q, Z), rel=1e-6)
 
 
-def test_epistemic_loss_and_head():
-    assert float(epistemic_loss(np.array([1.0, 3.0], np.float32), np.array([0.0, 1.0], np.float32))) == pytest.approx(2.5)
+def raw_variance(s2: np.ndarray) -> np.ndarray:
+    """The Gaussian head's raw variance output that gives variance s2 (inverts Gaussian.draw_params)."""
+    return np.log(np.expm1(s2 - tasks.MIN_VARIANCE)) - tasks._VARIANCE_OFFSET
+
+
+def test_gaussian_distillation_loss_against_hand_computed_values():
+    mu_t, var_t = np.array([1.0, 0.0, 2.0]), np.array([0.5, 1.0, 0.25])
+    mu_s, s2 = np.array([0.5, 0.0, 1.0]), np.array([2.0, 1.0, 0.5])
+    target = tf.constant(np.stack([mu_t, var_t], -1), tf.float32)  # [B, 2] teacher's predictive (normalised units)
+    head = tf.constant(np.stack([mu_s, raw_variance(s2)], -1), tf.float32)  # [B, 2] student's head
+    np.testing.assert_allclose(REG.draw_params(head).numpy()[:, 1], s2, rtol=1e-5)
+    # 0.5 * [log s2 + (var_t + (mu_t - mu_s)^2) / s2] per row
+    rows = 0.5 * (np.log(s2) + (var_t + (mu_t - mu_s) ** 2) / s2)
+    assert float(REG.distill_loss(target, head, None)) == pytest.approx(rows.mean(), rel=1e-5)
+    # Plus 0.5 log(2 pi) it is the expected NLL under N(mu_t, var_t): a Monte Carlo check on row 0.
+    y = np.random.default_rng(0).normal(mu_t[0], np.sqrt(var_t[0]), 200_000)
+    nll = 0.5 * (np.log(2 * np.pi * s2[0]) + (y - mu_s[0]) ** 2 / s2[0]).mean()
+    assert nll == pytest.approx(rows[0] + 0.5 * math.log(2 * math.pi), abs=0.01)
+
+    # The minimum is the teacher's predictive itself: zero gradient at mu_s = mu_t, s2 = var_t.
+    at_teacher = tf.Variable(np.stack([mu_t, raw_variance(var_t)], -1).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = REG.distill_loss(target, at_teacher, None)
+    assert np.allclose(tape.gradient(loss, at_teacher).numpy(), 0.0, atol=1e-5)
+    assert float(REG.distill_loss(target, head, None)) > float(REG.distill_loss(target, at_teacher, None))
+
+
+def test_student_heads():
     model = build_student(4, 3, (8,))
     out = model(tf.random.uniform((5, 4)))
-    assert out["logits"].shape == (5, 3) and out["epistemic"].shape == (5,)
+    assert out["head"].shape == (5, 3) and out["epistemic"].shape == (5,)
     assert (out["epistemic"].numpy() >= 0).all()  # softplus head
+    out = build_student(4, REG.head_units(0), (8, 8))(tf.random.uniform((5, 4)))
+    assert out["head"].shape == (5, 2) and out["epistemic"].shape == (5,)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_student_export_answers_in_the_targets_units(task, tmp_path):
+    t = tasks.get(task)
+    rng = np.random.default_rng(0)
+    shift, scale = rng.normal(size=4).astype(np.float32), rng.uniform(0.5, 2, 4).astype(np.float32)
+    model = build_student(4, t.head_units(3), (8,))
+    module = StudentModule(t, model, shift, scale, target_shift=20.0, target_scale=3.0, epistemic_scale=2.5)
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    raw = model(tf.constant((x - shift) / scale))
+    head, epistemic = raw["head"].numpy(), raw["epistemic"].numpy()
+    for out in (module.serve(tf.constant(x)), tf.saved_model.load(str(module.save(tmp_path / "s")))
+                .signatures["serving_default"](features=tf.constant(x))):
+        out = {k: v.numpy() for k, v in out.items()}
+        np.testing.assert_allclose(out["epistemic"], 2.5 * epistemic, rtol=1e-5)
+        if task == "classification":
+            assert sorted(out) == ["entropy", "epistemic", "probs"]
+            p = _softmax(head)
+            np.testing.assert_allclose(out["probs"], p, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(out["entropy"], -(p * np.log(p)).sum(-1), rtol=1e-4)
+        else:
+            assert sorted(out) == ["epistemic", "mean", "variance"]
+            np.testing.assert_allclose(out["mean"], head[:, 0] * 3.0 + 20.0, rtol=1e-5)
+            s2 = np.log1p(np.exp(head[:, 1] + tasks._VARIANCE_OFFSET)) + tasks.MIN_VARIANCE
+            np.testing.assert_allclose(out["variance"], s2 * 9.0, rtol=1e-5)
+
+
+def test_config_defaults_by_task_and_validation():
+    cfg = StudentConfig()
+    assert cfg.hidden is None and cfg.batch_size is None and cfg.monitor == "teacher" and cfg.gate
+    for task in ("classification", "regression"):
+        r = cfg.resolved(task)
+        assert (r.hidden, r.batch_size) == (TASK_DEFAULTS[task]["hidden"], TASK_DEFAULTS[task]["batch_size"])
+    assert StudentConfig(hidden=(7,)).resolved("regression").hidden == (7,)  # given values win
+    with pytest.raises(BdkError, match="monitor"):
+        StudentConfig(monitor="loss")
+    with pytest.raises(BdkError, match="hidden"):
+        StudentConfig(hidden=())
 
 
 def test_gate_compares_with_margins():
@@ -60,3 +140,6 @@ def test_gate_compares_with_margins():
     failures = check_gate(cfg, bad, teacher)
     assert len(failures) == 2 and "NLL" in failures[0] and "ECE" in failures[1]
     assert check_gate(StudentConfig(gate_nll_margin=1, gate_ece_margin=1), bad, teacher) == []
+    # regression has no ECE: the NLL alone decides
+    assert check_gate(cfg, {"val/nll": 1.24, "val/rmse": 9.0}, {"val/nll": 1.20, "val/rmse": 3.0}) == []
+    assert len(check_gate(cfg, {"val/nll": 1.30}, {"val/nll": 1.00})) == 1

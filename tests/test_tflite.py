@@ -16,7 +16,10 @@ def save_keras_mlp(out):
 
     tfk.utils.set_random_seed(0)
     model = build_student(4, 3, (16, 16))
-    return StudentModule(model, minimum=[4.3, 2.0, 1.0, 0.1], scale=[3.6, 2.4, 5.9, 2.4], epistemic_scale=0.05).save(out)
+    from distill import tasks
+
+    return StudentModule(tasks.get("classification"), model, feature_shift=[4.3, 2.0, 1.0, 0.1],
+                         feature_scale=[3.6, 2.4, 5.9, 2.4], epistemic_scale=0.05).save(out)
 
 
 def test_tflite_matches_saved_model(tmp_path):

@@ -10,10 +10,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from distill import data, schema
+from distill import data, schema, tasks
 from distill.errors import BdkError
 from distill.transfer import (SoftLabelConfig, TransferConfig, build_transfer_set, export_fingerprint,
-                              read_soft_labels, write_transfer_set)
+                              read_soft_labels, soft_label_arrow_schema, transfer_arrow_schema, write_transfer_set)
+
+
+@pytest.fixture(scope="module")
+def boston():
+    return data.load(data.DataConfig(dataset="boston", test_fraction=0.1, val_fraction=0.1, seed=0))
 
 
 def test_rows_ids_labels_and_sources(iris):
@@ -108,16 +113,72 @@ def test_feature_names_may_not_clash_with_soft_label_columns(tmp_path):
     ds = data.build_dataset(df, data.DataConfig(dataset="x.csv"))
     with pytest.raises(BdkError, match="clash"):
         build_transfer_set(TransferConfig(), ds)
+    # regression's outputs are reserved too
+    df = pd.DataFrame({"mean": rng.normal(size=40), "label": rng.normal(size=40)})
+    ds = data.build_dataset(df, data.DataConfig(dataset="x.csv", task="regression"))
+    with pytest.raises(BdkError, match=r"clash.*'mean'"):
+        build_transfer_set(TransferConfig(), ds)
 
 
 def test_parquet_schema_and_row_groups(iris, tmp_path):
     t = build_transfer_set(TransferConfig(perturbations=1, uniform=40_000), iris)
-    write_transfer_set(t, tmp_path / "t.parquet", iris.feature_names)
+    write_transfer_set(t, tmp_path / "t.parquet", iris.feature_names, tasks.get("classification"), row_group_rows=16_384)
     f = pq.ParquetFile(tmp_path / "t.parquet")
-    assert f.metadata.num_row_groups >= 3  # so a parallel runner can split the read
+    assert f.metadata.num_row_groups == -(-len(t) // 16_384) >= 3  # so a parallel runner can split the read
     types = {field.name: str(field.type) for field in f.schema_arrow}
     assert types == {"id": "string", "source": "string", "label": "int64", **{n: "float" for n in iris.feature_names}}
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), t, check_dtype=False)
+    # the row group size is the Beam job's batch: a small one gives many groups of that size
+    write_transfer_set(t.head(100), tmp_path / "small.parquet", iris.feature_names, tasks.get("classification"),
+                       row_group_rows=32)
+    f = pq.ParquetFile(tmp_path / "small.parquet")
+    assert [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)] == [32, 32, 32, 4]
+
+
+def test_regression_transfer_set(boston, tmp_path):
+    cfg = TransferConfig(perturbations=2, noise=0.05, uniform=300, seed=0)
+    t = build_transfer_set(cfg, boston)
+    n = len(boston["train"])
+    assert list(t.columns) == schema.transfer_columns(boston.feature_names) and t["id"].is_unique
+    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": 2 * n, "uniform": 300}
+    assert t["label"].dtype == np.float32
+    train = t[t.source == "train"]
+    np.testing.assert_array_equal(train["label"].to_numpy(), boston["train"].y)  # targets in their own units
+    rows = t.set_index("id")
+    first = boston["train"].ids[0]
+    assert rows.loc[f"perturbed:{first}:1", "label"] == boston["train"].y[0]
+    assert t.loc[t.source == "uniform", "label"].isna().all()  # no target: NaN, not NO_LABEL
+    # the noise is in z-score units of each feature
+    pert = boston.scaler.transform(t.loc[t.source == "perturbed", boston.feature_names].to_numpy())
+    noise = (pert - np.repeat(boston.scaled("train"), 2, axis=0)).ravel()
+    assert abs(noise.std() - 0.05) < 5 * 0.05 / np.sqrt(2 * len(noise))
+    box = boston.scaler.transform(t.loc[t.source == "uniform", boston.feature_names].to_numpy())
+    lo, hi = boston.box()
+    width = hi - lo
+    assert (box >= lo - 0.1 * width - 1e-4).all() and (box <= hi + 0.1 * width + 1e-4).all()
+    assert (box.min(0) < lo).all() and (box.max(0) > hi).all()
+
+    task = tasks.get("regression")
+    write_transfer_set(t, tmp_path / "t.parquet", boston.feature_names, task)
+    types = {field.name: str(field.type) for field in pq.ParquetFile(tmp_path / "t.parquet").schema_arrow}
+    assert types == {"id": "string", "source": "string", "label": "float", **{f: "float" for f in boston.feature_names}}
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    assert back["label"].isna().sum() == 300
+    pd.testing.assert_frame_equal(back, t, check_dtype=False)
+
+
+def test_arrow_schemas_follow_the_task():
+    cls, reg = tasks.get("classification"), tasks.get("regression")
+    assert [str(f.type) for f in transfer_arrow_schema(["a"], cls)] == ["string", "string", "int64", "float"]
+    assert str(transfer_arrow_schema(["a"], reg).field("label").type) == "float"
+    soft = soft_label_arrow_schema(["a", "b"], cls)
+    assert soft.names == schema.soft_label_columns(["a", "b"], cls.outputs)
+    assert {n: str(soft.field(n).type) for n in cls.outputs} == {
+        "probs": "list<item: float>", "variance": "list<item: float>", "entropy": "float", "expected_entropy": "float",
+        "mutual_information": "float"}
+    soft = soft_label_arrow_schema(["a"], reg)
+    assert soft.names == ["id", "source", "label", "a", "mean", "variance", "epistemic_variance", "num_samples"]
+    assert {str(soft.field(n).type) for n in reg.outputs} == {"float"} and str(soft.field("num_samples").type) == "int32"
 
 
 def test_fingerprint_follows_the_files(tmp_path):

@@ -1,7 +1,7 @@
 """Batch prediction: a CSV/Parquet table through any exported signature, one output row per input row.
 
 The counterpart of the server for offline scoring: the same export resolution and signature specs
-(`distill.serve`), fed in batches instead of requests. Feature columns are picked by the names the
+(`serving.server`), fed in batches instead of requests. Feature columns are picked by the names the
 run recorded in RUN/data/dataset.json when the export sits in a run folder (so column order in the
 file does not matter), else all numeric non-id columns in file order.
 """
@@ -116,7 +116,7 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
     """Score every row of a table with one signature and write id + every output (the `bdk predict` command)."""
     from tqdm import tqdm
 
-    from distill.serve import RequestError, ServedModel, resolve_export
+    from serving.server import RequestError, ServedModel, resolve_export
 
     out = Path(out)
     _table_kind(out, "output")

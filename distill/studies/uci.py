@@ -2,11 +2,11 @@
 
 Protocol of Hernandez-Lobato & Adams (2015): random 90/10 train/test splits, inputs and target
 z-scored on the training part, test log-likelihood and RMSE in the target's units reported as mean
-+- standard error over splits. Each split is a regression run folder (OUT/runs/split-XX):
++- standard error over splits. Each split is an ordinary regression run folder (OUT/runs/split-XX)
+made by the pipeline's own stages (distill.pipeline):
 
-    data (distill.uci.save) -> teacher (teacher.regression) -> soft labels (the Beam job,
-    beam_pipelines.soft_labels.run, FnApiRunner in-process, on the training inputs + Gaussian-
-    perturbed copies) -> student (student.regression)
+    teacher_stage (data split i, seed + i) -> soft_labels_stage (the Beam job on the training inputs
+    + Gaussian-perturbed copies) -> student_stage (no gate: the study compares, it does not deploy)
 
 and the study writes OUT/report.md (table beside the published figures), OUT/splits.csv (one row
 per split), OUT/summary.json, OUT/config.json and figures (predictive intervals, interval
@@ -22,10 +22,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from distill import metrics, schema
-from distill import uci
+from distill.data import DataConfig
 from distill.errors import BdkError, atomic_dir, write_json
-from student.regression_config import RegressionStudentConfig
-from teacher.regression_config import RegressionTeacherConfig
+from distill.transfer import SoftLabelConfig, TransferConfig
+from student.config import StudentConfig
+from teacher.config import TeacherConfig
+
+UCI_DATASETS = ("boston", "concrete")
 
 # Published test RMSE / log-likelihood (../shared/notes/references.md), shown beside ours, never targets.
 PUBLISHED = {
@@ -40,63 +43,50 @@ LEVELS = np.round(np.arange(0.05, 1.0, 0.05), 2)  # nominal central-interval lev
 
 @dataclass(frozen=True)
 class UciStudyConfig:
-    data: uci.UciConfig = field(default_factory=uci.UciConfig)
-    teacher: RegressionTeacherConfig = field(default_factory=RegressionTeacherConfig)
-    student: RegressionStudentConfig = field(default_factory=RegressionStudentConfig)
-    perturbations: int = 10  # Gaussian-perturbed copies of each training input in the transfer set
-    noise: float = 0.05  # their std, normalised input space (Korattikara et al. 2015 on Boston)
-    soft_label_samples: int = 100  # teacher draws per transfer row in the Beam job
-    batch_size: int = 16_384  # rows per predictive call in the Beam job
+    dataset: str = "boston"
+    test_fraction: float = 0.1  # the benchmark's 90/10
+    val_fraction: float = 0.1  # of the training part: early stopping, never the test rows
+    seed: int = 0  # split i uses seed + i
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=lambda: StudentConfig(gate=False))
+    # Transfer set: the training inputs plus 10 copies with N(0, 0.05^2) noise in the normalised input space
+    # (Korattikara et al. 2015 on Boston); no uniform points.
+    soft_labels: SoftLabelConfig = field(default_factory=lambda: SoftLabelConfig(TransferConfig(uniform=0)))
 
     def __post_init__(self):
-        if self.perturbations < 0 or not self.noise >= 0:
-            raise BdkError(f"perturbations and noise must be >= 0, got {self.perturbations} and {self.noise}")
-        if self.soft_label_samples < 2:
-            raise BdkError(f"soft-label samples must be at least 2, got {self.soft_label_samples}")
-
+        if self.dataset not in UCI_DATASETS:
+            raise BdkError(f"unknown UCI dataset {self.dataset!r}; choose one of {', '.join(UCI_DATASETS)}")
 
 
 def study_config(dataset: str, seed: int = 0, epochs: int | None = None, kl_weight: float | None = None,
-                 noise: str | None = None, samples: int | None = None, student_epochs: int | None = None) -> UciStudyConfig:
+                 samples: int | None = None, student_epochs: int | None = None) -> UciStudyConfig:
     """The defaults with the CLI's overrides (None keeps the default). Raises BdkError on bad values
     before TensorFlow loads."""
     base = UciStudyConfig()
-    teacher = {k: v for k, v in (("epochs", epochs), ("kl_weight", kl_weight), ("noise", noise), ("eval_samples", samples))
-               if v is not None}
-    return replace(base, data=uci.UciConfig(dataset=dataset, seed=seed), teacher=replace(base.teacher, **teacher),
+    teacher = {k: v for k, v in (("epochs", epochs), ("kl_weight", kl_weight), ("eval_samples", samples)) if v is not None}
+    return replace(base, dataset=dataset, seed=seed, teacher=replace(base.teacher, **teacher),
                    student=replace(base.student, **({"epochs": student_epochs} if student_epochs is not None else {})),
-                   soft_label_samples=samples if samples is not None else base.soft_label_samples)
-
-def soft_labels(cfg: UciStudyConfig, ds: uci.RegressionDataset, run: Path, seed: int) -> Path:
-    """RUN/soft_labels: the transfer set, labelled by the Beam job with the teacher export's predictive."""
-    from beam_pipelines import soft_labels as job
-    from distill.transfer import write_transfer_set
-
-    table = uci.build_transfer_set(ds, cfg.perturbations, cfg.noise, seed)
-    with atomic_dir(schema.soft_labels_dir(run), overwrite=True) as tmp:
-        write_transfer_set(table, tmp / schema.TRANSFER_FILE, ds.feature_names)
-        write_json(tmp / "config.json", {"perturbations": cfg.perturbations, "noise": cfg.noise, "seed": seed,
-                                         "num_samples": cfg.soft_label_samples})
-        job.run(["--transfer", str(tmp / schema.TRANSFER_FILE), "--export", str(schema.teacher_export(run).resolve()),
-                 "--dataset_json", str(schema.data_dir(run).resolve() / "dataset.json"), "--output", str(tmp),
-                 "--num_samples", str(cfg.soft_label_samples), "--batch_size", str(cfg.batch_size), "--seed", str(seed)])
-    return schema.soft_labels_dir(run)
+                   soft_labels=replace(base.soft_labels, num_samples=samples or base.soft_labels.num_samples))
 
 
-def run_split(cfg: UciStudyConfig, index: int, run: Path, table=None) -> dict:
+def run_split(cfg: UciStudyConfig, index: int, run: Path) -> dict:
     """One split end to end in its own run folder; returns its row of splits.csv."""
-    from student.regression import distil_regression_student
-    from teacher.regression import train_regression_teacher
+    from distill.pipeline import soft_labels_stage, student_stage, teacher_stage
 
-    ds = uci.make_split(cfg.data, index, table)
-    uci.save(ds, run)
-    seed = cfg.data.seed + index
-    teacher = train_regression_teacher(replace(cfg.teacher, seed=seed), ds, run, progress=False)
-    soft_labels(cfg, ds, run, seed)
-    student = distil_regression_student(replace(cfg.student, seed=seed), ds, run, progress=False)
-    row = {"split": index, "n_train": len(ds["train"]), "n_val": len(ds["val"]), "n_test": len(ds["test"])}
-    row.update({f"teacher/{k}": v for k, v in teacher.items() if isinstance(v, (int, float))})
-    row.update({f"student/{k}": v for k, v in student.items() if isinstance(v, (int, float))})
+    seed = cfg.seed + index
+    data = DataConfig(dataset=cfg.dataset, task="regression", test_fraction=cfg.test_fraction,
+                      val_fraction=cfg.val_fraction, seed=seed)
+    teacher = teacher_stage(data, replace(cfg.teacher, seed=seed), run, overwrite=True, progress=False)
+    soft_labels_stage(replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, seed=seed)), run, progress=False)
+    student = student_stage(replace(cfg.student, seed=seed), run, progress=False)
+    row = {"split": index, "n_train": teacher["n_train"]}
+    row.update({f"teacher/{k}": v for k, v in teacher.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    row.update({k if k.startswith("student/") else f"student/{k}": v for k, v in student.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("baseline/")})
+    for model in ("teacher", "student"):
+        for split in ("val", "test"):
+            row[f"{model}/{split}/log_likelihood"] = -row[f"{model}/{split}/nll"]
+    row["teacher/test/log_likelihood_mixture"] = -teacher["test/nll_mixture"]
     row["gap/log_likelihood"] = row["student/test/log_likelihood"] - row["teacher/test/log_likelihood"]
     return row
 
@@ -121,14 +111,13 @@ def uci_study(cfg: UciStudyConfig, splits: int, out: Path, progress: bool = True
     if splits < 2:
         raise BdkError(f"--splits must be at least 2 (a standard error needs two splits), got {splits}")
     out = Path(out)
-    table = uci.load_table(cfg.data.dataset)
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / "config.json", {"study": asdict(cfg), "splits": splits})
         rows, runs = [], []
-        bar = tqdm(range(splits), desc=f"uci {cfg.data.dataset}", unit="split", disable=None if progress else True)
+        bar = tqdm(range(splits), desc=f"uci {cfg.dataset}", unit="split", disable=None if progress else True)
         for i in bar:
             runs.append(tmp / "runs" / f"split-{i:02d}")
-            rows.append(run_split(cfg, i, runs[-1], table))
+            rows.append(run_split(cfg, i, runs[-1]))
             done = pd.DataFrame(rows)
             bar.set_postfix({"teacher LL": f"{done['teacher/test/log_likelihood'].mean():.3f}",
                              "student LL": f"{done['student/test/log_likelihood'].mean():.3f}"})
@@ -140,13 +129,12 @@ def uci_study(cfg: UciStudyConfig, splits: int, out: Path, progress: bool = True
                     for m, p in predictions.items()}
         pd.DataFrame({"nominal": LEVELS, **{f"{m}_observed": c for m, c in coverage.items()}}).to_csv(
             tmp / "coverage.csv", index=False)
-        _interval_figure(tmp / "intervals.png", predictions, cfg.data.dataset)
-        _calibration_figure(tmp / "calibration.png", coverage, cfg.data.dataset)
+        _interval_figure(tmp / "intervals.png", predictions, cfg.dataset)
+        _calibration_figure(tmp / "calibration.png", coverage, cfg.dataset)
         _elbo_figure(tmp / "elbo.png", runs, cfg.teacher.kl_weight)
-        summary = {"dataset": cfg.data.dataset, "splits": splits, "kl_weight": cfg.teacher.kl_weight,
-                   "noise_model": cfg.teacher.noise, **{k: list(v) for k, v in stats.items()},
+        summary = {"dataset": cfg.dataset, "splits": splits, "kl_weight": cfg.teacher.kl_weight, **{k: list(v) for k, v in stats.items()},
                    "coverage_95": {m: float(c[LEVELS.tolist().index(0.95)]) for m, c in coverage.items()},
-                   "published": PUBLISHED.get(cfg.data.dataset, {})}
+                   "published": PUBLISHED.get(cfg.dataset, {})}
         write_json(tmp / "summary.json", summary)
         (tmp / "report.md").write_text(report_markdown(cfg, summary))
     return summary
@@ -172,14 +160,14 @@ def results_table(summary: dict) -> list[str]:
 
 
 def report_markdown(cfg: UciStudyConfig, summary: dict) -> str:
-    t, s = cfg.teacher, cfg.student
+    t, s = cfg.teacher.resolved("regression"), cfg.student.resolved("regression")
     name = {"boston": "Boston housing", "concrete": "Concrete compressive strength"}[summary["dataset"]]
     gap = summary["gap/log_likelihood"]
     lines = [
         f"# UCI regression: {name}", "",
         f"{summary['splits']} random 90/10 train/test splits (Hernandez-Lobato & Adams 2015); inputs and target z-scored "
         "on the training part; a validation slice of "
-        f"{cfg.data.val_fraction:.0%} of the training part for early stopping (no tuning on test rows). Test log-likelihood "
+        f"{cfg.val_fraction:.0%} of the training part for early stopping (no tuning on test rows). Test log-likelihood "
         "(nats per row) and RMSE in the target's units, mean ± standard error over splits.", "",
         *results_table(summary), "",
         f"- Teacher log-likelihood is that of the Gaussian with the Monte Carlo predictive's mean and total variance "
@@ -190,13 +178,15 @@ def report_markdown(cfg: UciStudyConfig, summary: dict) -> str:
         f"student {_pm(summary['student/val/log_likelihood'])} nats.",
         f"- Coverage of the central 95% Gaussian interval on test rows (pooled): teacher "
         f"{summary['coverage_95']['teacher']:.1%}, student {summary['coverage_95']['student']:.1%}.",
-        f"- Teacher: Flipout MLP {list(t.hidden)}, {t.noise} Gaussian noise (init std {t.noise_init:g} normalised), "
+        f"- Teacher: Flipout MLP {list(t.hidden)}, heteroscedastic Gaussian likelihood (a second output of the Bayesian "
+        "last layer), "
         f"N(0, {t.prior_scale:g}²) prior, KL weight {t.kl_weight:g} (ELBO = NLL + {t.kl_weight:g} · KL / N_train), Adam "
         f"{t.learning_rate:g}, batch {t.batch_size}, up to {t.epochs} epochs (patience {t.patience}; ran "
         f"{_pm(summary['teacher/epochs_run'], 0)}, best epoch {_pm(summary['teacher/best_epoch'], 0)}).",
-        f"- Soft labels: the Beam job (FnApiRunner, in-process) on the teacher's training inputs plus {cfg.perturbations} "
-        f"copies each with N(0, {cfg.noise:g}²) noise in the normalised input space; {cfg.soft_label_samples} draws per row.",
-        f"- Student: deterministic MLP {list(s.hidden)} with mean and log-variance outputs, loss "
+        f"- Soft labels: the Beam job (FnApiRunner, in-process) on the teacher's training inputs plus "
+        f"{cfg.soft_labels.transfer.perturbations} copies each with N(0, {cfg.soft_labels.transfer.noise:g}²) noise in the "
+        f"normalised input space; {cfg.soft_labels.num_samples} draws per row.",
+        f"- Student: deterministic MLP {list(s.hidden)} with a mean and a softplus variance output, loss "
         "0.5·[log s² + (var_t + (μ_t − μ_s)²)/s²] (expected Gaussian NLL under the teacher's predictive), Adam "
         f"{s.learning_rate:g}, batch {s.batch_size}, up to {s.epochs} epochs, early-stopped on "
         + ("its distillation loss against the teacher's predictive on the validation inputs (not in the transfer set)."

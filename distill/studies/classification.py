@@ -20,12 +20,11 @@ from tqdm.auto import tqdm
 from distill import metrics, schema
 from distill.data import DataConfig
 from distill.errors import BdkError, atomic_dir, read_json, write_json
-from distill.evaluate import EvalConfig
+from distill.evaluate import EvalConfig  # noqa: E402
 from distill.transfer import SoftLabelConfig
 from student.config import StudentConfig
 from teacher.config import KINDS, TeacherConfig
 
-NO_GATE = 1e9  # studies keep every student, gate or not: they compare, they do not deploy
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class StudyConfig:
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     soft_labels: SoftLabelConfig = SoftLabelConfig()
-    student: StudentConfig = StudentConfig(gate_nll_margin=NO_GATE, gate_ece_margin=NO_GATE)
+    student: StudentConfig = StudentConfig(gate=False)  # studies keep every student: they compare, they do not deploy
     evaluation: EvalConfig = EvalConfig()
 
 
