@@ -71,7 +71,8 @@ def teacher(
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum epochs (early stopping on the validation NLL); default by task."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Default by task."),
     samples: int = typer.Option(100, min=2, help="Monte Carlo weight draws for the evaluation."),
-    kl_weight: float = typer.Option(1.0, min=0.0, help="Multiplier of the KL / N_train term of the ELBO."),
+    kl_weight: Optional[str] = typer.Option(None, help="Multiplier of the KL / N_train term of the ELBO, or `auto` "
+                                            "(the best validation NLL of 0.01, 0.03, 0.1); default by task."),
     learning_rate: Optional[float] = typer.Option(None, min=0.0, help="Adam's; default by task."),
     patience: Optional[int] = typer.Option(None, min=1, help="Default by task."),
     seed: int = typer.Option(0),
@@ -85,7 +86,7 @@ def teacher(
 
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
                           drop_missing=drop_missing, seed=seed)
-    cfg = TeacherConfig(kind=kind, members=members, epochs=epochs, batch_size=batch_size, eval_samples=samples, kl_weight=kl_weight,
+    cfg = TeacherConfig(kind=kind, members=members, epochs=epochs, batch_size=batch_size, eval_samples=samples, **_kl(kl_weight),
                         learning_rate=learning_rate, patience=patience, seed=seed)
     s = teacher_stage(data_cfg, cfg, out, overwrite=overwrite, progress=progress)
     summary_table(f"teacher ({s['task']}, {s['kind']} on {s['device']}, {s['epochs_run']} epochs, best {s['best_epoch']})",
@@ -185,7 +186,7 @@ def run_pipeline(
     drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
     kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs; default by task."),
-    kl_weight: float = typer.Option(1.0, min=0.0, help="Teacher's KL weight."),
+    kl_weight: Optional[str] = typer.Option(None, help="Teacher's KL weight, or `auto`; default by task."),
     samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
     perturbations: int = typer.Option(10, min=0, help="Gaussian-perturbed copies of each training input."),
     noise: float = typer.Option(0.05, min=0.0, help="Std of the perturbation noise (normalised feature space)."),
@@ -208,7 +209,7 @@ def run_pipeline(
 
     t0 = time.perf_counter()
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, task=task, drop_missing=drop_missing, seed=seed)
-    teacher_cfg = TeacherConfig(kind=kind, epochs=epochs, kl_weight=kl_weight, eval_samples=samples, seed=seed)
+    teacher_cfg = TeacherConfig(kind=kind, epochs=epochs, eval_samples=samples, seed=seed, **_kl(kl_weight))
     soft_cfg = SoftLabelConfig(transfer=TransferConfig(perturbations=perturbations, noise=noise, uniform=uniform, seed=seed),
                                num_samples=samples)
     student_cfg = StudentConfig(hidden=_sizes(hidden) if hidden else None, epochs=student_epochs, seed=seed)
@@ -253,7 +254,7 @@ def experiment_kl_weight(
     label_column: Optional[str] = typer.Option(None),
     weights: str = typer.Option("0.25,1,4", help="KL weights, comma-separated."),
     seeds: int = typer.Option(5, min=1, help="Seeds per weight (each its own split)."),
-    epochs: int = typer.Option(150, min=1), samples: int = typer.Option(100, min=2),
+    epochs: Optional[int] = typer.Option(None, min=1), samples: int = typer.Option(100, min=2),
     uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
     progress: bool = typer.Option(True),
 ):
@@ -275,7 +276,7 @@ def experiment_teachers(
     out: Path = typer.Option(Path("experiments/teachers"), "--out", help="Report folder (replaced)."),
     dataset: str = typer.Option("iris"),
     label_column: Optional[str] = typer.Option(None),
-    epochs: int = typer.Option(150, min=1), samples: int = typer.Option(100, min=2),
+    epochs: Optional[int] = typer.Option(None, min=1), samples: int = typer.Option(100, min=2),
     uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
     progress: bool = typer.Option(True),
 ):
@@ -291,7 +292,7 @@ def experiment_teachers(
 @user_errors
 def experiment_digits(
     out: Path = typer.Option(Path("experiments/digits"), "--out", help="Report folder (replaced)."),
-    epochs: int = typer.Option(150, min=1), samples: int = typer.Option(100, min=2),
+    epochs: Optional[int] = typer.Option(None, min=1), samples: int = typer.Option(100, min=2),
     uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
     progress: bool = typer.Option(True),
 ):
@@ -332,6 +333,31 @@ def experiment_uci(
     print(f"report: {out / 'report.md'}")
 
 
+@app.command("benchmark")
+@user_errors
+def benchmark_command(
+    out: Path = typer.Option(Path("experiments/benchmark"), "--out", help="Report folder (resumable: finished runs are kept)."),
+    datasets: str = typer.Option(",".join(("iris", "wine", "breast_cancer", "digits")), help="Bundled classification datasets."),
+    seeds: int = typer.Option(3, min=1, help="Seeds per dataset (each its own split)."),
+    kinds: str = typer.Option("flipout,ensemble", help="Teacher kinds, each distilled: flipout, ensemble, mc-dropout."),
+    held_out_class: bool = typer.Option(True, help="Also train each teacher without the last class (held-out-class OOD)."),
+    doubling: bool = typer.Option(True, help="Also train the Flipout teacher with its step budget doubled (seed 0)."),
+    ablation: bool = typer.Option(True, help="Also train the ablation of the teacher recipe (seed 0)."),
+    progress: bool = typer.Option(True),
+):
+    """The pipeline over a suite of offline datasets and seeds: Flipout and ensemble teachers, their students, the
+    hard-label baseline; calibration with intervals, far-shell and held-out-class OOD, convergence and ablation."""
+    from distill.studies.benchmark import BenchmarkConfig, benchmark
+
+    cfg = BenchmarkConfig(datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()), seeds=seeds,
+                          kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), held_out_class=held_out_class,
+                          doubling=doubling, ablation=ablation)
+    table = benchmark(cfg, out, progress=progress)
+    Console().print(table[["dataset", "model", "test/accuracy", "test/nll", "test/ece", "far_shell_auroc"]].round(4)
+                    .to_string(index=False))
+    print(f"report: {out / 'report.md'}")
+
+
 def beam_options(args: list[str]) -> list[str]:
     """The extra arguments, checked to be Beam pipeline options (a mistyped bdk option is refused,
     not passed to Beam, which would drop it with a warning)."""
@@ -351,6 +377,21 @@ def beam_options(args: list[str]) -> list[str]:
                 hint = f" (did you mean --{guess[0]}?)" if guess else ""
                 raise BdkError(f"unknown option {arg.split('=', 1)[0]}{hint}; Beam pipeline options go after `--`")
     return list(args)
+
+
+def _kl(text: Optional[str]) -> dict:
+    """--kl-weight: a number, `auto` (chosen on the validation NLL), or absent (the task's default)."""
+    if text is None:
+        return {}
+    from teacher.config import KL_SEARCH
+
+    if text.strip().lower() == "auto":
+        return {"kl_weight_search": KL_SEARCH}
+    try:
+        value = float(text)
+    except ValueError:
+        raise BdkError(f"--kl-weight {text!r}: expected a number >= 0 or auto") from None
+    return {"kl_weight": value}
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -31,6 +31,10 @@ BUNDLED = {
     "iris": (DATA_ROOT / "iris.csv", "Species", "Id", "classification"),
     "boston": (DATA_ROOT / "boston.csv", "medv", "id", "regression"),
     "concrete": (DATA_ROOT / "concrete.csv", "compressive_strength", "id", "regression"),
+    # scikit-learn's bundled copies (shipped inside the package, offline): the benchmark suite
+    "wine": ("sklearn:load_wine", "label", "id", "classification"),
+    "breast_cancer": ("sklearn:load_breast_cancer", "label", "id", "classification"),
+    "digits": ("sklearn:load_digits", "label", "id", "classification"),
 }
 SPLITS = ("train", "val", "test")
 ROW_NUMBER = "__row__"  # 1-based data row of the source file: the id when the table has no id column
@@ -158,7 +162,8 @@ def read_table(source: str) -> pd.DataFrame:
 
     datasets.disable_progress_bars()
     if source in BUNDLED:
-        return _load_local(BUNDLED[source][0])
+        where = BUNDLED[source][0]
+        return _load_sklearn(where.split(":", 1)[1]) if isinstance(where, str) else _load_local(where)
     if source.startswith("hf:"):
         name = source[3:]
         try:
@@ -174,6 +179,17 @@ def read_table(source: str) -> pd.DataFrame:
         known = ", ".join(sorted(BUNDLED))
         raise BdkError(f"dataset file {source} not found; pass an existing .csv/.parquet file, hf:NAME, or one of: {known}")
     return _load_local(path)
+
+
+def _load_sklearn(loader: str) -> pd.DataFrame:
+    """One of scikit-learn's bundled tables: `id` (1-based row), the features, `label` (the class name)."""
+    import sklearn.datasets
+
+    d = getattr(sklearn.datasets, loader)(as_frame=True)
+    df = d.data.copy()
+    df.insert(0, "id", np.arange(1, len(df) + 1))
+    df["label"] = np.asarray(d.target_names)[d.target.to_numpy()].astype(str)
+    return df
 
 
 def _load_local(path: Path) -> pd.DataFrame:

@@ -41,7 +41,10 @@ def fit(
 ) -> FitResult:
     """Run up to `epochs` epochs; stop after `patience` epochs without a lower `monitor` value."""
     rng = np.random.default_rng(seed)
-    rows, best, best_epoch, best_weights, waited = [], np.inf, 0, model.get_weights(), 0
+    # The variable list once: Keras' get_weights() walks the layer tree on every call (0.2 s for TFP layers).
+    weights = list(model.weights)
+    snapshot = lambda: [v.numpy() for v in weights]  # noqa: E731
+    rows, best, best_epoch, best_weights, waited = [], np.inf, 0, snapshot(), 0
     bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=None if progress else True, leave=False, mininterval=0.5)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -50,12 +53,13 @@ def fit(
         rows.append(logs)
         value = logs[monitor]
         if value < best:
-            best, best_epoch, best_weights, waited = value, epoch, model.get_weights(), 0
+            best, best_epoch, best_weights, waited = value, epoch, snapshot(), 0
         else:
             waited += 1
         bar.set_postfix({monitor: f"{value:.4f}", "best": f"{best:.4f}@{best_epoch}"})
         if waited >= patience:
             break
     bar.close()
-    model.set_weights(best_weights)
+    for v, value in zip(weights, best_weights):
+        v.assign(value)
     return FitResult(pd.DataFrame(rows), best_epoch, float(best), stopped_early=len(rows) < epochs)

@@ -26,6 +26,43 @@ def scaled_kl(n_train: int, kl_weight: float):
     return divergence
 
 
+def empirical_bayes_kl(n_train: int, kl_weight: float):
+    """KL(q || N(0, s^2)) / N_train * kl_weight at the prior scale that minimises it, per layer.
+
+    For a mean-field q = prod_i N(mu_i, sigma_i^2) over a kernel of n weights, the KL to N(0, s^2) is
+    sum_i [log(s / sigma_i) + (sigma_i^2 + mu_i^2) / (2 s^2) - 1/2], minimised at
+    s^2 = mean_i(sigma_i^2 + mu_i^2) (empirical Bayes, type-II: the prior scale that best explains the
+    posterior), where it equals (n / 2) log s^2 - sum_i log sigma_i. At the optimum dKL/ds = 0, so
+    the gradient with respect to q is the KL's at that fixed s.
+    """
+
+    def divergence(q, p, _):
+        d = q.distribution
+        mu, sigma = tf.convert_to_tensor(d.loc), tf.convert_to_tensor(d.scale)
+        n = tf.cast(tf.size(mu), mu.dtype)
+        s2 = tf.reduce_mean(tf.square(mu) + tf.square(sigma))
+        return kl_weight * (0.5 * n * tf.math.log(s2) - tf.reduce_sum(tf.math.log(sigma))) / float(n_train)
+
+    return divergence
+
+
+def posterior_stats(model: tfk.Model) -> dict[str, float]:
+    """Quantiles of the kernels' posterior scales and, per layer, the empirical-Bayes prior scale
+    sqrt(mean(mu^2 + sigma^2)): what the convergence figure plots against steps."""
+    sigmas, out = [], {}
+    for i, layer in enumerate(l for l in model.layers if isinstance(l, tfp.layers.DenseFlipout)):
+        d = layer.kernel_posterior.distribution
+        mu, sigma = tf.convert_to_tensor(d.loc).numpy(), tf.convert_to_tensor(d.scale).numpy()
+        sigmas.append(sigma.ravel())
+        out[f"prior_scale_{i}"] = float((mu ** 2 + sigma ** 2).mean() ** 0.5)
+    if not sigmas:
+        return {}
+    import numpy as np
+
+    q = np.quantile(np.concatenate(sigmas), [0.1, 0.5, 0.9])
+    return {"sigma_p10": float(q[0]), "sigma_median": float(q[1]), "sigma_p90": float(q[2]), **out}
+
+
 def normal_prior(scale: float):
     """N(0, scale^2) on every kernel weight (scale 1 is TFP's default prior)."""
 
@@ -38,21 +75,30 @@ def normal_prior(scale: float):
 
 
 def build_flipout(num_features: int, units: int, n_train: int, hidden: tuple[int, ...] = (64, 64), kl_weight: float = 1.0,
-                  prior_scale: float = 1.0, posterior_scale_init: float = -3.0) -> tfk.Model:
+                  prior_scale: float = 1.0, posterior_scale_init: float = -3.0, prior: str = "normal") -> tfk.Model:
     """Normalised features [batch, F] -> head [batch, units]; every call draws fresh weights (Flipout).
 
     Kernels have mean-field normal posteriors whose untransformed scales start near
-    `posterior_scale_init`; biases are point estimates (TFP's default).
+    `posterior_scale_init`; biases are point estimates (TFP's default). `prior`: "normal" is
+    N(0, prior_scale^2) on every kernel weight; "fan_in" is N(0, prior_scale^2 / fan_in), the scaling
+    under which the prior's function-space variance does not grow with the width (Neal 1996);
+    "empirical_bayes" is N(0, s_l^2) per layer at the KL-minimising s_l (`empirical_bayes_kl`).
     """
+    divergence = (empirical_bayes_kl if prior == "empirical_bayes" else scaled_kl)(n_train, kl_weight)
+    widths = (num_features, *hidden)
+
     def layer(width, name, activation=None):
+        fan_in = widths[len(layers) - 1]
+        scale = prior_scale / fan_in ** 0.5 if prior == "fan_in" else prior_scale
         return tfp.layers.DenseFlipout(
             width, activation=activation, name=name,
             kernel_posterior_fn=tfp.layers.default_mean_field_normal_fn(
                 untransformed_scale_initializer=tfk.initializers.RandomNormal(mean=posterior_scale_init, stddev=0.1)),
-            kernel_prior_fn=normal_prior(prior_scale), kernel_divergence_fn=scaled_kl(n_train, kl_weight))
+            kernel_prior_fn=normal_prior(scale), kernel_divergence_fn=divergence)
 
     layers = [tfk.Input(shape=(num_features,), name="features")]
-    layers += [layer(width, f"flipout_{i}", "relu") for i, width in enumerate(hidden)]
+    for i, width in enumerate(hidden):
+        layers.append(layer(width, f"flipout_{i}", "relu"))
     layers.append(layer(units, "head"))
     return tfk.Sequential(layers, name="flipout_teacher")
 

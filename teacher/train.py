@@ -7,7 +7,7 @@ either task (distill.tasks).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from distill.errors import atomic_dir, write_json
 from distill.training import fit, minibatches
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_sampler
-from teacher.model import build_flipout, build_mlp, dense_layers
+from teacher.model import build_flipout, build_mlp, dense_layers, posterior_stats
 
 VALIDATION_SEED = 12345  # the per-epoch validation predictive uses the same draws every epoch
 
@@ -39,7 +39,9 @@ def _fit_member(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloM
     x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
     optimizer = tfk.optimizers.Adam(cfg.learning_rate)
 
-    @tf.function
+    signature = [tf.TensorSpec([None, ds.num_features], tf.float32), tf.TensorSpec([None], tf.as_dtype(y_train.dtype))]
+
+    @tf.function(input_signature=signature)
     def step(x, y):
         with tf.GradientTape() as tape:
             head = model(x, training=True)  # [batch, units], one weight draw / dropout mask
@@ -55,7 +57,8 @@ def _fit_member(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloM
             nll, kl = step(tf.constant(x_train[idx]), tf.constant(y_train[idx]))
             nlls.append(float(nll)), kls.append(float(kl)), sizes.append(len(idx))
         train_nll, kl = float(np.average(nlls, weights=sizes)), float(np.mean(kls))
-        return {"train_nll": train_nll, "kl": kl, "elbo": -(train_nll + kl)}
+        return {"step": int(optimizer.iterations.numpy()), "train_nll": train_nll, "kl": kl, "elbo": -(train_nll + kl),
+                **(posterior_stats(model) if cfg.kind == "flipout" else {})}
 
     def validate():
         s = {k: v.numpy() for k, v in module.predictive_normalised(x_val, val_samples, VALIDATION_SEED).items()}
@@ -63,7 +66,7 @@ def _fit_member(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloM
         logs[f"val_{task.epistemic_output}"] = float(s[task.epistemic_output].mean())
         return logs
 
-    return fit(model, train_epoch, validate, "val_nll", cfg.epochs, cfg.patience, seed, desc, progress)
+    return fit(model, train_epoch, validate, "val_nll", cfg.max_epochs(len(y_train)), cfg.patience, seed, desc, progress)
 
 
 def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = True):
@@ -91,10 +94,25 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
         mc = module(dropout_sampler(dense_layers(model), cfg.dropout), [model])
     else:
         model = build_flipout(ds.num_features, units, len(ds["train"]), cfg.hidden, cfg.kl_weight, cfg.prior_scale,
-                              cfg.posterior_scale_init)
+                              cfg.posterior_scale_init, cfg.prior)
         mc = module(flipout_sampler(dense_layers(model)), [model])
     result = _fit_member(cfg, task, model, mc, ds, cfg.val_samples, progress, f"teacher ({cfg.kind})", cfg.seed)
     return mc, result.history, result.best_epoch
+
+
+def search_kl_weight(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = True):
+    """One Flipout teacher per candidate KL weight (the posterior temperature), each from the same seed; keep the
+    one with the best validation NLL (the fixed-draw Monte Carlo predictive): chosen on validation, never on test.
+    Returns (module, history, best epoch, the resolved config, {weight: validation NLL})."""
+    scores, best = {}, None
+    for w in cfg.kl_weight_search:
+        tfk.utils.set_random_seed(cfg.seed)
+        candidate = replace(cfg, kl_weight=w, kl_weight_search=())
+        module, history, best_epoch = build_teacher(candidate, ds, progress)
+        scores[w] = float(history["val_nll"].iloc[best_epoch - 1])
+        if best is None or scores[w] < scores[best[3].kl_weight]:
+            best = (module, history, best_epoch, candidate)
+    return (*best, scores)
 
 
 def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress: bool = True) -> dict:
@@ -105,7 +123,11 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
     device = training_device()
     with tf.device(device):
         t0 = time.perf_counter()
-        module, history, best_epoch = build_teacher(cfg, ds, progress)
+        search = {}
+        if cfg.kl_weight_search and cfg.kind == "flipout":
+            module, history, best_epoch, cfg, search = search_kl_weight(cfg, ds, progress)
+        else:
+            module, history, best_epoch = build_teacher(cfg, ds, progress)
         train_seconds = time.perf_counter() - t0
         summaries, samples = {}, {}
         for split in ("val", "test"):
@@ -116,7 +138,10 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
 
     summary: dict = {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),
                      "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": len(ds["train"]),
-                     "eval_samples": cfg.eval_samples}
+                     "eval_samples": cfg.eval_samples, "kl_weight": cfg.kl_weight,
+                     **({"kl_weight_search": {str(k): v for k, v in search.items()}} if search else {}),
+                     **({k: v for k, v in history.iloc[best_epoch - 1].items() if k.startswith(("sigma_", "prior_scale_"))}
+                        if cfg.kind == "flipout" else {})}
     for split in ("val", "test"):
         summary.update(task.metrics(ds[split].y, summaries[split], split))
         summary[f"{split}/mean_{task.epistemic_output}"] = float(summaries[split][task.epistemic_output].mean())

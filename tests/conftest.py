@@ -1,4 +1,5 @@
-"""Shared fixtures. A small real teacher is trained once per session and reused read-only."""
+"""Shared fixtures. A small real Iris teacher and a whole small regression run are made once per session and
+reused read-only."""
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -34,6 +35,74 @@ def teacher_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("shared") / "run"
     teacher_stage(DataConfig(), TeacherConfig(epochs=60, patience=60, eval_samples=50), run, progress=False)
     return run
+
+
+REGRESSION_ROWS = 200
+
+
+def regression_frame(rows: int = REGRESSION_ROWS, seed: int = 0):
+    """A synthetic regression table: y = 50 + 8 sin(2 x1) + 4 x2 + N(0, 1), x uniform on [-1, 1]^2."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (rows, 2))
+    y = 50 + 8 * np.sin(2 * x[:, 0]) + 4 * x[:, 1] + rng.normal(0, 1, rows)
+    return pd.DataFrame({"x1": x[:, 0], "x2": x[:, 1], "y": y})
+
+
+@pytest.fixture(scope="session")
+def regression_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("regression_data") / "synthetic.csv"
+    regression_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def regression_run(regression_csv, tmp_path_factory) -> Path:
+    """A whole regression run through the common stages (teacher with the task inferred from the float label,
+    soft labels, ungated student, evaluation) on the synthetic CSV, tiny settings. Read-only."""
+    from distill.data import DataConfig
+    from distill.evaluate import EvalConfig
+    from distill.pipeline import evaluate_stage, soft_labels_stage, student_stage, teacher_stage
+    from distill.transfer import SoftLabelConfig, TransferConfig
+    from student.config import StudentConfig
+    from teacher.config import TeacherConfig
+
+    run = tmp_path_factory.mktemp("regression") / "run"
+    teacher_stage(DataConfig(dataset=str(regression_csv), label_column="y"),
+                  TeacherConfig(epochs=60, patience=60, eval_samples=30), run, progress=False)
+    soft_labels_stage(SoftLabelConfig(TransferConfig(perturbations=2, uniform=100), num_samples=20), run, progress=False)
+    student_stage(StudentConfig(gate=False, epochs=60, patience=60, baseline_epochs=30), run, progress=False)
+    evaluate_stage(EvalConfig(samples=30, ood_rows=200, bootstrap=100, latency_calls=5), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def restore_flipout():
+    """A function: run folder -> its trained Keras Flipout teacher, rebuilt from RUN/teacher/config.json and
+    restored from RUN/teacher/weights (the layers the export samples its weights from)."""
+
+    def restore(run: Path):
+        import json
+
+        import tensorflow as tf
+
+        from distill import schema, tasks
+        from teacher.model import build_flipout
+
+        cfg = json.loads((schema.teacher_dir(run) / "config.json").read_text())
+        t = cfg["teacher"]
+        assert t["kind"] == "flipout", t["kind"]
+        units = tasks.get(cfg["task"]).head_units(cfg["num_classes"])
+        extra = {"prior": t["prior"]} if "prior" in t else {}
+        model = build_flipout(cfg["num_features"], units, cfg["n_train"], tuple(t["hidden"]), t["kl_weight"],
+                              t["prior_scale"], t["posterior_scale_init"], **extra)
+        ckpt = tf.train.Checkpoint(models=[model]).read(str(schema.teacher_dir(run) / "weights" / "ckpt"))
+        ckpt.assert_existing_objects_matched()
+        return model
+
+    return restore
 
 
 @pytest.fixture

@@ -1,9 +1,12 @@
-"""Regression: the Bayesian dark knowledge regression loss, the Flipout regression teacher's export in
-a fresh interpreter, the Beam job on it, the student's export, and `bdk experiment uci` end to end on
-two tiny splits (one study, shared read-only by the tests below it). Monte Carlo outputs are checked
-with inequalities and tolerances, never for exact equality.
+"""Regression: the Gaussian task's summary and distillation loss, a whole regression run through the common
+stages (conftest `regression_run`: teacher with the task inferred from a float label, Beam soft labels,
+ungated student, evaluation), the Flipout regression teacher's export in a fresh interpreter and against
+its Keras layers, the Beam job on it, the student's export, and `bdk experiment uci` end to end on two tiny
+splits (one study, shared read-only by the tests below it). Monte Carlo outputs are checked with
+inequalities and standard-error bounds; seeded ones exactly.
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,14 +18,276 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from distill import metrics, schema
+from distill import metrics, schema, tasks
 from distill.cli import app
+from distill.errors import BdkError
 
+REG = tasks.get("regression")
 TINY = ["--splits", "2", "--epochs", "3", "--student-epochs", "3", "--samples", "10", "--no-progress"]
 
 
 def bdk(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def gaussian_summary_np(means: np.ndarray, variances: np.ndarray) -> dict[str, np.ndarray]:
+    """Independent numpy reference: the moment match of an equal mixture of S Gaussians [S, B]."""
+    mean = means.mean(0)
+    epistemic = ((means - mean) ** 2).mean(0)
+    return {"mean": mean, "variance": variances.mean(0) + epistemic, "epistemic_variance": epistemic}
+
+
+# ---------------------------------------------------------------- the task's pieces
+
+
+def test_gaussian_summary_matches_a_numpy_reference():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    means, variances = rng.normal(size=(7, 5)).astype(np.float32), rng.uniform(0.1, 1, (7, 5)).astype(np.float32)
+    out = {k: v.numpy() for k, v in REG.summarize(tf.constant(np.stack([means, variances], -1))).items()}
+    ref = gaussian_summary_np(means, variances)
+    assert sorted(out) == sorted(REG.outputs)
+    for k in REG.outputs:
+        np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert (out["epistemic_variance"] > 0.05).all()  # the draws' means disagree
+    # identical draws: no epistemic part, and the mixture is the Gaussian itself
+    same = np.repeat(np.stack([means[:1], variances[:1]], -1), 4, axis=0)  # [4, 5, 2]
+    out = {k: v.numpy() for k, v in REG.summarize(tf.constant(same)).items()}
+    np.testing.assert_allclose(out["epistemic_variance"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(out["variance"], variances[0], rtol=1e-6)
+    y = rng.normal(size=5)
+    assert np.allclose(metrics.mixture_log_likelihood(y, same[..., 0], same[..., 1]),
+                       metrics.gaussian_log_likelihood(y, means[0], variances[0]))
+    assert np.allclose(metrics.interval_coverage(np.zeros(4), np.zeros(4), np.ones(4), np.array([0.5, 0.9])), 1.0)
+
+
+def test_target_units_and_soft_targets_round_trip():
+    import tensorflow as tf
+
+    params = np.array([[0.5, 0.25], [-1.0, 2.0]], np.float32)  # normalised [mean, variance]
+    shift, scale = 30.0, 4.0
+    units = REG.to_target_units(tf.constant(params), shift, scale).numpy()
+    np.testing.assert_allclose(units, [[32.0, 4.0], [26.0, 32.0]], rtol=1e-6)
+    back = REG.soft_targets({"mean": units[:, 0], "variance": units[:, 1]}, shift, scale)
+    np.testing.assert_allclose(back, params, rtol=1e-6)
+    # the head's variance is positive and starts at NOISE_INIT^2 at a zero output
+    p = REG.draw_params(tf.constant([[0.0, 0.0], [1.0, -50.0]])).numpy()
+    assert p[0, 1] == pytest.approx(tasks.NOISE_INIT ** 2, rel=1e-5) and p[1, 1] >= tasks.MIN_VARIANCE
+    # log_likelihood is the Gaussian's log density at the draw's parameters
+    ll = REG.log_likelihood(tf.constant([0.3]), tf.constant([[1.0, 0.0]])).numpy()
+    assert ll[0] == pytest.approx(float(metrics.gaussian_log_likelihood(0.3, 1.0, tasks.NOISE_INIT ** 2)), rel=1e-5)
+
+
+def raw_variance(s2: np.ndarray) -> np.ndarray:
+    """The Gaussian head's raw variance output that gives variance s2 (inverts Gaussian.draw_params)."""
+    return np.log(np.expm1(s2 - tasks.MIN_VARIANCE)) - tasks._VARIANCE_OFFSET
+
+
+def test_distillation_loss_against_hand_computed_values():
+    import tensorflow as tf
+
+    mu_t, var_t = np.array([1.0, 0.0, 2.0]), np.array([0.5, 1.0, 0.25])
+    mu_s, s2 = np.array([0.5, 0.0, 1.0]), np.array([2.0, 1.0, 0.5])
+    target = tf.constant(np.stack([mu_t, var_t], -1), tf.float32)  # [B, 2] teacher's predictive (normalised units)
+    head = tf.constant(np.stack([mu_s, raw_variance(s2)], -1), tf.float32)  # [B, 2] student's head
+    np.testing.assert_allclose(REG.draw_params(head).numpy()[:, 1], s2, rtol=1e-5)
+    # 0.5 * [log s2 + (var_t + (mu_t - mu_s)^2) / s2] per row
+    rows = 0.5 * (np.log(s2) + (var_t + (mu_t - mu_s) ** 2) / s2)
+    assert float(REG.distill_loss(target, head, None)) == pytest.approx(rows.mean(), rel=1e-5)
+    # Plus 0.5 log(2 pi) it is the expected NLL under N(mu_t, var_t): a Monte Carlo check on row 0.
+    y = np.random.default_rng(0).normal(mu_t[0], np.sqrt(var_t[0]), 200_000)
+    nll = -metrics.gaussian_log_likelihood(y, mu_s[0], s2[0]).mean()
+    assert nll == pytest.approx(rows[0] + 0.5 * math.log(2 * math.pi), abs=0.01)
+    # The minimum is the teacher's predictive itself: zero gradient at mu_s = mu_t, s2 = var_t.
+    at_teacher = tf.Variable(np.stack([mu_t, raw_variance(var_t)], -1).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = REG.distill_loss(target, at_teacher, None)
+    assert np.allclose(tape.gradient(loss, at_teacher).numpy(), 0.0, atol=1e-5)
+    assert float(REG.distill_loss(target, head, None)) > float(loss)
+
+
+# ---------------------------------------------------------------- one regression run through the common stages
+
+
+def test_regression_run_end_to_end(regression_run, regression_csv):
+    meta = json.loads((schema.data_dir(regression_run) / "dataset.json").read_text())
+    assert meta["task"] == "regression" and meta["class_names"] == [] and meta["feature_names"] == ["x1", "x2"]
+    assert meta["target_scaler"]["kind"] == "standard" and 45 < meta["target_scaler"]["shift"][0] < 55
+    y = pd.read_csv(regression_csv)["y"].to_numpy()
+
+    teacher = json.loads((schema.teacher_dir(regression_run) / "metrics.json").read_text())
+    assert teacher["task"] == "regression" and teacher["kind"] == "flipout"
+    assert teacher["test/rmse"] < 0.4 * y.std()  # it learned y = f(x) (noise sd 1, y's sd about 7)
+    assert 0.7 <= teacher["test/coverage_95"] <= 1.0 and np.isfinite(teacher["test/nll_mixture"])
+    assert 0 < teacher["test/mean_epistemic_share"] < 1
+    h = pd.read_csv(schema.teacher_dir(regression_run) / "history.csv")
+    assert {"train_nll", "kl", "elbo", "val_rmse", "val_nll", "val_coverage_95", "val_epistemic_variance"} <= set(h.columns)
+    assert h["val_nll"].iloc[-5:].mean() < h["val_nll"].iloc[0]
+    pred = pd.read_csv(schema.teacher_dir(regression_run) / "test_predictions.csv")
+    assert list(pred.columns) == ["id", "y", "mean", "variance", "epistemic_variance"]
+    assert (pred["variance"] >= pred["epistemic_variance"]).all() and (pred["epistemic_variance"] > 0).all()
+
+    student = json.loads((schema.student_dir(regression_run) / "metrics.json").read_text())
+    assert student["task"] == "regression" and student["gate"]["on"] is False
+    assert student["student/test/rmse"] < 0.4 * y.std()
+    assert (schema.student_dir(regression_run) / "student.tflite").stat().st_size > 0
+
+    report = json.loads((schema.report_dir(regression_run) / "metrics.json").read_text())
+    assert report["task"] == "regression"
+    for m in ("teacher", "student", "baseline"):
+        for k in ("test/rmse", "test/nll", "test/coverage_95"):
+            assert np.isfinite(report[m][k]), (m, k)
+            lo, hi = report[m][f"{k}_ci95"]
+            assert lo <= report[m][k] <= hi, (m, k)
+        assert 0 <= report[m]["test/coverage_95"] <= 1
+    assert report["teacher"]["test/rmse"] == pytest.approx(teacher["test/rmse"], rel=0.2)  # the export, 30 other draws
+    ood = report["ood"]
+    assert {"teacher/variance_auroc", "student/variance_auroc", "baseline/variance_auroc",
+            "teacher/epistemic_variance_auroc", "student/epistemic_auroc"} <= set(ood)
+    # far-away inputs: the teacher's weight uncertainty grows there, and the student's epistemic head learnt it
+    assert ood["teacher/epistemic_variance_auroc"] > 0.9 and ood["student/epistemic_auroc"] > 0.8
+    assert report["agreement"]["test/kl"] >= 0 and report["epistemic_tracking"]["uniform/spearman"] > 0.5
+    for name in ("report.md", "calibration.png", "test_predictions.csv", "uncertainty_test_vs_ood.png"):
+        assert (schema.report_dir(regression_run) / name).stat().st_size > 0, name
+    text = (schema.report_dir(regression_run) / "report.md").read_text()
+    assert "Regression of y" in text and "RMSE" in text
+
+
+def test_regression_soft_labels(regression_run, tmp_path):
+    """The run's soft labels came from the Beam job; run it once more directly on a tiny transfer set."""
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    from beam_pipelines import soft_labels as job
+    from distill.transfer import read_soft_labels, write_transfer_set
+
+    run = regression_run
+    features = json.loads((schema.data_dir(run) / "dataset.json").read_text())["feature_names"]
+    df, manifest = read_soft_labels(run)
+    assert list(df.columns) == schema.soft_label_columns(features, REG.outputs)
+    assert manifest["task"] == "regression" and manifest["rows_per_source"] == {"train": 128, "perturbed": 256, "uniform": 100}
+    assert (df["variance"] >= df["epistemic_variance"] - 1e-5).all() and (df["epistemic_variance"] >= 0).all()
+    assert df.loc[df.source == "uniform", "label"].isna().all() and df.loc[df.source != "uniform", "label"].notna().all()
+    # each row's soft label is the seeded predictive of its features (in the target's units)
+    export = tf.saved_model.load(str(schema.teacher_export(run)))
+    ref = export.signatures["predictive_seeded"](features=tf.constant(df[features].to_numpy(np.float32)),
+                                                 num_samples=tf.constant(manifest["num_samples"]),
+                                                 seed=tf.constant(manifest["seed"], tf.int64))
+    for k in REG.outputs:
+        np.testing.assert_allclose(df[k].to_numpy(), ref[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    train = df[df.source == "train"]
+    assert np.sqrt(((train["mean"] - train["label"]) ** 2).mean()) < 3.0  # target units, near the true targets
+
+    transfer = pd.read_parquet(schema.transfer_path(run)).head(20)
+    write_transfer_set(transfer, tmp_path / "t.parquet", features, REG)
+    m = job.run(["--transfer", str(tmp_path / "t.parquet"), "--export", str(schema.teacher_export(run)),
+                 "--dataset_json", str(schema.data_dir(run) / "dataset.json"), "--output", str(tmp_path / "out"),
+                 "--num_samples", "7", "--runner", "FnApiRunner"])
+    assert m["rows"] == 20 and m["runner"] == "FnApiRunner" and m["task"] == "regression"
+    table = pq.read_table(tmp_path / "out" / m["shards"][0])
+    assert table.column_names == schema.soft_label_columns(features, REG.outputs)
+    assert str(table.schema.field("mean").type) == "float" and str(table.schema.field("label").type) == "float"
+    assert set(table.column("num_samples").to_pylist()) == {7}
+
+
+def test_check_export_refuses_a_teacher_of_another_task(regression_run):
+    from beam_pipelines.soft_labels import check_export
+
+    export = str(schema.teacher_export(regression_run))
+    check_export(export, ["x1", "x2"], [], REG)  # fine as made
+    with pytest.raises(BdkError, match="expected") as e:
+        check_export(export, ["x1", "x2"], ["a", "b"], tasks.get("classification"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(BdkError, match="does not take 3 features"):
+        check_export(export, ["x1", "x2", "x3"], [], REG)
+
+
+def test_teacher_export_in_a_fresh_interpreter(regression_run, regression_csv):
+    export = schema.teacher_export(regression_run)
+    rows = pd.read_csv(regression_csv)[["x1", "x2"]].head(8)
+    script = textwrap.dedent(f"""
+        import json, numpy as np, tensorflow as tf
+        m = tf.saved_model.load({str(export)!r})
+        x = tf.constant(np.asarray({rows.to_numpy().tolist()!r}, np.float32))
+        a, b = m.signatures["serving_default"](features=x), m.signatures["serving_default"](features=x)
+        p = m.signatures["predictive"](features=x, num_samples=tf.constant(50))
+        s = m.signatures["sample"](features=x, num_samples=tf.constant(6))
+        seeded = [m.signatures["sample_seeded"](features=x, num_samples=tf.constant(6), seed=tf.constant(2, tf.int64))
+                  for _ in range(2)]
+        print(json.dumps({{"signatures": sorted(m.signatures), "outputs": sorted(a), "predictive": sorted(p),
+                          "sample": {{k: list(v.shape) for k, v in s.items()}},
+                          "seeded_same": all(np.array_equal(seeded[0][k].numpy(), seeded[1][k].numpy()) for k in seeded[0]),
+                          **{{k: v.numpy().tolist() for k, v in a.items()}}, "again": b["mean"].numpy().tolist()}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default"]
+    assert out["outputs"] == out["predictive"] == sorted(REG.outputs)
+    assert out["sample"] == {"mean_samples": [6, 8], "variance_samples": [6, 8]}
+    assert out["seeded_same"]
+    mean, var, epi = (np.array(out[k]) for k in REG.outputs)
+    assert np.all(var >= epi - 1e-5) and np.all(epi >= 0)
+    assert 30 < mean.mean() < 70  # the target's units (around 50), not z-scores
+    assert not np.allclose(mean, out["again"])  # fresh weight draws on every call
+
+
+def test_explicit_weight_sampling_matches_the_keras_layers(regression_run, restore_flipout):
+    """The Gaussian teacher's explicit per-draw weights give each row the predictive of the Keras Flipout model's
+    own forward passes: the mean and the epistemic variance of 2000 draws within Monte Carlo standard errors."""
+    import tensorflow as tf
+    import tf_keras as tfk
+
+    from distill.data import load_from_run
+    from teacher.export import MonteCarloModule, flipout_sampler
+    from teacher.model import dense_layers
+
+    run = regression_run
+    ds = load_from_run(run)
+    model = restore_flipout(run)
+    module = MonteCarloModule(REG, flipout_sampler(dense_layers(model)), [model], ds.scaler.shift, ds.scaler.scale)
+    tfk.utils.set_random_seed(2)
+    x = np.concatenate([ds["test"].x[:4], np.array([[3.0, -3.0], [-4.0, 4.0]], np.float32)])  # in range and far out
+    z = tf.constant(ds.scaler.transform(x))
+    s = 2000
+
+    @tf.function
+    def keras_draws(z):
+        ta = tf.TensorArray(tf.float32, size=s)
+        for i in tf.range(s):
+            ta = ta.write(i, REG.draw_params(model(z)))  # each call: a fresh Flipout draw of every layer
+        return ta.stack()
+
+    def moments(draws):  # [S, B, 2] -> mean, epistemic variance, and their standard errors
+        m = draws[..., 0]
+        dev = (m - m.mean(0)) ** 2
+        return m.mean(0), dev.mean(0), m.std(0) / np.sqrt(s), dev.std(0) / np.sqrt(s)
+
+    ref = moments(keras_draws(z).numpy())
+    explicit = moments(module.sample_seeded(tf.constant(x), s, 5)["mean_samples"].numpy()[..., None])
+    out = {k: v.numpy() for k, v in module.predictive_normalised(z, s, 5).items()}
+    np.testing.assert_allclose(out["mean"], explicit[0], rtol=1e-5, atol=1e-6)
+    assert ref[1].min() > 0 and ref[1][4:].min() > 3 * ref[1][:4].max()  # spread, growing far from the data
+    np.testing.assert_array_less(np.abs(out["mean"] - ref[0]), 5 * np.hypot(ref[2], explicit[2]) + 1e-6)
+    np.testing.assert_array_less(np.abs(out["epistemic_variance"] - ref[1]), 5 * np.hypot(ref[3], explicit[3]) + 1e-9)
+
+
+def test_student_export_is_deterministic(regression_run):
+    import tensorflow as tf
+
+    run = regression_run
+    m = tf.saved_model.load(str(schema.student_export(run)))
+    features = json.loads((schema.data_dir(run) / "dataset.json").read_text())["feature_names"]
+    x = tf.constant(pd.read_parquet(schema.transfer_path(run))[features].iloc[:16].to_numpy(np.float32))
+    a, b = m.signatures["serving_default"](features=x), m.signatures["serving_default"](features=x)
+    assert sorted(a) == ["epistemic", "mean", "variance"]
+    assert np.array_equal(a["mean"].numpy(), b["mean"].numpy()) and np.all(a["variance"].numpy() > 0)
+    assert np.all(a["epistemic"].numpy() >= 0) and 30 < a["mean"].numpy().mean() < 70
+
+
+# ---------------------------------------------------------------- the UCI study and its report
 
 
 @pytest.fixture(scope="module")
@@ -39,119 +304,6 @@ def split_run(study: Path, i: int = 0) -> Path:
     return study / "runs" / f"split-{i:02d}"
 
 
-# ---------------------------------------------------------------- losses and metrics
-
-
-def test_distillation_loss_against_hand_computed_values():
-    import tensorflow as tf
-
-    from student.regression import gaussian_distillation_loss
-
-    mu_t, var_t = tf.constant([1.0, 0.0, 2.0]), tf.constant([0.5, 1.0, 0.25])
-    mu_s, log_s2 = tf.constant([0.5, 0.0, 1.0]), tf.constant([np.log(2.0), 0.0, np.log(0.5)], tf.float32)
-    # 0.5 * [log s2 + (var_t + (mu_t - mu_s)^2) / s2] per row
-    rows = [0.5 * (np.log(2.0) + (0.5 + 0.25) / 2.0), 0.5 * (0.0 + 1.0), 0.5 * (np.log(0.5) + (0.25 + 1.0) / 0.5)]
-    assert float(gaussian_distillation_loss(mu_t, var_t, mu_s, log_s2)) == pytest.approx(np.mean(rows), rel=1e-6)
-
-    # The minimum is the teacher's predictive itself: zero gradient at mu_s = mu_t, s2 = var_t.
-    mu, lv = tf.Variable(mu_t), tf.Variable(tf.math.log(var_t))
-    with tf.GradientTape() as tape:
-        loss = gaussian_distillation_loss(mu_t, var_t, mu, lv)
-    for g in tape.gradient(loss, [mu, lv]):
-        assert np.allclose(g.numpy(), 0.0, atol=1e-6)
-    # Plus 0.5 log(2 pi) it is the expected NLL under N(mu_t, var_t): a Monte Carlo check.
-    y = np.random.default_rng(0).normal(1.0, np.sqrt(0.5), 200_000)
-    nll = -metrics.gaussian_log_likelihood(y, 0.5, 2.0).mean()
-    assert nll == pytest.approx(rows[0] + 0.5 * np.log(2 * np.pi), abs=0.01)
-
-
-def test_regression_summaries_agree():
-    import tensorflow as tf
-
-    from teacher.export import summarize_regression
-
-    rng = np.random.default_rng(0)
-    means, variances = rng.normal(size=(7, 5)).astype(np.float32), rng.uniform(0.1, 1, (7, 5)).astype(np.float32)
-    tf_out = summarize_regression(tf.constant(means), tf.constant(variances))
-    np_out = metrics.regression_summary(means, variances)
-    for k in schema.REGRESSION_OUTPUTS:
-        assert np.allclose(tf_out[k].numpy(), np_out[k], atol=1e-5)
-    # Identical draws: the mixture is the Gaussian itself.
-    y = rng.normal(size=5)
-    same = np.repeat(means[:1], 4, axis=0), np.repeat(variances[:1], 4, axis=0)
-    assert np.allclose(metrics.mixture_log_likelihood(y, *same), metrics.gaussian_log_likelihood(y, means[0], variances[0]))
-    assert np.allclose(metrics.interval_coverage(np.zeros(4), np.zeros(4), np.ones(4), np.array([0.5, 0.9])), 1.0)
-
-
-# ---------------------------------------------------------------- the exports and the Beam job
-
-
-def test_teacher_export_in_a_fresh_interpreter(study):
-    export = schema.teacher_export(split_run(study))
-    rows = pd.read_csv(Path(__file__).resolve().parents[1] / "data" / "boston.csv").drop(columns=["id", "medv"]).head(8)
-    script = textwrap.dedent(f"""
-        import json, numpy as np, tensorflow as tf
-        m = tf.saved_model.load({str(export)!r})
-        x = tf.constant(np.asarray({rows.to_numpy().tolist()!r}, np.float32))
-        a, b = m.signatures["serving_default"](features=x), m.signatures["serving_default"](features=x)
-        p = m.signatures["predictive"](features=x, num_samples=tf.constant(50))
-        s = m.signatures["sample"](features=x, num_samples=tf.constant(6))
-        print(json.dumps({{"signatures": sorted(m.signatures), "outputs": sorted(a), "predictive": sorted(p),
-                          "sample": {{k: list(v.shape) for k, v in s.items()}},
-                          **{{k: v.numpy().tolist() for k, v in a.items()}}, "again": b["mean"].numpy().tolist()}}))
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["signatures"] == ["predictive", "sample", "serving_default"]
-    assert out["outputs"] == out["predictive"] == sorted(schema.REGRESSION_OUTPUTS)
-    assert out["sample"] == {"mean_samples": [6, 8], "variance_samples": [6, 8]}
-    mean, var, epi = (np.array(out[k]) for k in schema.REGRESSION_OUTPUTS)
-    assert np.all(var >= epi - 1e-5) and np.all(epi >= 0)
-    assert 0 < mean.mean() < 60  # original target units (median value, $1000s), not z-scores
-    assert not np.allclose(mean, out["again"])  # fresh weight draws on every call
-
-
-def test_beam_job_writes_regression_soft_labels(study, tmp_path):
-    """The study's soft labels come from the Beam job; run it once more directly on a tiny transfer set."""
-    import pyarrow.parquet as pq
-
-    from beam_pipelines import soft_labels as job
-    from distill.transfer import read_soft_labels, write_transfer_set
-
-    run = split_run(study)
-    features = json.loads((schema.data_dir(run) / "dataset.json").read_text())["feature_names"]
-    df, manifest = read_soft_labels(run)
-    assert list(df.columns) == schema.soft_label_columns(features, "regression")
-    assert manifest["task"] == "regression" and set(manifest["rows_per_source"]) == {"train", "perturbed"}
-    assert (df["variance"] >= df["epistemic_variance"] - 1e-5).all() and (df["epistemic_variance"] >= 0).all()
-
-    transfer = pd.read_parquet(schema.transfer_path(run)).head(20)
-    write_transfer_set(transfer, tmp_path / "t.parquet", features)
-    m = job.run(["--transfer", str(tmp_path / "t.parquet"), "--export", str(schema.teacher_export(run)),
-                 "--dataset_json", str(schema.data_dir(run) / "dataset.json"), "--output", str(tmp_path / "out"),
-                 "--num_samples", "7", "--runner", "FnApiRunner"])
-    assert m["rows"] == 20 and m["runner"] == "FnApiRunner"
-    table = pq.read_table(tmp_path / "out" / m["shards"][0])
-    assert table.column_names == schema.soft_label_columns(features, "regression")
-    assert str(table.schema.field("mean").type) == "float" and set(table.column("num_samples").to_pylist()) == {7}
-
-
-def test_student_export_is_deterministic(study):
-    import tensorflow as tf
-
-    run = split_run(study)
-    m = tf.saved_model.load(str(schema.student_export(run)))
-    x = tf.constant(pd.read_parquet(schema.transfer_path(run)).iloc[:16, 3:].to_numpy(np.float32))
-    a, b = m.signatures["serving_default"](features=x), m.signatures["serving_default"](features=x)
-    assert sorted(a) == ["mean", "variance"]
-    assert np.array_equal(a["mean"].numpy(), b["mean"].numpy()) and np.all(a["variance"].numpy() > 0)
-
-
-# ---------------------------------------------------------------- the study and its report
-
-
 def test_report_folder(study):
     for name in ("report.md", "splits.csv", "coverage.csv", "summary.json", "config.json",
                  "intervals.png", "calibration.png", "elbo.png"):
@@ -164,6 +316,9 @@ def test_report_folder(study):
     assert "| test log-likelihood |" in report and "PBP" in report and "MC dropout" in report and "KL weight" in report
     history = pd.read_csv(schema.teacher_dir(split_run(study)) / "history.csv")
     assert {"train_nll", "kl", "elbo", "val_nll"} <= set(history.columns) and len(history) == 3
+    # each split is an ordinary regression run folder on its own seed
+    a, b = (json.loads((schema.data_dir(split_run(study, i)) / "dataset.json").read_text()) for i in (0, 1))
+    assert a["task"] == b["task"] == "regression" and a["target_scaler"] != b["target_scaler"]
     assert not [p for p in study.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 

@@ -1,6 +1,8 @@
 """The soft-label Beam job: a fake teacher in a TestPipeline, then the real Iris teacher through the
-CLI on the embedded, multi-process and portable runners; atomic reruns, stale-teacher detection and
-bad input. Monte Carlo outputs are compared within standard-error bounds, never exactly.
+CLI on the embedded, multi-process and portable runners; the seed contract (reruns bit-identical, any
+batching the same soft labels), atomic reruns, stale-teacher detection and bad input. Monte Carlo
+outputs are compared with a many-draw reference within standard-error bounds; runs with one seed are
+compared exactly.
 """
 import hashlib
 import json
@@ -16,11 +18,12 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import data as data_lib
-from distill import metrics, schema
+from distill import schema, tasks
 from distill.cli import app
 from distill.errors import BdkError, read_json
 from distill.transfer import read_soft_labels
 
+CLS = tasks.get("classification")
 S = 20
 SMALL = ["--perturbations", "2", "--uniform", "50", "--samples", str(S), "--no-progress"]
 
@@ -53,6 +56,23 @@ def stack(df, column):
     return np.stack(df[column].to_numpy())  # [N, C]
 
 
+def summary_np(draws: np.ndarray) -> dict[str, np.ndarray]:
+    """Independent numpy reference of the classification summary of S draws [S, B, C]."""
+    probs = draws.mean(0)
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(-1)
+    expected = -(draws * np.log(np.clip(draws, 1e-12, 1))).sum(-1).mean(0)
+    return {"probs": probs, "variance": draws.var(0), "entropy": entropy, "expected_entropy": expected,
+            "mutual_information": entropy - expected}
+
+
+def read_shards(folder: Path):
+    """Every soft-label shard in a folder as one DataFrame, sorted by id."""
+    import pandas as pd
+
+    frames = [pd.read_parquet(p) for p in sorted(folder.glob(f"{schema.SOFT_LABEL_PREFIX}-*.parquet"))]
+    return pd.concat(frames, ignore_index=True).sort_values("id", ignore_index=True)
+
+
 @pytest.fixture(scope="module")
 def labelled(teacher_run, tmp_path_factory) -> Path:
     """A copy of the teacher run labelled by the default runner (embedded FnApiRunner). Read-only."""
@@ -78,31 +98,34 @@ def copy_labelled(labelled, tmp_path):
 
 
 def save_fake_teacher(path: Path, w: np.ndarray, b: np.ndarray, sigma: float) -> Path:
-    """Fixed logits x @ w + b plus N(0, sigma^2) logit noise per draw, behind the real `predictive` signature."""
+    """Fixed logits x @ w + b plus N(0, sigma^2) logit noise per draw (one draw's noise shared by the batch's rows,
+    from the seed), behind the real `predictive_seeded` signature and the classification task's summary."""
     import tensorflow as tf
-
-    from teacher.export import summarize
 
     class FakeTeacher(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, w.shape[0]], tf.float32, name="features"),
-                                      tf.TensorSpec([], tf.int32, name="num_samples")])
-        def predictive(self, features, num_samples):
+                                      tf.TensorSpec([], tf.int32, name="num_samples"),
+                                      tf.TensorSpec([], tf.int64, name="seed")])
+        def predictive_seeded(self, features, num_samples, seed):
             logits = features @ w + b  # [B, C]
-            noise = sigma * tf.random.normal(tf.concat([[num_samples], tf.shape(logits)], 0))  # [S, B, C]
-            return summarize(tf.nn.softmax(logits[None] + noise, axis=-1))
+            noise = sigma * tf.random.stateless_normal(tf.stack([num_samples, 1, w.shape[1]]),
+                                                       tf.stack([seed, tf.constant(0, tf.int64)]))  # [S, 1, C]
+            return CLS.summarize(tf.nn.softmax(logits[None] + noise, axis=-1))
 
     module = FakeTeacher()
-    tf.saved_model.save(module, str(path), signatures={"predictive": module.predictive})
+    tf.saved_model.save(module, str(path), signatures={"predictive_seeded": module.predictive_seeded})
     return path
 
 
 def test_predict_soft_labels_with_a_fake_teacher(tmp_path):
     import apache_beam as beam
+    import pyarrow as pa
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import BeamAssertException, assert_that
 
     from beam_pipelines.predictive_handler import PredictiveModelHandler
     from beam_pipelines.soft_labels import PredictSoftLabels
+    from distill.transfer import soft_label_arrow_schema, transfer_arrow_schema
 
     w = np.array([[2.0, -1.0, 0.0], [0.0, 1.0, -2.0]], np.float32)
     b = np.array([0.5, 0.0, -0.5], np.float32)
@@ -111,18 +134,24 @@ def test_predict_soft_labels_with_a_fake_teacher(tmp_path):
     x = np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32)  # [N, 2]
     rows = [{"id": f"row:{i}", "source": schema.SOURCES[i % 4], "label": i % 3 if i % 4 < 2 else schema.NO_LABEL,
              "a": float(x[i, 0]), "b": float(x[i, 1])} for i in range(n)]
+    transfer_schema = transfer_arrow_schema(["a", "b"], CLS)
+    tables = [pa.Table.from_pylist(rows[i:i + 16], schema=transfer_schema) for i in range(0, n, 16)]  # row groups
     logits = x @ w + b  # [N, C]
     eps = np.random.default_rng(1).normal(size=(20_000, n, 3))  # [R, N, C]
     ref_samples = np.exp(logits + sigma * eps)
     ref_samples /= ref_samples.sum(-1, keepdims=True)
-    ref = metrics.predictive_summary(ref_samples)
+    ref = summary_np(ref_samples)
     se_mean = np.sqrt(ref["variance"] / draws)  # [N, C]
     se_var = np.sqrt(((ref_samples - ref["probs"]) ** 2).var(axis=0) / draws)  # [N, C]
+    arrow_schema = soft_label_arrow_schema(["a", "b"], CLS)
 
     def check(actual):
-        if sorted(r["id"] for r in actual) != sorted(r["id"] for r in rows):
-            raise BeamAssertException(f"ids differ: {sorted(r['id'] for r in actual)}")
-        for got in actual:
+        if any(t.schema != arrow_schema for t in actual):
+            raise BeamAssertException(f"schema {[t.schema for t in actual]}")
+        got_rows = [r for t in actual for r in t.to_pylist()]
+        if sorted(r["id"] for r in got_rows) != sorted(r["id"] for r in rows):
+            raise BeamAssertException(f"ids differ: {sorted(r['id'] for r in got_rows)}")
+        for got in got_rows:
             i = int(got["id"].split(":")[1])
             passed = {k: got[k] for k in rows[i]}
             p, v = np.asarray(got["probs"]), np.asarray(got["variance"])
@@ -137,9 +166,10 @@ def test_predict_soft_labels_with_a_fake_teacher(tmp_path):
             if any(problems):
                 raise BeamAssertException(f"{got['id']}: {[m for m in problems if m]}")
 
-    handler = PredictiveModelHandler(str(export), ["a", "b"], num_samples=draws, batch_size=16)
+    handler = PredictiveModelHandler(str(export), ["a", "b"], num_samples=draws, seed=5, output_names=CLS.outputs)
     with TestPipeline(runner="FnApiRunner") as p:
-        out = p | "CreateRows" >> beam.Create(rows) | "PredictSoftLabels" >> PredictSoftLabels(handler)
+        out = (p | "CreateTables" >> beam.Create(tables, reshuffle=False)
+               | "PredictSoftLabels" >> PredictSoftLabels(handler, arrow_schema))
         assert_that(out, check)
 
 
@@ -157,8 +187,8 @@ def test_batched_predictive_agrees_with_independent_draws(teacher_run):
     batched = {k: v.numpy() for k, v in model.signatures["predictive"](features=x, num_samples=tf.constant(big)).items()}
     one = tf.constant(1)
     independent = np.stack([model.signatures["sample"](features=x, num_samples=one)["probs_samples"].numpy()[0]
-                            for _ in range(calls)])  # [calls, B, C]
-    ref = metrics.predictive_summary(independent)
+                            for _ in range(calls)])  # [calls, B, C]: one fresh (OS-seeded) draw per call
+    ref = summary_np(independent)
     assert batched["variance"].max() > 1e-3  # the posterior has spread, so the comparison means something
     se_mean = np.sqrt(ref["variance"] / calls + batched["variance"] / big)
     np.testing.assert_array_less(np.abs(batched["probs"] - ref["probs"]), 5 * se_mean + 1e-4)
@@ -173,8 +203,9 @@ def test_cli_end_to_end_on_iris(labelled):
     ds = data_lib.load_from_run(labelled)
     n = len(ds["train"])
     assert manifest["rows_per_source"] == {"train": n, "perturbed": 2 * n, "uniform": 50}
-    assert list(df.columns) == schema.soft_label_columns(ds.feature_names) and df["id"].is_unique
-    assert manifest["num_samples"] == S and (df["num_samples"] == S).all()
+    assert list(df.columns) == schema.soft_label_columns(ds.feature_names, CLS.outputs) and df["id"].is_unique
+    assert manifest["num_samples"] == S and (df["num_samples"] == S).all() and manifest["seed"] == 0
+    assert manifest["task"] == "classification"
     assert manifest["class_names"] == ds.class_names and manifest["runner"] == "FnApiRunner"
     out = labelled / "soft_labels"
     assert sorted(p.name for p in out.glob("part-*")) == sorted(manifest["shards"])
@@ -191,6 +222,12 @@ def test_cli_end_to_end_on_iris(labelled):
     ref = model.signatures["predictive"](features=x, num_samples=tf.constant(500))
     ref_p, ref_v = ref["probs"].numpy(), ref["variance"].numpy()
     np.testing.assert_array_less(np.abs(probs - ref_p), 6 * np.sqrt(ref_v / S + ref_v / 500) + 0.01)
+    # and it is exactly the seeded predictive: the job's seed fixed the teacher's S draws for every row
+    seeded = model.signatures["predictive_seeded"](features=x, num_samples=tf.constant(S),
+                                                   seed=tf.constant(manifest["seed"], tf.int64))
+    for k in CLS.outputs:
+        got = stack(df, k) if k in CLS.vector_outputs else df[k].to_numpy()
+        np.testing.assert_allclose(got, seeded[k].numpy(), rtol=1e-6, atol=1e-7, err_msg=k)
 
     text = (labelled / "cli_output.txt").read_text()
     assert "rows/uniform" in text and "rows/s" in text and "soft labels:" in text
@@ -217,6 +254,10 @@ def test_rerun_replaces_the_output_atomically(copy_labelled):
     u = new[new.source == "uniform"].set_index("id")
     np.testing.assert_array_equal(u[features].to_numpy(), transfer.loc[u.index, features].to_numpy())
     assert not np.allclose(u[features].to_numpy(), old[old.source == "uniform"].set_index("id").loc[u.index, features])
+    # The training rows are the same inputs, labelled with the other seed's teacher draws.
+    a, b = (d[d.source == "train"].set_index("id").sort_index() for d in (old, new))
+    np.testing.assert_array_equal(a[features].to_numpy(), b[features].to_numpy())
+    assert np.abs(stack(a, "probs") - stack(b, "probs")).max() > 1e-3
     assert no_leftovers(run)
 
 
@@ -268,27 +309,65 @@ def test_multi_process_and_portable_runners_give_the_same_rows(labelled, copy_ru
         assert list(df["id"]) == list(base["id"]) and list(df["source"]) == list(base["source"])
         cols = ["label", *manifest["feature_names"]]
         np.testing.assert_array_equal(df[cols].to_numpy(), base[cols].to_numpy())
-        p, q = stack(df, "probs"), stack(base, "probs")  # two independent S-draw estimates
-        bound = 6 * np.sqrt((stack(df, "variance") + stack(base, "variance")) / S) + 0.02
-        np.testing.assert_array_less(np.abs(p - q), bound, err_msg=name)
-        expected = np.sqrt(2 / np.pi) * np.sqrt((stack(df, "variance") + stack(base, "variance")) / S)  # E|p - q|
-        assert np.abs(p - q).mean() < 2 * expected.mean() + 1e-3, name
+        # one seed, one batching: every runner gives the same bits
+        for k in CLS.outputs:
+            a, b = (stack(d, k) if k in CLS.vector_outputs else d[k].to_numpy() for d in (df, base))
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}: {k}")
+
+
+def test_the_seed_fixes_the_soft_labels_whatever_the_batching(labelled, tmp_path):
+    """The job's seed fixes the teacher's draws for every row: a rerun gives the same bits, other row groups
+    (another batching of the same rows) the same soft labels. (Another seed: test_rerun_replaces_the_output_atomically.)"""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from beam_pipelines import soft_labels as job
+    from distill.transfer import write_transfer_set
+
+    ds = data_lib.load_from_run(labelled)
+    base = read_shards(labelled / "soft_labels")
+    transfer = pd.read_parquet(schema.transfer_path(labelled))
+    assert pq.ParquetFile(schema.transfer_path(labelled)).metadata.num_row_groups == 1
+
+    def label(name, row_group_rows=None, seed=0):
+        path = schema.transfer_path(labelled)
+        if row_group_rows:
+            path = write_transfer_set(transfer, tmp_path / f"{name}.parquet", ds.feature_names, CLS, row_group_rows)
+        m = job.run(["--transfer", str(path), "--export", str(schema.teacher_export(labelled)),
+                     "--dataset_json", str(schema.data_dir(labelled) / "dataset.json"), "--output", str(tmp_path / name),
+                     "--num_samples", str(S), "--seed", str(seed)])
+        assert m["rows"] == len(transfer) and m["seed"] == seed
+        return m, read_shards(tmp_path / name)
+
+    _, again = label("again")
+    m, small = label("small", row_group_rows=7)
+    assert len(m["shards"]) >= 1 and pq.ParquetFile(tmp_path / "small.parquet").metadata.num_row_groups == -(-len(transfer) // 7)
+    assert list(again["id"]) == list(base["id"]) == list(small["id"])
+    for k in CLS.outputs:
+        column = (lambda d: stack(d, k)) if k in CLS.vector_outputs else (lambda d: d[k].to_numpy())
+        np.testing.assert_array_equal(column(again), column(base), err_msg=k)  # rerun: bit-identical
+        np.testing.assert_allclose(column(small), column(base), rtol=1e-6, atol=1e-6, err_msg=k)  # batches of 7
 
 
 def test_workers_need_no_project_code(teacher_run, tmp_path):
     """What Beam ships to workers unpickles and runs where distill/teacher/beam_pipelines cannot be imported."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from apache_beam.internal import pickler
 
-    from beam_pipelines.predictive_handler import PredictiveModelHandler, to_soft_label_row
+    from beam_pipelines.predictive_handler import PredictiveModelHandler, to_soft_label_table
     from beam_pipelines.soft_labels import PredictSoftLabels
+    from distill.transfer import soft_label_arrow_schema, transfer_arrow_schema
 
     ds = data_lib.load_from_run(teacher_run)
-    handler = PredictiveModelHandler(str(schema.teacher_export(teacher_run)), ds.feature_names, num_samples=5)
-    PredictSoftLabels(handler)  # registers the handler module for pickling by value, as the job does
-    (tmp_path / "fns.pkl").write_bytes(pickler.dumps((handler, to_soft_label_row)))
+    handler = PredictiveModelHandler(str(schema.teacher_export(teacher_run)), ds.feature_names, num_samples=5, seed=3,
+                                     output_names=CLS.outputs)
+    arrow_schema = soft_label_arrow_schema(ds.feature_names, CLS)
+    PredictSoftLabels(handler, arrow_schema)  # registers the handler module for pickling by value, as the job does
+    (tmp_path / "fns.pkl").write_bytes(pickler.dumps((handler, to_soft_label_table, arrow_schema)))
     rows = [{"id": f"train:{i}", "source": "train", "label": int(y), **dict(zip(ds.feature_names, map(float, x)))}
             for i, (x, y) in enumerate(zip(ds["test"].x[:4], ds["test"].y[:4]))]
-    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows, schema=transfer_arrow_schema(ds.feature_names, CLS)), tmp_path / "rows.parquet")
     worker = textwrap.dedent("""
         import importlib.abc, json, sys
         class NoProjectCode(importlib.abc.MetaPathFinder):
@@ -296,18 +375,27 @@ def test_workers_need_no_project_code(teacher_run, tmp_path):
                 if name.split(".")[0] in {"distill", "teacher", "student", "beam_pipelines"}:
                     raise ImportError(name + " is project code; workers must not need it")
         sys.meta_path.insert(0, NoProjectCode())
+        import pyarrow.parquet as pq
         from apache_beam.internal import pickler
-        handler, to_row = pickler.loads(open("fns.pkl", "rb").read())
+        handler, to_table, arrow_schema = pickler.loads(open("fns.pkl", "rb").read())
         handler.set_environment_vars()
         model = handler.load_model()
-        rows = json.load(open("rows.json"))
-        print(json.dumps([to_row(r, handler.num_samples) for r in handler.run_inference(rows, model)]))
+        tables = [to_table(r, handler.num_samples, arrow_schema)
+                  for r in handler.run_inference([pq.read_table("rows.parquet")], model)]
+        print(json.dumps([row for t in tables for row in t.to_pylist()]))
     """)
     done = subprocess.run([sys.executable, "-c", worker], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert [r["id"] for r in out] == [r["id"] for r in rows] and all(r["num_samples"] == 5 for r in out)
+    assert [r["label"] for r in out] == [r["label"] for r in rows]
     np.testing.assert_allclose([sum(r["probs"]) for r in out], 1.0, atol=1e-5)
+    # the worker's soft labels are the seeded predictive of those rows
+    import tensorflow as tf
+
+    ref = tf.saved_model.load(str(schema.teacher_export(teacher_run))).signatures["predictive_seeded"](
+        features=tf.constant(ds["test"].x[:4]), num_samples=tf.constant(5), seed=tf.constant(3, tf.int64))
+    np.testing.assert_allclose([r["probs"] for r in out], ref["probs"].numpy(), rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 1, nothing written

@@ -1,7 +1,5 @@
-"""Stage 3 pieces: the tasks' distillation losses against hand-computed values, the student's heads and
-export (target units), its config, the gate."""
-import math
-
+"""Stage 3 pieces: the classification distillation loss against hand-computed values (the Gaussian one is in
+test_regression.py), the student's heads and export (target units), its config, the gate."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -54,33 +52,6 @@ def test_hard_label_term_masks_unlabelled_rows_and_alpha_mixes():
     assert loss(NONE, 1.0) == 0.0  # no labelled rows: no hard term
     assert loss(y, 0.25) == pytest.approx(0.75 * soft_ce(Q, Z) + 0.25 * ce0, rel=1e-5)
     assert loss(y, 0.0) == pytest.approx(soft_ce(Q, Z), rel=1e-6)
-
-
-def raw_variance(s2: np.ndarray) -> np.ndarray:
-    """The Gaussian head's raw variance output that gives variance s2 (inverts Gaussian.draw_params)."""
-    return np.log(np.expm1(s2 - tasks.MIN_VARIANCE)) - tasks._VARIANCE_OFFSET
-
-
-def test_gaussian_distillation_loss_against_hand_computed_values():
-    mu_t, var_t = np.array([1.0, 0.0, 2.0]), np.array([0.5, 1.0, 0.25])
-    mu_s, s2 = np.array([0.5, 0.0, 1.0]), np.array([2.0, 1.0, 0.5])
-    target = tf.constant(np.stack([mu_t, var_t], -1), tf.float32)  # [B, 2] teacher's predictive (normalised units)
-    head = tf.constant(np.stack([mu_s, raw_variance(s2)], -1), tf.float32)  # [B, 2] student's head
-    np.testing.assert_allclose(REG.draw_params(head).numpy()[:, 1], s2, rtol=1e-5)
-    # 0.5 * [log s2 + (var_t + (mu_t - mu_s)^2) / s2] per row
-    rows = 0.5 * (np.log(s2) + (var_t + (mu_t - mu_s) ** 2) / s2)
-    assert float(REG.distill_loss(target, head, None)) == pytest.approx(rows.mean(), rel=1e-5)
-    # Plus 0.5 log(2 pi) it is the expected NLL under N(mu_t, var_t): a Monte Carlo check on row 0.
-    y = np.random.default_rng(0).normal(mu_t[0], np.sqrt(var_t[0]), 200_000)
-    nll = 0.5 * (np.log(2 * np.pi * s2[0]) + (y - mu_s[0]) ** 2 / s2[0]).mean()
-    assert nll == pytest.approx(rows[0] + 0.5 * math.log(2 * math.pi), abs=0.01)
-
-    # The minimum is the teacher's predictive itself: zero gradient at mu_s = mu_t, s2 = var_t.
-    at_teacher = tf.Variable(np.stack([mu_t, raw_variance(var_t)], -1).astype(np.float32))
-    with tf.GradientTape() as tape:
-        loss = REG.distill_loss(target, at_teacher, None)
-    assert np.allclose(tape.gradient(loss, at_teacher).numpy(), 0.0, atol=1e-5)
-    assert float(REG.distill_loss(target, head, None)) > float(REG.distill_loss(target, at_teacher, None))
 
 
 def test_student_heads():

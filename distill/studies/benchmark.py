@@ -1,0 +1,267 @@
+"""`bdk benchmark`: the pipeline over a suite of offline datasets and seeds, Bayesian teachers against baselines.
+
+For each dataset, seed (its own split) and teacher kind, one full pipeline run (`distill.pipeline.run_all`:
+teacher -> Beam soft labels -> student and hard-label baseline -> evaluation) in OUT/runs/<dataset>/seed<k>/<kind>.
+Beside it, per dataset and seed, each teacher kind is trained once more without the dataset's last class, and
+its epistemic score (mutual information) separates that class's rows from the test rows (held-out-class OOD);
+the far-shell OOD is the evaluation's own. Per dataset, on seed 0: the Flipout teacher with its step budget
+doubled (the convergence check: sigma and validation NLL should not move beyond noise), and the ablation of the
+teacher recipe (the pre-benchmark defaults, converged, + empirical-Bayes prior, + temperature).
+
+Resumable: a run whose report exists is read back, not redone. The report (OUT/report.md, OUT/metrics.csv,
+OUT/reliability_<dataset>.png) pools the test rows of all seeds per model (95% bootstrap intervals) and
+checks the issue's goals, saying by how much each is missed. Nothing is chosen on test rows here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from distill import metrics, schema
+from distill.data import BUNDLED, DataConfig, read_table
+from distill.errors import BdkError, read_json, write_json
+from distill.evaluate import EvalConfig
+from distill.transfer import SoftLabelConfig
+from student.config import StudentConfig
+from teacher.config import TeacherConfig
+
+SUITE = ("iris", "wine", "breast_cancer", "digits")
+KINDS = ("flipout", "ensemble")
+# The teacher recipes of the ablation (classification), on top of the kind's defaults.
+ABLATION = {
+    "before (N(0,1) prior, KL 1, Adam 1e-3, 150 epochs)": dict(prior="normal", kl_weight=1.0, learning_rate=1e-3, epochs=150,
+                                                               batch_size=16, patience=30, posterior_scale_init=-3.0),
+    "converged (Adam 1e-2, step budget, N(0,1) prior, KL 1)": dict(prior="normal", kl_weight=1.0),
+    "+ empirical-Bayes prior (KL 1)": dict(prior="empirical_bayes", kl_weight=1.0),
+    "+ temperature (KL 0.03): the default": dict(),
+}
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    datasets: tuple[str, ...] = SUITE
+    seeds: int = 3
+    kinds: tuple[str, ...] = KINDS
+    held_out_class: bool = True
+    doubling: bool = True
+    ablation: bool = True
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=lambda: StudentConfig(gate=False))  # compare, do not deploy
+    soft_labels: SoftLabelConfig = field(default_factory=SoftLabelConfig)
+    evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(latency_calls=50))
+
+    def __post_init__(self):
+        unknown = [d for d in self.datasets if d not in BUNDLED or BUNDLED[d][3] != "classification"]
+        if unknown:
+            choices = ", ".join(d for d, b in BUNDLED.items() if b[3] == "classification")
+            raise BdkError(f"--datasets: {unknown} are not bundled classification datasets; choose from {choices}")
+        bad = [k for k in self.kinds if k not in ("flipout", "ensemble", "mc-dropout")]
+        if bad or not self.kinds:
+            raise BdkError(f"--kinds: {bad or 'none'}; choose from flipout, ensemble, mc-dropout")
+        if self.seeds < 1:
+            raise BdkError(f"--seeds must be at least 1, got {self.seeds}")
+
+
+def _pipeline_run(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, run: Path) -> Path:
+    """One full pipeline run, unless its report is already there (resumable)."""
+    if not (schema.report_dir(run) / "metrics.json").exists():
+        from distill.pipeline import run_all
+
+        run_all(DataConfig(dataset=dataset, seed=seed), replace(cfg.teacher, kind=kind, seed=seed),
+                replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, seed=seed)),
+                replace(cfg.student, seed=seed), replace(cfg.evaluation, seed=seed), run, overwrite=True, progress=False)
+    return run
+
+
+def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, out: Path) -> dict:
+    """Train the teacher without the dataset's last class; AUROC of its epistemic score, test rows vs that class."""
+    result_file = out / "held_out.json"
+    if result_file.exists():
+        return read_json(result_file)
+    import tensorflow as tf
+
+    from distill import data as data_lib
+    from distill.pipeline import teacher_stage
+
+    _, label, id_col, _ = BUNDLED[dataset]
+    table = read_table(dataset)
+    held = sorted(table[label].astype(str).unique())[-1]
+    inside = table[table[label].astype(str) != held]
+    out.mkdir(parents=True, exist_ok=True)
+    inside.to_csv(out / "in.csv", index=False)
+    run = out / "run"
+    summary = teacher_stage(DataConfig(dataset=str(out / "in.csv"), label_column=label, id_column=id_col, seed=seed,
+                                       task="classification"), replace(cfg.teacher, kind=kind, seed=seed), run,
+                            overwrite=True, progress=False)
+    ds = data_lib.load_from_run(run)
+    model = tf.saved_model.load(str(schema.teacher_export(run)))
+    fn = model.signatures["predictive_seeded"]
+    score = {}
+    for name, x in (("test", ds["test"].x), ("held_out", table.loc[table[label].astype(str) == held, ds.feature_names])):
+        out_ = fn(features=tf.constant(np.asarray(x, np.float32)), num_samples=tf.constant(cfg.evaluation.samples),
+                  seed=tf.constant(seed, tf.int64))
+        score[name] = {k: v.numpy() for k, v in out_.items()}
+    result = {"held_out_class": held, "rows": int(len(score["held_out"]["entropy"])),
+              "mutual_information_auroc": metrics.auroc(score["test"]["mutual_information"], score["held_out"]["mutual_information"]),
+              "entropy_auroc": metrics.auroc(score["test"]["entropy"], score["held_out"]["entropy"]),
+              "test/accuracy": summary["test/accuracy"]}
+    write_json(result_file, result)
+    return result
+
+
+def _teacher_only(cfg: TeacherConfig, dataset: str, seed: int, out: Path) -> dict:
+    """A teacher run (no soft labels, no student): its metrics.json, redone only if missing."""
+    if not (schema.teacher_dir(out) / "metrics.json").exists():
+        from distill.pipeline import teacher_stage
+
+        teacher_stage(DataConfig(dataset=dataset, seed=seed), replace(cfg, seed=seed), out, overwrite=True, progress=False)
+    return read_json(schema.teacher_dir(out) / "metrics.json")
+
+
+def _pooled(runs: list[Path], model: str) -> tuple[np.ndarray, np.ndarray]:
+    probs, labels = [], []
+    for run in runs:
+        df = pd.read_csv(schema.report_dir(run) / "test_predictions.csv")
+        classes = read_json(schema.data_dir(run) / "dataset.json")["class_names"]
+        probs.append(df[[f"{model}_prob_{c}" for c in classes]].to_numpy())
+        labels.append(df["true_class"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> pd.DataFrame:
+    """Run what is missing, then write the report into OUT (report.md, metrics.csv, figures). Returns metrics.csv."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", asdict(cfg))
+    jobs = [("run", d, s, k) for d in cfg.datasets for s in range(cfg.seeds) for k in cfg.kinds]
+    if cfg.held_out_class:
+        jobs += [("held_out", d, s, k) for d in cfg.datasets for s in range(cfg.seeds) for k in cfg.kinds]
+    if cfg.doubling:
+        jobs += [("doubling", d, 0, "flipout") for d in cfg.datasets]
+    if cfg.ablation:
+        jobs += [("ablation", d, 0, name) for d in cfg.datasets for name in ABLATION]
+    results: dict = {"held_out": {}, "doubling": {}, "ablation": {},
+                     "seed0_flipout": {d: out / "runs" / d / "seed0" / "flipout" for d in cfg.datasets}}
+    bar = tqdm(jobs, desc="benchmark", unit="job", disable=None if progress else True)
+    for what, d, s, k in bar:
+        bar.set_postfix_str(f"{what} {d} seed {s} {k}")
+        if what == "run":
+            _pipeline_run(cfg, d, s, k, out / "runs" / d / f"seed{s}" / k)
+        elif what == "held_out":
+            results["held_out"][(d, s, k)] = _held_out_class(cfg, d, s, k, out / "runs" / d / f"seed{s}" / f"{k}-held-out")
+        elif what == "doubling":
+            base = replace(cfg.teacher, kind="flipout").resolved("classification")
+            doubled = replace(base, steps=2 * base.steps) if base.steps else replace(base, epochs=2 * base.epochs)
+            results["doubling"][d] = _teacher_only(doubled, d, 0,
+                                                   out / "runs" / d / "seed0" / "flipout-doubled")
+        else:
+            variant = replace(cfg.teacher, kind="flipout", **ABLATION[k])
+            results["ablation"][(d, k)] = _teacher_only(variant, d, 0, out / "runs" / d / "seed0" / f"ablation-{list(ABLATION).index(k)}")
+    bar.close()
+    return write_report(cfg, out, results)
+
+
+MODELS = [("flipout", "teacher"), ("flipout", "student"), ("ensemble", "teacher"), ("ensemble", "student"),
+          ("flipout", "baseline")]
+
+
+def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame:
+    from distill.report import plt, reliability_axes
+
+    rows, goals = [], []
+    for d in cfg.datasets:
+        fig, axes = plt.subplots(1, len(MODELS), figsize=(3.4 * len(MODELS), 3.4), sharey=True)
+        for ax, (kind, model) in zip(axes, MODELS):
+            if kind not in cfg.kinds:
+                ax.set_visible(False)
+                continue
+            runs = [out / "runs" / d / f"seed{s}" / kind for s in range(cfg.seeds)]
+            probs, y = _pooled(runs, model)
+            row = {"dataset": d, "model": "baseline" if model == "baseline" else f"{kind} {model}", "rows": len(y)}
+            row.update(metrics.classification_metrics_with_intervals(probs, y, "test", 1000, 0))
+            reps = [read_json(schema.report_dir(r) / "metrics.json") for r in runs]
+            score = {"teacher": "teacher/mutual_information_auroc", "student": "student/epistemic_auroc",
+                     "baseline": "baseline/entropy_auroc"}[model]
+            row["far_shell_auroc"] = float(np.mean([r["ood"][score] for r in reps]))
+            row["far_shell_auroc_entropy"] = float(np.mean([r["ood"][f"{model}/entropy_auroc"] for r in reps]))
+            if model == "teacher" and results["held_out"]:
+                row["held_out_class_auroc"] = float(np.mean([results["held_out"][(d, s, kind)]["mutual_information_auroc"]
+                                                             for s in range(cfg.seeds)]))
+            rows.append(row)
+            reliability_axes(ax, probs, y, row["model"], "tab:blue" if model == "teacher" else "tab:orange")
+            ax.set_title(f"{row['model']}\nECE {row['test/ece']:.3f}, n={len(y)}")
+        fig.suptitle(f"{d}: test rows of {cfg.seeds} seeds pooled")
+        fig.tight_layout()
+        fig.savefig(out / f"reliability_{d}.png", dpi=100)
+        plt.close(fig)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "metrics.csv", index=False)
+    (out / "report.md").write_text(_markdown(cfg, table, results))
+    return table
+
+
+def _ci(r, key: str) -> str:
+    lo, hi = r[f"test/{key}_ci95"]
+    return f"{r[f'test/{key}']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
+    lines = ["# Benchmark suite", "",
+             f"Datasets {', '.join(cfg.datasets)}; seeds 0-{cfg.seeds - 1} (each its own stratified split); teacher kinds "
+             f"{', '.join(cfg.kinds)}, each distilled; the hard-label baseline (the student's architecture on the train split). "
+             "Test rows pooled over seeds, 95% bootstrap intervals. Far-shell OOD: test rows vs uniform points 0.5-2 box widths "
+             "outside the training box, AUROC by the epistemic score (teacher: mutual information; student: its epistemic head; "
+             "baseline: entropy), mean over seeds. Held-out class: the teacher retrained without the last class, AUROC of its "
+             "mutual information on that class's rows vs the test rows, mean over seeds.", "",
+             "Reproduce: `bdk benchmark` (resumable; `--datasets`, `--seeds`, `--kinds`).", "",
+             "| dataset | model | accuracy | NLL | ECE | Brier | far-shell AUROC | held-out-class AUROC |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        held = f"{r['held_out_class_auroc']:.3f}" if "held_out_class_auroc" in r and pd.notna(r.get("held_out_class_auroc")) else ""
+        lines.append(f"| {r['dataset']} | {r['model']} | {_ci(r, 'accuracy')} | {_ci(r, 'nll')} | {_ci(r, 'ece')} | "
+                     f"{_ci(r, 'brier')} | {r['far_shell_auroc']:.3f} | {held} |")
+    lines += ["", "## Goals (Flipout teacher against the baseline and the deep ensemble)", ""]
+    t = table.set_index(["dataset", "model"])
+    for d in cfg.datasets:
+        if (d, "flipout teacher") not in t.index:
+            continue
+        f, b = t.loc[(d, "flipout teacher")], t.loc[(d, "baseline")]
+        checks = [("accuracy >= baseline - 0.01", f["test/accuracy"] >= b["test/accuracy"] - 0.01,
+                   f"{f['test/accuracy']:.3f} vs {b['test/accuracy']:.3f}"),
+                  ("NLL within or below the baseline's interval", f["test/nll"] <= b["test/nll_ci95"][1],
+                   f"{f['test/nll']:.3f} vs {b['test/nll']:.3f} [{b['test/nll_ci95'][0]:.3f}, {b['test/nll_ci95'][1]:.3f}]"),
+                  ("ECE <= baseline + 0.01", f["test/ece"] <= b["test/ece"] + 0.01, f"{f['test/ece']:.3f} vs {b['test/ece']:.3f}"),
+                  ("far-shell AUROC (MI) >= 0.90", f["far_shell_auroc"] >= 0.90, f"{f['far_shell_auroc']:.3f}")]
+        if (d, "ensemble teacher") in t.index:
+            e = t.loc[(d, "ensemble teacher")]
+            checks.append(("NLL within 0.02 of the ensemble", f["test/nll"] <= e["test/nll"] + 0.02,
+                           f"{f['test/nll']:.3f} vs {e['test/nll']:.3f}"))
+        for name, ok, detail in checks:
+            lines.append(f"- {d}: {name}: {'met' if ok else 'MISSED'} ({detail})")
+    if results["doubling"]:
+        lines += ["", "## Convergence: the Flipout teacher's step budget doubled (seed 0)", "",
+                  "| dataset | budget | val NLL | median posterior sigma | best epoch / epochs run |", "|---|---|---|---|---|"]
+        for d, doubled in results["doubling"].items():
+            single = _teacher_metrics(results, d)
+            for label, m in (("1x", single), ("2x", doubled)):
+                if m:
+                    lines.append(f"| {d} | {label} | {m['val/nll']:.4f} | {m.get('sigma_median', float('nan')):.4f} | "
+                                 f"{m['best_epoch']} / {m['epochs_run']} |")
+    if results["ablation"]:
+        lines += ["", "## Ablation of the Flipout teacher's recipe (seed 0)", "",
+                  "| dataset | recipe | val NLL | test accuracy | test NLL | test ECE | median sigma |", "|---|---|---|---|---|---|---|"]
+        for (d, name), m in results["ablation"].items():
+            lines.append(f"| {d} | {name} | {m['val/nll']:.4f} | {m['test/accuracy']:.3f} | {m['test/nll']:.4f} | "
+                         f"{m['test/ece']:.4f} | {m.get('sigma_median', float('nan')):.4f} |")
+    lines += ["", *[f"![reliability {d}](reliability_{d}.png)" for d in cfg.datasets], ""]
+    return "\n".join(lines)
+
+
+def _teacher_metrics(results: dict, dataset: str) -> dict | None:
+    run = results.get("seed0_flipout", {}).get(dataset)
+    path = schema.teacher_dir(run) / "metrics.json" if run else None
+    return read_json(path) if path and path.exists() else None
