@@ -9,6 +9,9 @@ layer) is the estimator for training gradients; at inference each row needs only
 weight samples, which cost one matmul per layer and draw. Two evaluation orders, one result:
 - small requests (S * batch <= BATCHED_ROWS): one batched matmul over [S, batch, width];
 - large batches: a tf.while_loop of S whole-batch forward passes (memory stays at one draw).
+Unseeded calls of up to PER_ROW_ROWS rows on a Flipout teacher (serving) draw per row instead, through the
+pre-activations' exact conditional (`flipout_per_row`): the same per-row predictive at a fraction of the
+random numbers, which dominate a single row's latency.
 
 Signatures (all take `features` float32 [batch, F] of raw features; outputs are named by the task,
 distill.tasks: probs/variance/entropy/expected_entropy/mutual_information, or mean/variance/
@@ -32,6 +35,7 @@ from distill import tasks
 
 SERVING_SAMPLES = 10
 BATCHED_ROWS = 4096  # S * batch up to which the draws run as one batched matmul
+PER_ROW_ROWS = 32  # unseeded requests up to this many rows use per-row draws (flipout_per_row), when the family has them
 
 
 class Untracked:
@@ -106,6 +110,27 @@ def ensemble_sampler(members: list[list]) -> Sampler:
     return sample
 
 
+def flipout_per_row(layers: list):
+    """Unseeded small requests (serving): each row draws its own weights, layer by layer, through the
+    pre-activations' exact conditional N(h loc + b, h^2 scale^2) (the local reparameterisation, Kingma et al.
+    2015): the same per-row predictive as shared weight draws at out normals per layer and draw instead of
+    in x out. (x [B, F], S, seed) -> head [S, B, units]."""
+
+    def forward(x, num_samples, seed):
+        h = tf.tile(x[None], tf.stack([num_samples, 1, 1]))  # [S, B, F]
+        for l, layer in enumerate(layers):
+            q = layer.kernel_posterior.distribution
+            loc, scale = tf.convert_to_tensor(q.loc), tf.convert_to_tensor(q.scale)  # [in, out]
+            mean = tf.matmul(h, loc) + tf.convert_to_tensor(layer.bias_posterior.distribution.loc)  # [S, B, out]
+            sd = tf.sqrt(tf.matmul(tf.square(h), tf.square(scale)))
+            h = mean + sd * tf.random.stateless_normal(tf.shape(mean), layer_seed(seed, l))
+            if l < len(layers) - 1:
+                h = tf.nn.relu(h)
+        return h
+
+    return forward
+
+
 def forward_batched(x: tf.Tensor, weights: list) -> tf.Tensor:
     """x [B, F] through S sampled networks at once -> head [S, B, units]."""
     h = x[None]  # [1, B, F], broadcast over S
@@ -134,7 +159,8 @@ class MonteCarloModule(tf.Module):
     """Raw features -> the task's posterior predictive over S weight samples (see the module docstring)."""
 
     def __init__(self, task: tasks.Task, sampler: Sampler, models: list, feature_shift, feature_scale,
-                 target_shift: float = 0.0, target_scale: float = 1.0, serving_samples: int = SERVING_SAMPLES):
+                 target_shift: float = 0.0, target_scale: float = 1.0, serving_samples: int = SERVING_SAMPLES,
+                 per_row=None):
         super().__init__(name="monte_carlo_teacher")
         self.task = task
         self._keras = Untracked(list(models))
@@ -142,6 +168,7 @@ class MonteCarloModule(tf.Module):
         # trace every layer's call for Keras' own serialisation, which costs seconds and is never used.
         self.model_variables = [v for m in models for v in m.variables]
         self._sampler = sampler
+        self._per_row = per_row
         self.feature_shift = tf.constant(np.asarray(feature_shift, np.float32))
         self.feature_scale = tf.constant(np.asarray(feature_scale, np.float32))
         self.target_shift = tf.constant(float(target_shift), tf.float32)
@@ -151,10 +178,11 @@ class MonteCarloModule(tf.Module):
         feats = tf.TensorSpec([None, f], tf.float32, name="features")
         count = tf.TensorSpec([], tf.int32, name="num_samples")
         seed = tf.TensorSpec([], tf.int64, name="seed")
-        self.serve = tf.function(lambda features: self._predictive(features, serving_samples, fresh_seed()),
+        self.serve = tf.function(lambda features: self._predictive(features, serving_samples, fresh_seed(), True),
                                  input_signature=[feats])
-        self.predictive = tf.function(lambda features, num_samples: self._predictive(features, num_samples, fresh_seed()),
-                                      input_signature=[feats, count])
+        self.predictive = tf.function(
+            lambda features, num_samples: self._predictive(features, num_samples, fresh_seed(), True),
+            input_signature=[feats, count])
         self.predictive_seeded = tf.function(self._predictive, input_signature=[feats, count, seed])
         self.sample = tf.function(lambda features, num_samples: self._sample(features, num_samples, fresh_seed()),
                                   input_signature=[feats, count])
@@ -168,9 +196,14 @@ class MonteCarloModule(tf.Module):
     def models(self) -> list:
         return self._keras.value
 
-    def draws(self, x: tf.Tensor, num_samples, seed) -> tf.Tensor:
-        """Normalised x [B, F] -> each draw's parameters [S, B, K] in normalised units."""
+    def draws(self, x: tf.Tensor, num_samples, seed, fresh: bool = False) -> tf.Tensor:
+        """Normalised x [B, F] -> each draw's parameters [S, B, K] in normalised units. `fresh` (unseeded
+        calls) lets small requests draw per row (`flipout_per_row`) instead of sharing weights."""
         num_samples = tf.convert_to_tensor(num_samples, tf.int32)
+        if fresh and self._per_row is not None:
+            return tf.cond(tf.shape(x)[0] <= PER_ROW_ROWS,
+                           lambda: self.task.draw_params(self._per_row(x, num_samples, seed)),
+                           lambda: self.draws(x, num_samples, seed))
         weights = self._sampler(seed, num_samples)
 
         def batched():
@@ -184,12 +217,12 @@ class MonteCarloModule(tf.Module):
 
         return tf.cond(num_samples * tf.shape(x)[0] <= BATCHED_ROWS, batched, loop)
 
-    def _params(self, features, num_samples, seed):
+    def _params(self, features, num_samples, seed, fresh=False):
         x = (features - self.feature_shift) / self.feature_scale
-        return self.task.to_target_units(self.draws(x, num_samples, seed), self.target_shift, self.target_scale)
+        return self.task.to_target_units(self.draws(x, num_samples, seed, fresh), self.target_shift, self.target_scale)
 
-    def _predictive(self, features, num_samples, seed):
-        return self.task.summarize(self._params(features, num_samples, seed))
+    def _predictive(self, features, num_samples, seed, fresh=False):
+        return self.task.summarize(self._params(features, num_samples, seed, fresh))
 
     def _sample(self, features, num_samples, seed):
         return self.task.sample_dict(self._params(features, num_samples, seed))

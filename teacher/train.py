@@ -20,7 +20,7 @@ from distill import metrics, schema, tasks
 from distill.errors import atomic_dir, write_json
 from distill.training import fit, minibatches
 from teacher.config import TeacherConfig
-from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_sampler
+from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
 from teacher.model import build_flipout, build_mlp, dense_layers, posterior_stats
 
 VALIDATION_SEED = 12345  # the per-epoch validation predictive uses the same draws every epoch
@@ -74,9 +74,9 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
     task = tasks.get(ds.task)
     units = task.head_units(ds.num_classes)
 
-    def module(sampler, models):
+    def module(sampler, models, per_row=None):
         return MonteCarloModule(task, sampler, models, ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale,
-                                cfg.serving_samples)
+                                cfg.serving_samples, per_row)
 
     if cfg.kind == "ensemble":
         members, histories, best = [], [], []
@@ -95,7 +95,7 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
     else:
         model = build_flipout(ds.num_features, units, len(ds["train"]), cfg.hidden, cfg.kl_weight, cfg.prior_scale,
                               cfg.posterior_scale_init, cfg.prior)
-        mc = module(flipout_sampler(dense_layers(model)), [model])
+        mc = module(flipout_sampler(dense_layers(model)), [model], flipout_per_row(dense_layers(model)))
     result = _fit_member(cfg, task, model, mc, ds, cfg.val_samples, progress, f"teacher ({cfg.kind})", cfg.seed)
     return mc, result.history, result.best_epoch
 

@@ -25,6 +25,7 @@ from distill import metrics, schema
 from distill.data import BUNDLED, DataConfig, read_table
 from distill.errors import BdkError, read_json, write_json
 from distill.evaluate import EvalConfig
+from distill.studies.classification import pooled_test
 from distill.transfer import SoftLabelConfig
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
@@ -122,16 +123,6 @@ def _teacher_only(cfg: TeacherConfig, dataset: str, seed: int, out: Path) -> dic
     return read_json(schema.teacher_dir(out) / "metrics.json")
 
 
-def _pooled(runs: list[Path], model: str) -> tuple[np.ndarray, np.ndarray]:
-    probs, labels = [], []
-    for run in runs:
-        df = pd.read_csv(schema.report_dir(run) / "test_predictions.csv")
-        classes = read_json(schema.data_dir(run) / "dataset.json")["class_names"]
-        probs.append(df[[f"{model}_prob_{c}" for c in classes]].to_numpy())
-        labels.append(df["true_class"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy())
-    return np.concatenate(probs), np.concatenate(labels)
-
-
 def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> pd.DataFrame:
     """Run what is missing, then write the report into OUT (report.md, metrics.csv, figures). Returns metrics.csv."""
     out = Path(out)
@@ -180,7 +171,7 @@ def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame
                 ax.set_visible(False)
                 continue
             runs = [out / "runs" / d / f"seed{s}" / kind for s in range(cfg.seeds)]
-            probs, y = _pooled(runs, model)
+            probs, y = pooled_test(runs, model)
             row = {"dataset": d, "model": "baseline" if model == "baseline" else f"{kind} {model}", "rows": len(y)}
             row.update(metrics.classification_metrics_with_intervals(probs, y, "test", 1000, 0))
             reps = [read_json(schema.report_dir(r) / "metrics.json") for r in runs]

@@ -46,14 +46,14 @@ def _run(cfg: StudyConfig, out: Path, seed: int) -> Path:
     return out
 
 
-def _pooled_test(runs: list[Path], model: str) -> tuple[np.ndarray, np.ndarray]:
+def pooled_test(runs: list[Path], model: str) -> tuple[np.ndarray, np.ndarray]:
     """Test predictions of `model` pooled over runs (each run has its own seed and split)."""
     probs, labels = [], []
     for run in runs:
         df = pd.read_csv(schema.report_dir(run) / "test_predictions.csv")
         classes = read_json(schema.data_dir(run) / "dataset.json")["class_names"]
         probs.append(df[[f"{model}_prob_{c}" for c in classes]].to_numpy())
-        labels.append(df["true_class"].map({c: i for i, c in enumerate(classes)}).to_numpy())
+        labels.append(df["true_class"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
 
@@ -111,7 +111,7 @@ def kl_weight_study(cfg: StudyConfig, weights: list[float], seeds: int, out: Pat
         rows, bands = [], {}
         for w in weights:
             for model in ("teacher", "student"):
-                probs, y = _pooled_test(runs[w], model)
+                probs, y = pooled_test(runs[w], model)
                 m = metrics.classification_metrics_with_intervals(probs, y, "test")
                 rows.append({"kl_weight": w, "model": model, "rows": len(y), **m})
                 if model == "teacher":
