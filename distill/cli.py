@@ -343,6 +343,7 @@ def benchmark_command(
     held_out_class: bool = typer.Option(True, help="Also train each teacher without the last class (held-out-class OOD)."),
     doubling: bool = typer.Option(True, help="Also train the Flipout teacher with its step budget doubled (seed 0)."),
     ablation: bool = typer.Option(True, help="Also train the ablation of the teacher recipe (seed 0)."),
+    report_only: bool = typer.Option(False, help="Write the report from the finished runs; train nothing."),
     progress: bool = typer.Option(True),
 ):
     """The pipeline over a suite of offline datasets and seeds: Flipout and ensemble teachers, their students, the
@@ -352,7 +353,7 @@ def benchmark_command(
     cfg = BenchmarkConfig(datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()), seeds=seeds,
                           kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), held_out_class=held_out_class,
                           doubling=doubling, ablation=ablation)
-    table = benchmark(cfg, out, progress=progress)
+    table = benchmark(cfg, out, progress=progress, report_only=report_only)
     Console().print(table[["dataset", "model", "test/accuracy", "test/nll", "test/ece", "far_shell_auroc"]].round(4)
                     .to_string(index=False))
     print(f"report: {out / 'report.md'}")

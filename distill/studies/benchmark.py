@@ -123,8 +123,9 @@ def _teacher_only(cfg: TeacherConfig, dataset: str, seed: int, out: Path) -> dic
     return read_json(schema.teacher_dir(out) / "metrics.json")
 
 
-def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> pd.DataFrame:
-    """Run what is missing, then write the report into OUT (report.md, metrics.csv, figures). Returns metrics.csv."""
+def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True, report_only: bool = False) -> pd.DataFrame:
+    """Run what is missing (unless `report_only`), then write the report into OUT (report.md, metrics.csv,
+    figures) from the finished runs. Returns metrics.csv's table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(cfg))
@@ -137,6 +138,8 @@ def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> pd.Data
         jobs += [("ablation", d, 0, name) for d in cfg.datasets for name in ABLATION]
     results: dict = {"held_out": {}, "doubling": {}, "ablation": {},
                      "seed0_flipout": {d: out / "runs" / d / "seed0" / "flipout" for d in cfg.datasets}}
+    if report_only:  # what is finished: completed pipeline runs and the recorded side results
+        jobs = [j for j in jobs if j[0] != "run" and _done(out, *j)]
     bar = tqdm(jobs, desc="benchmark", unit="job", disable=None if progress else True)
     for what, d, s, k in bar:
         bar.set_postfix_str(f"{what} {d} seed {s} {k}")
@@ -149,11 +152,29 @@ def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> pd.Data
             doubled = replace(base, steps=2 * base.steps) if base.steps else replace(base, epochs=2 * base.epochs)
             results["doubling"][d] = _teacher_only(doubled, d, 0,
                                                    out / "runs" / d / "seed0" / "flipout-doubled")
+        elif not ABLATION[k]:  # the default recipe: the seed-0 Flipout run's own teacher
+            results["ablation"][(d, k)] = _teacher_only(replace(cfg.teacher, kind="flipout"), d, 0,
+                                                        out / "runs" / d / "seed0" / "flipout")
         else:
             variant = replace(cfg.teacher, kind="flipout", **ABLATION[k])
             results["ablation"][(d, k)] = _teacher_only(variant, d, 0, out / "runs" / d / "seed0" / f"ablation-{list(ABLATION).index(k)}")
     bar.close()
     return write_report(cfg, out, results)
+
+
+def _done(out: Path, what: str, d: str, s: int, k: str) -> bool:
+    base = out / "runs" / d / f"seed{s}"
+    if what == "held_out":
+        return (base / f"{k}-held-out" / "held_out.json").exists()
+    if what == "doubling":
+        return (schema.teacher_dir(base / "flipout-doubled") / "metrics.json").exists()
+    name = "flipout" if not ABLATION[k] else f"ablation-{list(ABLATION).index(k)}"
+    return (schema.teacher_dir(base / name) / "metrics.json").exists()
+
+
+def _finished(out: Path, d: str, seeds: int, kind: str) -> list[Path]:
+    runs = [out / "runs" / d / f"seed{s}" / kind for s in range(seeds)]
+    return [r for r in runs if (schema.report_dir(r) / "metrics.json").exists()]
 
 
 MODELS = [("flipout", "teacher"), ("flipout", "student"), ("ensemble", "teacher"), ("ensemble", "student"),
@@ -170,22 +191,27 @@ def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame
             if kind not in cfg.kinds:
                 ax.set_visible(False)
                 continue
-            runs = [out / "runs" / d / f"seed{s}" / kind for s in range(cfg.seeds)]
+            runs = _finished(out, d, cfg.seeds, kind)
+            if not runs:
+                ax.set_visible(False)
+                continue
             probs, y = pooled_test(runs, model)
-            row = {"dataset": d, "model": "baseline" if model == "baseline" else f"{kind} {model}", "rows": len(y)}
+            row = {"dataset": d, "model": "baseline" if model == "baseline" else f"{kind} {model}", "seeds": len(runs),
+                   "rows": len(y)}
             row.update(metrics.classification_metrics_with_intervals(probs, y, "test", 1000, 0))
             reps = [read_json(schema.report_dir(r) / "metrics.json") for r in runs]
             score = {"teacher": "teacher/mutual_information_auroc", "student": "student/epistemic_auroc",
                      "baseline": "baseline/entropy_auroc"}[model]
             row["far_shell_auroc"] = float(np.mean([r["ood"][score] for r in reps]))
             row["far_shell_auroc_entropy"] = float(np.mean([r["ood"][f"{model}/entropy_auroc"] for r in reps]))
-            if model == "teacher" and results["held_out"]:
-                row["held_out_class_auroc"] = float(np.mean([results["held_out"][(d, s, kind)]["mutual_information_auroc"]
-                                                             for s in range(cfg.seeds)]))
+            held = [v["mutual_information_auroc"] for (hd, _, hk), v in results["held_out"].items() if (hd, hk) == (d, kind)]
+            if model == "teacher" and held:
+                row["held_out_class_auroc"] = float(np.mean(held))
+                row["held_out_class_seeds"] = len(held)
             rows.append(row)
             reliability_axes(ax, probs, y, row["model"], "tab:blue" if model == "teacher" else "tab:orange")
             ax.set_title(f"{row['model']}\nECE {row['test/ece']:.3f}, n={len(y)}")
-        fig.suptitle(f"{d}: test rows of {cfg.seeds} seeds pooled")
+        fig.suptitle(f"{d}: test rows of the finished seeds pooled")
         fig.tight_layout()
         fig.savefig(out / f"reliability_{d}.png", dpi=100)
         plt.close(fig)
@@ -209,16 +235,16 @@ def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
              "baseline: entropy), mean over seeds. Held-out class: the teacher retrained without the last class, AUROC of its "
              "mutual information on that class's rows vs the test rows, mean over seeds.", "",
              "Reproduce: `bdk benchmark` (resumable; `--datasets`, `--seeds`, `--kinds`).", "",
-             "| dataset | model | accuracy | NLL | ECE | Brier | far-shell AUROC | held-out-class AUROC |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| dataset | model | seeds | accuracy | NLL | ECE | Brier | far-shell AUROC | held-out-class AUROC |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         held = f"{r['held_out_class_auroc']:.3f}" if "held_out_class_auroc" in r and pd.notna(r.get("held_out_class_auroc")) else ""
-        lines.append(f"| {r['dataset']} | {r['model']} | {_ci(r, 'accuracy')} | {_ci(r, 'nll')} | {_ci(r, 'ece')} | "
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['seeds']} | {_ci(r, 'accuracy')} | {_ci(r, 'nll')} | {_ci(r, 'ece')} | "
                      f"{_ci(r, 'brier')} | {r['far_shell_auroc']:.3f} | {held} |")
     lines += ["", "## Goals (Flipout teacher against the baseline and the deep ensemble)", ""]
     t = table.set_index(["dataset", "model"])
     for d in cfg.datasets:
-        if (d, "flipout teacher") not in t.index:
+        if (d, "flipout teacher") not in t.index or (d, "baseline") not in t.index:
             continue
         f, b = t.loc[(d, "flipout teacher")], t.loc[(d, "baseline")]
         checks = [("accuracy >= baseline - 0.01", f["test/accuracy"] >= b["test/accuracy"] - 0.01,

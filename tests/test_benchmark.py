@@ -1,0 +1,49 @@
+"""`bdk benchmark` on a tiny configuration: runs, report, goals, resumability."""
+import pytest
+
+from distill.errors import BdkError
+
+
+def tiny():
+    from distill.evaluate import EvalConfig
+    from distill.studies.benchmark import BenchmarkConfig
+    from distill.transfer import SoftLabelConfig, TransferConfig
+    from student.config import StudentConfig
+    from teacher.config import TeacherConfig
+
+    return BenchmarkConfig(datasets=("iris",), seeds=1, kinds=("flipout",), teacher=TeacherConfig(epochs=4, members=2, eval_samples=10),
+                           student=StudentConfig(gate=False, epochs=4, baseline_epochs=4),
+                           soft_labels=SoftLabelConfig(TransferConfig(uniform=50, perturbations=1), num_samples=10),
+                           evaluation=EvalConfig(samples=10, bootstrap=50, latency_calls=3), ablation=False)
+
+
+def test_benchmark_writes_a_report_and_resumes(tmp_path):
+    from distill.studies.benchmark import benchmark
+
+    out = tmp_path / "bench"
+    table = benchmark(tiny(), out, progress=False)
+    assert set(table["model"]) == {"flipout teacher", "flipout student", "baseline"}
+    assert (table["rows"] == 30).all()
+    teacher = table.set_index("model").loc["flipout teacher"]
+    assert 0.0 <= teacher["held_out_class_auroc"] <= 1.0 and 0.0 <= teacher["far_shell_auroc"] <= 1.0
+    lo, hi = teacher["test/nll_ci95"]
+    assert lo <= teacher["test/nll"] <= hi
+    report = (out / "report.md").read_text()
+    assert "| iris | flipout teacher | 1 |" in report and "far-shell AUROC (MI) >= 0.90" in report
+    assert "step budget doubled" in report and (out / "reliability_iris.png").stat().st_size > 1000
+    run = out / "runs" / "iris" / "seed0" / "flipout" / "report" / "metrics.json"
+    stamp = run.stat().st_mtime_ns
+    again = benchmark(tiny(), out, progress=False)  # resumable: nothing is retrained
+    assert run.stat().st_mtime_ns == stamp
+    assert again["test/nll"].tolist() == table["test/nll"].tolist()
+    only = benchmark(tiny(), out, progress=False, report_only=True)
+    assert only["test/nll"].tolist() == table["test/nll"].tolist()
+
+
+def test_benchmark_refuses_unknown_datasets_and_kinds():
+    from distill.studies.benchmark import BenchmarkConfig
+
+    with pytest.raises(BdkError, match="boston"):
+        BenchmarkConfig(datasets=("boston",))  # a regression dataset is not in the classification suite
+    with pytest.raises(BdkError, match="kinds"):
+        BenchmarkConfig(kinds=("gp",))
