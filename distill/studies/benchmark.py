@@ -90,7 +90,10 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
 
     _, label, id_col, _ = BUNDLED[dataset]
     table = read_table(dataset)
-    held = sorted(table[label].astype(str).unique())[-1]
+    classes = sorted(table[label].astype(str).unique())
+    if len(classes) < 3:  # without one of two classes nothing is left to classify
+        return {"held_out_class": None, "skipped": f"{len(classes)} classes"}
+    held = classes[-1]
     inside = table[table[label].astype(str) != held]
     out.mkdir(parents=True, exist_ok=True)
     inside.to_csv(out / "in.csv", index=False)
@@ -204,7 +207,8 @@ def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame
                      "baseline": "baseline/entropy_auroc"}[model]
             row["far_shell_auroc"] = float(np.mean([r["ood"][score] for r in reps]))
             row["far_shell_auroc_entropy"] = float(np.mean([r["ood"][f"{model}/entropy_auroc"] for r in reps]))
-            held = [v["mutual_information_auroc"] for (hd, _, hk), v in results["held_out"].items() if (hd, hk) == (d, kind)]
+            held = [v["mutual_information_auroc"] for (hd, _, hk), v in results["held_out"].items()
+                    if (hd, hk) == (d, kind) and v.get("held_out_class")]
             if model == "teacher" and held:
                 row["held_out_class_auroc"] = float(np.mean(held))
                 row["held_out_class_seeds"] = len(held)
