@@ -95,6 +95,9 @@ def test_old_run_folders_still_load(iris, tmp_path):
     assert back.scaler.kind == "minmax"
     np.testing.assert_allclose(back.scaled("test"), iris.scaled("test"), atol=1e-5)
     assert back["test"].y.dtype == np.int64 and (back["test"].y == iris["test"].y).all()
+    # the UCI experiment's old z-score normaliser reads as a standard one
+    z = data.Normaliser.from_json({"mean": [1.0, 2.0], "std": [2.0, 4.0]})
+    assert z.kind == "standard" and np.allclose(z.transform(np.array([[3.0, 6.0]])), [[1.0, 1.0]])
 
 
 def _frame(n_per_class=10, classes=("a", "b", "c"), seed=0):

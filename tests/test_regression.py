@@ -295,7 +295,7 @@ def study(tmp_path_factory) -> Path:
     """`bdk experiment uci` on 2 Boston splits with tiny epochs. Read-only."""
     out = tmp_path_factory.mktemp("uci") / "uci-boston"
     result = bdk("experiment", "uci", "--dataset", "boston", "--out", out, *TINY)
-    assert result.exit_code == 0, (result.output, result.stderr)
+    assert result.exit_code == 0, (result.output, result.stderr, repr(result.exception))
     assert "teacher test/log_likelihood" in result.stdout
     return out
 

@@ -131,8 +131,8 @@ def uci_study(cfg: UciStudyConfig, splits: int, out: Path, progress: bool = True
             tmp / "coverage.csv", index=False)
         _interval_figure(tmp / "intervals.png", predictions, cfg.dataset)
         _calibration_figure(tmp / "calibration.png", coverage, cfg.dataset)
-        _elbo_figure(tmp / "elbo.png", runs, cfg.teacher.kl_weight)
-        summary = {"dataset": cfg.dataset, "splits": splits, "kl_weight": cfg.teacher.kl_weight, **{k: list(v) for k, v in stats.items()},
+        _elbo_figure(tmp / "elbo.png", runs, cfg.teacher.resolved("regression").kl_weight)
+        summary = {"dataset": cfg.dataset, "splits": splits, "kl_weight": cfg.teacher.resolved("regression").kl_weight, **{k: list(v) for k, v in stats.items()},
                    "coverage_95": {m: float(c[LEVELS.tolist().index(0.95)]) for m, c in coverage.items()},
                    "published": PUBLISHED.get(cfg.dataset, {})}
         write_json(tmp / "summary.json", summary)
