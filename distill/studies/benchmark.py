@@ -265,6 +265,10 @@ def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
             lines.append(f"- {d}: {name}: {'met' if ok else 'MISSED'} ({detail})")
     if results["doubling"]:
         lines += ["", "## Convergence: the Flipout teacher's step budget doubled (seed 0)", "",
+                  "Training ends when the fixed-draw validation NLL has not improved for `patience` epochs or the budget "
+                  "runs out. Rows that are identical at 1x and 2x (bit for bit: the runs are seeded) mean training "
+                  "stopped on its own before either budget ran out, so more steps change nothing; a row that moves means "
+                  "the budget, not convergence, ended the 1x run.", "",
                   "| dataset | budget | val NLL | median posterior sigma | best epoch / epochs run |", "|---|---|---|---|---|"]
         for d, doubled in results["doubling"].items():
             single = _teacher_metrics(results, d)
