@@ -57,16 +57,28 @@ def figure_rejection(path: Path, ds, preds) -> None:
 
 
 def figure_teacher_training(path: Path, history: pd.DataFrame, kind: str = "flipout") -> None:
+    """The ELBO's terms per epoch and, for a Flipout teacher, its posterior scales against optimiser steps."""
     if "member" in history:  # a deep ensemble: one history per member, averaged by epoch
         history = history.groupby("epoch", as_index=False).mean(numeric_only=True)
     penalty = "kl_weight * KL / N_train" if kind == "flipout" else "L2 penalty (weight decay)"
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot(history["epoch"], history["train_nll"], label="train NLL (one draw)")
-    a.plot(history["epoch"], history["val_nll"], label="val NLL (MC predictive)")
-    a.set(xlabel="epoch", ylabel="nats per example", title="Teacher likelihood term")
+    scales = "sigma_median" in history
+    fig, axes = plt.subplots(1, 3 if scales else 2, figsize=(16 if scales else 11, 4))
+    x, xlabel = (history["step"], "optimiser step") if "step" in history else (history["epoch"], "epoch")
+    a, b = axes[0], axes[1]
+    a.plot(x, history["train_nll"], label="train NLL (one draw)")
+    a.plot(x, history["val_nll"], label="val NLL (MC predictive, fixed draws)")
+    a.set(xlabel=xlabel, ylabel="nats per example", title="Teacher likelihood term")
     a.legend()
-    b.plot(history["epoch"], history["kl"], color="tab:red")
-    b.set(xlabel="epoch", ylabel=penalty, title="Teacher KL term" if kind == "flipout" else "Teacher regulariser")
+    b.plot(x, history["kl"], color="tab:red")
+    b.set(xlabel=xlabel, ylabel=penalty, title="Teacher KL term" if kind == "flipout" else "Teacher regulariser", yscale="log")
+    if scales:
+        c = axes[2]
+        c.fill_between(x, history["sigma_p10"], history["sigma_p90"], alpha=0.3, label="posterior sigma, 10-90%")
+        c.plot(x, history["sigma_median"], label="posterior sigma, median")
+        for col in [k for k in history.columns if k.startswith("prior_scale_")]:
+            c.plot(x, history[col], "--", lw=1, label=f"prior scale, layer {col.rsplit('_', 1)[1]}")
+        c.set(xlabel=xlabel, ylabel="scale", yscale="log", title="Posterior and (empirical-Bayes) prior scales")
+        c.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

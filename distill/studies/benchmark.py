@@ -219,6 +219,12 @@ def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame
         fig.tight_layout()
         fig.savefig(out / f"reliability_{d}.png", dpi=100)
         plt.close(fig)
+    from distill.report import figure_teacher_training
+
+    for d in cfg.datasets:  # convergence of the seed-0 Flipout teacher: ELBO terms and posterior scales vs steps
+        history = schema.teacher_dir(out / "runs" / d / "seed0" / "flipout") / "history.csv"
+        if history.exists():
+            figure_teacher_training(out / f"convergence_{d}.png", pd.read_csv(history), "flipout")
     table = pd.DataFrame(rows)
     table.to_csv(out / "metrics.csv", index=False)
     (out / "report.md").write_text(_markdown(cfg, table, results))
@@ -282,7 +288,11 @@ def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
         for (d, name), m in results["ablation"].items():
             lines.append(f"| {d} | {name} | {m['val/nll']:.4f} | {m['test/accuracy']:.3f} | {m['test/nll']:.4f} | "
                          f"{m['test/ece']:.4f} | {m.get('sigma_median', float('nan')):.4f} |")
-    lines += ["", *[f"![reliability {d}](reliability_{d}.png)" for d in cfg.datasets], ""]
+    lines += ["", "## Figures", "", "Convergence of the seed-0 Flipout teacher (ELBO terms and posterior scales against steps):", "",
+              *[f"![convergence {d}](convergence_{d}.png)" for d in cfg.datasets
+                if (Path(results["seed0_flipout"][d]) / "teacher" / "history.csv").exists()],
+              "", "Reliability (test rows of all seeds):", "",
+              *[f"![reliability {d}](reliability_{d}.png)" for d in cfg.datasets], ""]
     return "\n".join(lines)
 
 
