@@ -20,7 +20,7 @@ app = typer.Typer(help="Bayesian dark knowledge: a Flipout teacher, Beam soft la
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None)
 console = Console(stderr=True)
-DATASET_HELP = "Bundled name (iris, boston, concrete), a .csv/.parquet file, or hf:NAME."
+DATASET_HELP = "Bundled name (iris, wine, breast_cancer, digits, boston, concrete), a .csv/.parquet file, or hf:NAME."
 TASK_HELP = "classification | regression (default: the bundled dataset's, else inferred: a numeric label with many values is regression)."
 
 
