@@ -156,7 +156,6 @@ def _check_written(shards: list[str], transfer: str) -> tuple[int, dict[str, int
 def check_export(export: str, feature_names: list[str], class_names: list[str], task: tasks.Task) -> None:
     """Load the export on the launcher and call its predictive once: a bad export is one clear error
     here rather than a worker traceback. Costs one TensorFlow start on the launcher."""
-    import numpy as np
     import tensorflow as tf
 
     hint = "retrain it with `bdk teacher --out RUN --overwrite`"

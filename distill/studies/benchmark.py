@@ -187,7 +187,7 @@ MODELS = [("flipout", "teacher"), ("flipout", "student"), ("ensemble", "teacher"
 def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame:
     from distill.report import plt, reliability_axes
 
-    rows, goals = [], []
+    rows = []
     for d in cfg.datasets:
         fig, axes = plt.subplots(1, len(MODELS), figsize=(3.4 * len(MODELS), 3.4), sharey=True)
         for ax, (kind, model) in zip(axes, MODELS):
