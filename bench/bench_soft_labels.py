@@ -203,11 +203,11 @@ def child_latency(run: Path, calls: int) -> dict:
 
 def child_inprocess(run: Path, transfer: Path, out: Path, samples: int, seed: int) -> dict:
     """The plain loop: per row group one predictive_seeded call, then a Parquet row group out."""
-    import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
     import tensorflow as tf
+    from apache_beam.ml.inference.base import PredictionResult
 
+    from beam_pipelines.predictive_handler import to_soft_label_table
     from distill.transfer import soft_label_arrow_schema
 
     features, task = run_meta(run)
@@ -221,16 +221,9 @@ def child_inprocess(run: Path, transfer: Path, out: Path, samples: int, seed: in
         for g in range(src.num_row_groups):
             table = src.read_row_group(g)
             pred = fn(features=tf.constant(features_of(table, features)), num_samples=s, seed=sd)
-            cols = {name: table.column(name) for name in table.column_names}
-            for name in task.outputs:
-                v = np.ascontiguousarray(pred[name].numpy(), np.float32)
-                if v.ndim == 2:  # [B, C] -> list<float>
-                    offsets = pa.array(np.arange(0, v.size + 1, v.shape[1], dtype=np.int32))
-                    cols[name] = pa.ListArray.from_arrays(offsets, pa.array(v.reshape(-1)))
-                else:
-                    cols[name] = pa.array(v)
-            cols["num_samples"] = pa.array(np.full(table.num_rows, samples, np.int32))
-            writer.write_table(pa.Table.from_arrays([cols[f.name] for f in arrow_schema], schema=arrow_schema))
+            # The same table assembly as the Beam job's workers: only the runner differs.
+            result = PredictionResult(table, {name: pred[name].numpy() for name in task.outputs})
+            writer.write_table(to_soft_label_table(result, samples, arrow_schema))
             rows += table.num_rows
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     return {"rows": rows, "seconds": seconds, "cpu": cpu, "row_groups": src.num_row_groups,
