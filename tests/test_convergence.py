@@ -87,8 +87,11 @@ teacher_stage(DataConfig(dataset="iris", seed=3), TeacherConfig(epochs=8, eval_s
 
 def test_one_seed_gives_bit_identical_teachers_in_fresh_processes(tmp_path):
     runs = [tmp_path / "a", tmp_path / "b"]
-    for run in runs:
-        subprocess.run([sys.executable, "-c", TRAIN, str(run)], check=True, cwd=ROOT, capture_output=True)
+    procs = [subprocess.Popen([sys.executable, "-c", TRAIN, str(run)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for run in runs]  # two fresh processes at once
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-2000:]
     a, b = (json.loads((r / "teacher" / "metrics.json").read_text()) for r in runs)
     for key in ("train_seconds",):
         a.pop(key), b.pop(key)
