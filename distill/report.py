@@ -166,13 +166,22 @@ def _regression_sections(ds, out: dict) -> list[str]:
     for name in ("test", "perturbed", "uniform"):
         if f"{name}/kl" in out["agreement"]:
             lines.append(f"| {name} | {out['agreement'][f'{name}/kl']:.5f} | {out['epistemic_tracking'][f'{name}/spearman']:.3f} |")
-    o = out["ood"]
-    lines += ["", f"## Out-of-distribution detection (test vs {ood_label(out['config'])[5:-1]} inputs)", "",
-              "| model | AUROC by predictive variance | AUROC by epistemic score |", "|---|---|---|",
-              f"| teacher | {o['teacher/variance_auroc']:.3f} | {o['teacher/epistemic_variance_auroc']:.3f} (epistemic variance) |",
-              f"| student | {o['student/variance_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (epistemic head) |",
-              f"| baseline | {o['baseline/variance_auroc']:.3f} | n/a |", ""]
     return lines
+
+
+def _ood_and_tail_sections(out: dict, task) -> list[str]:
+    """OOD detection (by the total uncertainty and by the epistemic score), then the figures, the teacher's
+    training and the cost: the same for every task, named by the task's outputs."""
+    o, total, epistemic = out["ood"], task.total_output, task.epistemic_output
+    by = {"entropy": "entropy", "variance": "predictive variance"}[total]
+    name = epistemic.replace("_", " ")
+    return ["", f"## Out-of-distribution detection (test vs {ood_label(out['config'])[5:-1]} inputs)", "",
+            f"| model | AUROC by {by} | AUROC by epistemic score |", "|---|---|---|",
+            f"| teacher | {o[f'teacher/{total}_auroc']:.3f} | {o[f'teacher/{epistemic}_auroc']:.3f} ({name}) |",
+            f"| student | {o[f'student/{total}_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (epistemic head) |",
+            f"| baseline | {o[f'baseline/{total}_auroc']:.3f} | n/a |", "",
+            "![uncertainty](uncertainty_test_vs_ood.png)", "",
+            "## Teacher training", "", "![teacher training](teacher_training.png)", "", *_cost_section(out)]
 
 
 def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
@@ -182,9 +191,7 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
     figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds, ood_label(out["config"]), task.total_output)
     if ds.task == "regression":
         figure_coverage(out_dir / "calibration.png", ds, preds)
-        lines = _regression_sections(ds, out)
-        lines += ["![uncertainty](uncertainty_test_vs_ood.png)", "", "## Teacher training", "",
-                  "![teacher training](teacher_training.png)", "", *_cost_section(out)]
+        lines = _regression_sections(ds, out) + _ood_and_tail_sections(out, task)
         (out_dir / "report.md").write_text("\n".join(lines) + "\n")
         return
     figure_reliability(out_dir / "reliability.png", ds, preds)
@@ -214,14 +221,7 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
         if f"{name}/kl" in out["agreement"]:
             a, t = out["agreement"], out["epistemic_tracking"]
             lines.append(f"| {name} | {a[f'{name}/kl']:.5f} | {a[f'{name}/top1_agreement']:.3f} | {t[f'{name}/spearman']:.3f} |")
-    o = out["ood"]
-    lines += ["", f"## Out-of-distribution detection (test vs {ood_label(out['config'])[5:-1]} inputs)", "",
-              "| model | AUROC by entropy | AUROC by epistemic score |", "|---|---|---|",
-              f"| teacher | {o['teacher/entropy_auroc']:.3f} | {o['teacher/mutual_information_auroc']:.3f} (mutual information) |",
-              f"| student | {o['student/entropy_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (epistemic head) |",
-              f"| baseline | {o['baseline/entropy_auroc']:.3f} | n/a |", "",
-              "![uncertainty](uncertainty_test_vs_ood.png)", "",
-              "## Teacher training", "", "![teacher training](teacher_training.png)", "", *_cost_section(out)]
+    lines += _ood_and_tail_sections(out, task)
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 

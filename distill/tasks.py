@@ -47,7 +47,6 @@ class Task:
     name: str = ""
     outputs: tuple[str, ...] = ()  # predictive outputs: export signatures, soft-label columns, in this order
     vector_outputs: tuple[str, ...] = ()  # those of them that are [B, C] (list<float> columns), the rest [B]
-    sample_outputs: tuple[str, ...] = ()  # the `sample` signature's outputs, each [S, B, ...]
     epistemic_output: str = ""  # the teacher's epistemic score among `outputs`
     total_output: str = ""  # the total predictive uncertainty, among every model's outputs
     metric_names: tuple[str, ...] = ()  # what `metrics` reports, in the report's column order
@@ -111,7 +110,6 @@ class Categorical(Task):
     name: str = "classification"
     outputs: tuple[str, ...] = ("probs", "variance", "entropy", "expected_entropy", "mutual_information")
     vector_outputs: tuple[str, ...] = ("probs", "variance")
-    sample_outputs: tuple[str, ...] = ("probs_samples",)
     epistemic_output: str = "mutual_information"
     total_output: str = "entropy"
     metric_names: tuple[str, ...] = tuple(metrics.CLASSIFICATION_METRICS)
@@ -191,7 +189,6 @@ class Gaussian(Task):
     name: str = "regression"
     outputs: tuple[str, ...] = ("mean", "variance", "epistemic_variance")
     vector_outputs: tuple[str, ...] = ()
-    sample_outputs: tuple[str, ...] = ("mean_samples", "variance_samples")
     epistemic_output: str = "epistemic_variance"
     total_output: str = "variance"
     metric_names: tuple[str, ...] = tuple(metrics.REGRESSION_METRICS)
