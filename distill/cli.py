@@ -103,10 +103,16 @@ def soft_labels(
     ctx: typer.Context,
     run: Path = typer.Option(..., "--run", help="Run folder with a trained teacher."),
     samples: int = typer.Option(100, help="Teacher weight draws per row (at least 2)."),
-    perturbations: int = typer.Option(10, help="Gaussian-perturbed copies of each training input."),
-    noise: float = typer.Option(0.05, help="Std of the perturbation noise in the normalised feature space."),
-    uniform: int = typer.Option(2000, help="Points uniform over the training box widened by --margin."),
-    margin: float = typer.Option(0.1, help="Widening of the training box on each side (scaled space)."),
+    perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 10)."),
+    noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated, normalised feature space; "
+                                        "copy j uses the (j mod n)-th (default 0.05,0.2,0.5)."),
+    interpolations: Optional[int] = typer.Option(None, help="Points between pairs of training inputs (default 2000)."),
+    uniform: Optional[int] = typer.Option(None, help="Points uniform over the training box widened by --margin (default 2000)."),
+    margin: Optional[float] = typer.Option(None, help="Widening of the training box on each side, box widths (default 0.1)."),
+    shell: Optional[int] = typer.Option(None, help="Points in the far shell, --shell-inner to --shell-outer box widths "
+                                        "outside the training box (default 2000, 0.25 to 3)."),
+    shell_inner: Optional[float] = typer.Option(None, help="See --shell."),
+    shell_outer: Optional[float] = typer.Option(None, help="See --shell."),
     unlabeled: Optional[str] = typer.Option(None, help="Extra unlabeled rows: a .csv/.parquet with the teacher's feature columns."),
     batch_size: int = typer.Option(16384, help="Rows per teacher call in the Beam job."),
     seed: int = typer.Option(0, help="Seed of the transfer set."),
@@ -118,10 +124,11 @@ def soft_labels(
     (default: the embedded FnApiRunner, no network).
     """
     from distill.pipeline import soft_labels_stage
-    from distill.transfer import SoftLabelConfig, TransferConfig
+    from distill.transfer import SoftLabelConfig
 
-    cfg = SoftLabelConfig(TransferConfig(perturbations=perturbations, noise=noise, uniform=uniform, margin=margin,
-                                         unlabeled=unlabeled, seed=seed), num_samples=samples, batch_size=batch_size)
+    cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations, uniform=uniform,
+                                    margin=margin, shell=shell, shell_inner=shell_inner, shell_outer=shell_outer,
+                                    unlabeled=unlabeled, seed=seed), num_samples=samples, batch_size=batch_size)
     out = soft_labels_stage(cfg, run, beam_options(ctx.args), progress=progress)
     from distill.errors import read_json
 
@@ -139,7 +146,9 @@ def student(
     hidden: Optional[str] = typer.Option(None, help="Hidden layer sizes, comma-separated (e.g. 32 or 64,32); default by task."),
     temperature: float = typer.Option(1.0, min=1e-3, help="Distillation temperature T (loss scaled by T^2)."),
     alpha: float = typer.Option(0.0, min=0.0, max=1.0, help="Weight of the hard-label loss on labelled rows."),
-    epistemic_weight: float = typer.Option(1.0, min=0.0, help="Weight of the epistemic head's loss."),
+    uncertainty: Optional[str] = typer.Option(None, help="Student's epistemic score: dirichlet (classes; the default) or "
+                                              "regressor (a second head regressing the teacher's)."),
+    epistemic_weight: float = typer.Option(1.0, min=0.0, help="Weight of the epistemic loss (Dirichlet NLL or the head's MSE)."),
     epochs: int = typer.Option(300, min=1),
     gate_nll_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation NLL."),
     gate_ece_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation ECE."),
@@ -150,7 +159,8 @@ def student(
     from distill.pipeline import student_stage
     from student.config import StudentConfig
 
-    cfg = StudentConfig(hidden=_sizes(hidden) if hidden else None, temperature=temperature, alpha=alpha, epistemic_weight=epistemic_weight,
+    cfg = StudentConfig(hidden=_sizes(hidden) if hidden else None, temperature=temperature, alpha=alpha,
+                        uncertainty=uncertainty, epistemic_weight=epistemic_weight,
                         epochs=epochs, gate_nll_margin=gate_nll_margin, gate_ece_margin=gate_ece_margin, seed=seed)
     s = student_stage(cfg, run, progress=progress)
     summary_table(f"student ({s['epochs_run']} epochs, best {s['best_epoch']}; gate passed)",
@@ -188,9 +198,11 @@ def run_pipeline(
     epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs; default by task."),
     kl_weight: Optional[str] = typer.Option(None, help="Teacher's KL weight, or `auto`; default by task."),
     samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
-    perturbations: int = typer.Option(10, min=0, help="Gaussian-perturbed copies of each training input."),
-    noise: float = typer.Option(0.05, min=0.0, help="Std of the perturbation noise (normalised feature space)."),
-    uniform: int = typer.Option(2000, min=0, help="Uniform points over the widened training box."),
+    perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 10)."),
+    noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated (default 0.05,0.2,0.5)."),
+    interpolations: Optional[int] = typer.Option(None, help="Transfer points between pairs of training inputs (default 2000)."),
+    uniform: Optional[int] = typer.Option(None, help="Uniform points over the widened training box (default 2000)."),
+    shell: Optional[int] = typer.Option(None, help="Transfer points in the far shell (default 2000)."),
     student_epochs: int = typer.Option(300, min=1, help="Student's maximum epochs."),
     hidden: Optional[str] = typer.Option(None, help="Student hidden layer sizes, comma-separated; default by task."),
     seed: int = typer.Option(0),
@@ -203,15 +215,15 @@ def run_pipeline(
     from distill.data import DataConfig
     from distill.evaluate import EvalConfig
     from distill.pipeline import STAGES, run_all
-    from distill.transfer import SoftLabelConfig, TransferConfig
+    from distill.transfer import SoftLabelConfig
     from student.config import StudentConfig
     from teacher.config import TeacherConfig
 
     t0 = time.perf_counter()
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, task=task, drop_missing=drop_missing, seed=seed)
     teacher_cfg = TeacherConfig(kind=kind, epochs=epochs, eval_samples=samples, seed=seed, **_kl(kl_weight))
-    soft_cfg = SoftLabelConfig(transfer=TransferConfig(perturbations=perturbations, noise=noise, uniform=uniform, seed=seed),
-                               num_samples=samples)
+    soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations,
+                                         uniform=uniform, shell=shell, seed=seed), num_samples=samples)
     student_cfg = StudentConfig(hidden=_sizes(hidden) if hidden else None, epochs=student_epochs, seed=seed)
     eval_cfg = EvalConfig(samples=samples, seed=seed)
 
@@ -393,6 +405,18 @@ def _kl(text: Optional[str]) -> dict:
     except ValueError:
         raise BdkError(f"--kl-weight {text!r}: expected a number >= 0 or auto") from None
     return {"kl_weight": value}
+
+
+def _transfer(noise: Optional[str] = None, **given):
+    """The transfer set's config from the options given (an option left out keeps TransferConfig's default)."""
+    from distill.transfer import TransferConfig
+
+    if noise is not None:
+        try:
+            given["noise"] = tuple(float(v) for v in noise.split(",") if v.strip())
+        except ValueError:
+            raise BdkError(f"--noise {noise!r}: expected comma-separated numbers such as 0.05 or 0.05,0.2,0.5") from None
+    return TransferConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def _sizes(text: str) -> tuple[int, ...]:

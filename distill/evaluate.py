@@ -35,15 +35,10 @@ from distill.report import MODELS  # the report owns the model list: evaluate im
 
 def far_uniform(ds: data_lib.Dataset, rows: int, inner: float, outer: float, seed: int) -> np.ndarray:
     """Raw-feature rows uniform in the train box widened by `outer` times its width on each side, minus
-    the box widened by `inner` (normalised space; under min-max scaling [-outer, 1 + outer]^F minus
-    [-inner, 1 + inner]^F)."""
-    rng = np.random.default_rng(seed)
-    lo, hi = ds.box()
-    u_out = []
-    while sum(map(len, u_out)) < rows:
-        u = rng.uniform(-outer, 1 + outer, (rows * 2, ds.num_features))  # in units of the box
-        u_out.append(u[((u < -inner) | (u > 1 + inner)).any(axis=1)])
-    return ds.scaler.inverse((lo + np.concatenate(u_out)[:rows] * (hi - lo)).astype(np.float32))
+    the box widened by `inner` (distill.transfer.box_shell, with the evaluation's own seed)."""
+    from distill.transfer import box_shell
+
+    return ds.scaler.inverse(box_shell(*ds.box(), rows, inner, outer, np.random.default_rng(seed)))
 
 
 def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
@@ -125,6 +120,31 @@ def export_parameters(export: Path) -> int:
     return int(sum(np.prod(shape) for name, shape in names if name.endswith("VARIABLE_VALUE") and "save_counter" not in name))
 
 
+TRANSFER_REGIONS = ("perturbed", "interpolated", "uniform", "shell")  # transfer-set sources the report scores
+
+
+def trust_by_region(task: tasks.Task, preds: dict) -> tuple[dict, dict, dict]:
+    """Where distillation holds: per input region (test, each generated transfer source, the evaluation's OOD
+    rows), the mean KL(teacher || student), top-1 agreement, Spearman of the epistemic scores, and how well each
+    model tells the region from the test rows (AUROC, best of its total and epistemic scores; 0.5 = cannot)."""
+    agreement, tracking, regions = {}, {}, {}
+    for name in ("test", *TRANSFER_REGIONS, "ood"):
+        if name not in preds["student"] or name not in preds["teacher"]:
+            continue
+        t, s = preds["teacher"][name], preds["student"][name]
+        agreement[f"{name}/kl"] = float(task.divergence(t, s).mean())
+        if "probs" in t:
+            agreement[f"{name}/top1_agreement"] = float((t["probs"].argmax(-1) == s["probs"].argmax(-1)).mean())
+        tracking[f"{name}/spearman"] = metrics.spearman(t["epistemic"], s["epistemic"])
+        regions[name] = {"rows": int(len(t["epistemic"]))}
+        if name != "test":
+            for m in ("teacher", "student"):
+                test = preds[m]["test"]
+                regions[name][f"{m}_auroc"] = max(metrics.auroc(test[k], preds[m][name][k])
+                                                  for k in (task.total_output, "epistemic"))
+    return agreement, tracking, regions
+
+
 def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     """Compute the comparison, write RUN/report atomically, return metrics.json's content."""
     from distill.transfer import read_soft_labels
@@ -143,12 +163,17 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
 
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}  # model -> input set -> outputs
     inputs = {"val": ds["val"].x, "test": ds["test"].x, "ood": ood_inputs(cfg, ds)}
-    for src in ("perturbed", "uniform"):
+    for src in TRANSFER_REGIONS:
         inputs[src] = soft.loc[soft["source"] == src, ds.feature_names].to_numpy(np.float32)
     for m in MODELS:
         for name, x in inputs.items():
-            if len(x) and (m == "student" or name not in ("perturbed", "uniform")):  # teacher: soft labels there
+            if len(x) and (m == "student" or name not in TRANSFER_REGIONS):  # teacher: soft labels there
                 preds[m][name] = exports.predict(m, x)
+    for src in TRANSFER_REGIONS:  # the teacher's side on transfer rows: the soft labels (what the student matched)
+        if src in preds["student"]:
+            rows = soft[soft["source"] == src]
+            t = {k: np.stack(rows[k].to_numpy()) if k in task.vector_outputs else rows[k].to_numpy() for k in task.outputs}
+            preds["teacher"][src] = {**t, "epistemic": t[task.epistemic_output]}
     steps.update()
     steps.set_postfix_str("bootstrap intervals")
 
@@ -163,26 +188,7 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
             out[m]["test/mean_epistemic_share"] = float((p["epistemic"] / np.maximum(p["variance"], metrics.EPS)).mean()) \
                 if m != "baseline" else None
 
-    # Agreement: teacher's predictive vs the student's one pass. On perturbed/uniform rows the
-    # teacher's side is the soft-label dataset itself (what the student was trained to match).
-    agreement, tracking = {}, {}
-    for name in ("test", "perturbed", "uniform"):
-        if name not in preds["student"]:
-            continue
-        if name == "test":
-            teacher = preds["teacher"]["test"]
-        else:
-            rows = soft[soft["source"] == name]
-            teacher = {k: np.stack(rows[k].to_numpy()) if k in task.vector_outputs else rows[k].to_numpy() for k in task.outputs}
-            teacher["epistemic"] = teacher[task.epistemic_output]
-        s = preds["student"][name]
-        agreement[f"{name}/kl"] = float(task.divergence(teacher, s).mean())
-        if ds.task == "classification":
-            agreement[f"{name}/top1_agreement"] = float((teacher["probs"].argmax(-1) == s["probs"].argmax(-1)).mean())
-        tracking[f"{name}/spearman"] = metrics.spearman(teacher["epistemic"], s["epistemic"])
-    out["agreement"] = agreement
-    out["epistemic_tracking"] = tracking
-
+    out["agreement"], out["epistemic_tracking"], out["regions"] = trust_by_region(task, preds)
     total = task.total_output
     ood = {f"{m}/{total}_auroc": metrics.auroc(preds[m]["test"][total], preds[m]["ood"][total]) for m in MODELS}
     ood[f"teacher/{task.epistemic_output}_auroc"] = metrics.auroc(preds["teacher"]["test"]["epistemic"],

@@ -160,12 +160,36 @@ def _regression_sections(ds, out: dict) -> list[str]:
     t, s = out["teacher"], out["student"]
     lines += ["", f"Epistemic share of the predictive variance on test (mean over rows): teacher "
               f"{t['test/mean_epistemic_share']:.3f}, student (epistemic head / variance) {s['test/mean_epistemic_share']:.3f}; "
-              "the rest is the heteroscedastic noise (aleatoric).", "", "![calibration](calibration.png)", "",
-              "## Teacher-student agreement", "", "| inputs | mean KL(teacher ‖ student) | Spearman(teacher epistemic variance, student epistemic) |",
-              "|---|---|---|"]
-    for name in ("test", "perturbed", "uniform"):
-        if f"{name}/kl" in out["agreement"]:
-            lines.append(f"| {name} | {out['agreement'][f'{name}/kl']:.5f} | {out['epistemic_tracking'][f'{name}/spearman']:.3f} |")
+              "the rest is the heteroscedastic noise (aleatoric).", "", "![calibration](calibration.png)"]
+    return lines
+
+
+REGION_NAMES = {"test": "test rows", "perturbed": "perturbed training rows (transfer)",
+                "interpolated": "between training rows (transfer)", "uniform": "widened training box (transfer)",
+                "shell": "far shell (transfer's own draws)", "ood": "evaluation's OOD rows (never trained on)"}
+
+
+def _trust_section(out: dict, task) -> list[str]:
+    """Where the student is trustworthy: per input region, how closely it reproduces the teacher, and whether
+    it still tells that region from the test rows as well as the teacher does."""
+    a, t, regions = out["agreement"], out["epistemic_tracking"], out.get("regions", {})
+    top1 = "probs" in task.outputs
+    lines = ["", "## Where the student is trustworthy", "",
+             "Per input region: mean KL(teacher ‖ student) in nats, " + ("top-1 agreement, " if top1 else "")
+             + f"Spearman of the teacher's {task.epistemic_output.replace('_', ' ')} and the student's epistemic score, and "
+             "AUROC of each model telling that region's rows from the test rows (the better of its total and epistemic "
+             "scores). On transfer regions the teacher's side is its soft labels. A student AUROC well below the "
+             "teacher's marks where its uncertainty cannot be trusted.", "",
+             "| region | rows | KL | " + ("top-1 | " if top1 else "") + "Spearman | teacher AUROC | student AUROC |",
+             "|---|---|---|" + ("---|" if top1 else "") + "---|---|---|"]
+    for name, label in REGION_NAMES.items():
+        if f"{name}/kl" not in a:
+            continue
+        r = regions.get(name, {})
+        auroc = [f"{r[k]:.3f}" if k in r else "n/a" for k in ("teacher_auroc", "student_auroc")]
+        lines.append(f"| {label} | {r.get('rows', '')} | {a[f'{name}/kl']:.4f} | "
+                     + (f"{a[f'{name}/top1_agreement']:.3f} | " if top1 else "")
+                     + f"{t[f'{name}/spearman']:.3f} | {auroc[0]} | {auroc[1]} |")
     return lines
 
 
@@ -191,7 +215,7 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
     figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds, ood_label(out["config"]), task.total_output)
     if ds.task == "regression":
         figure_coverage(out_dir / "calibration.png", ds, preds)
-        lines = _regression_sections(ds, out) + _ood_and_tail_sections(out, task)
+        lines = _regression_sections(ds, out) + _trust_section(out, task) + _ood_and_tail_sections(out, task)
         (out_dir / "report.md").write_text("\n".join(lines) + "\n")
         return
     figure_reliability(out_dir / "reliability.png", ds, preds)
@@ -214,14 +238,8 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
                   "test accuracy; repeated 5-fold CV of small scikit-learn classifiers gives accuracy 0.955-0.965, NLL "
                   "0.09-0.15 nats, 10-bin ECE 0.04-0.11, Brier 0.055-0.071."]
     lines += ["", calibration_verdict(out, len(ds['test'])), "", "![reliability](reliability.png)", "",
-              "![accuracy vs rejection](accuracy_vs_rejection.png)", "",
-              "## Teacher-student agreement", "", "| inputs | mean KL(teacher ‖ student) | top-1 agreement | Spearman(teacher MI, student epistemic) |",
-              "|---|---|---|---|"]
-    for name in ("test", "perturbed", "uniform"):
-        if f"{name}/kl" in out["agreement"]:
-            a, t = out["agreement"], out["epistemic_tracking"]
-            lines.append(f"| {name} | {a[f'{name}/kl']:.5f} | {a[f'{name}/top1_agreement']:.3f} | {t[f'{name}/spearman']:.3f} |")
-    lines += _ood_and_tail_sections(out, task)
+              "![accuracy vs rejection](accuracy_vs_rejection.png)"]
+    lines += _trust_section(out, task) + _ood_and_tail_sections(out, task)
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 

@@ -105,11 +105,15 @@ class Task:
         raise NotImplementedError
 
 
+DIRICHLET_SMOOTHING = 1e-3  # draws mixed with this much of the uniform before their log (a finite Dirichlet likelihood)
+
+
 @dataclass(frozen=True)
 class Categorical(Task):
     name: str = "classification"
-    outputs: tuple[str, ...] = ("probs", "variance", "entropy", "expected_entropy", "mutual_information")
-    vector_outputs: tuple[str, ...] = ("probs", "variance")
+    # mean_log_probs: the mean over draws of log(smoothed probs) [B, C], the Dirichlet student's sufficient statistic
+    outputs: tuple[str, ...] = ("probs", "variance", "entropy", "expected_entropy", "mutual_information", "mean_log_probs")
+    vector_outputs: tuple[str, ...] = ("probs", "variance", "mean_log_probs")
     epistemic_output: str = "mutual_information"
     total_output: str = "entropy"
     metric_names: tuple[str, ...] = tuple(metrics.CLASSIFICATION_METRICS)
@@ -134,8 +138,11 @@ class Categorical(Task):
         probs = tf.reduce_mean(params_samples, axis=0)  # [B, C]
         entropy = -tf.reduce_sum(probs * _log(probs), axis=-1)  # [B]
         expected = tf.reduce_mean(-tf.reduce_sum(params_samples * _log(params_samples), axis=-1), axis=0)  # [B]
+        classes = tf.cast(tf.shape(params_samples)[-1], params_samples.dtype)
+        smoothed = (1.0 - DIRICHLET_SMOOTHING) * params_samples + DIRICHLET_SMOOTHING / classes  # [S, B, C], inside the simplex
         return {"probs": probs, "variance": tf.math.reduce_variance(params_samples, axis=0), "entropy": entropy,
-                "expected_entropy": expected, "mutual_information": tf.maximum(entropy - expected, 0.0)}
+                "expected_entropy": expected, "mutual_information": tf.maximum(entropy - expected, 0.0),
+                "mean_log_probs": tf.reduce_mean(tf.math.log(smoothed), axis=0)}
 
     def sample_dict(self, params_samples):
         return {"probs_samples": params_samples}  # [S, B, C]

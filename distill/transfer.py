@@ -2,15 +2,21 @@
 
 Bayesian dark knowledge distils the teacher's posterior predictive on more inputs than the training
 set: the student must learn where the teacher is unsure, and the training points alone sit where
-it is sure. The transfer set is
+it is sure. The student is queried anywhere, so the transfer set covers the query space at every
+distance from the data (all in the normalised feature space: min-max for classes, z-scores for regression):
 - train: the training inputs (true labels kept);
-- perturbed: K copies of each with Gaussian noise of std `noise` in the normalised feature space
-  (min-max for classes, z-scores for regression), the recipe of Korattikara et al. 2015 (labels of
-  their origin kept);
+- perturbed: K copies of each with Gaussian noise, copy j of std `noise[j % len(noise)]` (multi-scale;
+  at one small scale this is the recipe of Korattikara et al. 2015; labels of their origin kept);
+- interpolated: M points on segments between two training inputs, half between rows of one class
+  and half between rows of any classes (mixup-style, lambda ~ U(0, 1); NO_LABEL): between the
+  clusters, where the classes meet;
 - uniform: U points uniform over the training box widened by `margin` times its width on each side
-  (normalised space), so the student sees the teacher's epistemic uncertainty away from the data
   (NO_LABEL);
+- shell: V points uniform in the box widened by `shell_outer` minus the box widened by
+  `shell_inner` (NO_LABEL): far from the data, where the teacher should say "I don't know". Its own
+  random draws: the evaluation's far-shell rows are never in it;
 - unlabeled: optional rows from a user table with the teacher's feature columns (NO_LABEL).
+No validation or test row is ever in the transfer set (every generated point derives from train rows).
 Rows are stored with RAW features (the teacher export scales them itself), ids stable across runs.
 
 `read_soft_labels` is how later stages get the Beam job's output: it refuses soft labels that no
@@ -35,20 +41,27 @@ ROW_GROUP_ROWS = 16_384  # transfer.parquet row groups: Beam splits its read by 
 @dataclass(frozen=True)
 class TransferConfig:
     perturbations: int = 10  # K noisy copies of each training input
-    noise: float = 0.05  # std of the Gaussian noise, in the scaled [0, 1] feature space
+    noise: tuple[float, ...] = (0.05, 0.2, 0.5)  # std of copy j's noise: noise[j % len(noise)], normalised space
+    interpolations: int = 2000  # M points between pairs of training inputs
     uniform: int = 2000  # U points uniform over the widened training box
-    margin: float = 0.1  # widening of the box on each side, scaled space
+    margin: float = 0.1  # widening of the box on each side, normalised space
+    shell: int = 2000  # V points in the far shell
+    shell_inner: float = 0.25  # the shell lies outside the box widened by this (box widths)...
+    shell_outer: float = 3.0  # ...and inside the box widened by this
     unlabeled: str | None = None  # optional .csv/.parquet with the teacher's feature columns
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("perturbations", "uniform"):
+        object.__setattr__(self, "noise", tuple(float(v) for v in np.atleast_1d(self.noise)))
+        for name in ("perturbations", "interpolations", "uniform", "shell"):
             if getattr(self, name) < 0:
                 raise BdkError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("noise", "margin"):
-            value = getattr(self, name)
+        for name, value in (("noise", min(self.noise, default=-1.0)), ("margin", self.margin),
+                            ("shell_inner", self.shell_inner), ("shell_outer", self.shell_outer)):
             if not np.isfinite(value) or value < 0:
-                raise BdkError(f"--{name} must be a finite number >= 0, got {value}")
+                raise BdkError(f"--{name.replace('_', '-')} must be finite numbers >= 0, got {getattr(self, name)}")
+        if self.shell and not self.shell_outer > self.shell_inner:
+            raise BdkError(f"--shell-outer ({self.shell_outer}) must exceed --shell-inner ({self.shell_inner})")
 
 
 @dataclass(frozen=True)
@@ -104,27 +117,68 @@ def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return ids, x.astype(np.float32)
 
 
+def box_shell(lo: np.ndarray, hi: np.ndarray, rows: int, inner: float, outer: float,
+              rng: np.random.Generator) -> np.ndarray:
+    """[rows, F] normalised points uniform in the box [lo, hi] widened by `outer` times its width on each
+    side, minus the box widened by `inner` (rejection sampling; under min-max scaling [-outer, 1 + outer]^F
+    minus [-inner, 1 + inner]^F)."""
+    kept, have = [], 0
+    while have < rows:
+        u = rng.uniform(-outer, 1 + outer, (rows * 2, len(lo)))  # [2 rows, F] in units of the box
+        u = u[((u < -inner) | (u > 1 + inner)).any(axis=1)]
+        kept.append(u)
+        have += len(u)
+    u = np.concatenate(kept)[:rows] if kept else np.zeros((0, len(lo)))
+    return (lo + u * (hi - lo)).astype(np.float32)
+
+
+def _pairs(y: np.ndarray, rows: int, same_class: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` pairs of training-row indices (a, b): two rows of one class if `same_class`, else any two."""
+    a = rng.integers(0, len(y), rows)
+    if not same_class:
+        return a, rng.integers(0, len(y), rows)
+    b = np.empty_like(a)
+    for c in np.unique(y[a]):
+        members = np.flatnonzero(y == c)
+        at = np.flatnonzero(y[a] == c)
+        b[at] = members[rng.integers(0, len(members), len(at))]
+    return a, b
+
+
 def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     """The transfer set as a table: TRANSFER_KEYS then the raw features (see the module docstring)."""
     task = tasks.get(ds.task)
     check_feature_names(ds.feature_names, task)
     train = ds["train"]
-    n, f = train.x.shape
-    k = cfg.perturbations
+    z = ds.scaled("train")  # [n, F] normalised
+    n, f = z.shape
+    k, m = cfg.perturbations, cfg.interpolations
     none = schema.NO_LABEL if ds.task == "classification" else np.nan
-    # One generator per source, so changing U leaves the perturbed rows (and their ids) unchanged.
-    perturb_rng, uniform_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(2))
+    # One generator per source, so changing one source's size leaves the others' rows (and ids) unchanged.
+    perturb_rng, mix_rng, uniform_rng, shell_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
 
-    noisy = ds.scaled("train")[:, None, :] + cfg.noise * perturb_rng.standard_normal((n, k, f))  # [n, K, F]
+    scales = np.resize(np.asarray(cfg.noise, np.float32), k)  # [K]: copy j's noise std
+    noisy = z[:, None, :] + scales[None, :, None] * perturb_rng.standard_normal((n, k, f))  # [n, K, F]
+    same = m // 2 if ds.task == "classification" else 0
+    a_same, b_same = _pairs(train.y, same, True, mix_rng)
+    a_any, b_any = _pairs(train.y, m - same, False, mix_rng)
+    a, b = np.concatenate([a_same, a_any]), np.concatenate([b_same, b_any])  # [M] each
+    lam = mix_rng.uniform(0.0, 1.0, (m, 1))
+    mixed = lam * z[a] + (1 - lam) * z[b]  # [M, F]
     lo, hi = ds.box()  # [F] each, normalised
     widen = cfg.margin * (hi - lo)
     box = lo - widen + uniform_rng.uniform(0.0, 1.0, size=(cfg.uniform, f)) * (hi - lo + 2 * widen)  # [U, F]
+    shell = box_shell(lo, hi, cfg.shell, cfg.shell_inner, cfg.shell_outer, shell_rng)  # [V, F]
     parts = [
         (np.char.add("train:", train.ids.astype(str)), "train", train.y, train.x),
         (np.array([f"perturbed:{i}:{j}" for i in train.ids for j in range(k)], dtype=str), "perturbed",
          np.repeat(train.y, k), ds.scaler.inverse(noisy.reshape(n * k, f))),
+        (np.array([f"interpolated:{i}" for i in range(m)], dtype=str), "interpolated", np.full(m, none),
+         ds.scaler.inverse(mixed)),
         (np.array([f"uniform:{i}" for i in range(cfg.uniform)], dtype=str), "uniform",
          np.full(cfg.uniform, none), ds.scaler.inverse(box)),
+        (np.array([f"shell:{i}" for i in range(cfg.shell)], dtype=str), "shell", np.full(cfg.shell, none),
+         ds.scaler.inverse(shell)),
     ]
     if cfg.unlabeled:
         ids, x = read_unlabeled(cfg.unlabeled, ds)

@@ -10,8 +10,10 @@ from distill.errors import BdkError
 
 # Classification: one layer of 32 on Iris; regression: 100 units matched the teacher more closely than
 # the teacher's 50 on Boston's validation slices.
-TASK_DEFAULTS = {"classification": dict(hidden=(32,), batch_size=64), "regression": dict(hidden=(100,), batch_size=128)}
-MONITORS = ("teacher", "labels")
+TASK_DEFAULTS = {"classification": dict(hidden=(32, 32), batch_size=256, learning_rate=1e-2, uncertainty="dirichlet"),
+                 "regression": dict(hidden=(100,), batch_size=128, learning_rate=3e-3, uncertainty="regressor")}
+MONITORS = ("transfer", "labels")
+UNCERTAINTY = ("dirichlet", "regressor")
 
 
 @dataclass(frozen=True)
@@ -19,15 +21,21 @@ class StudentConfig:
     hidden: tuple[int, ...] | None = None
     temperature: float = 1.0  # classes: T of Hinton et al.; the soft loss is scaled by T^2
     alpha: float = 0.0  # classes: weight of the hard-label loss on rows that have a true label
-    epistemic_weight: float = 1.0  # weight of the epistemic head's loss (MSE to the teacher's epistemic score, normalised)
-    learning_rate: float = 3e-3  # Adam
+    # Where the epistemic score comes from: "dirichlet" (classes only: the logits are a Dirichlet's log-concentrations,
+    # fitted by the likelihood of the teacher's draws; student.dirichlet) or "regressor" (a second head regressing the
+    # teacher's epistemic score by MSE). Default by task.
+    uncertainty: str | None = None
+    epistemic_weight: float = 1.0  # weight of that loss (Dirichlet NLL, or the head's MSE on the normalised score)
+    learning_rate: float | None = None  # Adam
     epochs: int = 300
     batch_size: int | None = None
     patience: int = 40  # epochs without a better monitored validation value
-    # Early stopping: "teacher" = the distillation loss against the teacher's predictive on the validation inputs
-    # (not in the transfer set: how well the student reproduces the teacher away from the rows it was fitted on);
-    # "labels" = the NLL of the validation rows' true labels.
-    monitor: str = "teacher"
+    # Early stopping: "transfer" = the student's loss against the teacher on a held-out slice of the transfer set
+    # (`holdout` of its rows, by a hash of their ids, never trained on: how well the student reproduces the teacher
+    # everywhere it will be queried); "labels" = the NLL of the validation rows' true labels.
+    monitor: str = "transfer"
+    holdout: float = 0.1
+    hidden_search: tuple[tuple[int, ...], ...] = ()  # widths/depths to try; the best held-out transfer loss wins
     baseline_epochs: int = 300  # the hard-label baseline, same architecture, train split only
     baseline_batch_size: int = 16
     gate: bool = True  # refuse to publish a student worse calibrated than its teacher (studies compare, so turn it off)
@@ -41,12 +49,18 @@ class StudentConfig:
         for name in ("epochs", "patience", "baseline_epochs", "baseline_batch_size"):
             if getattr(self, name) < 1:
                 raise BdkError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.uncertainty is not None and self.uncertainty not in UNCERTAINTY:
+            raise BdkError(f"uncertainty must be one of {', '.join(UNCERTAINTY)}, got {self.uncertainty!r}")
+        if not 0.0 < self.holdout < 0.5:
+            raise BdkError(f"holdout must be in (0, 0.5), got {self.holdout}")
         if self.monitor not in MONITORS:
             raise BdkError(f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise BdkError(f"learning_rate must be > 0, got {self.learning_rate}")
 
     def resolved(self, task: str) -> "StudentConfig":
         defaults = TASK_DEFAULTS[task]
+        if task != "classification" and self.uncertainty == "dirichlet":
+            raise BdkError("the Dirichlet student needs classes; use uncertainty `regressor` for regression")
         return replace(self, **{f.name: defaults[f.name] for f in fields(self)
                                 if getattr(self, f.name) is None and f.name in defaults})

@@ -1,7 +1,8 @@
 """The student SavedModel: raw features -> the task's outputs and an epistemic score; deterministic, one pass.
 
-`serving_default(features [batch, F])` -> probs [batch, C], entropy, epistemic (classes) or mean,
-variance, epistemic (regression, in the target's units).
+`serving_default(features [batch, F])` -> probs [batch, C], entropy, epistemic (classes; the Dirichlet
+student adds expected_entropy and mutual_information, its epistemic score) or mean, variance,
+epistemic (regression, in the target's units).
 """
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import numpy as np
 import tensorflow as tf
 
 from distill import tasks
+from student import dirichlet
 from teacher.export import Untracked
 
 
 class StudentModule(tf.Module):
     def __init__(self, task: tasks.Task, model, feature_shift, feature_scale, target_shift: float = 0.0,
-                 target_scale: float = 1.0, epistemic_scale: float = 1.0):
+                 target_scale: float = 1.0, epistemic_scale: float = 1.0, epistemic_shift: float = 0.0, uncertainty: str = "regressor"):
         super().__init__(name="student")
-        self.task = task
+        self.task, self.uncertainty = task, uncertainty
         self._keras = Untracked(model)  # see teacher.export.Untracked: save the variables, skip Keras tracing
         self.model_variables = list(model.variables)
         self.feature_shift = tf.constant(np.asarray(feature_shift, np.float32))
@@ -26,13 +28,18 @@ class StudentModule(tf.Module):
         self.target_shift = tf.constant(float(target_shift), tf.float32)
         self.target_scale = tf.constant(float(target_scale), tf.float32)
         self.epistemic_scale = tf.constant(float(epistemic_scale), tf.float32)
+        self.epistemic_shift = tf.constant(float(epistemic_shift), tf.float32)
         f = int(self.feature_shift.shape[0])
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None, f], tf.float32, name="features")])
 
     def _serve(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
         out = self._keras.value((features - self.feature_shift) / self.feature_scale, training=False)
+        score = out["epistemic"] * self.epistemic_scale + self.epistemic_shift  # [batch], the head's score
+        if self.uncertainty == "dirichlet":  # the score is the Dirichlet's log-precision
+            u = dirichlet.uncertainty(out["head"], score)
+            return {**u, "epistemic": u["mutual_information"]}
         params = self.task.to_target_units(self.task.draw_params(out["head"]), self.target_shift, self.target_scale)
-        return {**self.task.point_outputs(params), "epistemic": out["epistemic"] * self.epistemic_scale}
+        return {**self.task.point_outputs(params), "epistemic": score}
 
     def save(self, path: Path) -> Path:
         tf.saved_model.save(self, str(path), signatures={"serving_default": self.serve.get_concrete_function()})

@@ -2,14 +2,18 @@
 check the quality gate, export.
 
 The student learns the teacher's posterior predictive over the whole transfer set (training
-inputs, their perturbed copies, uniform points, unlabeled rows) by the task's cross-entropy from
-the teacher's predictive to the student's distribution, and through a second head the teacher's
-epistemic score (mutual information, or epistemic variance), so one deterministic pass returns both.
+inputs, perturbed copies, interpolations, the widened box, the far shell, unlabeled rows) by the
+task's cross-entropy from the teacher's predictive to the student's distribution, and the teacher's
+epistemic uncertainty either as a Dirichlet over its class probabilities (student.dirichlet: fitted
+by the likelihood of the teacher's draws) or through a second head regressing the teacher's score.
+Early stopping (and the optional width/depth search) use the same loss on a held-out slice of the
+transfer set, so the student is chosen by how well it reproduces the teacher where it will be queried.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+import zlib
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from distill import data as data_lib
 from distill import schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
 from distill.training import fit, minibatches
+from student import dirichlet
 from student.config import StudentConfig
 from student.export import StudentModule
 from student.model import build_student
@@ -30,18 +35,16 @@ class GateFailed(BdkError):
     """The student is worse calibrated than the teacher by more than the configured margin."""
 
 
-def teacher_on_validation(run: Path, ds: data_lib.Dataset, num_samples: int, seed: int) -> np.ndarray:
-    """The teacher export's predictive on the validation inputs (which are not in the transfer set), as
-    the task's soft targets [N_val, K]: what the student's early stopping compares it with."""
-    export = tf.saved_model.load(str(schema.teacher_export(run)))
-    out = export.signatures["predictive_seeded"](features=tf.constant(ds["val"].x), num_samples=tf.constant(num_samples),
-                                                 seed=tf.constant(seed, tf.int64))
-    return tasks.get(ds.task).soft_targets({k: v.numpy() for k, v in out.items()}, ds.target_shift, ds.target_scale)
+def holdout_mask(ids, fraction: float) -> np.ndarray:
+    """The held-out slice of the transfer set [N] bool: rows whose id hashes below `fraction` (stable across runs,
+    sizes and sources; every source contributes in proportion)."""
+    return np.array([zlib.crc32(str(i).encode()) / 2 ** 32 < fraction for i in ids], bool)
 
 
 def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple, ds: data_lib.Dataset,
-         val_targets: np.ndarray | None, epochs: int, batch_size: int, desc: str, progress: bool, variables=None):
-    """Minibatch training of `loss_fn(out, *batch columns)`, early-stopped on the monitored validation value."""
+         held_out: tuple | None, epochs: int, batch_size: int, desc: str, progress: bool, variables=None):
+    """Minibatch training of `loss_fn(out, *batch columns)` (a batch mean), early-stopped on its value over the
+    held-out rows `held_out` = (x, *columns) when given, else on the validation rows' NLL of their true labels."""
     optimizer = tfk.optimizers.Adam(cfg.learning_rate)
     variables = variables or model.trainable_variables
     x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
@@ -53,6 +56,10 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
+    @tf.function
+    def held_out_loss(xb, *batch):
+        return loss_fn(model(xb, training=False), *batch)
+
     def train_epoch(rng):
         losses = [float(step(x[idx], *(c[idx] for c in columns))) for idx in minibatches(len(x), batch_size, rng)]
         return {"train_loss": float(np.mean(losses))}
@@ -61,12 +68,18 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple
         head = model(x_val, training=False)["head"]
         pred = {k: v.numpy() for k, v in task.point_outputs(task.draw_params(head)).items()}  # normalised units
         logs = {f"val_{k.split('/')[1]}": v for k, v in task.metrics(y_val, pred, "val").items()}
-        if val_targets is not None:
-            logs["val_distill_loss"] = float(task.distill_loss(val_targets, head, None))
+        if held_out is not None:
+            n, chunk = len(held_out[0]), 8192
+            logs["held_out_loss"] = float(sum(float(held_out_loss(*(c[i:i + chunk] for c in held_out))) * len(held_out[0][i:i + chunk])
+                                              for i in range(0, n, chunk)) / n)
         return logs
 
-    monitor = "val_distill_loss" if val_targets is not None else "val_nll"
+    monitor = "held_out_loss" if held_out is not None else "val_nll"
     return fit(model, train_epoch, validate, monitor, epochs, cfg.patience, cfg.seed, desc, progress)
+
+
+def _best(result) -> float:
+    return float(result.history["held_out_loss"].iloc[result.best_epoch - 1])
 
 
 def check_gate(cfg: StudentConfig, student: dict, teacher: dict, split: str = "val") -> list[str]:
@@ -98,26 +111,53 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     tfk.utils.set_random_seed(cfg.seed)
 
     x = ds.scaler.transform(soft[ds.feature_names].to_numpy(np.float32))  # [N, F]
-    outputs = {k: (np.stack(soft[k].to_numpy()) if k in task.vector_outputs else soft[k].to_numpy()) for k in task.outputs}
+    outputs = {k: (np.stack(soft[k].to_numpy()) if k in task.vector_outputs else soft[k].to_numpy())
+               for k in task.outputs if k in soft}
     targets = task.soft_targets(outputs, ds.target_shift, ds.target_scale)  # [N, K], normalised
     labels = soft["label"].to_numpy()  # [N]; classes: -1 where none
-    epistemic = soft[task.epistemic_output].to_numpy(np.float32)  # [N]
-    epistemic_scale = float(epistemic.std()) or 1.0  # the head learns epistemic / scale; the export multiplies back
-    epistemic_target = (epistemic / epistemic_scale).astype(np.float32)
-    val_targets = (teacher_on_validation(run, ds, int(manifest["num_samples"]), cfg.seed)
-                   if cfg.monitor == "teacher" else None)
     units = task.head_units(ds.num_classes)
-
-    model = build_student(ds.num_features, units, cfg.hidden)
+    if cfg.uncertainty == "dirichlet":  # the head regresses the log-precision of the teacher's draws (student.dirichlet)
+        if "mean_log_probs" not in outputs:
+            raise BdkError(f"the soft labels of {run} have no mean_log_probs (the teacher export predates the Dirichlet "
+                           f"student): retrain the teacher and rerun `bdk soft-labels --run {run}`, or use --uncertainty regressor")
+        smoothed = (1 - tasks.DIRICHLET_SMOOTHING) * outputs["probs"] + tasks.DIRICHLET_SMOOTHING / ds.num_classes
+        score = np.log(dirichlet.precision_mle(smoothed, outputs["mean_log_probs"]))  # [N] log alpha_0
+        epistemic_shift = float(score.mean())
+    else:  # the head regresses the teacher's epistemic score itself
+        score = soft[task.epistemic_output].to_numpy(np.float64)  # [N]
+        epistemic_shift = 0.0
+    epistemic_scale = float(score.std()) or 1.0  # the head learns (score - shift) / scale; the export undoes it
+    third = ((score - epistemic_shift) / epistemic_scale).astype(np.float32)
     w_epi = tf.constant(cfg.epistemic_weight, tf.float32)
 
     def student_loss(out, q, y, e):
         return (task.distill_loss(q, out["head"], y, cfg.temperature, cfg.alpha)
                 + w_epi * tf.reduce_mean(tf.square(e - out["epistemic"])))
 
+    columns = (targets, labels, third)
+    hold = holdout_mask(soft["id"], cfg.holdout) if cfg.monitor == "transfer" else np.zeros(len(x), bool)
+    fit_rows = (x[~hold], *(c[~hold] for c in columns))
+    held_out = (x[hold], *(c[hold] for c in columns)) if hold.any() else None
+
+    def train(hidden):
+        tfk.utils.set_random_seed(cfg.seed)
+        model = build_student(ds.num_features, units, hidden,
+                              epistemic_activation="linear" if cfg.uncertainty == "dirichlet" else "softplus")
+        return model, _fit(cfg, task, model, student_loss, fit_rows[0], fit_rows[1:], ds, held_out, cfg.epochs,
+                           cfg.batch_size, f"student {','.join(map(str, hidden))}", progress)
+
     t0 = time.perf_counter()
-    result = _fit(cfg, task, model, student_loss, x, (targets, labels, epistemic_target), ds, val_targets, cfg.epochs,
-                  cfg.batch_size, "student", progress)
+    search = {}
+    model, result = train(cfg.hidden)
+    if cfg.hidden_search and held_out is not None:  # widths/depths compared on the held-out transfer loss
+        search[",".join(map(str, cfg.hidden))] = _best(result)
+        for hidden in cfg.hidden_search:
+            if tuple(hidden) == tuple(cfg.hidden):
+                continue
+            candidate = train(tuple(hidden))
+            search[",".join(map(str, hidden))] = _best(candidate[1])
+            if _best(candidate[1]) < _best(result):
+                (model, result), cfg = candidate, replace(cfg, hidden=tuple(hidden))
     student_seconds = time.perf_counter() - t0
 
     # The same architecture on the train split's hard labels only: what you get without a teacher.
@@ -130,7 +170,8 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     baseline_seconds = time.perf_counter() - t0
 
     units_args = (ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale)
-    student_module = StudentModule(task, model, *units_args, epistemic_scale=epistemic_scale)
+    student_module = StudentModule(task, model, *units_args, epistemic_scale=epistemic_scale,
+                                   epistemic_shift=epistemic_shift, uncertainty=cfg.uncertainty)
     baseline_module = StudentModule(task, baseline, *units_args, epistemic_scale=0.0)  # no epistemic estimate
     val, test_pred = {}, None
     for name, module in (("student", student_module), ("baseline", baseline_module)):
@@ -146,7 +187,8 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     summary = {
         "task": ds.task, "rows": len(soft), "rows_per_source": soft["source"].value_counts().to_dict(),
         "epochs_run": len(result.history), "best_epoch": result.best_epoch, "train_seconds": student_seconds,
-        "monitor": cfg.monitor, "baseline_epochs_run": len(baseline_result.history),
+        "monitor": cfg.monitor, "held_out_rows": int(hold.sum()), "hidden": list(cfg.hidden),
+        **({"hidden_search": search} if search else {}), "uncertainty": cfg.uncertainty, "epistemic_shift": epistemic_shift, "baseline_epochs_run": len(baseline_result.history),
         "baseline_train_seconds": baseline_seconds, "epistemic_scale": epistemic_scale,
         "gate": {"on": cfg.gate, "passed": not failures, "failures": failures, "split": "val",
                  "teacher": {k: teacher_metrics[k] for k in ("val/nll", "val/ece") if k in teacher_metrics}},

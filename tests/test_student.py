@@ -9,7 +9,8 @@ from distill.errors import BdkError
 from student.config import TASK_DEFAULTS, StudentConfig
 from student.export import StudentModule
 from student.model import build_student
-from student.train import check_gate
+from student import dirichlet
+from student.train import check_gate, holdout_mask
 
 CLS, REG = tasks.get("classification"), tasks.get("regression")
 
@@ -91,7 +92,7 @@ def test_student_export_answers_in_the_targets_units(task, tmp_path):
 
 def test_config_defaults_by_task_and_validation():
     cfg = StudentConfig()
-    assert cfg.hidden is None and cfg.batch_size is None and cfg.monitor == "teacher" and cfg.gate
+    assert cfg.hidden is None and cfg.batch_size is None and cfg.monitor == "transfer" and cfg.gate
     for task in ("classification", "regression"):
         r = cfg.resolved(task)
         assert (r.hidden, r.batch_size) == (TASK_DEFAULTS[task]["hidden"], TASK_DEFAULTS[task]["batch_size"])
@@ -100,6 +101,90 @@ def test_config_defaults_by_task_and_validation():
         StudentConfig(monitor="loss")
     with pytest.raises(BdkError, match="hidden"):
         StudentConfig(hidden=())
+    assert cfg.resolved("classification").uncertainty == "dirichlet"
+    with pytest.raises(BdkError, match="Dirichlet student needs classes"):
+        StudentConfig(uncertainty="dirichlet").resolved("regression")
+    with pytest.raises(BdkError, match="uncertainty"):
+        StudentConfig(uncertainty="beta")
+
+
+def test_holdout_slice_is_stable_and_proportional():
+    ids = [f"{src}:{i}" for src in ("train", "uniform", "shell") for i in range(3000)]
+    mask = holdout_mask(ids, 0.1)
+    assert np.array_equal(mask, holdout_mask(ids, 0.1)) and abs(mask.mean() - 0.1) < 0.015
+    for src in ("train", "uniform", "shell"):  # every source contributes in proportion
+        assert abs(mask[[i.startswith(src) for i in ids]].mean() - 0.1) < 0.025
+    assert not (holdout_mask(ids, 0.05) & ~mask).any()  # a smaller slice is inside the larger one
+
+
+# ---------------------------------------------------------------- the Dirichlet student (student.dirichlet)
+
+ALPHA = np.array([[2.0, 3.0, 5.0], [0.4, 0.3, 0.8], [40.0, 10.0, 1.0]])
+
+
+def test_dirichlet_mean_log_density_by_hand():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    for alpha in ALPHA:
+        draws = rng.dirichlet(alpha, 50)  # [S, C]
+        by_hand = np.mean([stats.dirichlet.logpdf(d, alpha) for d in draws])
+        ours = dirichlet.mean_log_density(alpha[None], np.log(draws).mean(0)[None])[0]
+        assert ours == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_dirichlet_precision_mle_recovers_the_generating_precision_and_maximises_the_likelihood():
+    rng = np.random.default_rng(1)
+    p, m, truth = [], [], []
+    for alpha in ALPHA:
+        draws = rng.dirichlet(alpha, 40_000)
+        p.append(draws.mean(0)), m.append(np.log(draws).mean(0)), truth.append(alpha.sum())
+    p, m = np.array(p), np.array(m)
+    s = dirichlet.precision_mle(p, m)
+    np.testing.assert_allclose(s, truth, rtol=0.05)
+    at = dirichlet.mean_log_density(s[:, None] * p, m)
+    for f in (0.8, 0.95, 1.05, 1.25):  # a maximum: any other precision is less likely
+        assert (dirichlet.mean_log_density(f * s[:, None] * p, m) < at).all()
+
+
+def test_dirichlet_uncertainty_against_closed_forms_and_monte_carlo():
+    from scipy import special
+
+    alpha = ALPHA
+    u = {k: v.numpy() for k, v in dirichlet.uncertainty(tf.constant(np.log(alpha), tf.float32),
+                                                        tf.constant(np.log(alpha.sum(-1)), tf.float32)).items()}
+    p = alpha / alpha.sum(-1, keepdims=True)
+    np.testing.assert_allclose(u["probs"], p, rtol=1e-5)
+    np.testing.assert_allclose(u["entropy"], -(p * np.log(p)).sum(-1), rtol=1e-5)
+    expected = (p * (special.digamma(alpha.sum(-1, keepdims=True) + 1) - special.digamma(alpha + 1))).sum(-1)
+    np.testing.assert_allclose(u["expected_entropy"], expected, rtol=1e-4)
+    np.testing.assert_allclose(u["mutual_information"], u["entropy"] - expected, atol=1e-5)
+    rng = np.random.default_rng(2)  # E[H[pi]] by sampling pi ~ Dir(alpha)
+    for row, a in enumerate(alpha):
+        pi = np.clip(rng.dirichlet(a, 200_000), 1e-300, 1)
+        h = -(pi * np.log(pi)).sum(-1)
+        assert abs(h.mean() - u["expected_entropy"][row]) < 4 * h.std() / np.sqrt(len(h)) + 1e-4
+    # a sharper Dirichlet of the same mean has less mutual information
+    sharper = dirichlet.uncertainty(tf.constant(np.log(alpha), tf.float32), tf.constant(np.log(alpha.sum(-1) * 10), tf.float32))
+    assert (sharper["mutual_information"].numpy() < u["mutual_information"]).all()
+
+
+def test_tflite_safe_digamma_matches_tensorflows():
+    x = tf.constant(np.concatenate([np.linspace(1, 3, 41), np.logspace(0.5, 8, 41)]), tf.float32)
+    np.testing.assert_allclose(dirichlet.digamma_above_one(x).numpy(), tf.math.digamma(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_dirichlet_student_export(tmp_path):
+    model = build_student(2, 3, (4,), epistemic_activation="linear")
+    module = StudentModule(CLS, model, np.zeros(2), np.ones(2), epistemic_scale=2.0, epistemic_shift=1.0,
+                           uncertainty="dirichlet")
+    x = np.array([[0.1, 0.2], [3.0, -1.0]], np.float32)
+    out = {k: v.numpy() for k, v in module.serve(tf.constant(x)).items()}
+    raw = model(x)
+    ref = dirichlet.uncertainty(raw["head"], raw["epistemic"] * 2.0 + 1.0)
+    for k in ("probs", "entropy", "expected_entropy", "mutual_information"):
+        np.testing.assert_allclose(out[k], ref[k].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(out["epistemic"], out["mutual_information"])
 
 
 def test_gate_compares_with_margins():

@@ -22,12 +22,13 @@ def boston():
 
 
 def test_rows_ids_labels_and_sources(iris):
-    cfg = TransferConfig(perturbations=3, uniform=500, seed=1)
+    cfg = TransferConfig(perturbations=3, interpolations=300, uniform=500, shell=400, seed=1)
     t = build_transfer_set(cfg, iris)
     train = iris["train"]
     n = len(train)
     assert list(t.columns) == schema.transfer_columns(iris.feature_names)
-    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": 3 * n, "uniform": 500}
+    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": 3 * n, "interpolated": 300, "uniform": 500,
+                                                    "shell": 400}
     assert t["id"].is_unique
     rows = t.set_index("id")
     first = train.ids[0]
@@ -36,8 +37,60 @@ def test_rows_ids_labels_and_sources(iris):
     # perturbed copies keep their origin's label; uniform rows have none
     for k in range(3):
         assert rows.loc[f"perturbed:{first}:{k}", "label"] == train.y[0]
-    assert (t.loc[t.source == "uniform", "label"] == schema.NO_LABEL).all()
+    for source in ("interpolated", "uniform", "shell"):
+        assert (t.loc[t.source == source, "label"] == schema.NO_LABEL).all()
+        assert list(t.loc[t.source == source, "id"][:2]) == [f"{source}:0", f"{source}:1"]
     assert set(t.loc[t.source == "train", "label"]) == set(range(iris.num_classes))
+
+
+def test_no_validation_or_test_row_is_in_the_transfer_set(iris):
+    t = build_transfer_set(TransferConfig(), iris)
+    x = t[iris.feature_names].to_numpy(np.float32)
+    for split in ("val", "test"):
+        held = iris[split].x
+        # no transfer row equals a held-out row (a train duplicate of one would, so only check rows unique to the split)
+        unique = held[~(held[:, None, :] == iris["train"].x[None]).all(-1).any(-1)]
+        assert not (x[:, None, :] == unique[None]).all(-1).any(), split
+
+
+def test_multi_scale_noise(iris):
+    t = build_transfer_set(TransferConfig(perturbations=6, noise=(0.05, 0.5), interpolations=0, uniform=0, shell=0), iris)
+    pert = iris.scaler.transform(t.loc[t.source == "perturbed", iris.feature_names].to_numpy()).reshape(-1, 6, 4)
+    noise = pert - iris.scaler.transform(iris["train"].x)[:, None, :]  # [n, K, F]
+    small, large = noise[:, 0::2].std(), noise[:, 1::2].std()  # copy j uses noise[j % 2]
+    assert abs(small - 0.05) < 0.005 and abs(large - 0.5) < 0.05
+
+
+def test_interpolations_lie_between_two_training_rows_half_of_them_of_one_class(iris):
+    t = build_transfer_set(TransferConfig(perturbations=0, interpolations=200, uniform=0, shell=0), iris)
+    z = iris.scaler.transform(t.loc[t.source == "interpolated", iris.feature_names].to_numpy())  # [M, F]
+    train = iris.scaler.transform(iris["train"].x)  # [n, F]
+    a, b = train[:, None, :], train[None, :, :]  # every pair (a, b): [n, n, F]
+    d = b - a
+    classes = iris["train"].y
+    same = classes[:, None] == classes[None, :]  # [n, n]
+    for i, point in enumerate(z):
+        lam = np.clip(((point - a) * d).sum(-1) / np.maximum((d * d).sum(-1), 1e-12), 0, 1)  # [n, n]
+        dist = np.linalg.norm(a + lam[..., None] * d - point, axis=-1)  # distance to each segment
+        on = dist < 1e-4
+        assert on.any(), i  # on some segment between two training rows
+        if i < 100:  # the first half: between rows of one class
+            assert (on & same).any(), i
+
+
+def test_far_shell_lies_between_the_inner_and_outer_boxes(iris):
+    t = build_transfer_set(TransferConfig(perturbations=0, interpolations=0, uniform=0, shell=500, shell_inner=0.25,
+                                          shell_outer=3.0), iris)
+    lo, hi = iris.box()
+    u = (iris.scaler.transform(t.loc[t.source == "shell", iris.feature_names].to_numpy()) - lo) / (hi - lo)  # box units
+    assert (u >= -3 - 1e-4).all() and (u <= 4 + 1e-4).all()
+    assert ((u < -0.25 + 1e-4) | (u > 1.25 - 1e-4)).any(axis=1).all()  # outside the inner box on some feature
+    # the evaluation's own far-shell rows are other draws
+    from distill.evaluate import far_uniform
+
+    ood = far_uniform(iris, 100, 0.5, 2.0, 0)
+    x = t[iris.feature_names].to_numpy(np.float32)
+    assert not (x[:, None, :] == ood[None]).all(-1).any()
 
 
 def test_noise_is_gaussian_in_scaled_space_and_uniform_covers_the_widened_box(iris):
@@ -63,20 +116,21 @@ def test_seeded_and_stable(iris):
                            b[iris.feature_names].to_numpy()[b.source == "perturbed"])
     # More uniform points leave the perturbed rows (and their ids) as they were.
     c = build_transfer_set(TransferConfig(perturbations=2, uniform=70, seed=3), iris)
-    pd.testing.assert_frame_equal(a[a.source != "uniform"], c[c.source != "uniform"])
+    pd.testing.assert_frame_equal(a[a.source != "uniform"], c[c.source != "uniform"].set_index(a.index[a.source != "uniform"]))
 
 
 def test_unlabeled_rows(iris, tmp_path):
     x = iris["test"].x[:5]
     with_ids = pd.DataFrame(x, columns=iris.feature_names).assign(Id=[f"u{i}" for i in range(5)], Species="whatever")
     with_ids.to_csv(tmp_path / "u.csv", index=False)
-    t = build_transfer_set(TransferConfig(perturbations=0, uniform=0, unlabeled=str(tmp_path / "u.csv")), iris)
+    none = dict(perturbations=0, interpolations=0, uniform=0, shell=0)
+    t = build_transfer_set(TransferConfig(**none, unlabeled=str(tmp_path / "u.csv")), iris)
     u = t[t.source == "unlabeled"]
     assert list(u["id"]) == [f"unlabeled:u{i}" for i in range(5)]
     assert (u["label"] == schema.NO_LABEL).all()
     np.testing.assert_allclose(u[iris.feature_names].to_numpy(), x, rtol=1e-6)
     pd.DataFrame(x, columns=iris.feature_names).to_parquet(tmp_path / "u.parquet")  # no id column: row numbers
-    t = build_transfer_set(TransferConfig(perturbations=0, uniform=0, unlabeled=str(tmp_path / "u.parquet")), iris)
+    t = build_transfer_set(TransferConfig(**none, unlabeled=str(tmp_path / "u.parquet")), iris)
     assert list(t.loc[t.source == "unlabeled", "id"]) == [f"unlabeled:{i}" for i in range(1, 6)]
 
 
@@ -105,6 +159,10 @@ def test_config_validation():
         TransferConfig(perturbations=-1)
     with pytest.raises(BdkError, match="noise"):
         TransferConfig(noise=float("nan"))
+    with pytest.raises(BdkError, match="noise"):
+        TransferConfig(noise=())
+    with pytest.raises(BdkError, match="shell-outer"):
+        TransferConfig(shell_inner=2.0, shell_outer=1.0)
 
 
 def test_feature_names_may_not_clash_with_soft_label_columns(tmp_path):
@@ -136,11 +194,12 @@ def test_parquet_schema_and_row_groups(iris, tmp_path):
 
 
 def test_regression_transfer_set(boston, tmp_path):
-    cfg = TransferConfig(perturbations=2, noise=0.05, uniform=300, seed=0)
+    cfg = TransferConfig(perturbations=2, noise=0.05, interpolations=100, uniform=300, shell=0, seed=0)
     t = build_transfer_set(cfg, boston)
     n = len(boston["train"])
     assert list(t.columns) == schema.transfer_columns(boston.feature_names) and t["id"].is_unique
-    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": 2 * n, "uniform": 300}
+    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": 2 * n, "interpolated": 100, "uniform": 300}
+    assert t.loc[t.source == "interpolated", "label"].isna().all()
     assert t["label"].dtype == np.float32
     train = t[t.source == "train"]
     np.testing.assert_array_equal(train["label"].to_numpy(), boston["train"].y)  # targets in their own units
@@ -163,7 +222,7 @@ def test_regression_transfer_set(boston, tmp_path):
     types = {field.name: str(field.type) for field in pq.ParquetFile(tmp_path / "t.parquet").schema_arrow}
     assert types == {"id": "string", "source": "string", "label": "float", **{f: "float" for f in boston.feature_names}}
     back = pd.read_parquet(tmp_path / "t.parquet")
-    assert back["label"].isna().sum() == 300
+    assert back["label"].isna().sum() == 400
     pd.testing.assert_frame_equal(back, t, check_dtype=False)
 
 
@@ -175,7 +234,7 @@ def test_arrow_schemas_follow_the_task():
     assert soft.names == schema.soft_label_columns(["a", "b"], cls.outputs)
     assert {n: str(soft.field(n).type) for n in cls.outputs} == {
         "probs": "list<item: float>", "variance": "list<item: float>", "entropy": "float", "expected_entropy": "float",
-        "mutual_information": "float"}
+        "mutual_information": "float", "mean_log_probs": "list<item: float>"}
     soft = soft_label_arrow_schema(["a"], reg)
     assert soft.names == ["id", "source", "label", "a", "mean", "variance", "epistemic_variance", "num_samples"]
     assert {str(soft.field(n).type) for n in reg.outputs} == {"float"} and str(soft.field("num_samples").type) == "int32"

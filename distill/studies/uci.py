@@ -51,7 +51,8 @@ class UciStudyConfig:
     student: StudentConfig = field(default_factory=lambda: StudentConfig(gate=False))
     # Transfer set: the training inputs plus 10 copies with N(0, 0.05^2) noise in the normalised input space
     # (Korattikara et al. 2015 on Boston); no uniform points.
-    soft_labels: SoftLabelConfig = field(default_factory=lambda: SoftLabelConfig(TransferConfig(uniform=0)))
+    soft_labels: SoftLabelConfig = field(default_factory=lambda: SoftLabelConfig(
+        TransferConfig(noise=(0.05,), interpolations=0, uniform=0, shell=0)))
 
     def __post_init__(self):
         if self.dataset not in UCI_DATASETS:
@@ -184,13 +185,13 @@ def report_markdown(cfg: UciStudyConfig, summary: dict) -> str:
         f"{t.learning_rate:g}, batch {t.batch_size}, up to {t.epochs} epochs (patience {t.patience}; ran "
         f"{_pm(summary['teacher/epochs_run'], 0)}, best epoch {_pm(summary['teacher/best_epoch'], 0)}).",
         f"- Soft labels: the Beam job (FnApiRunner, in-process) on the teacher's training inputs plus "
-        f"{cfg.soft_labels.transfer.perturbations} copies each with N(0, {cfg.soft_labels.transfer.noise:g}²) noise in the "
+        f"{cfg.soft_labels.transfer.perturbations} copies each with N(0, {cfg.soft_labels.transfer.noise[0]:g}²) noise in the "
         f"normalised input space; {cfg.soft_labels.num_samples} draws per row.",
         f"- Student: deterministic MLP {list(s.hidden)} with a mean and a softplus variance output, loss "
         "0.5·[log s² + (var_t + (μ_t − μ_s)²)/s²] (expected Gaussian NLL under the teacher's predictive), Adam "
         f"{s.learning_rate:g}, batch {s.batch_size}, up to {s.epochs} epochs, early-stopped on "
-        + ("its distillation loss against the teacher's predictive on the validation inputs (not in the transfer set)."
-           if s.monitor == "teacher" else "the validation NLL of the true targets.")
+        + (f"its loss against the teacher on a held-out {s.holdout:.0%} of the transfer set."
+           if s.monitor == "transfer" else "the validation NLL of the true targets.")
         + f" Best epoch {_pm(summary['student/best_epoch'], 0)}.", "",
         "## Figures", "",
         "Predictive intervals (mean ± 2 sd) on the test rows of split 0, sorted by the true value:", "",
