@@ -1,22 +1,31 @@
-"""What the soft-label job runs on Beam workers: a ModelHandler for the teacher's seeded predictive.
+"""What the soft-label job runs on Beam workers: a ModelHandler for the teacher's seeded predictive and
+the DoFn that reads, labels and writes one row group of the transfer set per element.
 
 Workers need only apache-beam, numpy, pyarrow, tensorflow and the SavedModel: this module imports
 nothing else (not even `distill`), and the job registers it with Beam's pickler by value, so its
-classes and functions travel inside the pipeline instead of being imported on the workers. Beam's
-own TFModelHandlerNumpy goes through tf.keras.models.load_model, which cannot load a plain
-tf.saved_model.save export (see ../shared/notes/stack.md); this handler uses tf.saved_model.load.
+classes and functions travel inside the pipeline instead of being imported on the workers. (Dask
+pickles the task graph itself, by reference: Dask workers import this module, so run them in the
+project's environment.) Beam's own TFModelHandlerNumpy goes through tf.keras.models.load_model, which
+cannot load a plain tf.saved_model.save export (see ../shared/notes/stack.md); this handler uses
+tf.saved_model.load.
 
-Rows stay columnar end to end: an element is an Arrow table (a row group of the transfer set), one
-`predictive_seeded` call labels it, and the result is the same table with the outputs appended.
+Rows stay columnar end to end: a row group of the transfer set is read as one Arrow table, one
+`predictive_seeded` call labels it, and the result, the same table with the outputs appended, is
+written as one Parquet shard.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+import uuid
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
+import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.utils import shared
 
 PREDICTIVE_SIGNATURE = "predictive_seeded"
+SHARD_SUFFIX = ".parquet"
 
 
 class PredictiveModelHandler(ModelHandler[Any, PredictionResult, Any]):
@@ -24,8 +33,9 @@ class PredictiveModelHandler(ModelHandler[Any, PredictionResult, Any]):
 
     One `predictive_seeded(features [B, F], num_samples, seed)` call per table. The seed is the job's:
     the export samples the same S weight draws for every row, so each row's soft label is a pure
-    function of (row, S, seed), bit-identical whatever the runner or the batching. The model is
-    loaded once per worker process (RunInference shares it across the process's threads).
+    function of (row, S, seed), bit-identical whatever the runner or the batching. LabelRowGroups loads
+    the model once per worker process (a Beam `Shared` handle: one copy for all threads and bundles);
+    the handler also works under RunInference.
 
     `output_names` picks the signature's outputs to keep (the task's outputs, distill.tasks).
     """
@@ -89,3 +99,44 @@ def to_soft_label_table(result: PredictionResult, num_samples: int, arrow_schema
             columns[name] = pa.array(value)
     columns["num_samples"] = pa.array(np.full(table.num_rows, num_samples, np.int32))
     return pa.Table.from_arrays([columns[f.name] for f in arrow_schema], schema=arrow_schema)
+
+
+def shard_path(prefix: str, index: int, count: int) -> str:
+    """The soft-label shard of row group `index` of `count`: PREFIX-00003-of-00010.parquet."""
+    return f"{prefix}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+class LabelRowGroups(beam.DoFn):
+    """Row-group index of the transfer set -> that row group labelled, written as one Parquet shard (its path).
+
+    Everything happens in `process`, one row group at a time, and nothing is emitted from
+    `finish_bundle`: the same code runs on every runner, Beam's DaskRunner included (it has no Read
+    and drops finish_bundle outputs), and memory holds one row group whatever the bundle or partition
+    size. The shard's name is fixed by the row group, and it appears by rename once complete, so a
+    retried element replaces its own shard rather than adding rows.
+    """
+
+    def __init__(self, transfer: str, handler: PredictiveModelHandler, output_prefix: str, num_row_groups: int,
+                 arrow_schema):
+        self.transfer, self.handler, self.output_prefix = transfer, handler, output_prefix
+        self.num_row_groups, self.arrow_schema = int(num_row_groups), arrow_schema
+        self._model_handle = shared.Shared()  # one model per worker process, across threads, bundles and DoFn copies
+
+    def setup(self) -> None:
+        self.handler.set_environment_vars()
+        self.model = self._model_handle.acquire(self.handler.load_model, tag=self.handler.export_path)
+
+    def process(self, index: int) -> Iterator[str]:
+        import pyarrow.parquet as pq
+
+        with FileSystems.open(self.transfer, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            table = pq.ParquetFile(fh).read_row_group(index)  # [B rows] x transfer columns
+        (result,) = self.handler.run_inference([table], self.model)  # one predictive_seeded call on [B, F]
+        labelled = to_soft_label_table(result, self.handler.num_samples, self.arrow_schema)
+        path = shard_path(self.output_prefix, index, self.num_row_groups)
+        folder, name = FileSystems.split(path)
+        partial = FileSystems.join(folder, f".{name}.{uuid.uuid4().hex}")  # outside the shard glob until renamed
+        with FileSystems.create(partial, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            pq.write_table(labelled, fh)  # labelled.schema is arrow_schema
+        FileSystems.rename([partial], [path])
+        yield path

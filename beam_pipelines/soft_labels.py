@@ -1,19 +1,25 @@
 """Stage 2's Beam job: the teacher's S-draw posterior predictive on every row of the transfer set.
 
-    ReadTransferSet (Arrow tables, one per row group) -> PredictSoftLabels [SampleTeacher (RunInference:
-    one predictive_seeded call per table) -> ToSoftLabelTables] -> WriteSoftLabels (Parquet shards,
-    explicit Arrow schema)
+    RowGroups (Create: the transfer set's row-group indices) -> LabelRowGroups (ParDo, per row group:
+    read it with pyarrow -> one predictive_seeded call -> the same table plus the outputs -> one Parquet
+    shard, explicit Arrow schema; emits the shard's path)
 
-then, on the launcher, manifest.json: what was labelled with which teacher (export fingerprint), by
-how many draws with which seed, and the rows per source as read back from the shards. Rows stay
-columnar (Arrow record batches, no per-row Python objects) and stream through one fused stage, shards
-written per bundle, so memory does not grow with the row count. The job's seed fixes the teacher's S
-weight draws for every row: a rerun gives bit-identical soft labels on any runner, in any batching.
+then, on the launcher, a read-back check that every transfer row was written exactly once, and
+manifest.json: what was labelled with which teacher (export fingerprint), by how many draws with which
+seed, and the rows per source as read back from the shards. Rows stay columnar (Arrow tables, no
+per-row Python objects) and stream one row group at a time, so memory does not grow with the row count.
+The job's seed fixes the teacher's S weight draws for every row: a rerun gives bit-identical soft
+labels on any runner, in any batching.
 
-Runs anywhere Beam runs. Default: the embedded FnApiRunner (no network); pass Beam options to
-choose another runner, e.g. `--direct_running_mode=multi_processing --direct_num_workers=2`,
-`--runner=PortableRunner --job_endpoint=embed --environment_type=LOOPBACK`, or Dataflow/Flink with
-gs:// paths (workers need only apache-beam and tensorflow, see beam_pipelines/predictive_handler.py).
+One plain ParDo with nothing emitted in finish_bundle (no Beam Read, no RunInference or BatchElements,
+no file sink) is what Beam's DaskRunner can run: it translates only Create, ParDo, GroupByKey and
+Flatten, and drops finish_bundle outputs. The same code path runs everywhere. Default: the embedded
+FnApiRunner (no network); pass Beam options to choose another runner, e.g.
+`--direct_running_mode=multi_processing --direct_num_workers=2`,
+`--runner=PortableRunner --job_endpoint=embed --environment_type=LOOPBACK`,
+`--runner=DaskRunner --dask_client_address=HOST:8786` (a running `distributed` scheduler; one Dask
+task per row group unless --dask_npartitions/--dask_partition_size say otherwise), or Dataflow/Flink
+with gs:// paths (workers need only apache-beam and tensorflow, see beam_pipelines/predictive_handler.py).
 
     python -m beam_pipelines.soft_labels --transfer T.parquet --export EXPORT --dataset_json D.json \\
         --output DIR [--num_samples 100 --seed 0] [Beam pipeline options]
@@ -33,11 +39,10 @@ from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
-from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_pipelines import predictive_handler
-from beam_pipelines.predictive_handler import PredictiveModelHandler, to_soft_label_table
+from beam_pipelines.predictive_handler import SHARD_SUFFIX, LabelRowGroups, PredictiveModelHandler
 from distill import schema, tasks
 from distill.errors import BdkError
 from distill.transfer import export_fingerprint, soft_label_arrow_schema
@@ -45,7 +50,7 @@ from distill.transfer import export_fingerprint, soft_label_arrow_schema
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "FnApiRunner"  # embedded, no network (the DirectRunner first tries to download Prism)
-SHARD_SUFFIX = ".parquet"
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"  # Beam 2.77 has no short name for it
 
 
 def _ship_handler_by_value() -> None:
@@ -55,35 +60,22 @@ def _ship_handler_by_value() -> None:
     cloudpickle.register_pickle_by_value(predictive_handler)
 
 
-class PredictSoftLabels(beam.PTransform):
-    """Arrow tables of transfer rows -> the same tables plus the teacher's predictive for S draws."""
+class SoftLabelJob(beam.PTransform):
+    """The whole job from a pipeline root: label each row group of the transfer set into its own Parquet shard.
 
-    def __init__(self, handler: PredictiveModelHandler, arrow_schema):
+    Output: the shards' paths, one per row group (the shards are the job's result)."""
+
+    def __init__(self, transfer: str, handler: PredictiveModelHandler, output_prefix: str, num_row_groups: int,
+                 arrow_schema):
         super().__init__()
         _ship_handler_by_value()
-        self.handler, self.arrow_schema = handler, arrow_schema
-
-    def expand(self, tables):
-        return (tables
-                | "SampleTeacher" >> RunInference(self.handler)  # one predictive_seeded call per table
-                | "ToSoftLabelTables" >> beam.Map(to_soft_label_table, num_samples=self.handler.num_samples,
-                                                  arrow_schema=self.arrow_schema))
-
-
-class SoftLabelJob(beam.PTransform):
-    """The whole job from a pipeline root: read the transfer set, label it, write Parquet shards."""
-
-    def __init__(self, transfer: str, handler: PredictiveModelHandler, output_prefix: str, arrow_schema):
-        super().__init__()
-        self.transfer, self.handler, self.output_prefix, self.arrow_schema = transfer, handler, output_prefix, arrow_schema
+        self.label_fn = LabelRowGroups(transfer, handler, output_prefix, num_row_groups, arrow_schema)
 
     def expand(self, root):
         return (root
-                | "ReadTransferSet" >> beam.io.ReadFromParquetBatched(self.transfer)
-                | "PredictSoftLabels" >> PredictSoftLabels(self.handler, self.arrow_schema)
-                # num_shards=0: one shard per bundle, written as tables stream (a fixed count adds a shuffle).
-                | "WriteSoftLabels" >> beam.io.WriteToParquetBatched(self.output_prefix, self.arrow_schema,
-                                                                     file_name_suffix=SHARD_SUFFIX))
+                # Reshuffled (Create's default), so parallel runners spread the row groups over their workers.
+                | "RowGroups" >> beam.Create(list(range(self.label_fn.num_row_groups)))
+                | "LabelRowGroups" >> beam.ParDo(self.label_fn))
 
 
 # ---------------------------------------------------------------- launcher side
@@ -103,11 +95,42 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """The user's Beam options; the embedded FnApiRunner unless they name a runner."""
+    """The user's Beam options; the embedded FnApiRunner unless they name a runner. `DaskRunner` (or `Dask`)
+    names Beam's Dask runner, by default with one Dask task per row group."""
     options = PipelineOptions(list(beam_args))
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        standard.runner = DEFAULT_RUNNER
+    elif isinstance(standard.runner, str) and standard.runner.lower() in ("dask", "daskrunner", DASK_RUNNER.lower()):
+        standard.runner = DASK_RUNNER  # Beam's runner lookup does not know the short name
+        dask_options = options.view_as(_dask_options_class())
+        if dask_options.npartitions is None and dask_options.partition_size is None:
+            dask_options.partition_size = 1  # a row group is a big task already; Beam's default packs 128 into one
     return options
+
+
+def _dask_options_class():
+    """Beam's DaskOptions (--dask_client_address, ...): they exist once the Dask runner module is imported."""
+    try:
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+    except ImportError:
+        raise BdkError("the Dask runner needs dask and distributed: pip install 'dask[distributed]'") from None
+    return DaskOptions
+
+
+def _num_row_groups(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        return pq.ParquetFile(fh).metadata.num_row_groups
+
+
+def _close_dask_client(result) -> None:
+    """Beam's DaskRunner leaves its distributed.Client connected after the job: close it (with the local
+    cluster it started when no --dask_client_address was given). Other runners' results have no client."""
+    client = getattr(result, "client", None)
+    if client is not None:
+        client.close()
 
 
 def _read_json(path: str) -> dict:
@@ -199,11 +222,15 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     arrow_schema = soft_label_arrow_schema(features, task)
     pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
     _ = pipeline | "SoftLabels" >> SoftLabelJob(args.transfer, handler, FileSystems.join(output, schema.SOFT_LABEL_PREFIX),
-                                                arrow_schema)
+                                                _num_row_groups(args.transfer), arrow_schema)
     options = pipeline.options.get_all_options(drop_default=True, retain_unknown_options=True)  # before runners edit them
     runner = pipeline.options.view_as(StandardOptions).runner or type(pipeline.runner).__name__
     t0 = time.perf_counter()
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        _close_dask_client(result)
     seconds = time.perf_counter() - t0
 
     shards = sorted(m.path for m in FileSystems.match([shard_glob])[0].metadata_list)

@@ -77,7 +77,8 @@ def make_transfer(run: Path, rows: int, out: Path, row_group_rows: int) -> Path:
     if run not in _TABLES or len(_TABLES[run][1]) < rows:  # build once for the largest size, slice the rest
         ds = data_lib.load_from_run(run)
         base = len(ds["train"]) * 11
-        _TABLES[run] = (ds, build_transfer_set(TransferConfig(perturbations=10, uniform=max(rows - base, 0)), ds))
+        _TABLES[run] = (ds, build_transfer_set(TransferConfig(perturbations=10, interpolations=0, shell=0,
+                                                                 uniform=max(rows - base, 0)), ds))
     ds, table = _TABLES[run]
     return write_transfer_set(table.iloc[:rows], out, ds.feature_names, tasks.get(ds.task), row_group_rows)
 

@@ -143,7 +143,9 @@ def soft_labels(
 @user_errors
 def student(
     run: Path = typer.Option(..., "--run", help="Run folder with a teacher and soft labels."),
-    hidden: Optional[str] = typer.Option(None, help="Hidden layer sizes, comma-separated (e.g. 32 or 64,32); default by task."),
+    hidden: Optional[str] = typer.Option(None, help="Hidden layer sizes, comma-separated (e.g. 32 or 64,32), or auto (the "
+                                         "best on a held-out slice of the transfer set within 1/4 of the teacher's "
+                                         "parameters); default by task."),
     temperature: float = typer.Option(1.0, min=1e-3, help="Distillation temperature T (loss scaled by T^2)."),
     alpha: float = typer.Option(0.0, min=0.0, max=1.0, help="Weight of the hard-label loss on labelled rows."),
     uncertainty: Optional[str] = typer.Option(None, help="Student's epistemic score: dirichlet (classes; the default) or "
@@ -159,7 +161,7 @@ def student(
     from distill.pipeline import student_stage
     from student.config import StudentConfig
 
-    cfg = StudentConfig(hidden=_sizes(hidden) if hidden else None, temperature=temperature, alpha=alpha,
+    cfg = StudentConfig(**_hidden(hidden), temperature=temperature, alpha=alpha,
                         uncertainty=uncertainty, epistemic_weight=epistemic_weight,
                         epochs=epochs, gate_nll_margin=gate_nll_margin, gate_ece_margin=gate_ece_margin, seed=seed)
     s = student_stage(cfg, run, progress=progress)
@@ -224,7 +226,7 @@ def run_pipeline(
     teacher_cfg = TeacherConfig(kind=kind, epochs=epochs, eval_samples=samples, seed=seed, **_kl(kl_weight))
     soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations,
                                          uniform=uniform, shell=shell, seed=seed), num_samples=samples)
-    student_cfg = StudentConfig(hidden=_sizes(hidden) if hidden else None, epochs=student_epochs, seed=seed)
+    student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, seed=seed)
     eval_cfg = EvalConfig(samples=samples, seed=seed)
 
     def announce(i: int, name: str) -> None:
@@ -380,11 +382,18 @@ def beam_options(args: list[str]) -> list[str]:
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    known = set(PipelineOptions([]).get_all_options().keys())
+    if any("dask" in a.lower() for a in args):  # Dask's options register when its runner module is imported
+        try:
+            import apache_beam.runners.dask.dask_runner  # noqa: F401
+        except ImportError:
+            raise BdkError("the Dask runner needs dask and distributed: pip install 'dask[distributed]'") from None
+    flags: set[str] = set()  # every option string of every registered option class, e.g. --dask_client_address
+    PipelineOptions([]).get_all_options(add_extra_args_fn=lambda parser: flags.update(parser._option_string_actions))
+    known = {f[2:] for f in flags if f.startswith("--")}
     for arg in args:
         if arg.startswith("--"):
             name = arg[2:].split("=", 1)[0]
-            if name.replace("-", "_") not in known and name not in known:
+            if name not in known and name.replace("-", "_") not in known:
                 guess = difflib.get_close_matches(name, [*known, "samples", "student-epochs", "perturbations", "uniform",
                                                          "epochs", "seed", "noise", "unlabeled", "task"], n=1)
                 hint = f" (did you mean --{guess[0]}?)" if guess else ""
@@ -417,6 +426,17 @@ def _transfer(noise: Optional[str] = None, **given):
         except ValueError:
             raise BdkError(f"--noise {noise!r}: expected comma-separated numbers such as 0.05 or 0.05,0.2,0.5") from None
     return TransferConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def _hidden(text: Optional[str]) -> dict:
+    """--hidden: layer sizes, `auto` (chosen on the held-out transfer slice), or absent (the task's default)."""
+    if text is None:
+        return {}
+    if text.strip().lower() == "auto":
+        from student.config import HIDDEN_SEARCH
+
+        return {"hidden_search": HIDDEN_SEARCH}
+    return {"hidden": _sizes(text)}
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -202,7 +202,7 @@ def _ood_and_tail_sections(out: dict, task) -> list[str]:
     return ["", f"## Out-of-distribution detection (test vs {ood_label(out['config'])[5:-1]} inputs)", "",
             f"| model | AUROC by {by} | AUROC by epistemic score |", "|---|---|---|",
             f"| teacher | {o[f'teacher/{total}_auroc']:.3f} | {o[f'teacher/{epistemic}_auroc']:.3f} ({name}) |",
-            f"| student | {o[f'student/{total}_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (epistemic head) |",
+            f"| student | {o[f'student/{total}_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (its epistemic output) |",
             f"| baseline | {o[f'baseline/{total}_auroc']:.3f} | n/a |", "",
             "![uncertainty](uncertainty_test_vs_ood.png)", "",
             "## Teacher training", "", "![teacher training](teacher_training.png)", "", *_cost_section(out)]

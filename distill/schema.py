@@ -16,7 +16,7 @@ from pathlib import Path
 EXPORT_VERSION = "1"  # TF Serving wants base_path/<integer version>/saved_model.pb
 
 # Sources of transfer-set rows (stage 2).
-SOURCES = ("train", "perturbed", "uniform", "unlabeled")
+SOURCES = ("train", "perturbed", "interpolated", "uniform", "shell", "unlabeled")
 NO_LABEL = -1  # label of a transfer row that has no true class (regression: NaN)
 ID_COLUMNS = ("id", "Id", "ID")  # a table's row id column, when it has one of these
 

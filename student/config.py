@@ -13,6 +13,7 @@ from distill.errors import BdkError
 TASK_DEFAULTS = {"classification": dict(hidden=(32, 32), batch_size=256, learning_rate=1e-2, uncertainty="dirichlet"),
                  "regression": dict(hidden=(100,), batch_size=128, learning_rate=3e-3, uncertainty="regressor")}
 MONITORS = ("transfer", "labels")
+HIDDEN_SEARCH = ((32,), (64,), (32, 32), (64, 64), (128, 128))
 UNCERTAINTY = ("dirichlet", "regressor")
 
 
@@ -35,7 +36,10 @@ class StudentConfig:
     # everywhere it will be queried); "labels" = the NLL of the validation rows' true labels.
     monitor: str = "transfer"
     holdout: float = 0.1
-    hidden_search: tuple[tuple[int, ...], ...] = ()  # widths/depths to try; the best held-out transfer loss wins
+    # Widths/depths to try (`--hidden auto`: HIDDEN_SEARCH), those with at most `max_parameter_share` of the teacher's
+    # stored parameters; the best loss on the held-out transfer slice wins.
+    hidden_search: tuple[tuple[int, ...], ...] = ()
+    max_parameter_share: float = 0.25
     baseline_epochs: int = 300  # the hard-label baseline, same architecture, train split only
     baseline_batch_size: int = 16
     gate: bool = True  # refuse to publish a student worse calibrated than its teacher (studies compare, so turn it off)

@@ -78,6 +78,12 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple
     return fit(model, train_epoch, validate, monitor, epochs, cfg.patience, cfg.seed, desc, progress)
 
 
+def student_parameters(num_features: int, units: int, hidden: tuple[int, ...]) -> int:
+    """Parameters of build_student's network: dense layers, the head and the one-unit epistemic head."""
+    widths = [num_features, *hidden]
+    return sum((a + 1) * b for a, b in zip(widths, widths[1:])) + (widths[-1] + 1) * (units + 1)
+
+
 def _best(result) -> float:
     return float(result.history["held_out_loss"].iloc[result.best_epoch - 1])
 
@@ -150,9 +156,12 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     search = {}
     model, result = train(cfg.hidden)
     if cfg.hidden_search and held_out is not None:  # widths/depths compared on the held-out transfer loss
+        from distill.evaluate import export_parameters
+
+        budget = cfg.max_parameter_share * export_parameters(schema.teacher_export(run))
         search[",".join(map(str, cfg.hidden))] = _best(result)
         for hidden in cfg.hidden_search:
-            if tuple(hidden) == tuple(cfg.hidden):
+            if tuple(hidden) == tuple(cfg.hidden) or student_parameters(ds.num_features, units, hidden) > budget:
                 continue
             candidate = train(tuple(hidden))
             search[",".join(map(str, hidden))] = _best(candidate[1])

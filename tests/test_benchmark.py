@@ -13,8 +13,9 @@ def tiny():
 
     return BenchmarkConfig(datasets=("iris",), seeds=1, kinds=("flipout",), teacher=TeacherConfig(epochs=4, members=2, eval_samples=10),
                            student=StudentConfig(gate=False, epochs=4, baseline_epochs=4),
-                           soft_labels=SoftLabelConfig(TransferConfig(uniform=50, perturbations=1), num_samples=10),
-                           evaluation=EvalConfig(samples=10, bootstrap=50, latency_calls=3), ablation=False)
+                           soft_labels=SoftLabelConfig(TransferConfig(uniform=50, perturbations=1, interpolations=30, shell=30), num_samples=10),
+                           evaluation=EvalConfig(samples=10, bootstrap=50, latency_calls=3), ablation=False,
+                           doubling=False)
 
 
 def test_benchmark_writes_a_report_and_resumes(tmp_path):
@@ -26,11 +27,14 @@ def test_benchmark_writes_a_report_and_resumes(tmp_path):
     assert (table["rows"] == 30).all()
     teacher = table.set_index("model").loc["flipout teacher"]
     assert 0.0 <= teacher["held_out_class_auroc"] <= 1.0 and 0.0 <= teacher["far_shell_auroc"] <= 1.0
+    student = table.set_index("model").loc["flipout student"]  # the held-out-class pipeline distilled a student too
+    assert 0.0 <= student["held_out_class_auroc_best"] <= 1.0 and student["kl_test"] >= 0 and student["parameter_ratio"] < 1
     lo, hi = teacher["test/nll_ci95"]
     assert lo <= teacher["test/nll"] <= hi
     report = (out / "report.md").read_text()
     assert "| iris | flipout teacher | 1 |" in report and "far-shell AUROC (MI) >= 0.90" in report
-    assert "step budget doubled" in report and (out / "reliability_iris.png").stat().st_size > 1000
+    assert "## The students against their teachers" in report and "iris (flipout): KL <= 0.005 on test:" in report
+    assert (out / "reliability_iris.png").stat().st_size > 1000
     run = out / "runs" / "iris" / "seed0" / "flipout" / "report" / "metrics.json"
     stamp = run.stat().st_mtime_ns
     again = benchmark(tiny(), out, progress=False)  # resumable: nothing is retrained

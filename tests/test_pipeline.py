@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from distill import schema
 from distill.cli import app
 
-SMALL = ["--epochs", "60", "--samples", "30", "--perturbations", "3", "--uniform", "300", "--student-epochs", "150",
+SMALL = ["--epochs", "60", "--samples", "30", "--perturbations", "3", "--uniform", "300", "--interpolations", "100", "--shell", "200", "--student-epochs", "150",
          "--no-progress"]
 
 
@@ -43,14 +43,18 @@ def test_report_metrics(pipeline_run):
             assert lo <= m[model][f"test/{k}"] + 1e-9 and m[model][f"test/{k}"] <= hi + 1e-9
         assert m[model]["test/accuracy"] >= 0.8
     a = m["agreement"]
-    for name in ("test", "perturbed", "uniform"):
-        assert 0 <= a[f"{name}/kl"] < 0.1 and a[f"{name}/top1_agreement"] >= 0.8
-    assert m["epistemic_tracking"]["perturbed/spearman"] > 0.3  # the head follows the teacher's MI
+    for name in ("test", "perturbed", "interpolated", "uniform", "shell", "ood"):  # every region of the trust section
+        assert 0 <= a[f"{name}/kl"] < 0.2 and a[f"{name}/top1_agreement"] >= 0.7, name
+        if name != "test":
+            r = m["regions"][name]
+            assert r["rows"] > 0 and 0 <= r["teacher_auroc"] <= 1 and 0 <= r["student_auroc"] <= 1
+    assert m["epistemic_tracking"]["perturbed/spearman"] > 0.3  # the Dirichlet's MI follows the teacher's
     for key in ("teacher/entropy_auroc", "teacher/mutual_information_auroc", "student/epistemic_auroc"):
         assert 0 <= m["ood"][key] <= 1
     assert m["cost"]["student"]["parameters"] < m["cost"]["teacher"]["parameters"]
     report = (pipeline_run / "report" / "report.md").read_text()
     assert "calibration" in report and "![reliability](reliability.png)" in report
+    assert "## Where the student is trustworthy" in report and "| far shell (transfer's own draws) | 200 |" in report
 
 
 FRESH = """
@@ -72,7 +76,7 @@ def test_student_export_is_deterministic_in_a_fresh_interpreter(pipeline_run):
                          capture_output=True, text=True, timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["keys"] == ["entropy", "epistemic", "probs"] and r["same"]
+    assert r["keys"] == ["entropy", "epistemic", "expected_entropy", "mutual_information", "probs"] and r["same"]
     assert np.allclose(r["sum"], 1, atol=1e-5) and min(r["epistemic"]) >= 0
 
 

@@ -166,9 +166,11 @@ def test_regression_soft_labels(regression_run, tmp_path):
     features = json.loads((schema.data_dir(run) / "dataset.json").read_text())["feature_names"]
     df, manifest = read_soft_labels(run)
     assert list(df.columns) == schema.soft_label_columns(features, REG.outputs)
-    assert manifest["task"] == "regression" and manifest["rows_per_source"] == {"train": 128, "perturbed": 256, "uniform": 100}
+    assert manifest["task"] == "regression" and manifest["rows_per_source"] == {"train": 128, "perturbed": 256, "interpolated": 60,
+                                                                                "uniform": 100, "shell": 60}
     assert (df["variance"] >= df["epistemic_variance"] - 1e-5).all() and (df["epistemic_variance"] >= 0).all()
-    assert df.loc[df.source == "uniform", "label"].isna().all() and df.loc[df.source != "uniform", "label"].notna().all()
+    labelled = df.source.isin(["train", "perturbed"])
+    assert df.loc[~labelled, "label"].isna().all() and df.loc[labelled, "label"].notna().all()
     # each row's soft label is the seeded predictive of its features (in the target's units)
     export = tf.saved_model.load(str(schema.teacher_export(run)))
     ref = export.signatures["predictive_seeded"](features=tf.constant(df[features].to_numpy(np.float32)),

@@ -11,7 +11,7 @@ from serving_fakes import reference
 
 MAX_BATCH, MAX_BODY = 8, 4096
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
-TEACHER_OUTPUTS = {"probs", "variance", "entropy", "expected_entropy", "mutual_information"}
+TEACHER_OUTPUTS = {"probs", "variance", "entropy", "expected_entropy", "mutual_information", "mean_log_probs"}
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from distill.transfer import read_soft_labels
 
 CLS = tasks.get("classification")
 S = 20
-SMALL = ["--perturbations", "2", "--uniform", "50", "--samples", str(S), "--no-progress"]
+SMALL = ["--perturbations", "2", "--interpolations", "20", "--uniform", "50", "--shell", "20", "--samples", str(S), "--no-progress"]
 
 
 def bdk(*args):
@@ -118,13 +118,13 @@ def save_fake_teacher(path: Path, w: np.ndarray, b: np.ndarray, sigma: float) ->
 
 
 def test_predict_soft_labels_with_a_fake_teacher(tmp_path):
-    import apache_beam as beam
     import pyarrow as pa
+    import pyarrow.parquet as pq
     from apache_beam.testing.test_pipeline import TestPipeline
-    from apache_beam.testing.util import BeamAssertException, assert_that
+    from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
     from beam_pipelines.predictive_handler import PredictiveModelHandler
-    from beam_pipelines.soft_labels import PredictSoftLabels
+    from beam_pipelines.soft_labels import SoftLabelJob
     from distill.transfer import soft_label_arrow_schema, transfer_arrow_schema
 
     w = np.array([[2.0, -1.0, 0.0], [0.0, 1.0, -2.0]], np.float32)
@@ -134,8 +134,9 @@ def test_predict_soft_labels_with_a_fake_teacher(tmp_path):
     x = np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32)  # [N, 2]
     rows = [{"id": f"row:{i}", "source": schema.SOURCES[i % 4], "label": i % 3 if i % 4 < 2 else schema.NO_LABEL,
              "a": float(x[i, 0]), "b": float(x[i, 1])} for i in range(n)]
-    transfer_schema = transfer_arrow_schema(["a", "b"], CLS)
-    tables = [pa.Table.from_pylist(rows[i:i + 16], schema=transfer_schema) for i in range(0, n, 16)]  # row groups
+    transfer = tmp_path / "transfer.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=transfer_arrow_schema(["a", "b"], CLS)), transfer,
+                   row_group_size=16)  # 3 row groups
     logits = x @ w + b  # [N, C]
     eps = np.random.default_rng(1).normal(size=(20_000, n, 3))  # [R, N, C]
     ref_samples = np.exp(logits + sigma * eps)
@@ -167,10 +168,11 @@ def test_predict_soft_labels_with_a_fake_teacher(tmp_path):
                 raise BeamAssertException(f"{got['id']}: {[m for m in problems if m]}")
 
     handler = PredictiveModelHandler(str(export), ["a", "b"], num_samples=draws, seed=5, output_names=CLS.outputs)
+    shards = [str(tmp_path / "out" / f"part-{i:05d}-of-00003.parquet") for i in range(3)]
     with TestPipeline(runner="FnApiRunner") as p:
-        out = (p | "CreateTables" >> beam.Create(tables, reshuffle=False)
-               | "PredictSoftLabels" >> PredictSoftLabels(handler, arrow_schema))
-        assert_that(out, check)
+        out = p | "SoftLabels" >> SoftLabelJob(str(transfer), handler, str(tmp_path / "out" / "part"), 3, arrow_schema)
+        assert_that(out, equal_to(shards))  # one shard per row group
+    check([pq.read_table(s) for s in shards])
 
 
 # ---------------------------------------------------------------- the real teacher
@@ -202,7 +204,7 @@ def test_cli_end_to_end_on_iris(labelled):
     df, manifest = read_soft_labels(labelled)
     ds = data_lib.load_from_run(labelled)
     n = len(ds["train"])
-    assert manifest["rows_per_source"] == {"train": n, "perturbed": 2 * n, "uniform": 50}
+    assert manifest["rows_per_source"] == {"train": n, "perturbed": 2 * n, "interpolated": 20, "uniform": 50, "shell": 20}
     assert list(df.columns) == schema.soft_label_columns(ds.feature_names, CLS.outputs) and df["id"].is_unique
     assert manifest["num_samples"] == S and (df["num_samples"] == S).all() and manifest["seed"] == 0
     assert manifest["task"] == "classification"
@@ -355,19 +357,20 @@ def test_workers_need_no_project_code(teacher_run, tmp_path):
     import pyarrow.parquet as pq
     from apache_beam.internal import pickler
 
-    from beam_pipelines.predictive_handler import PredictiveModelHandler, to_soft_label_table
-    from beam_pipelines.soft_labels import PredictSoftLabels
+    from beam_pipelines.predictive_handler import PredictiveModelHandler
+    from beam_pipelines.soft_labels import SoftLabelJob
     from distill.transfer import soft_label_arrow_schema, transfer_arrow_schema
 
     ds = data_lib.load_from_run(teacher_run)
     handler = PredictiveModelHandler(str(schema.teacher_export(teacher_run)), ds.feature_names, num_samples=5, seed=3,
                                      output_names=CLS.outputs)
     arrow_schema = soft_label_arrow_schema(ds.feature_names, CLS)
-    PredictSoftLabels(handler, arrow_schema)  # registers the handler module for pickling by value, as the job does
-    (tmp_path / "fns.pkl").write_bytes(pickler.dumps((handler, to_soft_label_table, arrow_schema)))
     rows = [{"id": f"train:{i}", "source": "train", "label": int(y), **dict(zip(ds.feature_names, map(float, x)))}
             for i, (x, y) in enumerate(zip(ds["test"].x[:4], ds["test"].y[:4]))]
     pq.write_table(pa.Table.from_pylist(rows, schema=transfer_arrow_schema(ds.feature_names, CLS)), tmp_path / "rows.parquet")
+    # The job's constructor registers the handler module for pickling by value; its DoFn is what workers get.
+    job = SoftLabelJob(str(tmp_path / "rows.parquet"), handler, str(tmp_path / "part"), 1, arrow_schema)
+    (tmp_path / "fn.pkl").write_bytes(pickler.dumps(job.label_fn))
     worker = textwrap.dedent("""
         import importlib.abc, json, sys
         class NoProjectCode(importlib.abc.MetaPathFinder):
@@ -377,12 +380,10 @@ def test_workers_need_no_project_code(teacher_run, tmp_path):
         sys.meta_path.insert(0, NoProjectCode())
         import pyarrow.parquet as pq
         from apache_beam.internal import pickler
-        handler, to_table, arrow_schema = pickler.loads(open("fns.pkl", "rb").read())
-        handler.set_environment_vars()
-        model = handler.load_model()
-        tables = [to_table(r, handler.num_samples, arrow_schema)
-                  for r in handler.run_inference([pq.read_table("rows.parquet")], model)]
-        print(json.dumps([row for t in tables for row in t.to_pylist()]))
+        fn = pickler.loads(open("fn.pkl", "rb").read())
+        fn.setup()
+        shards = list(fn.process(0))  # row group 0 -> its shard
+        print(json.dumps([row for s in shards for row in pq.read_table(s).to_pylist()]))
     """)
     done = subprocess.run([sys.executable, "-c", worker], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

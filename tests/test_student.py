@@ -199,3 +199,10 @@ def test_gate_compares_with_margins():
     # regression has no ECE: the NLL alone decides
     assert check_gate(cfg, {"val/nll": 1.24, "val/rmse": 9.0}, {"val/nll": 1.20, "val/rmse": 3.0}) == []
     assert len(check_gate(cfg, {"val/nll": 1.30}, {"val/nll": 1.00})) == 1
+
+
+def test_parameter_count_of_a_student_architecture():
+    from student.train import student_parameters
+
+    for f, units, hidden in ((4, 3, (32,)), (64, 10, (32, 32)), (13, 2, (8, 16, 4))):
+        assert student_parameters(f, units, hidden) == build_student(f, units, hidden).count_params()

@@ -97,7 +97,7 @@ def test_export_in_fresh_interpreters(teacher_run, iris):
         assert proc.returncode == 0, err[-2000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     r = results[0]
-    assert r["keys"] == ["entropy", "expected_entropy", "mutual_information", "probs", "variance"]
+    assert r["keys"] == ["entropy", "expected_entropy", "mean_log_probs", "mutual_information", "probs", "variance"]
     assert r["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default"]
     assert r["shape"] == [6, 3]
     assert np.allclose(r["sum"], 1, atol=1e-5) and r["min_var"] >= 0 and r["decomp"] < 1e-4

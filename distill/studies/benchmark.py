@@ -79,14 +79,15 @@ def _pipeline_run(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, run:
 
 
 def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, out: Path) -> dict:
-    """Train the teacher without the dataset's last class; AUROC of its epistemic score, test rows vs that class."""
+    """The pipeline (teacher, soft labels, student) without the dataset's last class; AUROC of each model's
+    scores, test rows vs that class's rows."""
     result_file = out / "held_out.json"
     if result_file.exists():
         return read_json(result_file)
-    import tensorflow as tf
-
     from distill import data as data_lib
-    from distill.pipeline import teacher_stage
+    from distill.evaluate import Exports
+    from distill.pipeline import run_all
+    from distill import tasks
 
     _, label, id_col, _ = BUNDLED[dataset]
     table = read_table(dataset)
@@ -98,21 +99,21 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
     out.mkdir(parents=True, exist_ok=True)
     inside.to_csv(out / "in.csv", index=False)
     run = out / "run"
-    summary = teacher_stage(DataConfig(dataset=str(out / "in.csv"), label_column=label, id_column=id_col, seed=seed,
-                                       task="classification"), replace(cfg.teacher, kind=kind, seed=seed), run,
-                            overwrite=True, progress=False)
+    if not (schema.report_dir(run) / "metrics.json").exists():
+        run_all(DataConfig(dataset=str(out / "in.csv"), label_column=label, id_column=id_col, seed=seed, task="classification"),
+                replace(cfg.teacher, kind=kind, seed=seed),
+                replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, seed=seed)),
+                replace(cfg.student, seed=seed), replace(cfg.evaluation, seed=seed), run, overwrite=True, progress=False)
     ds = data_lib.load_from_run(run)
-    model = tf.saved_model.load(str(schema.teacher_export(run)))
-    fn = model.signatures["predictive_seeded"]
-    score = {}
-    for name, x in (("test", ds["test"].x), ("held_out", table.loc[table[label].astype(str) == held, ds.feature_names])):
-        out_ = fn(features=tf.constant(np.asarray(x, np.float32)), num_samples=tf.constant(cfg.evaluation.samples),
-                  seed=tf.constant(seed, tf.int64))
-        score[name] = {k: v.numpy() for k, v in out_.items()}
-    result = {"held_out_class": held, "rows": int(len(score["held_out"]["entropy"])),
-              "mutual_information_auroc": metrics.auroc(score["test"]["mutual_information"], score["held_out"]["mutual_information"]),
-              "entropy_auroc": metrics.auroc(score["test"]["entropy"], score["held_out"]["entropy"]),
-              "test/accuracy": summary["test/accuracy"]}
+    exports = Exports(run, cfg.evaluation.samples, tasks.get("classification"), seed)
+    x_held = table.loc[table[label].astype(str) == held, ds.feature_names].to_numpy(np.float32)
+    result = {"held_out_class": held, "rows": len(x_held),
+              "test/accuracy": read_json(schema.teacher_dir(run) / "metrics.json")["test/accuracy"]}
+    for model in ("teacher", "student"):
+        test, away = exports.predict(model, ds["test"].x), exports.predict(model, x_held)
+        for score in ("epistemic", "entropy"):
+            result[f"{model}/{score}_auroc"] = metrics.auroc(test[score], away[score])
+    result["mutual_information_auroc"] = result["teacher/epistemic_auroc"]  # the teacher's epistemic score is its MI
     write_json(result_file, result)
     return result
 
@@ -207,11 +208,22 @@ def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame
                      "baseline": "baseline/entropy_auroc"}[model]
             row["far_shell_auroc"] = float(np.mean([r["ood"][score] for r in reps]))
             row["far_shell_auroc_entropy"] = float(np.mean([r["ood"][f"{model}/entropy_auroc"] for r in reps]))
-            held = [v["mutual_information_auroc"] for (hd, _, hk), v in results["held_out"].items()
-                    if (hd, hk) == (d, kind) and v.get("held_out_class")]
-            if model == "teacher" and held:
-                row["held_out_class_auroc"] = float(np.mean(held))
+            row["far_shell_auroc_best"] = float(np.mean([max(r["ood"][score], r["ood"][f"{model}/entropy_auroc"]) for r in reps]))
+            held = [v for (hd, _, hk), v in results["held_out"].items() if (hd, hk) == (d, kind) and v.get("held_out_class")]
+            if model in ("teacher", "student") and held:
+                if model == "teacher":
+                    row["held_out_class_auroc"] = float(np.mean([v["mutual_information_auroc"] for v in held]))
+                best = [max(v[f"{model}/epistemic_auroc"], v[f"{model}/entropy_auroc"]) for v in held if f"{model}/entropy_auroc" in v]
+                if best:
+                    row["held_out_class_auroc_best"] = float(np.mean(best))
                 row["held_out_class_seeds"] = len(held)
+            if model == "student":  # how closely it reproduces its teacher, and what it costs
+                for region in ("test", "ood"):
+                    row[f"kl_{region}"] = float(np.mean([r["agreement"][f"{region}/kl"] for r in reps]))
+                    row[f"spearman_{region}"] = float(np.mean([r["epistemic_tracking"][f"{region}/spearman"] for r in reps]))
+                row["parameter_ratio"] = float(np.mean([r["cost"]["student"]["parameters"] / r["cost"]["teacher"]["parameters"]
+                                                        for r in reps]))
+                row["latency_ms_p50"] = float(np.mean([r["cost"]["student"]["latency_ms_p50"] for r in reps]))
             rows.append(row)
             reliability_axes(ax, probs, y, row["model"], "tab:blue" if model == "teacher" else "tab:orange")
             ax.set_title(f"{row['model']}\nECE {row['test/ece']:.3f}, n={len(y)}")
@@ -248,9 +260,10 @@ def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
              "| dataset | model | seeds | accuracy | NLL | ECE | Brier | far-shell AUROC | held-out-class AUROC |",
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        held = f"{r['held_out_class_auroc']:.3f}" if "held_out_class_auroc" in r and pd.notna(r.get("held_out_class_auroc")) else ""
+        held = f"{r['held_out_class_auroc']:.3f}" if pd.notna(r.get("held_out_class_auroc", np.nan)) else ""
         lines.append(f"| {r['dataset']} | {r['model']} | {r['seeds']} | {_ci(r, 'accuracy')} | {_ci(r, 'nll')} | {_ci(r, 'ece')} | "
                      f"{_ci(r, 'brier')} | {r['far_shell_auroc']:.3f} | {held} |")
+    lines += _student_section(table)
     lines += ["", "## Goals (Flipout teacher against the baseline and the deep ensemble)", ""]
     t = table.set_index(["dataset", "model"])
     for d in cfg.datasets:
@@ -294,6 +307,38 @@ def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
               "", "Reliability (test rows of all seeds):", "",
               *[f"![reliability {d}](reliability_{d}.png)" for d in cfg.datasets], ""]
     return "\n".join(lines)
+
+
+def _student_section(table: pd.DataFrame) -> list[str]:
+    """Does each student keep its teacher's uncertainty (the student issue's goals)?"""
+    t = table.set_index(["dataset", "model"])
+    lines = ["", "## The students against their teachers", "",
+             "OOD AUROC here is each model's best of its total (entropy) and epistemic score (teacher: mutual information; "
+             "student: its epistemic output); KL(teacher ‖ student) and Spearman(teacher MI, student epistemic) on the test "
+             "rows and on the evaluation's far-shell rows; parameters as a share of the teacher's; single-row latency in-process.", "",
+             "| dataset | student of | far-shell AUROC teacher / student | held-out class teacher / student | KL test / far shell | "
+             "Spearman test / far shell | parameters | latency (ms) |", "|---|---|---|---|---|---|---|---|"]
+    goals = []
+    for d, kind in sorted({(d, m.split()[0]) for d, m in t.index if m.endswith("student")}):
+        if (d, f"{kind} teacher") not in t.index:
+            continue
+        te, st = t.loc[(d, f"{kind} teacher")], t.loc[(d, f"{kind} student")]
+        held = [te.get("held_out_class_auroc_best", np.nan), st.get("held_out_class_auroc_best", np.nan)]
+        lines.append(f"| {d} | {kind} | {te['far_shell_auroc_best']:.3f} / {st['far_shell_auroc_best']:.3f} | "
+                     f"{held[0]:.3f} / {held[1]:.3f} | {st['kl_test']:.4f} / {st['kl_ood']:.4f} | "
+                     f"{st['spearman_test']:.3f} / {st['spearman_ood']:.3f} | {st['parameter_ratio']:.1%} | {st['latency_ms_p50']:.3f} |")
+        checks = [("far-shell AUROC >= teacher - 0.03", st["far_shell_auroc_best"] >= te["far_shell_auroc_best"] - 0.03,
+                   f"{st['far_shell_auroc_best']:.3f} vs {te['far_shell_auroc_best']:.3f}"),
+                  ("held-out-class AUROC >= teacher - 0.03", held[1] >= held[0] - 0.03, f"{held[1]:.3f} vs {held[0]:.3f}"),
+                  ("KL <= 0.005 on test", st["kl_test"] <= 0.005, f"{st['kl_test']:.4f}"),
+                  ("KL <= 0.01 on the far shell", st["kl_ood"] <= 0.01, f"{st['kl_ood']:.4f}"),
+                  ("test NLL <= teacher + 0.02", st["test/nll"] <= te["test/nll"] + 0.02, f"{st['test/nll']:.4f} vs {te['test/nll']:.4f}"),
+                  ("Spearman >= 0.9 on test and far shell", min(st["spearman_test"], st["spearman_ood"]) >= 0.9,
+                   f"{st['spearman_test']:.3f}, {st['spearman_ood']:.3f}"),
+                  ("parameters <= 1/4 of the teacher's", st["parameter_ratio"] <= 0.25, f"{st['parameter_ratio']:.1%}"),
+                  ("latency <= 0.5 ms", st["latency_ms_p50"] <= 0.5, f"{st['latency_ms_p50']:.3f} ms")]
+        goals += [f"- {d} ({kind}): {name}: {'met' if ok else 'MISSED'} ({detail})" for name, ok, detail in checks]
+    return lines + ([""] + goals if goals else [])
 
 
 def _teacher_metrics(results: dict, dataset: str) -> dict | None:
