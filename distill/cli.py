@@ -63,7 +63,7 @@ def teacher(
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
     dataset: str = typer.Option("iris", help=DATASET_HELP),
     task: Optional[str] = typer.Option(None, help=TASK_HELP),
-    kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout."),
+    kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout | swag."),
     members: int = typer.Option(5, min=2, help="Ensemble size (--kind ensemble)."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
     id_column: Optional[str] = typer.Option(None, help="Row id column (default: id/Id if present, else row number)."),
@@ -196,7 +196,7 @@ def run_pipeline(
     task: Optional[str] = typer.Option(None, help=TASK_HELP),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
     drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
-    kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout."),
+    kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout | swag."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs; default by task."),
     kl_weight: Optional[str] = typer.Option(None, help="Teacher's KL weight, or `auto`; default by task."),
     samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
@@ -353,10 +353,12 @@ def benchmark_command(
     out: Path = typer.Option(Path("experiments/benchmark"), "--out", help="Report folder (resumable: finished runs are kept)."),
     datasets: str = typer.Option(",".join(("iris", "wine", "breast_cancer", "digits")), help="Bundled classification datasets."),
     seeds: int = typer.Option(3, min=1, help="Seeds per dataset (each its own split)."),
-    kinds: str = typer.Option("flipout,ensemble", help="Teacher kinds, each distilled: flipout, ensemble, mc-dropout."),
+    kinds: str = typer.Option("flipout,ensemble", help="Teacher kinds, each distilled: flipout, ensemble, mc-dropout, swag."),
     held_out_class: bool = typer.Option(True, help="Also train each teacher without the last class (held-out-class OOD)."),
     doubling: bool = typer.Option(True, help="Also train the Flipout teacher with its step budget doubled (seed 0)."),
     ablation: bool = typer.Option(True, help="Also train the ablation of the teacher recipe (seed 0)."),
+    student_ablation: bool = typer.Option(True, help="Also distil the students of the transfer-set and epistemic-output "
+                                          "ablation (seed 0, Flipout)."),
     report_only: bool = typer.Option(False, help="Write the report from the finished runs; train nothing."),
     progress: bool = typer.Option(True),
 ):
@@ -366,7 +368,7 @@ def benchmark_command(
 
     cfg = BenchmarkConfig(datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()), seeds=seeds,
                           kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), held_out_class=held_out_class,
-                          doubling=doubling, ablation=ablation)
+                          doubling=doubling, ablation=ablation, student_ablation=student_ablation)
     table = benchmark(cfg, out, progress=progress, report_only=report_only)
     Console().print(table[["dataset", "model", "test/accuracy", "test/nll", "test/ece", "far_shell_auroc"]].round(4)
                     .to_string(index=False))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, replace
 
 from distill.errors import BdkError
 
-KINDS = ("flipout", "ensemble", "mc-dropout")
+KINDS = ("flipout", "ensemble", "mc-dropout", "swag")
 PRIORS = ("normal", "fan_in", "empirical_bayes")
 KL_SEARCH = (0.01, 0.03, 0.1)  # --kl-weight auto: the candidates, chosen by the validation NLL
 
@@ -32,7 +32,7 @@ DETERMINISTIC_DEFAULTS = {"classification": dict(learning_rate=1e-3, epochs=150,
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    kind: str = "flipout"  # flipout (Bayes by Backprop) | ensemble (deep ensemble) | mc-dropout
+    kind: str = "flipout"  # flipout (Bayes by Backprop) | ensemble (deep ensemble) | mc-dropout | swag
     hidden: tuple[int, ...] | None = None
     prior: str | None = None  # flipout: normal = N(0, prior_scale^2); fan_in = N(0, prior_scale^2 / fan_in);
     # empirical_bayes = per-layer KL-optimal scale
@@ -42,7 +42,10 @@ class TeacherConfig:
     kl_weight_search: tuple[float, ...] = ()  # flipout: train one teacher per weight, keep the best validation NLL
     members: int = 5  # ensemble: M independently initialised deterministic nets
     dropout: float = 0.1  # mc-dropout: rate, kept on at inference
-    weight_decay: float = 1e-4  # ensemble, mc-dropout: L2 on kernels (MC dropout's KL approximation)
+    weight_decay: float = 1e-4  # ensemble, mc-dropout, swag: L2 on kernels (MC dropout's KL approximation)
+    swag_epochs: int = 50  # swag: epochs of constant-rate SGD after training, one snapshot each
+    swag_rank: int = 20  # swag: K, the deviations kept for the low-rank covariance
+    swag_learning_rate: float = 1e-2  # swag: SGD's constant rate (momentum 0.9)
     learning_rate: float | None = None  # Adam
     epochs: int | None = None  # budget in epochs; when None, `steps` sets it
     steps: int | None = None  # budget in optimiser steps (epochs = ceil(steps / steps per epoch)): scales with data size
@@ -66,7 +69,7 @@ class TeacherConfig:
             raise BdkError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if not 0.0 <= self.dropout < 1.0:
             raise BdkError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("epochs", "steps", "batch_size", "patience", "members"):
+        for name in ("epochs", "steps", "batch_size", "patience", "members", "swag_epochs", "swag_rank"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise BdkError(f"{name} must be >= 1, got {value}")
@@ -79,7 +82,7 @@ class TeacherConfig:
     def resolved(self, task: str) -> "TeacherConfig":
         """The task's recipe in every field left at None (an explicit `epochs` overrides the step budget)."""
         defaults = dict(TASK_DEFAULTS[task])
-        if self.kind != "flipout":
+        if self.kind != "flipout":  # deterministic training (ensemble members, MC dropout, SWAG's first phase)
             defaults.pop("steps", None)
             defaults.update(DETERMINISTIC_DEFAULTS.get(task, {}))
         if self.epochs is not None or self.steps is not None:

@@ -22,6 +22,7 @@ from distill.training import fit, minibatches
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
 from teacher.model import build_flipout, build_mlp, dense_layers, posterior_stats
+from teacher.swag import SwagCollector, swag_sampler
 
 VALIDATION_SEED = 12345  # the per-epoch validation predictive uses the same draws every epoch
 
@@ -31,14 +32,12 @@ def training_device() -> str:
     return "/GPU:0" if gpus else "/CPU:0"
 
 
-def _fit_member(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloModule, ds: data_lib.Dataset,
-                val_samples: int, progress: bool, desc: str, seed: int):
-    """Minibatch training on -log-likelihood + sum(model.losses) (the scaled KL for Flipout, L2 otherwise),
-    early-stopped on the validation NLL of the module's Monte Carlo predictive (fixed draws)."""
+def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloModule, ds: data_lib.Dataset,
+                     val_samples: int, optimizer):
+    """(train_epoch, validate) for `fit`: minibatch steps on -log-likelihood + sum(model.losses) (the scaled KL
+    for Flipout, L2 otherwise), and the validation metrics of the module's Monte Carlo predictive (fixed draws)."""
     x_train, y_train = ds.scaled("train"), ds.target("train")
     x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
-    optimizer = tfk.optimizers.Adam(cfg.learning_rate)
-
     signature = [tf.TensorSpec([None, ds.num_features], tf.float32), tf.TensorSpec([None], tf.as_dtype(y_train.dtype))]
 
     @tf.function(input_signature=signature)
@@ -66,7 +65,31 @@ def _fit_member(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloM
         logs[f"val_{task.epistemic_output}"] = float(s[task.epistemic_output].mean())
         return logs
 
-    return fit(model, train_epoch, validate, "val_nll", cfg.max_epochs(len(y_train)), cfg.patience, seed, desc, progress)
+    return train_epoch, validate
+
+
+def _fit_member(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloModule, ds: data_lib.Dataset,
+                val_samples: int, progress: bool, desc: str, seed: int):
+    """Adam, early-stopped on the validation NLL of the module's Monte Carlo predictive (fixed draws)."""
+    train_epoch, validate = _epoch_functions(cfg, task, model, module, ds, val_samples, tfk.optimizers.Adam(cfg.learning_rate))
+    return fit(model, train_epoch, validate, "val_nll", cfg.max_epochs(len(ds["train"])), cfg.patience, seed, desc, progress)
+
+
+def _swag(cfg: TeacherConfig, task: tasks.Task, model, module, ds: data_lib.Dataset, progress: bool):
+    """The SWA phase after training: `swag_epochs` of SGD at a constant rate, one snapshot of the weights per epoch
+    (teacher.swag). Returns (the moments, the phase's history)."""
+    collector = SwagCollector(dense_layers(model), cfg.swag_rank)
+    sgd = tfk.optimizers.SGD(cfg.swag_learning_rate, momentum=0.9)
+    train_epoch, validate = _epoch_functions(cfg, task, model, module, ds, 2, sgd)
+
+    def collecting_epoch(rng):
+        logs = train_epoch(rng)
+        collector.collect()
+        return logs
+
+    result = fit(model, collecting_epoch, validate, "val_nll", cfg.swag_epochs, cfg.swag_epochs, cfg.seed + 1,
+                 "swag: SWA phase", progress)
+    return collector.moments(), result.history.assign(phase="swa")
 
 
 def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = True):
@@ -89,6 +112,13 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
             histories.append(result.history.assign(member=m))
         return (module(ensemble_sampler([dense_layers(m) for m in members]), members),
                 pd.concat(histories, ignore_index=True), best)
+    if cfg.kind == "swag":
+        model = build_mlp(ds.num_features, units, cfg.hidden, 0.0, cfg.weight_decay, name="swag_teacher")
+        point = module(ensemble_sampler([dense_layers(model)]), [model])  # the network itself while it trains
+        result = _fit_member(cfg, task, model, point, ds, 2, progress, "swag: training", cfg.seed)
+        moments, swa = _swag(cfg, task, model, point, ds, progress)
+        history = pd.concat([result.history.assign(phase="train"), swa], ignore_index=True)
+        return module(swag_sampler(moments), [moments]), history, result.best_epoch
     if cfg.kind == "mc-dropout":
         model = build_mlp(ds.num_features, units, cfg.hidden, cfg.dropout, cfg.weight_decay, name="mc_dropout_teacher")
         mc = module(dropout_sampler(dense_layers(model), cfg.dropout), [model])

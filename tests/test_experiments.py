@@ -19,14 +19,14 @@ def _tiny(**teacher):
                    evaluation=replace(base.evaluation, samples=10, bootstrap=50, latency_calls=5, ood_rows=50))
 
 
-@pytest.mark.parametrize("kind", ["ensemble", "mc-dropout"])
+@pytest.mark.parametrize("kind", ["ensemble", "mc-dropout", "swag"])
 def test_other_teacher_families_share_the_export(kind, iris, tmp_path):
     import tensorflow as tf
 
     from teacher.config import TeacherConfig
     from teacher.train import train_teacher
 
-    cfg = TeacherConfig(kind=kind, members=3, epochs=10, eval_samples=12)
+    cfg = TeacherConfig(kind=kind, members=3, epochs=10, eval_samples=12, swag_epochs=6, swag_rank=4)
     summary = train_teacher(cfg, iris, tmp_path)
     assert summary["kind"] == kind
     m = tf.saved_model.load(str(schema.teacher_export(tmp_path)))
@@ -37,8 +37,32 @@ def test_other_teacher_families_share_the_export(kind, iris, tmp_path):
     draws = m.signatures["sample"](features=x, num_samples=tf.constant(6))["probs_samples"].numpy()
     if kind == "ensemble":  # draw i is member i mod 3: draws 0 and 3 are the same net
         assert np.allclose(draws[0], draws[3]) and not np.allclose(draws[0], draws[1])
-    else:  # a fresh dropout mask per draw
+    else:  # a fresh dropout mask, or SWAG weight sample, per draw
         assert not np.allclose(draws[0], draws[1])
+    seeded = m.signatures["predictive_seeded"]  # the seeded contract holds for every family
+    a, b = (seeded(features=x, num_samples=tf.constant(12), seed=tf.constant(7, tf.int64))["probs"].numpy() for _ in range(2))
+    assert np.array_equal(a, b)
+    if kind == "swag":  # the SWA phase ran and the export samples from its moments
+        history = pd.read_csv(schema.teacher_dir(tmp_path) / "history.csv")
+        assert (history["phase"] == "swa").sum() == 6
+
+
+def test_swag_draws_have_the_swag_mean_and_covariance():
+    import tensorflow as tf
+
+    from teacher.swag import SwagMoments, swag_sampler
+
+    rng = np.random.default_rng(0)
+    shapes = [((2, 3), (3,)), ((3, 1), (1,))]  # P = 6 + 3 + 3 + 1 = 13
+    mean, deviations = rng.normal(size=13), rng.normal(size=(4, 13))
+    sq_mean = mean ** 2 + rng.uniform(0.1, 1.0, 13)  # diag = sq_mean - mean^2
+    sample = swag_sampler(SwagMoments(mean, sq_mean, deviations, shapes))
+    layers = sample(tf.constant(3, tf.int64), tf.constant(40_000))
+    assert [tuple(k.shape) for k, _, _ in layers] == [(40_000, 2, 3), (40_000, 3, 1)]
+    theta = np.concatenate([np.concatenate([k.numpy().reshape(40_000, -1), b.numpy()], 1) for k, b, _ in layers], 1)
+    cov = (np.diag(sq_mean - mean ** 2) + deviations.T @ deviations / 3) / 2  # (diag + D^T D / (K - 1)) / 2
+    np.testing.assert_allclose(theta.mean(0), mean, atol=5 * np.sqrt(np.diag(cov).max() / 40_000))
+    np.testing.assert_allclose(np.cov(theta.T), cov, atol=0.06 * np.abs(cov).max())
 
 
 def test_reliability_bands_and_overlap_rule():

@@ -28,6 +28,7 @@ from distill.evaluate import EvalConfig
 from distill.studies.classification import pooled_test
 from distill.transfer import SoftLabelConfig
 from student.config import StudentConfig
+from teacher.config import KINDS as TEACHER_KINDS
 from teacher.config import TeacherConfig
 
 SUITE = ("iris", "wine", "breast_cancer", "digits")
@@ -42,6 +43,19 @@ ABLATION = {
 }
 
 
+# The student's side (seed 0, on the Flipout teacher of the default run): each transfer source and the epistemic
+# output, by what the student keeps of the teacher. Overrides of (TransferConfig, StudentConfig).
+STUDENT_ABLATION = {
+    "default (Dirichlet, all sources)": ({}, {}),
+    "earlier transfer set (K=10 at noise 0.05 + 2000 in the box), 32 units, MSE head": (dict(noise=(0.05,), interpolations=0, shell=0),
+                                                                     dict(hidden=(32,), uncertainty="regressor")),
+    "- far shell": (dict(shell=0), {}),
+    "- interpolations": (dict(interpolations=0), {}),
+    "- multi-scale noise (0.05 only)": (dict(noise=(0.05,)), {}),
+    "epistemic by the MSE head": ({}, dict(uncertainty="regressor")),
+}
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
     datasets: tuple[str, ...] = SUITE
@@ -50,6 +64,7 @@ class BenchmarkConfig:
     held_out_class: bool = True
     doubling: bool = True
     ablation: bool = True
+    student_ablation: bool = True
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=lambda: StudentConfig(gate=False))  # compare, do not deploy
     soft_labels: SoftLabelConfig = field(default_factory=SoftLabelConfig)
@@ -60,9 +75,9 @@ class BenchmarkConfig:
         if unknown:
             choices = ", ".join(d for d, b in BUNDLED.items() if b[3] == "classification")
             raise BdkError(f"--datasets: {unknown} are not bundled classification datasets; choose from {choices}")
-        bad = [k for k in self.kinds if k not in ("flipout", "ensemble", "mc-dropout")]
+        bad = [k for k in self.kinds if k not in TEACHER_KINDS]
         if bad or not self.kinds:
-            raise BdkError(f"--kinds: {bad or 'none'}; choose from flipout, ensemble, mc-dropout")
+            raise BdkError(f"--kinds: {bad or 'none'}; choose from {', '.join(TEACHER_KINDS)}")
         if self.seeds < 1:
             raise BdkError(f"--seeds must be at least 1, got {self.seeds}")
 
@@ -140,7 +155,9 @@ def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True, report_onl
         jobs += [("doubling", d, 0, "flipout") for d in cfg.datasets]
     if cfg.ablation:
         jobs += [("ablation", d, 0, name) for d in cfg.datasets for name in ABLATION]
-    results: dict = {"held_out": {}, "doubling": {}, "ablation": {},
+    if cfg.student_ablation and "flipout" in cfg.kinds:
+        jobs += [("student_ablation", d, 0, name) for d in cfg.datasets for name in STUDENT_ABLATION]
+    results: dict = {"held_out": {}, "doubling": {}, "ablation": {}, "student_ablation": {},
                      "seed0_flipout": {d: out / "runs" / d / "seed0" / "flipout" for d in cfg.datasets}}
     if report_only:  # what is finished: completed pipeline runs and the recorded side results
         jobs = [j for j in jobs if j[0] != "run" and _done(out, *j)]
@@ -156,6 +173,8 @@ def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True, report_onl
             doubled = replace(base, steps=2 * base.steps) if base.steps else replace(base, epochs=2 * base.epochs)
             results["doubling"][d] = _teacher_only(doubled, d, 0,
                                                    out / "runs" / d / "seed0" / "flipout-doubled")
+        elif what == "student_ablation":
+            results["student_ablation"][(d, k)] = _student_variant(cfg, d, k, out / "runs" / d / "seed0")
         elif not ABLATION[k]:  # the default recipe: the seed-0 Flipout run's own teacher
             results["ablation"][(d, k)] = _teacher_only(replace(cfg.teacher, kind="flipout"), d, 0,
                                                         out / "runs" / d / "seed0" / "flipout")
@@ -166,8 +185,33 @@ def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True, report_onl
     return write_report(cfg, out, results)
 
 
+def _student_variant(cfg: BenchmarkConfig, dataset: str, name: str, seed0: Path) -> dict:
+    """Soft labels, student and evaluation again on the seed-0 Flipout run's teacher, with the variant's transfer set
+    and student; returns the student's report figures."""
+    transfer, student = STUDENT_ABLATION[name]
+    base = seed0 / "flipout"
+    if not transfer and not student:  # the default: the run itself
+        return read_json(schema.report_dir(base) / "metrics.json")
+    run = seed0 / f"student-ablation-{list(STUDENT_ABLATION).index(name)}"
+    if not (schema.report_dir(run) / "metrics.json").exists():
+        import shutil
+
+        from distill.pipeline import evaluate_stage, soft_labels_stage, student_stage
+
+        shutil.rmtree(run, ignore_errors=True)
+        for part in ("data", "teacher"):
+            shutil.copytree(base / part, run / part)
+        soft_labels_stage(replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, **transfer)), run, progress=False)
+        student_stage(replace(cfg.student, **student), run, progress=False)
+        evaluate_stage(cfg.evaluation, run, progress=False)
+    return read_json(schema.report_dir(run) / "metrics.json")
+
+
 def _done(out: Path, what: str, d: str, s: int, k: str) -> bool:
     base = out / "runs" / d / f"seed{s}"
+    if what == "student_ablation":
+        index = list(STUDENT_ABLATION).index(k)
+        return (schema.report_dir(base / ("flipout" if index == 0 else f"student-ablation-{index}")) / "metrics.json").exists()
     if what == "held_out":
         return (base / f"{k}-held-out" / "held_out.json").exists()
     if what == "doubling":
@@ -181,8 +225,10 @@ def _finished(out: Path, d: str, seeds: int, kind: str) -> list[Path]:
     return [r for r in runs if (schema.report_dir(r) / "metrics.json").exists()]
 
 
-MODELS = [("flipout", "teacher"), ("flipout", "student"), ("ensemble", "teacher"), ("ensemble", "student"),
-          ("flipout", "baseline")]
+def _models(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(kind, model) of the report's rows: each kind's teacher and student, then the hard-label baseline (of the
+    first kind's runs: the baseline does not depend on the teacher)."""
+    return [(kind, model) for kind in kinds for model in ("teacher", "student")] + [(kinds[0], "baseline")]
 
 
 def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame:
@@ -190,11 +236,9 @@ def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame
 
     rows = []
     for d in cfg.datasets:
-        fig, axes = plt.subplots(1, len(MODELS), figsize=(3.4 * len(MODELS), 3.4), sharey=True)
-        for ax, (kind, model) in zip(axes, MODELS):
-            if kind not in cfg.kinds:
-                ax.set_visible(False)
-                continue
+        models = _models(cfg.kinds)
+        fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 3.4), sharey=True, squeeze=False)
+        for ax, (kind, model) in zip(axes[0], models):
             runs = _finished(out, d, cfg.seeds, kind)
             if not runs:
                 ax.set_visible(False)
@@ -301,6 +345,21 @@ def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
         for (d, name), m in results["ablation"].items():
             lines.append(f"| {d} | {name} | {m['val/nll']:.4f} | {m['test/accuracy']:.3f} | {m['test/nll']:.4f} | "
                          f"{m['test/ece']:.4f} | {m.get('sigma_median', float('nan')):.4f} |")
+    if results["student_ablation"]:
+        lines += ["", "## What each transfer source and the epistemic output buy (seed 0, Flipout teacher)", "",
+                  "The teacher is the default run's; only the soft labels and the student change. KL(teacher ‖ student) on "
+                  "test and on the evaluation's far-shell rows (never trained on); OOD AUROC of the student, the better of "
+                  "its entropy and epistemic output (the teacher's own in the last column); Spearman(teacher MI, student "
+                  "epistemic) on test / far shell.", "",
+                  "| dataset | variant | KL test | KL far shell | student test NLL | far-shell AUROC student (teacher) | Spearman |",
+                  "|---|---|---|---|---|---|---|"]
+        for (d, name), m in results["student_ablation"].items():
+            o = m["ood"]
+            best = max(o["student/entropy_auroc"], o["student/epistemic_auroc"])
+            teacher = max(o["teacher/entropy_auroc"], o["teacher/mutual_information_auroc"])
+            lines.append(f"| {d} | {name} | {m['agreement']['test/kl']:.4f} | {m['agreement'].get('ood/kl', float('nan')):.4f} | "
+                         f"{m['student']['test/nll']:.4f} | {best:.3f} ({teacher:.3f}) | "
+                         f"{m['epistemic_tracking']['test/spearman']:.3f} / {m['epistemic_tracking'].get('ood/spearman', float('nan')):.3f} |")
     lines += ["", "## Figures", "", "Convergence of the seed-0 Flipout teacher (ELBO terms and posterior scales against steps):", "",
               *[f"![convergence {d}](convergence_{d}.png)" for d in cfg.datasets
                 if (Path(results["seed0_flipout"][d]) / "teacher" / "history.csv").exists()],
