@@ -111,11 +111,12 @@ def figure_uncertainty(path: Path, preds, ood: str, total: str = "entropy") -> N
     for ax, (m, key) in zip(axes, panels):
         both = np.r_[preds[m]["test"][key], preds[m]["ood"][key]]
         bins = np.linspace(0, max(float(both.max()), 1e-6), 30)
-        ax.hist(preds[m]["test"][key], bins=bins, alpha=0.6, density=True, label="test")
-        ax.hist(preds[m]["ood"][key], bins=bins, alpha=0.6, density=True, label=ood)
+        # stepfilled: one polygon per histogram instead of a patch per bar (a fraction of the drawing time)
+        ax.hist(preds[m]["test"][key], bins=bins, alpha=0.6, density=True, label="test", histtype="stepfilled")
+        ax.hist(preds[m]["ood"][key], bins=bins, alpha=0.6, density=True, label=ood, histtype="stepfilled")
         name = {"entropy": "predictive entropy", "variance": "predictive variance",
                 "epistemic": ("mutual information" if total == "entropy" else "epistemic variance") if m == "teacher"
-                else "epistemic head"}[key]
+                else "epistemic output"}[key]
         ax.set(title=f"{m}: {name}", xlabel="nats" if total == "entropy" else "target units²")
         ax.legend()
     fig.tight_layout()
