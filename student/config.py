@@ -42,6 +42,7 @@ class StudentConfig:
     max_parameter_share: float = 0.25
     baseline_epochs: int = 300  # the hard-label baseline, same architecture, train split only
     baseline_batch_size: int = 16
+    tflite: bool = True  # also convert the student to TFLite (studies, which compare and do not deploy, skip it)
     gate: bool = True  # refuse to publish a student worse calibrated than its teacher (studies compare, so turn it off)
     gate_nll_margin: float = 0.05  # student val NLL may exceed the teacher's by at most this
     gate_ece_margin: float = 0.05  # and (classes) val ECE by at most this

@@ -216,7 +216,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         baseline_result.history.to_csv(tmp / "baseline_history.csv", index=False)
         student_module.save(tmp / "export" / schema.EXPORT_VERSION)
         baseline_module.save(tmp / "baseline" / "export" / schema.EXPORT_VERSION)
-        if not failures:
+        if not failures and cfg.tflite:
             summary["tflite_bytes"] = export_tflite(tmp / "export" / schema.EXPORT_VERSION, tmp / "student.tflite")
         write_json(tmp / "metrics.json", summary)
     if failures:

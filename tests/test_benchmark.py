@@ -12,10 +12,10 @@ def tiny():
     from teacher.config import TeacherConfig
 
     return BenchmarkConfig(datasets=("iris",), seeds=1, kinds=("flipout",), teacher=TeacherConfig(epochs=4, members=2, eval_samples=10),
-                           student=StudentConfig(gate=False, epochs=4, baseline_epochs=4),
+                           student=StudentConfig(gate=False, tflite=False, epochs=4, baseline_epochs=4),
                            soft_labels=SoftLabelConfig(TransferConfig(uniform=50, perturbations=1, interpolations=30, shell=30), num_samples=10),
                            evaluation=EvalConfig(samples=10, bootstrap=50, latency_calls=3), ablation=False,
-                           doubling=False)
+                           doubling=False, student_ablation=False)
 
 
 def test_benchmark_writes_a_report_and_resumes(tmp_path):

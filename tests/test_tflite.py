@@ -4,10 +4,11 @@ import warnings
 import numpy as np
 import pytest
 
-OUTPUTS = {"probs", "entropy", "epistemic"}
+OUTPUTS = {"regressor": {"probs", "entropy", "epistemic"},
+           "dirichlet": {"probs", "entropy", "expected_entropy", "mutual_information", "epistemic"}}
 
 
-def save_keras_mlp(out):
+def save_keras_mlp(out, uncertainty="regressor"):
     """An untrained student built and exported by the project's own code (deterministic, scaling inside)."""
     import tf_keras as tfk
 
@@ -15,19 +16,21 @@ def save_keras_mlp(out):
     from student.model import build_student
 
     tfk.utils.set_random_seed(0)
-    model = build_student(4, 3, (16, 16))
+    model = build_student(4, 3, (16, 16), epistemic_activation="linear" if uncertainty == "dirichlet" else "softplus")
     from distill import tasks
 
     return StudentModule(tasks.get("classification"), model, feature_shift=[4.3, 2.0, 1.0, 0.1],
-                         feature_scale=[3.6, 2.4, 5.9, 2.4], epistemic_scale=0.05).save(out)
+                         feature_scale=[3.6, 2.4, 5.9, 2.4], epistemic_scale=0.05 if uncertainty == "regressor" else 2.0,
+                         epistemic_shift=0.0 if uncertainty == "regressor" else 3.0, uncertainty=uncertainty).save(out)
 
 
-def test_tflite_matches_saved_model(tmp_path):
+@pytest.mark.parametrize("uncertainty", ["regressor", "dirichlet"])
+def test_tflite_matches_saved_model(tmp_path, uncertainty):
     import tensorflow as tf
 
     from student.tflite import export_tflite
 
-    export = save_keras_mlp(tmp_path / "export" / "1")
+    export = save_keras_mlp(tmp_path / "export" / "1", uncertainty)
     out = tmp_path / "student.tflite"
     size = export_tflite(tmp_path / "export", out)  # base path: resolves the highest version
     assert size == out.stat().st_size > 0
@@ -45,8 +48,8 @@ def test_tflite_matches_saved_model(tmp_path):
         x = rng.uniform([4, 2, 1, 0], [8, 4.5, 7, 2.5], size=(batch, 4)).astype(np.float32)
         lite = runner(features=x)
         ref = {k: v.numpy() for k, v in saved(features=tf.constant(x)).items()}
-        assert set(lite) == set(ref) == OUTPUTS
-        for k in OUTPUTS:
+        assert set(lite) == set(ref) == OUTPUTS[uncertainty]
+        for k in OUTPUTS[uncertainty]:
             assert lite[k].shape == ref[k].shape
             np.testing.assert_allclose(lite[k], ref[k], atol=1e-5, rtol=0)
 

@@ -66,7 +66,7 @@ class BenchmarkConfig:
     ablation: bool = True
     student_ablation: bool = True
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=lambda: StudentConfig(gate=False))  # compare, do not deploy
+    student: StudentConfig = field(default_factory=lambda: StudentConfig(gate=False, tflite=False))  # compare, do not deploy
     soft_labels: SoftLabelConfig = field(default_factory=SoftLabelConfig)
     evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(latency_calls=50))
 

@@ -34,7 +34,7 @@ class StudyConfig:
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     soft_labels: SoftLabelConfig = SoftLabelConfig()
-    student: StudentConfig = StudentConfig(gate=False)  # studies keep every student: they compare, they do not deploy
+    student: StudentConfig = StudentConfig(gate=False, tflite=False)  # studies keep every student: they compare, they do not deploy
     evaluation: EvalConfig = EvalConfig()
 
 

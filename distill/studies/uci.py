@@ -48,7 +48,7 @@ class UciStudyConfig:
     val_fraction: float = 0.1  # of the training part: early stopping, never the test rows
     seed: int = 0  # split i uses seed + i
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=lambda: StudentConfig(gate=False))
+    student: StudentConfig = field(default_factory=lambda: StudentConfig(gate=False, tflite=False))
     # Transfer set: the training inputs plus 10 copies with N(0, 0.05^2) noise in the normalised input space
     # (Korattikara et al. 2015 on Boston); no uniform points.
     soft_labels: SoftLabelConfig = field(default_factory=lambda: SoftLabelConfig(
