@@ -27,7 +27,7 @@ from distill.errors import BdkError, read_json, write_json
 from distill.evaluate import EvalConfig
 from distill.studies.classification import pooled_test
 from distill.transfer import SoftLabelConfig
-from student.config import StudentConfig
+from student.config import HIDDEN_SEARCH, StudentConfig
 from teacher.config import KINDS as TEACHER_KINDS
 from teacher.config import TeacherConfig
 
@@ -53,6 +53,7 @@ STUDENT_ABLATION = {
     "- interpolations": (dict(interpolations=0), {}),
     "- multi-scale noise (0.05 only)": (dict(noise=(0.05,)), {}),
     "epistemic by the MSE head": ({}, dict(uncertainty="regressor")),
+    "width/depth chosen on the held-out transfer slice (--hidden auto)": ({}, dict(hidden_search=HIDDEN_SEARCH)),
 }
 
 
@@ -351,15 +352,16 @@ def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
                   "test and on the evaluation's far-shell rows (never trained on); OOD AUROC of the student, the better of "
                   "its entropy and epistemic output (the teacher's own in the last column); Spearman(teacher MI, student "
                   "epistemic) on test / far shell.", "",
-                  "| dataset | variant | KL test | KL far shell | student test NLL | far-shell AUROC student (teacher) | Spearman |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| dataset | variant | KL test | KL far shell | student test NLL | far-shell AUROC student (teacher) | Spearman | "
+                  "parameters (teacher) |", "|---|---|---|---|---|---|---|---|"]
         for (d, name), m in results["student_ablation"].items():
             o = m["ood"]
             best = max(o["student/entropy_auroc"], o["student/epistemic_auroc"])
             teacher = max(o["teacher/entropy_auroc"], o["teacher/mutual_information_auroc"])
             lines.append(f"| {d} | {name} | {m['agreement']['test/kl']:.4f} | {m['agreement'].get('ood/kl', float('nan')):.4f} | "
                          f"{m['student']['test/nll']:.4f} | {best:.3f} ({teacher:.3f}) | "
-                         f"{m['epistemic_tracking']['test/spearman']:.3f} / {m['epistemic_tracking'].get('ood/spearman', float('nan')):.3f} |")
+                         f"{m['epistemic_tracking']['test/spearman']:.3f} / {m['epistemic_tracking'].get('ood/spearman', float('nan')):.3f} | "
+                         f"{m['cost']['student']['parameters']} ({m['cost']['teacher']['parameters']}) |")
     lines += ["", "## Figures", "", "Convergence of the seed-0 Flipout teacher (ELBO terms and posterior scales against steps):", "",
               *[f"![convergence {d}](convergence_{d}.png)" for d in cfg.datasets
                 if (Path(results["seed0_flipout"][d]) / "teacher" / "history.csv").exists()],
