@@ -226,7 +226,12 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     options = pipeline.options.get_all_options(drop_default=True, retain_unknown_options=True)  # before runners edit them
     runner = pipeline.options.view_as(StandardOptions).runner or type(pipeline.runner).__name__
     t0 = time.perf_counter()
-    result = pipeline.run()
+    try:
+        result = pipeline.run()
+    except OSError as e:  # the DaskRunner connects to its scheduler in run()
+        if runner != DASK_RUNNER:
+            raise
+        raise BdkError(f"cannot reach the Dask scheduler ({e}); start one (`dask scheduler`) or fix --dask_client_address") from None
     try:
         result.wait_until_finish()
     finally:
