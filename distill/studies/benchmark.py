@@ -102,8 +102,8 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
         return read_json(result_file)
     from distill import data as data_lib
     from distill.evaluate import Exports
-    from distill.pipeline import run_all
     from distill import tasks
+    from distill.pipeline import soft_labels_stage, student_stage, teacher_stage
 
     _, label, id_col, _ = BUNDLED[dataset]
     table = read_table(dataset)
@@ -115,11 +115,11 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
     out.mkdir(parents=True, exist_ok=True)
     inside.to_csv(out / "in.csv", index=False)
     run = out / "run"
-    if not (schema.report_dir(run) / "metrics.json").exists():
-        run_all(DataConfig(dataset=str(out / "in.csv"), label_column=label, id_column=id_col, seed=seed, task="classification"),
-                replace(cfg.teacher, kind=kind, seed=seed),
-                replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, seed=seed)),
-                replace(cfg.student, seed=seed), replace(cfg.evaluation, seed=seed), run, overwrite=True, progress=False)
+    # teacher, soft labels and student; the scores below need only their exports (no evaluation stage)
+    teacher_stage(DataConfig(dataset=str(out / "in.csv"), label_column=label, id_column=id_col, seed=seed, task="classification"),
+                  replace(cfg.teacher, kind=kind, seed=seed), run, overwrite=True, progress=False)
+    soft_labels_stage(replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, seed=seed)), run, progress=False)
+    student_stage(replace(cfg.student, seed=seed), run, progress=False)
     ds = data_lib.load_from_run(run)
     exports = Exports(run, cfg.evaluation.samples, tasks.get("classification"), seed)
     x_held = table.loc[table[label].astype(str) == held, ds.feature_names].to_numpy(np.float32)
