@@ -147,7 +147,7 @@ def trust_by_region(task: tasks.Task, preds: dict) -> tuple[dict, dict, dict]:
 
 def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     """Compute the comparison, write RUN/report atomically, return metrics.json's content."""
-    from distill.transfer import read_soft_labels
+    from distill.transfer import output_arrays, read_soft_labels
 
     from tqdm.auto import tqdm
 
@@ -171,8 +171,7 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
                 preds[m][name] = exports.predict(m, x)
     for src in TRANSFER_REGIONS:  # the teacher's side on transfer rows: the soft labels (what the student matched)
         if src in preds["student"]:
-            rows = soft[soft["source"] == src]
-            t = {k: np.stack(rows[k].to_numpy()) if k in task.vector_outputs else rows[k].to_numpy() for k in task.outputs}
+            t = output_arrays(soft[soft["source"] == src], task)
             preds["teacher"][src] = {**t, "epistemic": t[task.epistemic_output]}
     steps.update()
     steps.set_postfix_str("bootstrap intervals")

@@ -203,6 +203,11 @@ def transfer_arrow_schema(feature_names: list[str], task: tasks.Task):
                      + [(name, pa.float32()) for name in feature_names])
 
 
+def output_arrays(soft: pd.DataFrame, task: tasks.Task) -> dict[str, np.ndarray]:
+    """The teacher's outputs in (rows of) a soft-label frame as arrays: vector outputs [N, C], the rest [N]."""
+    return {k: np.stack(soft[k].to_numpy()) if k in task.vector_outputs else soft[k].to_numpy() for k in task.outputs}
+
+
 def soft_label_arrow_schema(feature_names: list[str], task: tasks.Task):
     """The soft-label shards' schema: the transfer columns, then the teacher's predictive for S draws
     (the task's outputs: list<float> [C] for vector outputs, float otherwise) and num_samples."""
@@ -307,6 +312,10 @@ def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
     if order is None or len(have) != len(ids) or (order < 0).any():
         raise BdkError(f"soft labels in {out} do not match its transfer set row for row; {again}")
     table = table.take(order)  # transfer-set order, whatever order the runner wrote the shards in
+    missing = [c for c in schema.soft_label_columns(meta["feature_names"], task.outputs) if c not in table.column_names]
+    if missing:  # made by an older teacher export (e.g. before mean_log_probs): its outputs differ
+        raise BdkError(f"soft labels in {out} lack the columns {missing}: the teacher export predates them; retrain "
+                       f"it with `bdk teacher --out {run} --overwrite`, then rerun `bdk soft-labels --run {run}`")
     num_classes = len(meta["class_names"])
     df = table.drop_columns(list(task.vector_outputs)).to_pandas()
     for name in task.vector_outputs:

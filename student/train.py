@@ -105,7 +105,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     on and the student's validation NLL (or, for classes, ECE) is worse than the teacher's by more than
     the margins.
     """
-    from distill.transfer import read_soft_labels, soft_labels_digest
+    from distill.transfer import output_arrays, read_soft_labels, soft_labels_digest
 
     run = Path(run)
     ds = data_lib.load_from_run(run)
@@ -117,15 +117,11 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     tfk.utils.set_random_seed(cfg.seed)
 
     x = ds.scaler.transform(soft[ds.feature_names].to_numpy(np.float32))  # [N, F]
-    outputs = {k: (np.stack(soft[k].to_numpy()) if k in task.vector_outputs else soft[k].to_numpy())
-               for k in task.outputs if k in soft}
+    outputs = output_arrays(soft, task)
     targets = task.soft_targets(outputs, ds.target_shift, ds.target_scale)  # [N, K], normalised
     labels = soft["label"].to_numpy()  # [N]; classes: -1 where none
     units = task.head_units(ds.num_classes)
     if cfg.uncertainty == "dirichlet":  # the head regresses the log-precision of the teacher's draws (student.dirichlet)
-        if "mean_log_probs" not in outputs:
-            raise BdkError(f"the soft labels of {run} have no mean_log_probs (the teacher export predates the Dirichlet "
-                           f"student): retrain the teacher and rerun `bdk soft-labels --run {run}`, or use --uncertainty regressor")
         smoothed = (1 - tasks.DIRICHLET_SMOOTHING) * outputs["probs"] + tasks.DIRICHLET_SMOOTHING / ds.num_classes
         score = np.log(dirichlet.precision_mle(smoothed, outputs["mean_log_probs"]))  # [N] log alpha_0
         epistemic_shift = float(score.mean())

@@ -186,14 +186,17 @@ def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True, report_onl
     return write_report(cfg, out, results)
 
 
+def _student_variant_run(seed0: Path, name: str) -> Path:
+    """The run folder of a student-ablation variant: the seed-0 Flipout run itself for the default (no overrides)."""
+    transfer, student = STUDENT_ABLATION[name]
+    return seed0 / ("flipout" if not transfer and not student else f"student-ablation-{list(STUDENT_ABLATION).index(name)}")
+
+
 def _student_variant(cfg: BenchmarkConfig, dataset: str, name: str, seed0: Path) -> dict:
     """Soft labels, student and evaluation again on the seed-0 Flipout run's teacher, with the variant's transfer set
     and student; returns the student's report figures."""
     transfer, student = STUDENT_ABLATION[name]
-    base = seed0 / "flipout"
-    if not transfer and not student:  # the default: the run itself
-        return read_json(schema.report_dir(base) / "metrics.json")
-    run = seed0 / f"student-ablation-{list(STUDENT_ABLATION).index(name)}"
+    base, run = seed0 / "flipout", _student_variant_run(seed0, name)
     if not (schema.report_dir(run) / "metrics.json").exists():
         import shutil
 
@@ -211,8 +214,7 @@ def _student_variant(cfg: BenchmarkConfig, dataset: str, name: str, seed0: Path)
 def _done(out: Path, what: str, d: str, s: int, k: str) -> bool:
     base = out / "runs" / d / f"seed{s}"
     if what == "student_ablation":
-        index = list(STUDENT_ABLATION).index(k)
-        return (schema.report_dir(base / ("flipout" if index == 0 else f"student-ablation-{index}")) / "metrics.json").exists()
+        return (schema.report_dir(_student_variant_run(base, k)) / "metrics.json").exists()
     if what == "held_out":
         return (base / f"{k}-held-out" / "held_out.json").exists()
     if what == "doubling":
