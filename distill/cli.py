@@ -104,7 +104,7 @@ def soft_labels(
     run: Path = typer.Option(..., "--run", help="Run folder with a trained teacher."),
     samples: int = typer.Option(100, help="Teacher weight draws per row (at least 2)."),
     perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 10)."),
-    noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated, normalised feature space; "
+    noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated, per feature in box widths (classes) or stds (regression); "
                                         "copy j uses the (j mod n)-th (default 0.05,0.2,0.5)."),
     interpolations: Optional[int] = typer.Option(None, help="Points between pairs of training inputs (default 2000)."),
     uniform: Optional[int] = typer.Option(None, help="Points uniform over the training box widened by --margin (default 2000)."),

@@ -148,7 +148,7 @@ class Dataset:
         return y if self.target_scaler is None else self.target_scaler.transform(y[:, None])[:, 0]
 
     def box(self) -> tuple[np.ndarray, np.ndarray]:
-        """The train split's bounding box in normalised space ([0, 1]^F under min-max scaling)."""
+        """The train split's bounding box in normalised space: (lo [F], hi [F])."""
         z = self.scaled("train")
         return z.min(axis=0), z.max(axis=0)
 

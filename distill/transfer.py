@@ -3,10 +3,13 @@
 Bayesian dark knowledge distils the teacher's posterior predictive on more inputs than the training
 set: the student must learn where the teacher is unsure, and the training points alone sit where
 it is sure. The student is queried anywhere, so the transfer set covers the query space at every
-distance from the data (all in the normalised feature space: min-max for classes, z-scores for regression):
+distance from the data (built in the normalised feature space, z-scores; sizes per feature in units of the train box's
+width or of the train std):
 - train: the training inputs (true labels kept);
-- perturbed: K copies of each with Gaussian noise, copy j of std `noise[j % len(noise)]` (multi-scale;
-  at one small scale this is the recipe of Korattikara et al. 2015; labels of their origin kept);
+- perturbed: K copies of each with Gaussian noise, copy j of std `noise[j % len(noise)]` times the feature's unit
+  (box width for classes, std for regression: `noise_unit`; multi-scale; at one small scale this is the recipe of
+  Korattikara et al. 2015; labels of their origin kept). At most `max_perturbed` rows: on large data a uniform
+  draw of the (row, copy) pairs, so the transfer set, the Beam job and the student stay bounded;
 - interpolated: M points on segments between two training inputs, half between rows of one class
   and half between rows of any classes (mixup-style, lambda ~ U(0, 1); NO_LABEL): between the
   clusters, where the classes meet;
@@ -35,16 +38,19 @@ from distill import schema, tasks
 from distill.data import Dataset, _row_list, read_table
 from distill.errors import BdkError, read_json
 
+NOISE_UNITS = ("box", "std")
 ROW_GROUP_ROWS = 16_384  # transfer.parquet row groups: Beam splits its read by row group (~1 MB each)
 
 
 @dataclass(frozen=True)
 class TransferConfig:
     perturbations: int = 10  # K noisy copies of each training input
-    noise: tuple[float, ...] = (0.05, 0.2, 0.5)  # std of copy j's noise: noise[j % len(noise)], normalised space
+    noise: tuple[float, ...] = (0.05, 0.2, 0.5)  # std of copy j's noise: noise[j % len(noise)], in `noise_unit`s
+    noise_unit: str | None = None  # per feature: "box" (the train box's width) | "std" (the train std); None: the task's
+    max_perturbed: int = 500_000  # at most this many perturbed rows (a uniform draw of the (row, copy) pairs beyond)
     interpolations: int = 2000  # M points between pairs of training inputs
     uniform: int = 2000  # U points uniform over the widened training box
-    margin: float = 0.1  # widening of the box on each side, normalised space
+    margin: float = 0.1  # widening of the box on each side, box widths
     shell: int = 2000  # V points in the far shell
     shell_inner: float = 0.25  # the shell lies outside the box widened by this (box widths)...
     shell_outer: float = 3.0  # ...and inside the box widened by this
@@ -53,7 +59,9 @@ class TransferConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "noise", tuple(float(v) for v in np.atleast_1d(self.noise)))
-        for name in ("perturbations", "interpolations", "uniform", "shell"):
+        if self.noise_unit not in (None, *NOISE_UNITS):
+            raise BdkError(f"--noise-unit must be one of {', '.join(NOISE_UNITS)}, got {self.noise_unit!r}")
+        for name in ("perturbations", "interpolations", "uniform", "shell", "max_perturbed"):
             if getattr(self, name) < 0:
                 raise BdkError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name, value in (("noise", min(self.noise, default=-1.0)), ("margin", self.margin),
@@ -120,8 +128,8 @@ def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
 def box_shell(lo: np.ndarray, hi: np.ndarray, rows: int, inner: float, outer: float,
               rng: np.random.Generator) -> np.ndarray:
     """[rows, F] normalised points uniform in the box [lo, hi] widened by `outer` times its width on each
-    side, minus the box widened by `inner` (rejection sampling; under min-max scaling [-outer, 1 + outer]^F
-    minus [-inner, 1 + inner]^F)."""
+    side, minus the box widened by `inner` (rejection sampling; in box units [-outer, 1 + outer]^F minus
+    [-inner, 1 + inner]^F)."""
     kept, have = [], 0
     while have < rows:
         u = rng.uniform(-outer, 1 + outer, (rows * 2, len(lo)))  # [2 rows, F] in units of the box
@@ -157,22 +165,30 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     # One generator per source, so changing one source's size leaves the others' rows (and ids) unchanged.
     perturb_rng, mix_rng, uniform_rng, shell_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
 
-    scales = np.resize(np.asarray(cfg.noise, np.float32), k)  # [K]: copy j's noise std
-    noisy = z[:, None, :] + scales[None, :, None] * perturb_rng.standard_normal((n, k, f))  # [n, K, F]
+    lo, hi = ds.box()  # [F] each, normalised
+    unit = (hi - lo) if (cfg.noise_unit or task.noise_unit) == "box" else z.std(axis=0)  # [F]
+    scales = np.resize(np.asarray(cfg.noise, np.float32), k)  # [K]: copy j's noise std, in units
+    if n * k <= cfg.max_perturbed:  # every (row, copy) pair: p = row * K + copy
+        pairs = np.arange(n * k)
+        eps = perturb_rng.standard_normal((n, k, f)).reshape(n * k, f)  # [n K, F]
+    else:  # bounded: a uniform draw of the pairs (large data: the student needs coverage, not K copies of every row)
+        pairs = np.sort(perturb_rng.choice(n * k, cfg.max_perturbed, replace=False))
+        eps = perturb_rng.standard_normal((len(pairs), f))
+    rows, copies = pairs // max(k, 1), pairs % max(k, 1)  # [P] each
+    noisy = (z[rows] + (scales[copies, None] * unit[None, :]) * eps).astype(np.float32)  # [P, F]
     same = m // 2 if ds.task == "classification" else 0
     a_same, b_same = _pairs(train.y, same, True, mix_rng)
     a_any, b_any = _pairs(train.y, m - same, False, mix_rng)
     a, b = np.concatenate([a_same, a_any]), np.concatenate([b_same, b_any])  # [M] each
     lam = mix_rng.uniform(0.0, 1.0, (m, 1))
     mixed = lam * z[a] + (1 - lam) * z[b]  # [M, F]
-    lo, hi = ds.box()  # [F] each, normalised
     widen = cfg.margin * (hi - lo)
     box = lo - widen + uniform_rng.uniform(0.0, 1.0, size=(cfg.uniform, f)) * (hi - lo + 2 * widen)  # [U, F]
     shell = box_shell(lo, hi, cfg.shell, cfg.shell_inner, cfg.shell_outer, shell_rng)  # [V, F]
     parts = [
         (np.char.add("train:", train.ids.astype(str)), "train", train.y, train.x),
-        (np.array([f"perturbed:{i}:{j}" for i in train.ids for j in range(k)], dtype=str), "perturbed",
-         np.repeat(train.y, k), ds.scaler.inverse(noisy.reshape(n * k, f))),
+        (np.char.add(np.char.add("perturbed:", train.ids[rows].astype(str)), np.char.add(":", copies.astype(str))),
+         "perturbed", train.y[rows], ds.scaler.inverse(noisy)),
         (np.array([f"interpolated:{i}" for i in range(m)], dtype=str), "interpolated", np.full(m, none),
          ds.scaler.inverse(mixed)),
         (np.array([f"uniform:{i}" for i in range(cfg.uniform)], dtype=str), "uniform",

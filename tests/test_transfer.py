@@ -56,9 +56,32 @@ def test_no_validation_or_test_row_is_in_the_transfer_set(iris):
 def test_multi_scale_noise(iris):
     t = build_transfer_set(TransferConfig(perturbations=6, noise=(0.05, 0.5), interpolations=0, uniform=0, shell=0), iris)
     pert = iris.scaler.transform(t.loc[t.source == "perturbed", iris.feature_names].to_numpy()).reshape(-1, 6, 4)
-    noise = pert - iris.scaler.transform(iris["train"].x)[:, None, :]  # [n, K, F]
+    lo, hi = iris.box()
+    noise = (pert - iris.scaler.transform(iris["train"].x)[:, None, :]) / (hi - lo)  # [n, K, F] in box widths (classes)
     small, large = noise[:, 0::2].std(), noise[:, 1::2].std()  # copy j uses noise[j % 2]
     assert abs(small - 0.05) < 0.005 and abs(large - 0.5) < 0.05
+
+
+def test_perturbed_rows_are_bounded_by_a_uniform_draw_of_row_copy_pairs(iris):
+    n = len(iris["train"])
+    cfg = TransferConfig(perturbations=10, noise=(0.05,), interpolations=0, uniform=0, shell=0, max_perturbed=n * 3)
+    t = build_transfer_set(cfg, iris)
+    pert = t[t.source == "perturbed"]
+    assert len(pert) == n * 3 and pert["id"].is_unique
+    origin, copy = zip(*(i.split(":")[1:] for i in pert["id"]))
+    assert set(map(int, copy)) == set(range(10)) and len(set(origin)) > 0.9 * n  # spread over rows and copies
+    by_id = dict(zip(iris["train"].ids.astype(str), iris["train"].y))
+    assert (pert["label"].to_numpy() == [by_id[o] for o in origin]).all()  # each keeps its origin's label
+    lo, hi = iris.box()
+    x = {i: z for i, z in zip(iris["train"].ids.astype(str), iris.scaled("train"))}
+    noise = (iris.scaler.transform(pert[iris.feature_names].to_numpy()) - np.stack([x[o] for o in origin])) / (hi - lo)
+    assert abs(noise.std() - 0.05) < 5 * 0.05 / np.sqrt(2 * noise.size)
+    # below the bound, every pair, and the bound changes nothing
+    full = build_transfer_set(TransferConfig(perturbations=10, noise=(0.05,), interpolations=0, uniform=0, shell=0), iris)
+    capped = build_transfer_set(TransferConfig(perturbations=10, noise=(0.05,), interpolations=0, uniform=0, shell=0,
+                                               max_perturbed=n * 10), iris)
+    assert (full.source == "perturbed").sum() == n * 10
+    pd.testing.assert_frame_equal(full, capped)
 
 
 def test_interpolations_lie_between_two_training_rows_half_of_them_of_one_class(iris):
@@ -93,17 +116,18 @@ def test_far_shell_lies_between_the_inner_and_outer_boxes(iris):
     assert not (x[:, None, :] == ood[None]).all(-1).any()
 
 
-def test_noise_is_gaussian_in_scaled_space_and_uniform_covers_the_widened_box(iris):
+def test_noise_is_gaussian_in_box_widths_and_uniform_covers_the_widened_box(iris):
     cfg = TransferConfig(perturbations=4, noise=0.05, uniform=500, margin=0.1)
     t = build_transfer_set(cfg, iris)
     train = iris["train"]
+    lo, hi = iris.box()
     pert = iris.scaler.transform(t.loc[t.source == "perturbed", iris.feature_names].to_numpy())  # [n*K, F]
     origin = np.repeat(iris.scaler.transform(train.x), 4, axis=0)  # same order: origin-major
-    noise = (pert - origin).ravel()
+    noise = ((pert - origin) / (hi - lo)).ravel()
     se = 0.05 / np.sqrt(2 * len(noise))  # standard error of a Gaussian std estimate
     assert abs(noise.std() - 0.05) < 5 * se
     assert abs(noise.mean()) < 5 * 0.05 / np.sqrt(len(noise))
-    box = iris.scaler.transform(t.loc[t.source == "uniform", iris.feature_names].to_numpy())
+    box = (iris.scaler.transform(t.loc[t.source == "uniform", iris.feature_names].to_numpy()) - lo) / (hi - lo)
     assert box.min() >= -0.1 - 1e-5 and box.max() <= 1.1 + 1e-5
     assert (box.min(axis=0) < 0).all() and (box.max(axis=0) > 1).all()  # beyond the data, on every feature
 
