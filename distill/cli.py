@@ -154,6 +154,8 @@ def student(
     epochs: int = typer.Option(300, min=1),
     gate_nll_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation NLL."),
     gate_ece_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation ECE."),
+    gate: bool = typer.Option(True, help="Refuse to publish a student worse calibrated than its teacher by more than "
+                              "the margins (--no-gate publishes it anyway; the report still compares them)."),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
@@ -163,9 +165,10 @@ def student(
 
     cfg = StudentConfig(**_hidden(hidden), temperature=temperature, alpha=alpha,
                         uncertainty=uncertainty, epistemic_weight=epistemic_weight,
-                        epochs=epochs, gate_nll_margin=gate_nll_margin, gate_ece_margin=gate_ece_margin, seed=seed)
+                        epochs=epochs, gate_nll_margin=gate_nll_margin, gate_ece_margin=gate_ece_margin, gate=gate,
+                        seed=seed)
     s = student_stage(cfg, run, progress=progress)
-    summary_table(f"student ({s['epochs_run']} epochs, best {s['best_epoch']}; gate passed)",
+    summary_table(f"student ({s['epochs_run']} epochs, best {s['best_epoch']}; gate {'passed' if gate else 'off'})",
                   {k: v for k, v in s.items() if k.startswith(("student/", "baseline/"))})
     print(f"export: {run / 'student' / 'export' / '1'}")
 
@@ -207,6 +210,7 @@ def run_pipeline(
     shell: Optional[int] = typer.Option(None, help="Transfer points in the far shell (default 2000)."),
     student_epochs: int = typer.Option(300, min=1, help="Student's maximum epochs."),
     hidden: Optional[str] = typer.Option(None, help="Student hidden layer sizes, comma-separated; default by task."),
+    gate: bool = typer.Option(True, help="Refuse to publish a student worse calibrated than its teacher (see `bdk student`)."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -226,7 +230,7 @@ def run_pipeline(
     teacher_cfg = TeacherConfig(kind=kind, epochs=epochs, eval_samples=samples, seed=seed, **_kl(kl_weight))
     soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations,
                                          uniform=uniform, shell=shell, seed=seed), num_samples=samples)
-    student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, seed=seed)
+    student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, gate=gate, seed=seed)
     eval_cfg = EvalConfig(samples=samples, seed=seed)
 
     def announce(i: int, name: str) -> None:

@@ -21,13 +21,17 @@ from distill.errors import BdkError, atomic_dir, read_json, write_json
 class EvalConfig:
     samples: int = 100  # teacher draws on val/test/OOD
     ood_rows: int = 500  # far-away uniform inputs
-    ood_inner: float = 0.5  # OOD rows lie outside the train box widened by this (scaled units)...
+    ood_inner: float = 0.5  # OOD rows lie outside the train box widened by this (box widths)...
     ood_outer: float = 2.0  # ...and inside the box widened by this
     ood_file: str | None = None  # instead of far-away uniform inputs: a .csv/.parquet of real OOD rows
-    bootstrap: int = 1000
+    bootstrap: int = 1000  # resamples; fewer on large splits (at most `bootstrap_rows` resampled rows in all)
+    bootstrap_rows: int = 20_000_000
+    region_rows: int = 20_000  # at most this many transfer rows per source scored (a seeded uniform draw)
     latency_calls: int = 200
     seed: int = 0
 
+
+CHUNK_ROWS = 8192  # rows per export call
 
 from distill import report
 from distill.report import MODELS  # the report owns the model list: evaluate imports report, never the reverse
@@ -79,8 +83,12 @@ class Exports:
 
     def predict(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
         """The task's outputs and the epistemic score (teacher: its epistemic output; student: its head)."""
+        x = np.asarray(x, np.float32)
+        if len(x) > CHUNK_ROWS:  # S draws x every row at once does not fit on large splits
+            parts = [self.predict(name, x[i:i + CHUNK_ROWS]) for i in range(0, len(x), CHUNK_ROWS)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         tf = self.tf
-        features = tf.constant(np.asarray(x, np.float32))
+        features = tf.constant(x)
         if name == "teacher":
             sig = self.models[name].signatures
             if "predictive_seeded" in sig:
@@ -163,15 +171,19 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
 
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}  # model -> input set -> outputs
     inputs = {"val": ds["val"].x, "test": ds["test"].x, "ood": ood_inputs(cfg, ds)}
+    rng = np.random.default_rng(cfg.seed)
+    regions = {}  # source -> its rows of the soft labels, at most cfg.region_rows (a uniform draw, in file order)
     for src in TRANSFER_REGIONS:
-        inputs[src] = soft.loc[soft["source"] == src, ds.feature_names].to_numpy(np.float32)
+        at = np.flatnonzero(soft["source"].to_numpy() == src)
+        regions[src] = soft.iloc[np.sort(rng.choice(at, cfg.region_rows, replace=False)) if len(at) > cfg.region_rows else at]
+        inputs[src] = regions[src][ds.feature_names].to_numpy(np.float32)
     for m in MODELS:
         for name, x in inputs.items():
             if len(x) and (m == "student" or name not in TRANSFER_REGIONS):  # teacher: soft labels there
                 preds[m][name] = exports.predict(m, x)
     for src in TRANSFER_REGIONS:  # the teacher's side on transfer rows: the soft labels (what the student matched)
         if src in preds["student"]:
-            t = output_arrays(soft[soft["source"] == src], task)
+            t = output_arrays(regions[src], task)
             preds["teacher"][src] = {**t, "epistemic": t[task.epistemic_output]}
     steps.update()
     steps.set_postfix_str("bootstrap intervals")
@@ -180,7 +192,8 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     for m in MODELS:
         out[m] = {}
         for split in ("test", "val"):
-            out[m].update(task.metrics_with_intervals(ds[split].y, preds[m][split], split, cfg.bootstrap, cfg.seed))
+            resamples = max(100, min(cfg.bootstrap, cfg.bootstrap_rows // max(len(ds[split]), 1)))
+            out[m].update(task.metrics_with_intervals(ds[split].y, preds[m][split], split, resamples, cfg.seed))
     if ds.task == "regression":
         for m in MODELS:
             p = preds[m]["test"]

@@ -22,6 +22,21 @@ class FitResult:
     stopped_early: bool
 
 
+LARGE_BATCH = 1024  # the largest batch size `scaled_batch` picks
+
+
+def scaled_batch(base: int, n: int, rows_per_step: int = 200) -> int:
+    """A batch size for `n` training rows: `base` on small data (the validated recipes), else the power of two
+    nearest n / rows_per_step, at most LARGE_BATCH (1M rows x 50 features: 1024), so that a step budget covers
+    several epochs of large data at an affordable cost per step."""
+    return int(max(base, min(LARGE_BATCH, 2 ** round(np.log2(max(n, 1) / rows_per_step)))))
+
+
+def epochs_for_steps(n: int, batch_size: int, steps: int) -> int:
+    """Epochs (at least one) that a budget of `steps` optimiser steps buys at `n` rows."""
+    return max(1, -(-steps // -(-n // batch_size)))
+
+
 def minibatches(n: int, batch_size: int, rng: np.random.Generator):
     order = rng.permutation(n)
     for start in range(0, n, batch_size):

@@ -29,6 +29,7 @@ class StudentConfig:
     epistemic_weight: float = 1.0  # weight of that loss (Dirichlet NLL, or the head's MSE on the normalised score)
     learning_rate: float | None = None  # Adam
     epochs: int = 300
+    steps: int = 30_000  # at most this many optimiser steps (epochs shrink on large transfer sets); also the baseline's
     batch_size: int | None = None
     patience: int = 40  # epochs without a better monitored validation value
     # Early stopping: "transfer" = the student's loss against the teacher on a held-out slice of the transfer set
@@ -41,7 +42,7 @@ class StudentConfig:
     hidden_search: tuple[tuple[int, ...], ...] = ()
     max_parameter_share: float = 0.25
     baseline_epochs: int = 300  # the hard-label baseline, same architecture, train split only
-    baseline_batch_size: int = 16
+    baseline_batch_size: int = 16  # on small data; grows with the train split (distill.training.scaled_batch)
     tflite: bool = True  # also convert the student to TFLite (studies, which compare and do not deploy, skip it)
     gate: bool = True  # refuse to publish a student worse calibrated than its teacher (studies compare, so turn it off)
     gate_nll_margin: float = 0.05  # student val NLL may exceed the teacher's by at most this
@@ -51,7 +52,7 @@ class StudentConfig:
     def __post_init__(self):
         if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
             raise BdkError(f"hidden layer sizes must be positive, got {self.hidden}")
-        for name in ("epochs", "patience", "baseline_epochs", "baseline_batch_size"):
+        for name in ("epochs", "steps", "patience", "baseline_epochs", "baseline_batch_size"):
             if getattr(self, name) < 1:
                 raise BdkError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.uncertainty is not None and self.uncertainty not in UNCERTAINTY:

@@ -23,7 +23,7 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
-from distill.training import fit, minibatches
+from distill.training import epochs_for_steps, fit, minibatches, scaled_batch
 from student import dirichlet
 from student.config import StudentConfig
 from student.export import StudentModule
@@ -145,7 +145,8 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         tfk.utils.set_random_seed(cfg.seed)
         model = build_student(ds.num_features, units, hidden,
                               epistemic_activation="linear" if cfg.uncertainty == "dirichlet" else "softplus")
-        return model, _fit(cfg, task, model, student_loss, fit_rows[0], fit_rows[1:], ds, held_out, cfg.epochs,
+        epochs = min(cfg.epochs, epochs_for_steps(len(fit_rows[0]), cfg.batch_size, cfg.steps))
+        return model, _fit(cfg, task, model, student_loss, fit_rows[0], fit_rows[1:], ds, held_out, epochs,
                            cfg.batch_size, f"student {','.join(map(str, hidden))}", progress)
 
     t0 = time.perf_counter()
@@ -167,10 +168,12 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
 
     # The same architecture on the train split's hard labels only: what you get without a teacher.
     baseline = build_student(ds.num_features, units, cfg.hidden, name="baseline")
+    baseline_batch = scaled_batch(cfg.baseline_batch_size, len(ds["train"]))
     t0 = time.perf_counter()
     baseline_result = _fit(cfg, task, baseline, lambda out, y: -tf.reduce_mean(task.log_likelihood(y, out["head"])),
-                           ds.scaled("train"), (ds.target("train"),), ds, None, cfg.baseline_epochs,
-                           cfg.baseline_batch_size, "baseline", progress,
+                           ds.scaled("train"), (ds.target("train"),), ds, None,
+                           min(cfg.baseline_epochs, epochs_for_steps(len(ds["train"]), baseline_batch, cfg.steps)),
+                           baseline_batch, "baseline", progress,
                            variables=[v for v in baseline.trainable_variables if "epistemic" not in v.name])
     baseline_seconds = time.perf_counter() - t0
 

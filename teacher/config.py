@@ -52,6 +52,7 @@ class TeacherConfig:
     batch_size: int | None = None
     patience: int | None = None  # epochs without a better validation NLL
     val_samples: int = 20  # draws for the per-epoch validation predictive (fixed seed: the same draws every epoch)
+    val_rows: int = 20_000  # at most this many validation rows for the per-epoch predictive (the first ones)
     eval_samples: int = 100  # draws for the final evaluation
     serving_samples: int = 10  # draws baked into serving_default
     seed: int = 0
@@ -69,7 +70,7 @@ class TeacherConfig:
             raise BdkError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if not 0.0 <= self.dropout < 1.0:
             raise BdkError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("epochs", "steps", "batch_size", "patience", "members", "swag_epochs", "swag_rank"):
+        for name in ("epochs", "steps", "batch_size", "patience", "members", "swag_epochs", "swag_rank", "val_rows"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise BdkError(f"{name} must be >= 1, got {value}")
@@ -79,20 +80,23 @@ class TeacherConfig:
         if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
             raise BdkError(f"hidden layer sizes must be positive, got {self.hidden}")
 
-    def resolved(self, task: str) -> "TeacherConfig":
-        """The task's recipe in every field left at None (an explicit `epochs` overrides the step budget)."""
+    def resolved(self, task: str, n_train: int = 0) -> "TeacherConfig":
+        """The task's recipe in every field left at None (an explicit `epochs` overrides the step budget); the
+        batch size grows with large data (`n_train` rows: distill.training.scaled_batch)."""
+        from distill.training import scaled_batch
+
         defaults = dict(TASK_DEFAULTS[task])
         if self.kind != "flipout":  # deterministic training (ensemble members, MC dropout, SWAG's first phase)
             defaults.pop("steps", None)
             defaults.update(DETERMINISTIC_DEFAULTS.get(task, {}))
         if self.epochs is not None or self.steps is not None:
             defaults.pop("epochs", None), defaults.pop("steps", None)
+        defaults["batch_size"] = scaled_batch(defaults["batch_size"], n_train)
         return replace(self, **{f.name: defaults[f.name] for f in fields(self)
                                 if getattr(self, f.name) is None and f.name in defaults})
 
     def max_epochs(self, n_train: int) -> int:
         """The budget in epochs for `n_train` rows (a resolved config)."""
-        if self.epochs is not None:
-            return self.epochs
-        per_epoch = -(-n_train // self.batch_size)
-        return max(1, -(-self.steps // per_epoch))
+        from distill.training import epochs_for_steps
+
+        return self.epochs if self.epochs is not None else epochs_for_steps(n_train, self.batch_size, self.steps)

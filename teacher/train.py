@@ -27,6 +27,15 @@ from teacher.swag import SwagCollector, swag_sampler
 VALIDATION_SEED = 12345  # the per-epoch validation predictive uses the same draws every epoch
 
 
+EVAL_CHUNK_ROWS = 8192  # rows per predictive call in the final evaluation
+
+
+def in_chunks(fn, x: np.ndarray, axis: int = 0, rows: int = EVAL_CHUNK_ROWS) -> dict[str, np.ndarray]:
+    """fn(x[i:i + rows]) -> {name: tensor} over row chunks, each output concatenated along `axis` (its row axis)."""
+    parts = [{k: v.numpy() for k, v in fn(tf.constant(x[i:i + rows])).items()} for i in range(0, max(len(x), 1), rows)]
+    return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
+
+
 def training_device() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     return "/GPU:0" if gpus else "/CPU:0"
@@ -37,7 +46,7 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
     """(train_epoch, validate) for `fit`: minibatch steps on -log-likelihood + sum(model.losses) (the scaled KL
     for Flipout, L2 otherwise), and the validation metrics of the module's Monte Carlo predictive (fixed draws)."""
     x_train, y_train = ds.scaled("train"), ds.target("train")
-    x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
+    x_val, y_val = tf.constant(ds.scaled("val")[:cfg.val_rows]), ds.target("val")[:cfg.val_rows]
     signature = [tf.TensorSpec([None, ds.num_features], tf.float32), tf.TensorSpec([None], tf.as_dtype(y_train.dtype))]
 
     @tf.function(input_signature=signature)
@@ -147,7 +156,7 @@ def search_kl_weight(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = 
 
 def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress: bool = True) -> dict:
     """Train, evaluate and export; write RUN/teacher atomically. Returns the metrics summary."""
-    cfg = cfg.resolved(ds.task)
+    cfg = cfg.resolved(ds.task, len(ds["train"]))
     task = tasks.get(ds.task)
     tfk.utils.set_random_seed(cfg.seed)
     device = training_device()
@@ -160,11 +169,10 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
             module, history, best_epoch = build_teacher(cfg, ds, progress)
         train_seconds = time.perf_counter() - t0
         summaries, samples = {}, {}
-        for split in ("val", "test"):
-            params = module.sample_seeded(tf.constant(ds[split].x), cfg.eval_samples, cfg.seed)
-            samples[split] = {k: v.numpy() for k, v in params.items()}
-            summaries[split] = {k: v.numpy() for k, v in
-                                module.predictive_seeded(tf.constant(ds[split].x), cfg.eval_samples, cfg.seed).items()}
+        for split in ("val", "test"):  # in row chunks: S draws x a million rows of activations do not fit
+            summaries[split] = in_chunks(lambda x: module.predictive_seeded(x, cfg.eval_samples, cfg.seed), ds[split].x)
+            if ds.task == "regression":  # the mixture NLL needs every draw's parameters
+                samples[split] = in_chunks(lambda x: module.sample_seeded(x, cfg.eval_samples, cfg.seed), ds[split].x, axis=1)
 
     summary: dict = {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),
                      "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": len(ds["train"]),

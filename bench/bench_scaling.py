@@ -1,0 +1,125 @@
+"""Scaling benchmark (prints figures; not a test): `bdk` stage by stage at growing data sizes.
+
+    .venv/bin/python bench/bench_scaling.py --sizes 10000,100000,1000000 --out experiments/scaling
+
+For each size: bench/make_synthetic.py's problem (make_classification, 50 features, 10 classes; generated
+under --data-dir if absent), then `bdk teacher`, `bdk soft-labels`, `bdk student` and `bdk evaluate`, each in
+its own process with the defaults, so that its wall time and peak RSS (ru_maxrss of the stage's process and
+its children, from wait4) are its own. The student runs with --no-gate (this measures cost; the table gives
+the validation NLLs the gate compares). Writes results.json, scaling.md and scaling.png (log-log) to --out
+and prints the table. Goals (issue 14): the run at 1M rows under 45 minutes and 4 GB, teacher accuracy
+within 2 points of the hard-label baseline, soft-label and student peak RSS growing < 20% from 100k to 1M.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BDK = str(Path(sys.executable).with_name("bdk"))
+STAGES = ("teacher", "soft-labels", "student", "evaluate")
+GOAL_MINUTES, GOAL_RSS_GB, GOAL_ACCURACY_GAP, GOAL_RSS_GROWTH = 45, 4.0, 0.02, 0.20
+
+
+def timed(cmd: list[str], log: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MB, exit code) of one command and its children."""
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MPLBACKEND": "Agg"})
+        _, status, usage = os.wait4(proc.pid, 0)
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+
+
+def run_size(rows: int, data_dir: Path, out: Path) -> dict:
+    data = data_dir / f"synthetic-{rows}.parquet"
+    if not data.exists():
+        subprocess.run([sys.executable, str(ROOT / "bench" / "make_synthetic.py"), "--rows", str(rows), "--out", str(data)],
+                       check=True)
+    run = data_dir / f"run-{rows}"
+    commands = {"teacher": ["teacher", "--dataset", str(data), "--out", str(run), "--overwrite"],
+                "soft-labels": ["soft-labels", "--run", str(run)], "student": ["student", "--run", str(run), "--no-gate"],
+                "evaluate": ["evaluate", "--run", str(run)]}
+    result = {"rows": rows, "stages": {}}
+    for stage in STAGES:
+        wall, rss, code = timed([BDK, *commands[stage], "--no-progress"], out / f"{rows}-{stage}.log")
+        result["stages"][stage] = {"seconds": wall, "peak_rss_mb": rss}
+        print(f"{rows:>9} {stage:<12} {wall:8.1f} s {rss:8.0f} MB", flush=True)
+        if code != 0:
+            raise SystemExit(f"{stage} at {rows} rows failed (exit {code}); see {out / f'{rows}-{stage}.log'}")
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    result.update({m: metrics[m]["test/accuracy"] for m in ("teacher", "student", "baseline")})
+    result.update({f"{m}_val_nll": metrics[m]["val/nll"] for m in ("teacher", "student", "baseline")})
+    result["transfer_rows"] = json.loads((run / "soft_labels" / "manifest.json").read_text()).get("rows")
+    return result
+
+
+def write(results: list[dict], out: Path) -> str:
+    lines = ["| rows | " + " | ".join(f"{s} s / MB" for s in STAGES) + " | total min | peak GB | test acc T / S / B | val NLL T / S / B |",
+             "|" + "---|" * (len(STAGES) + 5)]
+    for r in results:
+        st = r["stages"]
+        total = sum(v["seconds"] for v in st.values()) / 60
+        peak = max(v["peak_rss_mb"] for v in st.values()) / 1024
+        lines.append(f"| {r['rows']:,} | " + " | ".join(f"{st[s]['seconds']:.0f} / {st[s]['peak_rss_mb']:.0f}" for s in STAGES)
+                     + f" | {total:.1f} | {peak:.2f} | {r['teacher']:.3f} / {r['student']:.3f} / {r['baseline']:.3f} | "
+                     + " / ".join(f"{r[m + '_val_nll']:.3f}" for m in ("teacher", "student", "baseline")) + " |")
+    checks = []
+    big = max(results, key=lambda r: r["rows"])
+    total = sum(v["seconds"] for v in big["stages"].values()) / 60
+    peak = max(v["peak_rss_mb"] for v in big["stages"].values()) / 1024
+    checks.append(f"- at {big['rows']:,} rows: {total:.1f} min (goal < {GOAL_MINUTES}), peak {peak:.2f} GB (goal < {GOAL_RSS_GB}), "
+                  f"teacher - baseline accuracy {big['teacher'] - big['baseline']:+.3f} (goal >= -{GOAL_ACCURACY_GAP})")
+    by_rows = {r["rows"]: r for r in results}
+    if 100_000 in by_rows and 1_000_000 in by_rows:
+        for stage in ("soft-labels", "student"):
+            a, b = (by_rows[n]["stages"][stage]["peak_rss_mb"] for n in (100_000, 1_000_000))
+            checks.append(f"- {stage} peak RSS 100k -> 1M: {a:.0f} -> {b:.0f} MB ({b / a - 1:+.0%}; goal < +{GOAL_RSS_GROWTH:.0%})")
+    text = "\n".join(["# Scaling: `bdk` stages on make_classification (50 features, 10 classes)", "",
+                      "`.venv/bin/python bench/bench_scaling.py --sizes " + ",".join(str(r["rows"]) for r in results)
+                      + " --out experiments/scaling` on a 2-core machine; each stage its own process (peak RSS its own).", "",
+                      *lines, "", *checks, ""])
+    (out / "scaling.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    rows = [r["rows"] for r in results]
+    for stage in STAGES:
+        axes[0].plot(rows, [r["stages"][stage]["seconds"] for r in results], "o-", label=stage)
+        axes[1].plot(rows, [r["stages"][stage]["peak_rss_mb"] for r in results], "o-", label=stage)
+    for ax, label in zip(axes, ("wall time (s)", "peak RSS (MB)")):
+        ax.set(xscale="log", yscale="log", xlabel="rows", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("bdk stages vs data size (2 CPU cores)")
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=120)
+    return text
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/bdk-scaling"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/scaling"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    done = {r["rows"]: r for r in json.loads((args.out / "results.json").read_text())} if (args.out / "results.json").exists() else {}
+    for rows in map(int, args.sizes.split(",")):
+        results.append(done[rows] if rows in done else run_size(rows, args.data_dir, args.out))
+        print(write(results, args.out))
+
+
+if __name__ == "__main__":
+    main()

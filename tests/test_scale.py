@@ -1,0 +1,44 @@
+"""Defaults that adapt to the data size (issue 14): batch sizes, step budgets, chunked evaluation, bounded report work."""
+from __future__ import annotations
+
+import numpy as np
+
+from distill.training import LARGE_BATCH, epochs_for_steps, scaled_batch
+from student.config import StudentConfig
+from teacher.config import TeacherConfig
+
+
+def test_batch_size_keeps_the_small_data_recipe_and_grows_to_a_cap():
+    for n in (96, 227, 364, 1150):  # the suite's train splits: the validated recipes are untouched
+        assert scaled_batch(32, n) == 32 and scaled_batch(16, n) == 16
+    sizes = [scaled_batch(32, n) for n in (6_400, 64_000, 640_000, 6_400_000)]
+    assert sizes == sorted(sizes) and sizes[1] == 256 and sizes[-1] == LARGE_BATCH
+    assert all(s & (s - 1) == 0 for s in sizes)  # powers of two
+
+
+def test_teacher_step_budget_buys_several_epochs_of_a_million_rows():
+    small = TeacherConfig().resolved("classification", 96)
+    assert small.batch_size == 32 and small.max_epochs(96) == 1667  # 3 steps per epoch: 5000 steps
+    big = TeacherConfig().resolved("classification", 640_000)
+    assert big.batch_size == LARGE_BATCH and big.max_epochs(640_000) == 8  # 625 steps per epoch
+    assert TeacherConfig(batch_size=64).resolved("classification", 640_000).batch_size == 64  # explicit wins
+    assert TeacherConfig(kind="ensemble").resolved("classification", 640_000).batch_size == LARGE_BATCH
+
+
+def test_student_step_cap_only_binds_on_large_transfer_sets():
+    cfg = StudentConfig().resolved("classification")
+    assert min(cfg.epochs, epochs_for_steps(7_000, cfg.batch_size, cfg.steps)) == cfg.epochs  # Iris: 300 epochs
+    assert epochs_for_steps(1_150_000, cfg.batch_size, cfg.steps) == 7  # 4493 steps per epoch
+    assert epochs_for_steps(10, 256, 1) == 1
+
+
+def test_in_chunks_matches_one_call():
+    import tensorflow as tf
+
+    from teacher.train import in_chunks
+
+    x = np.random.default_rng(0).normal(size=(23, 4)).astype(np.float32)
+    fn = lambda t: {"row": 2.0 * t, "draws": tf.stack([t, -t])}  # noqa: E731  [B, F] and [S=2, B, F]
+    whole = {k: v.numpy() for k, v in fn(tf.constant(x)).items()}
+    np.testing.assert_array_equal(in_chunks(lambda t: {"row": fn(t)["row"]}, x, rows=5)["row"], whole["row"])
+    np.testing.assert_array_equal(in_chunks(lambda t: {"draws": fn(t)["draws"]}, x, axis=1, rows=5)["draws"], whole["draws"])
