@@ -46,16 +46,23 @@ def run_size(rows: int, data_dir: Path, out: Path) -> dict:
         subprocess.run([sys.executable, str(ROOT / "bench" / "make_synthetic.py"), "--rows", str(rows), "--out", str(data)],
                        check=True)
     run = data_dir / f"run-{rows}"
-    commands = {"teacher": ["teacher", "--dataset", str(data), "--out", str(run), "--overwrite"],
+    commands = {"teacher": ["teacher", "--dataset", str(data), "--out", str(run), "--overwrite"],  # --seed 0
                 "soft-labels": ["soft-labels", "--run", str(run)], "student": ["student", "--run", str(run), "--no-gate"],
                 "evaluate": ["evaluate", "--run", str(run)]}
     result = {"rows": rows, "stages": {}}
-    for stage in STAGES:
+    for i, stage in enumerate(STAGES):
+        done = out / f"{rows}-{stage}.json"  # resumable: a stage measured once is kept (delete its json to redo it)
+        if done.exists() and all((out / f"{rows}-{s}.json").exists() for s in STAGES[:i]):
+            result["stages"][stage] = json.loads(done.read_text())
+            continue
+        for later in STAGES[i:]:  # a stage redone invalidates the stages after it
+            (out / f"{rows}-{later}.json").unlink(missing_ok=True)
         wall, rss, code = timed([BDK, *commands[stage], "--no-progress"], out / f"{rows}-{stage}.log")
         result["stages"][stage] = {"seconds": wall, "peak_rss_mb": rss}
         print(f"{rows:>9} {stage:<12} {wall:8.1f} s {rss:8.0f} MB", flush=True)
         if code != 0:
             raise SystemExit(f"{stage} at {rows} rows failed (exit {code}); see {out / f'{rows}-{stage}.log'}")
+        done.write_text(json.dumps(result["stages"][stage]))
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     result.update({m: metrics[m]["test/accuracy"] for m in ("teacher", "student", "baseline")})
     result.update({f"{m}_val_nll": metrics[m]["val/nll"] for m in ("teacher", "student", "baseline")})
@@ -115,9 +122,8 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    done = {r["rows"]: r for r in json.loads((args.out / "results.json").read_text())} if (args.out / "results.json").exists() else {}
     for rows in map(int, args.sizes.split(",")):
-        results.append(done[rows] if rows in done else run_size(rows, args.data_dir, args.out))
+        results.append(run_size(rows, args.data_dir, args.out))
         print(write(results, args.out))
 
 

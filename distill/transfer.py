@@ -22,7 +22,7 @@ width or of the train std):
 No validation or test row is ever in the transfer set (every generated point derives from train rows).
 Rows are stored with RAW features (the teacher export scales them itself), ids stable across runs.
 
-`read_soft_labels` is how later stages get the Beam job's output: it refuses soft labels that no
+`soft_label_shards` (shard by shard) and `read_soft_labels` (one frame) are how later stages get the Beam job's output: they refuse soft labels that no
 longer belong to the run (teacher retrained, classes or features changed).
 """
 from __future__ import annotations
@@ -284,14 +284,14 @@ def export_fingerprint(export: str | Path) -> str:
 # ---------------------------------------------------------------- reading the soft labels
 
 
-def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
-    """The soft-label dataset of a run, in transfer-set order, and its manifest.
+def soft_label_shards(run: Path):
+    """The soft-label shards of a run, one Arrow table each, in transfer-set order (shard i labels the transfer
+    set's row group i), with every check of `read_soft_labels`; one shard in memory at a time.
 
-    Columns: schema.soft_label_columns(feature_names, task.outputs). A vector output (classes: `probs`,
-    `variance`) holds one float32 [C] row of an [N, C] array each: `np.stack(df["probs"].to_numpy())`
-    gives the [N, C] array back; regression outputs (mean, variance, epistemic_variance) are floats.
     Raises BdkError when they are missing or stale (teacher export, classes or features changed).
     """
+    import pyarrow.parquet as pq
+
     run = Path(run)
     out = schema.soft_labels_dir(run)
     again = f"rerun `bdk soft-labels --run {run}`"
@@ -311,33 +311,63 @@ def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
         raise BdkError(f"{run} has no teacher export at {export}; run `bdk teacher --out {run}` first")
     if export_fingerprint(export) != manifest.get("teacher_fingerprint"):
         raise BdkError(f"the teacher export {export} changed since the soft labels were made (teacher retrained?); {again}")
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     shards = [out / name for name in manifest["shards"]]
     missing = [s.name for s in shards if not s.exists()]
     if missing:
         raise BdkError(f"soft-label shards {missing} listed in {schema.soft_labels_manifest(run)} are missing; {again}")
     task = tasks.get(meta.get("task", "classification"))
-    table = pa.concat_tables([pq.read_table(s) for s in shards]) if shards else \
-        soft_label_arrow_schema(meta["feature_names"], task).empty_table()
-    ids = pq.read_table(out / schema.TRANSFER_FILE, columns=["id"]).column("id").to_pylist()
-    have = pd.Index(table.column("id").to_pylist())
-    order = have.get_indexer(ids) if have.is_unique else None
-    if order is None or len(have) != len(ids) or (order < 0).any():
+    columns = schema.soft_label_columns(meta["feature_names"], task.outputs)
+    transfer = pq.ParquetFile(out / schema.TRANSFER_FILE)
+    if transfer.num_row_groups != len(shards):
         raise BdkError(f"soft labels in {out} do not match its transfer set row for row; {again}")
-    table = table.take(order)  # transfer-set order, whatever order the runner wrote the shards in
-    missing = [c for c in schema.soft_label_columns(meta["feature_names"], task.outputs) if c not in table.column_names]
-    if missing:  # made by an older teacher export (e.g. before mean_log_probs): its outputs differ
-        raise BdkError(f"soft labels in {out} lack the columns {missing}: the teacher export predates them; retrain "
-                       f"it with `bdk teacher --out {run} --overwrite`, then rerun `bdk soft-labels --run {run}`")
-    num_classes = len(meta["class_names"])
+
+    def tables():
+        for i, shard in enumerate(shards):
+            table = pq.read_table(shard)
+            lacking = [c for c in columns if c not in table.column_names]
+            if lacking:  # made by an older teacher export (e.g. before mean_log_probs): its outputs differ
+                raise BdkError(f"soft labels in {out} lack the columns {lacking}: the teacher export predates them; retrain "
+                               f"it with `bdk teacher --out {run} --overwrite`, then rerun `bdk soft-labels --run {run}`")
+            if not table.column("id").equals(transfer.read_row_group(i, columns=["id"]).column("id")):
+                raise BdkError(f"soft labels in {out} do not match its transfer set row for row; {again}")
+            yield table.select(columns)
+
+    return tables(), manifest, task, len(meta["class_names"])
+
+
+def shard_arrays(table, task: tasks.Task, num_classes: int) -> dict[str, np.ndarray]:
+    """One soft-label table's outputs as arrays (vector outputs [n, C] float32, the rest [n]), no Python objects."""
+    out = {}
+    for name in task.outputs:
+        column = table.column(name).combine_chunks()
+        if name in task.vector_outputs:
+            values = column.flatten().to_numpy(zero_copy_only=False)
+            if len(values) != num_classes * len(table):
+                raise BdkError(f"soft labels: {name} rows do not all have {num_classes} classes; rerun `bdk soft-labels`")
+            out[name] = values.astype(np.float32).reshape(len(table), num_classes)  # [n, C]
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return out
+
+
+def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
+    """The soft-label dataset of a run as one frame, in transfer-set order, and its manifest (stages that can work
+    shard by shard use `soft_label_shards`).
+
+    Columns: schema.soft_label_columns(feature_names, task.outputs). A vector output (classes: `probs`,
+    `variance`) holds one float32 [C] row of an [N, C] array each: `np.stack(df["probs"].to_numpy())`
+    gives the [N, C] array back; regression outputs (mean, variance, epistemic_variance) are floats.
+    """
+    import pyarrow as pa
+
+    shards, manifest, task, num_classes = soft_label_shards(run)
+    tables = list(shards)
+    if not tables:
+        meta = read_json(schema.data_dir(Path(run)) / "dataset.json")
+        tables = [soft_label_arrow_schema(meta["feature_names"], task).empty_table()]
+    table = pa.concat_tables(tables)
     df = table.drop_columns(list(task.vector_outputs)).to_pandas()
-    for name in task.vector_outputs:
-        values = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        if len(values) != num_classes * len(table):
-            raise BdkError(f"soft labels in {out}: {name} rows do not all have {num_classes} classes; {again}")
-        matrix = values.astype(np.float32).reshape(len(table), num_classes)  # [N, C]
-        df[name] = pd.Series(list(matrix), index=df.index, dtype=object)  # row views of the [N, C] array
-    return df[schema.soft_label_columns(meta["feature_names"], task.outputs)], manifest
+    for name, matrix in shard_arrays(table, task, num_classes).items():
+        if name in task.vector_outputs:
+            df[name] = pd.Series(list(matrix), index=df.index, dtype=object)  # row views of the [N, C] array
+    return df[table.column_names], manifest

@@ -105,7 +105,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     on and the student's validation NLL (or, for classes, ECE) is worse than the teacher's by more than
     the margins.
     """
-    from distill.transfer import output_arrays, read_soft_labels, soft_labels_digest
+    from distill.transfer import shard_arrays, soft_label_shards, soft_labels_digest
 
     run = Path(run)
     ds = data_lib.load_from_run(run)
@@ -113,33 +113,47 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     task = tasks.get(ds.task)
     if not (schema.teacher_dir(run) / "metrics.json").exists():
         raise BdkError(f"{run} has no teacher; run `bdk teacher --out {run}` first")
-    soft, manifest = read_soft_labels(run)
+    shards, manifest, _, _ = soft_label_shards(run)
     tfk.utils.set_random_seed(cfg.seed)
-
-    x = ds.scaler.transform(soft[ds.feature_names].to_numpy(np.float32))  # [N, F]
-    outputs = output_arrays(soft, task)
-    targets = task.soft_targets(outputs, ds.target_shift, ds.target_scale)  # [N, K], normalised
-    labels = soft["label"].to_numpy()  # [N]; classes: -1 where none
     units = task.head_units(ds.num_classes)
-    if cfg.uncertainty == "dirichlet":  # the head regresses the log-precision of the teacher's draws (student.dirichlet)
-        smoothed = (1 - tasks.DIRICHLET_SMOOTHING) * outputs["probs"] + tasks.DIRICHLET_SMOOTHING / ds.num_classes
-        score = np.log(dirichlet.precision_mle(smoothed, outputs["mean_log_probs"]))  # [N] log alpha_0
-        epistemic_shift = float(score.mean())
-    else:  # the head regresses the teacher's epistemic score itself
-        score = soft[task.epistemic_output].to_numpy(np.float64)  # [N]
-        epistemic_shift = 0.0
-    epistemic_scale = float(score.std()) or 1.0  # the head learns (score - shift) / scale; the export undoes it
-    third = ((score - epistemic_shift) / epistemic_scale).astype(np.float32)
+
+    # Shard by shard into compact float32 arrays (no frame of the whole transfer set): the fitted rows and the held-out
+    # slice, each (x [n, F] normalised, targets [n, K] normalised, labels [n] (classes: -1 where none), score [n]).
+    parts = {True: [], False: []}  # held out? -> per-shard arrays
+    sources: dict[str, int] = {}
+    for table in shards:
+        outputs = shard_arrays(table, task, ds.num_classes)
+        x = ds.scaler.transform(np.column_stack([table.column(f).to_numpy() for f in ds.feature_names]))  # [n, F]
+        targets = task.soft_targets(outputs, ds.target_shift, ds.target_scale)  # [n, K]
+        if cfg.uncertainty == "dirichlet":  # the head regresses the log-precision of the teacher's draws (student.dirichlet)
+            smoothed = (1 - tasks.DIRICHLET_SMOOTHING) * outputs["probs"] + tasks.DIRICHLET_SMOOTHING / ds.num_classes
+            score = np.log(dirichlet.precision_mle(smoothed, outputs["mean_log_probs"]))  # [n] log alpha_0
+        else:  # the head regresses the teacher's epistemic score itself
+            score = np.asarray(outputs[task.epistemic_output], np.float64)  # [n]
+        arrays = (x, targets, table.column("label").to_numpy(zero_copy_only=False), score)
+        hold = holdout_mask(table.column("id").to_pylist(), cfg.holdout) if cfg.monitor == "transfer" \
+            else np.zeros(len(x), bool)
+        for held in (True, False):
+            parts[held].append(tuple(a[hold == held] for a in arrays))
+        for source, count in zip(*np.unique(table.column("source").to_numpy(zero_copy_only=False), return_counts=True)):
+            sources[str(source)] = sources.get(str(source), 0) + int(count)
+    if not parts[False]:
+        raise BdkError(f"the soft labels of {run} have no rows; rerun `bdk soft-labels --run {run}` with a transfer set")
+    fit_rows, held_rows = ([np.concatenate(column) for column in zip(*parts[held])] for held in (False, True))
+    del parts
+    scores = np.concatenate([fit_rows[3], held_rows[3]])
+    epistemic_shift = float(scores.mean()) if cfg.uncertainty == "dirichlet" else 0.0
+    epistemic_scale = float(scores.std()) or 1.0  # the head learns (score - shift) / scale; the export undoes it
+    for rows in (fit_rows, held_rows):
+        rows[3] = ((rows[3] - epistemic_shift) / epistemic_scale).astype(np.float32)
+    n_rows, n_held = len(scores), len(held_rows[0])
     w_epi = tf.constant(cfg.epistemic_weight, tf.float32)
 
     def student_loss(out, q, y, e):
         return (task.distill_loss(q, out["head"], y, cfg.temperature, cfg.alpha)
                 + w_epi * tf.reduce_mean(tf.square(e - out["epistemic"])))
 
-    columns = (targets, labels, third)
-    hold = holdout_mask(soft["id"], cfg.holdout) if cfg.monitor == "transfer" else np.zeros(len(x), bool)
-    fit_rows = (x[~hold], *(c[~hold] for c in columns))
-    held_out = (x[hold], *(c[hold] for c in columns)) if hold.any() else None
+    held_out = tuple(held_rows) if n_held else None
 
     def train(hidden):
         tfk.utils.set_random_seed(cfg.seed)
@@ -193,9 +207,9 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     failures = check_gate(cfg, val["student"], teacher_metrics) if cfg.gate else []
 
     summary = {
-        "task": ds.task, "rows": len(soft), "rows_per_source": soft["source"].value_counts().to_dict(),
+        "task": ds.task, "rows": n_rows, "rows_per_source": sources,
         "epochs_run": len(result.history), "best_epoch": result.best_epoch, "train_seconds": student_seconds,
-        "monitor": cfg.monitor, "held_out_rows": int(hold.sum()), "hidden": list(cfg.hidden),
+        "monitor": cfg.monitor, "held_out_rows": n_held, "hidden": list(cfg.hidden),
         **({"hidden_search": search} if search else {}), "uncertainty": cfg.uncertainty, "epistemic_shift": epistemic_shift, "baseline_epochs_run": len(baseline_result.history),
         "baseline_train_seconds": baseline_seconds, "epistemic_scale": epistemic_scale,
         "gate": {"on": cfg.gate, "passed": not failures, "failures": failures, "split": "val",

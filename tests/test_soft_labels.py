@@ -281,6 +281,29 @@ def test_a_changed_teacher_is_noticed(copy_labelled):
         read_soft_labels(run)
 
 
+def test_shards_read_one_at_a_time_in_transfer_order(copy_labelled):
+    import pyarrow.parquet as pq
+
+    from distill.transfer import shard_arrays, soft_label_shards
+
+    run = copy_labelled()
+    df, _ = read_soft_labels(run)
+    transfer_ids = pq.read_table(run / "soft_labels" / schema.TRANSFER_FILE, columns=["id"]).column("id").to_pylist()
+    assert df["id"].tolist() == transfer_ids  # the frame is in transfer-set order
+    shards, manifest, task, classes = soft_label_shards(run)
+    tables = list(shards)
+    assert len(tables) == len(manifest["shards"]) and sum(len(t) for t in tables) == len(df)
+    assert [i for t in tables for i in t.column("id").to_pylist()] == transfer_ids
+    probs = np.concatenate([shard_arrays(t, task, classes)["probs"] for t in tables])  # [N, C]
+    np.testing.assert_array_equal(probs, stack(df, "probs"))
+    # a shard whose rows are not its row group's, in order, is refused
+    shard = run / "soft_labels" / manifest["shards"][0]
+    table = pq.read_table(shard)
+    pq.write_table(table.take(np.arange(len(table))[::-1]), shard)
+    with pytest.raises(BdkError, match="row for row"):
+        list(soft_label_shards(run)[0])
+
+
 @pytest.fixture
 def job_service(tmp_path):
     """Beam's own local job service (the portable Job API over gRPC), offline on loopback."""
