@@ -6,8 +6,8 @@ csv/parquet loaders (offline), `hf:NAME` through the Hub. The task is the label'
 Split recipe: classification holds out a stratified `test_fraction` (default 20%), then a
 stratified `val_fraction` of the rest; regression does the same on a seeded random permutation
 (the UCI protocol of Hernandez-Lobato & Adams 2015 with test_fraction = val_fraction = 0.1).
-Normalisers see the train split only: features min-max to [0, 1] for classes, z-scored for
-regression, and a regression target z-scored; exports carry them, so they take raw features and
+Normalisers see the train split only: features z-scored (min-max remains for run folders made
+before), and a regression target z-scored; exports carry them, so they take raw features and
 answer in the target's units.
 """
 from __future__ import annotations
