@@ -392,14 +392,23 @@ def read_dataset_json(run: Path) -> dict:
 
 
 def load_from_run(run: Path) -> Dataset:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     meta = read_dataset_json(run)
-    rows = pd.read_parquet(schema.data_dir(run) / "splits.parquet")
+    # Arrow, split by split, not one pandas frame: at a million rows the frame and its per-split copies cost ~0.9 GB.
+    rows = pq.read_table(schema.data_dir(run) / "splits.parquet")
     feats = meta["feature_names"]
     dtype = tasks.get(meta["task"]).label_dtype()
     splits = {}
     for name in SPLITS:
-        r = rows[rows["split"] == name]
-        splits[name] = Split(r["id"].to_numpy().astype(str), r[feats].to_numpy(np.float32), r["label"].to_numpy(dtype))
+        r = rows.filter(pc.equal(rows.column("split"), name))
+        x = np.empty((len(r), len(feats)), np.float32)  # [n, F]
+        for j, f in enumerate(feats):
+            x[:, j] = r.column(f).to_numpy()
+        splits[name] = Split(r.column("id").to_numpy(zero_copy_only=False).astype(str), x,
+                             r.column("label").to_numpy(zero_copy_only=False).astype(dtype))
+        del r
     target = Normaliser.from_json(meta["target_scaler"]) if meta["target_scaler"] else None
     return Dataset(meta["task"], feats, meta["class_names"], meta["label_column"], Normaliser.from_json(meta["scaler"]),
                    target, splits, source=meta["source"])
