@@ -70,20 +70,24 @@ def run_size(rows: int, data_dir: Path, out: Path) -> dict:
     return result
 
 
+def totals(result: dict) -> tuple[float, float]:
+    """(minutes over all stages, the largest stage's peak RSS in GB) of one size's result."""
+    stages = result["stages"].values()
+    return sum(v["seconds"] for v in stages) / 60, max(v["peak_rss_mb"] for v in stages) / 1024
+
+
 def write(results: list[dict], out: Path) -> str:
     lines = ["| rows | " + " | ".join(f"{s} s / MB" for s in STAGES) + " | total min | peak GB | test acc T / S / B | val NLL T / S / B |",
              "|" + "---|" * (len(STAGES) + 5)]
     for r in results:
         st = r["stages"]
-        total = sum(v["seconds"] for v in st.values()) / 60
-        peak = max(v["peak_rss_mb"] for v in st.values()) / 1024
+        total, peak = totals(r)
         lines.append(f"| {r['rows']:,} | " + " | ".join(f"{st[s]['seconds']:.0f} / {st[s]['peak_rss_mb']:.0f}" for s in STAGES)
                      + f" | {total:.1f} | {peak:.2f} | {r['teacher']:.3f} / {r['student']:.3f} / {r['baseline']:.3f} | "
                      + " / ".join(f"{r[m + '_val_nll']:.3f}" for m in ("teacher", "student", "baseline")) + " |")
     checks = []
     big = max(results, key=lambda r: r["rows"])
-    total = sum(v["seconds"] for v in big["stages"].values()) / 60
-    peak = max(v["peak_rss_mb"] for v in big["stages"].values()) / 1024
+    total, peak = totals(big)
     checks.append(f"- at {big['rows']:,} rows: {total:.1f} min (goal < {GOAL_MINUTES}), peak {peak:.2f} GB (goal < {GOAL_RSS_GB}), "
                   f"teacher - baseline accuracy {big['teacher'] - big['baseline']:+.3f} (goal >= -{GOAL_ACCURACY_GAP})")
     by_rows = {r["rows"]: r for r in results}

@@ -31,10 +31,9 @@ class EvalConfig:
     seed: int = 0
 
 
-CHUNK_ROWS = 8192  # rows per export call
-
 from distill import report
 from distill.report import MODELS  # the report owns the model list: evaluate imports report, never the reverse
+from distill.training import in_chunks
 
 
 def far_uniform(ds: data_lib.Dataset, rows: int, inner: float, outer: float, seed: int) -> np.ndarray:
@@ -82,11 +81,10 @@ class Exports:
         self.models = {name: tf.saved_model.load(str(p)) for name, p in paths.items()}
 
     def predict(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The task's outputs and the epistemic score (teacher: its epistemic output; student: its head)."""
-        x = np.asarray(x, np.float32)
-        if len(x) > CHUNK_ROWS:  # S draws x every row at once does not fit on large splits
-            parts = [self.predict(name, x[i:i + CHUNK_ROWS]) for i in range(0, len(x), CHUNK_ROWS)]
-            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        """The task's outputs and the epistemic score (teacher: its epistemic output; student: its head), in row chunks."""
+        return in_chunks(lambda chunk: self._predict(name, chunk), np.asarray(x, np.float32))
+
+    def _predict(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
         tf = self.tf
         features = tf.constant(x)
         if name == "teacher":

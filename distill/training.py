@@ -37,6 +37,16 @@ def epochs_for_steps(n: int, batch_size: int, steps: int) -> int:
     return max(1, -(-steps // -(-n // batch_size)))
 
 
+CHUNK_ROWS = 8192  # rows per prediction call on large splits (S draws x every row at once does not fit)
+
+
+def in_chunks(fn, x: np.ndarray, axis: int = 0, rows: int = CHUNK_ROWS) -> dict[str, np.ndarray]:
+    """fn(x[i:i + rows]) -> {name: array or tensor} over row chunks, each output concatenated along `axis` (its
+    row axis); one call when x fits in one chunk."""
+    parts = [{k: np.asarray(v) for k, v in fn(x[i:i + rows]).items()} for i in range(0, max(len(x), 1), rows)]
+    return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
+
+
 def minibatches(n: int, batch_size: int, rng: np.random.Generator):
     order = rng.permutation(n)
     for start in range(0, n, batch_size):

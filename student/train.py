@@ -120,7 +120,6 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     # Shard by shard into compact float32 arrays (no frame of the whole transfer set): the fitted rows and the held-out
     # slice, each (x [n, F] normalised, targets [n, K] normalised, labels [n] (classes: -1 where none), score [n]).
     parts = {True: [], False: []}  # held out? -> per-shard arrays
-    sources: dict[str, int] = {}
     for table in shards:
         outputs = shard_arrays(table, task, ds.num_classes)
         x = ds.scaler.transform(np.column_stack([table.column(f).to_numpy() for f in ds.feature_names]))  # [n, F]
@@ -135,8 +134,6 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
             else np.zeros(len(x), bool)
         for held in (True, False):
             parts[held].append(tuple(a[hold == held] for a in arrays))
-        for source, count in zip(*np.unique(table.column("source").to_numpy(zero_copy_only=False), return_counts=True)):
-            sources[str(source)] = sources.get(str(source), 0) + int(count)
     if not parts[False]:
         raise BdkError(f"the soft labels of {run} have no rows; rerun `bdk soft-labels --run {run}` with a transfer set")
     fit_rows, held_rows = ([np.concatenate(column) for column in zip(*parts[held])] for held in (False, True))
@@ -207,7 +204,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     failures = check_gate(cfg, val["student"], teacher_metrics) if cfg.gate else []
 
     summary = {
-        "task": ds.task, "rows": n_rows, "rows_per_source": sources,
+        "task": ds.task, "rows": n_rows, "rows_per_source": manifest["rows_per_source"],
         "epochs_run": len(result.history), "best_epoch": result.best_epoch, "train_seconds": student_seconds,
         "monitor": cfg.monitor, "held_out_rows": n_held, "hidden": list(cfg.hidden),
         **({"hidden_search": search} if search else {}), "uncertainty": cfg.uncertainty, "epistemic_shift": epistemic_shift, "baseline_epochs_run": len(baseline_result.history),

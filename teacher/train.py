@@ -18,22 +18,13 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import atomic_dir, write_json
-from distill.training import fit, minibatches
+from distill.training import fit, in_chunks, minibatches
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
 from teacher.model import build_flipout, build_mlp, dense_layers, posterior_stats
 from teacher.swag import SwagCollector, swag_sampler
 
 VALIDATION_SEED = 12345  # the per-epoch validation predictive uses the same draws every epoch
-
-
-EVAL_CHUNK_ROWS = 8192  # rows per predictive call in the final evaluation
-
-
-def in_chunks(fn, x: np.ndarray, axis: int = 0, rows: int = EVAL_CHUNK_ROWS) -> dict[str, np.ndarray]:
-    """fn(x[i:i + rows]) -> {name: tensor} over row chunks, each output concatenated along `axis` (its row axis)."""
-    parts = [{k: v.numpy() for k, v in fn(tf.constant(x[i:i + rows])).items()} for i in range(0, max(len(x), 1), rows)]
-    return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
 
 
 def training_device() -> str:
@@ -170,9 +161,11 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
         train_seconds = time.perf_counter() - t0
         summaries, samples = {}, {}
         for split in ("val", "test"):  # in row chunks: S draws x a million rows of activations do not fit
-            summaries[split] = in_chunks(lambda x: module.predictive_seeded(x, cfg.eval_samples, cfg.seed), ds[split].x)
+            summaries[split] = in_chunks(lambda x: module.predictive_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
+                                         ds[split].x)
             if ds.task == "regression":  # the mixture NLL needs every draw's parameters
-                samples[split] = in_chunks(lambda x: module.sample_seeded(x, cfg.eval_samples, cfg.seed), ds[split].x, axis=1)
+                samples[split] = in_chunks(lambda x: module.sample_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
+                                           ds[split].x, axis=1)
 
     summary: dict = {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),
                      "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": len(ds["train"]),

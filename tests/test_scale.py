@@ -35,7 +35,7 @@ def test_student_step_cap_only_binds_on_large_transfer_sets():
 def test_in_chunks_matches_one_call():
     import tensorflow as tf
 
-    from teacher.train import in_chunks
+    from distill.training import in_chunks
 
     x = np.random.default_rng(0).normal(size=(23, 4)).astype(np.float32)
     fn = lambda t: {"row": 2.0 * t, "draws": tf.stack([t, -t])}  # noqa: E731  [B, F] and [S=2, B, F]
