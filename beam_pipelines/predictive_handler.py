@@ -37,17 +37,20 @@ class PredictiveModelHandler(ModelHandler[Any, PredictionResult, Any]):
     the model once per worker process (a Beam `Shared` handle: one copy for all threads and bundles);
     the handler also works under RunInference.
 
-    `output_names` picks the signature's outputs to keep (the task's outputs, distill.tasks).
+    `output_names` picks the signature's outputs to keep (the task's outputs, distill.tasks); `input_shape` reshapes the
+    feature columns for an export that takes sequences.
     """
 
     def __init__(self, export_path: str, feature_names: Sequence[str], num_samples: int, seed: int,
-                 output_names: Sequence[str]):
+                 output_names: Sequence[str], input_shape: Optional[Sequence[int]] = None):
         super().__init__(min_batch_size=1, max_batch_size=1)  # an element is already a batch (a row group)
         self.export_path = str(export_path)
         self.feature_names = tuple(feature_names)
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.output_names = tuple(output_names)
+        # One example's shape for the export, when not flat [F]: sequences (T, C), stored flattened time major.
+        self.input_shape = tuple(input_shape) if input_shape else None
 
     def set_environment_vars(self) -> None:
         """Runs on the worker before the model loads."""
@@ -69,6 +72,8 @@ class PredictiveModelHandler(ModelHandler[Any, PredictionResult, Any]):
         fn = model.signatures[PREDICTIVE_SIGNATURE]
         for table in batch:
             x = np.stack([table.column(f).to_numpy().astype(np.float32, copy=False) for f in self.feature_names], axis=1)
+            if self.input_shape:
+                x = x.reshape(len(x), *self.input_shape)  # [B, T, C]
             out = fn(features=tf.constant(x), num_samples=tf.constant(self.num_samples, tf.int32),
                      seed=tf.constant(self.seed, tf.int64))  # [B, F] -> {name: [B] or [B, C]}
             yield PredictionResult(table, {k: out[k].numpy() for k in self.output_names}, self.export_path)

@@ -176,7 +176,8 @@ def _check_written(shards: list[str], transfer: str) -> tuple[int, dict[str, int
     return n, per_source
 
 
-def check_export(export: str, feature_names: list[str], class_names: list[str], task: tasks.Task) -> None:
+def check_export(export: str, feature_names: list[str], class_names: list[str], task: tasks.Task,
+                 input_shape: Sequence[int] | None = None) -> None:
     """Load the export on the launcher and call its predictive once: a bad export is one clear error
     here rather than a worker traceback. Costs one TensorFlow start on the launcher."""
     import tensorflow as tf
@@ -192,7 +193,7 @@ def check_export(export: str, feature_names: list[str], class_names: list[str], 
         raise BdkError(f"teacher export {export} has no `{predictive_handler.PREDICTIVE_SIGNATURE}` signature (it has "
                        f"{sorted(model.signatures)}); {hint}")
     try:
-        out = fn(features=tf.zeros([1, len(feature_names)]), num_samples=tf.constant(2, tf.int32),
+        out = fn(features=tf.zeros([1, *(input_shape or [len(feature_names)])]), num_samples=tf.constant(2, tf.int32),
                  seed=tf.constant(0, tf.int64))
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -215,10 +216,12 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     meta = _read_json(args.dataset_json)
     features, classes = list(meta["feature_names"]), list(meta.get("class_names", []))
     task = tasks.get(meta.get("task", "classification"))
-    check_export(args.export, features, classes, task)
+    shape = meta.get("sequence_shape")  # sequences: the export takes [B, T, C]
+    check_export(args.export, features, classes, task, shape)
     fingerprint = export_fingerprint(args.export)
 
-    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.seed, output_names=task.outputs)
+    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.seed, output_names=task.outputs,
+                                     input_shape=shape)
     arrow_schema = soft_label_arrow_schema(features, task)
     pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
     _ = pipeline | "SoftLabels" >> SoftLabelJob(args.transfer, handler, FileSystems.join(output, schema.SOFT_LABEL_PREFIX),

@@ -20,7 +20,12 @@ app = typer.Typer(help="Bayesian dark knowledge: a Flipout teacher, Beam soft la
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None)
 console = Console(stderr=True)
-DATASET_HELP = "Bundled name (iris, wine, breast_cancer, digits, boston, concrete), a .csv/.parquet file, or hf:NAME."
+DATASET_HELP = ("Bundled name (iris, wine, breast_cancer, digits, boston, concrete; sequences: italy_power, regimes), "
+                "a .csv/.parquet file, an .npz of sequences, or hf:NAME.")
+KIND_HELP = ("Teacher family: flipout | ensemble | mc-dropout | swag (tables), brnn (sequences: a Bayesian GRU); "
+             "default flipout, or brnn for sequences.")
+SERIES_HELP = ("Sequences: the series id column of a long table (one row per series and time step), which makes the "
+               "dataset sequences (bundled italy_power and regimes, and .npz files, are sequences already).")
 TASK_HELP = "classification | regression (default: the bundled dataset's, else inferred: a numeric label with many values is regression)."
 
 
@@ -63,7 +68,9 @@ def teacher(
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
     dataset: str = typer.Option("iris", help=DATASET_HELP),
     task: Optional[str] = typer.Option(None, help=TASK_HELP),
-    kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout | swag."),
+    kind: Optional[str] = typer.Option(None, help=KIND_HELP),
+    series_column: Optional[str] = typer.Option(None, help=SERIES_HELP),
+    time_column: Optional[str] = typer.Option(None, help="Sequences: the long table's time column (default: time)."),
     members: int = typer.Option(5, min=2, help="Ensemble size (--kind ensemble)."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
     id_column: Optional[str] = typer.Option(None, help="Row id column (default: id/Id if present, else row number)."),
@@ -85,8 +92,8 @@ def teacher(
     from teacher.config import TeacherConfig
 
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
-                          drop_missing=drop_missing, seed=seed)
-    cfg = TeacherConfig(kind=kind, members=members, epochs=epochs, batch_size=batch_size, eval_samples=samples, **_kl(kl_weight),
+                          drop_missing=drop_missing, series_column=series_column, time_column=time_column, seed=seed)
+    cfg = TeacherConfig(kind=_kind(kind, data_cfg), members=members, epochs=epochs, batch_size=batch_size, eval_samples=samples, **_kl(kl_weight),
                         learning_rate=learning_rate, patience=patience, seed=seed)
     s = teacher_stage(data_cfg, cfg, out, overwrite=overwrite, progress=progress)
     summary_table(f"teacher ({s['task']}, {s['kind']} on {s['device']}, {s['epochs_run']} epochs, best {s['best_epoch']})",
@@ -199,7 +206,9 @@ def run_pipeline(
     task: Optional[str] = typer.Option(None, help=TASK_HELP),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
     drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
-    kind: str = typer.Option("flipout", help="Teacher family: flipout | ensemble | mc-dropout | swag."),
+    kind: Optional[str] = typer.Option(None, help=KIND_HELP),
+    series_column: Optional[str] = typer.Option(None, help=SERIES_HELP),
+    time_column: Optional[str] = typer.Option(None, help="Sequences: the long table's time column (default: time)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs; default by task."),
     kl_weight: Optional[str] = typer.Option(None, help="Teacher's KL weight, or `auto`; default by task."),
     samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
@@ -226,8 +235,9 @@ def run_pipeline(
     from teacher.config import TeacherConfig
 
     t0 = time.perf_counter()
-    data_cfg = DataConfig(dataset=dataset, label_column=label_column, task=task, drop_missing=drop_missing, seed=seed)
-    teacher_cfg = TeacherConfig(kind=kind, epochs=epochs, eval_samples=samples, seed=seed, **_kl(kl_weight))
+    data_cfg = DataConfig(dataset=dataset, label_column=label_column, task=task, drop_missing=drop_missing,
+                          series_column=series_column, time_column=time_column, seed=seed)
+    teacher_cfg = TeacherConfig(kind=_kind(kind, data_cfg), epochs=epochs, eval_samples=samples, seed=seed, **_kl(kl_weight))
     soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations,
                                          uniform=uniform, shell=shell, seed=seed), num_samples=samples)
     student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, gate=gate, seed=seed)
@@ -405,6 +415,13 @@ def beam_options(args: list[str]) -> list[str]:
                 hint = f" (did you mean --{guess[0]}?)" if guess else ""
                 raise BdkError(f"unknown option {arg.split('=', 1)[0]}{hint}; Beam pipeline options go after `--`")
     return list(args)
+
+
+def _kind(kind: Optional[str], data_cfg) -> str:
+    """--kind, by default the Flipout teacher for tables and the Bayesian GRU for sequences."""
+    from distill.sequences import is_sequence_source
+
+    return kind or ("brnn" if is_sequence_source(data_cfg.dataset, data_cfg.series_column) else "flipout")
 
 
 def _kl(text: Optional[str]) -> dict:

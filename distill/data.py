@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,10 @@ class DataConfig:
     test_fraction: float = 0.2
     val_fraction: float = 0.2  # of what remains after the test split
     drop_missing: bool = False
+    # Sequences (distill.sequences): a long table's series id and time columns (default: series / time when the
+    # source is a sequence source: a bundled sequence set, an .npz, or a table with --series-column)
+    series_column: str | None = None
+    time_column: str | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -118,6 +122,29 @@ class Dataset:
     target_scaler: Normaliser | None = None  # regression target; None for classes
     splits: dict[str, Split] = field(default_factory=dict)
     source: str = ""
+    # Sequences: (T, C); the features are the flattened series (distill.sequences.flat_names) and the normaliser is
+    # per channel. None for a table.
+    sequence_shape: tuple[int, int] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """What the models take per example: (F,) for a table, (T, C) for sequences."""
+        return tuple(self.sequence_shape) if self.sequence_shape else (self.num_features,)
+
+    def raw(self, name: str) -> np.ndarray:
+        """A split's raw model inputs [n, *input_shape] (what the exports take)."""
+        x = self.splits[name].x
+        return x.reshape(len(x), *self.input_shape)
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """Raw flat features [n, F] -> normalised model inputs [n, *input_shape]."""
+        x = np.asarray(x, np.float32)
+        return self.scaler.transform(x.reshape(len(x), *self.input_shape))
+
+    def denormalise(self, z: np.ndarray) -> np.ndarray:
+        """Normalised inputs [n, ...] (flat or shaped) -> raw flat features [n, F]."""
+        z = np.asarray(z, np.float32)
+        return self.scaler.inverse(z.reshape(len(z), *self.input_shape)).reshape(len(z), -1)
 
     @property
     def num_features(self) -> int:
@@ -139,8 +166,8 @@ class Dataset:
         return self.splits[name]
 
     def scaled(self, name: str) -> np.ndarray:
-        """Normalised features [n, F]."""
-        return self.scaler.transform(self.splits[name].x)
+        """Normalised model inputs [n, *input_shape]."""
+        return self.normalise(self.splits[name].x)
 
     def target(self, name: str) -> np.ndarray:
         """The labels in the model's units: class indices, or the z-scored target [n]."""
@@ -148,8 +175,8 @@ class Dataset:
         return y if self.target_scaler is None else self.target_scaler.transform(y[:, None])[:, 0]
 
     def box(self) -> tuple[np.ndarray, np.ndarray]:
-        """The train split's bounding box in normalised space: (lo [F], hi [F])."""
-        z = self.scaled("train")
+        """The train split's bounding box in normalised space (flat features): (lo [F], hi [F])."""
+        z = self.scaled("train").reshape(len(self["train"]), -1)
         return z.min(axis=0), z.max(axis=0)
 
 
@@ -353,7 +380,33 @@ def build_dataset(df: pd.DataFrame, cfg: DataConfig) -> Dataset:
     return Dataset(task, features, classes, label, scaler, target_scaler, splits, source=cfg.dataset)
 
 
+def build_sequence_dataset(ids: np.ndarray, x: np.ndarray, labels: pd.Series, channels: list[str],
+                           cfg: DataConfig) -> Dataset:
+    """Sequences x [N, T, C] with one label each -> a Dataset of flattened rows, classes, per-channel z-scores."""
+    from distill.sequences import flat_names
+
+    if cfg.task == "regression":
+        raise BdkError("sequence regression is not supported yet; sequences are classified (drop --task regression)")
+    if len(set(ids)) != len(ids):
+        raise BdkError("series ids are not unique; give every series its own id")
+    label = cfg.label_column or "label"
+    classes, y = _classes(pd.DataFrame({label: labels.to_numpy()}), label)
+    n, length, c = x.shape
+    flat = x.reshape(n, length * c)
+    parts = split_indices(n, y, cfg)
+    splits = {name: Split(ids[i], flat[i], y[i]) for name, i in zip(SPLITS, parts)}
+    scaler = Normaliser.fit(splits["train"].x.reshape(-1, c), "standard")  # per channel, over every time step
+    return Dataset("classification", flat_names(channels, length), classes, label, scaler, None, splits,
+                   source=cfg.dataset, sequence_shape=(length, c))
+
+
 def load(cfg: DataConfig) -> Dataset:
+    from distill import sequences
+
+    if sequences.is_sequence_source(cfg.dataset, cfg.series_column):
+        label = cfg.label_column or {"italy_power": "season"}.get(cfg.dataset, "label")
+        ids, x, labels, channels = sequences.read_sequences(cfg.dataset, label, cfg.series_column, cfg.time_column)
+        return build_sequence_dataset(ids, x, labels, channels, replace(cfg, label_column=label))
     return build_dataset(read_table(cfg.dataset), cfg)
 
 
@@ -368,6 +421,7 @@ def save(ds: Dataset, out: Path) -> None:
         "task": ds.task, "source": ds.source, "label_column": ds.label_column, "feature_names": ds.feature_names,
         "class_names": ds.class_names, "scaler": ds.scaler.to_json(),
         "target_scaler": ds.target_scaler.to_json() if ds.target_scaler else None,
+        **({"sequence_shape": list(ds.sequence_shape)} if ds.sequence_shape else {}),
     })
     write_json(out / "split.json", {name: list(map(str, s.ids)) for name, s in ds.splits.items()})
     frames = []
@@ -410,5 +464,6 @@ def load_from_run(run: Path) -> Dataset:
                              r.column("label").to_numpy(zero_copy_only=False).astype(dtype))
         del r
     target = Normaliser.from_json(meta["target_scaler"]) if meta["target_scaler"] else None
+    shape = tuple(meta["sequence_shape"]) if meta.get("sequence_shape") else None
     return Dataset(meta["task"], feats, meta["class_names"], meta["label_column"], Normaliser.from_json(meta["scaler"]),
-                   target, splits, source=meta["source"])
+                   target, splits, source=meta["source"], sequence_shape=shape)

@@ -41,11 +41,23 @@ def far_uniform(ds: data_lib.Dataset, rows: int, inner: float, outer: float, see
     the box widened by `inner` (distill.transfer.box_shell, with the evaluation's own seed)."""
     from distill.transfer import box_shell
 
-    return ds.scaler.inverse(box_shell(*ds.box(), rows, inner, outer, np.random.default_rng(seed)))
+    return ds.denormalise(box_shell(*ds.box(), rows, inner, outer, np.random.default_rng(seed)))
 
 
 def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
-    """The OOD rows: the teacher's feature columns of `cfg.ood_file`, else far-away uniform inputs."""
+    """The OOD rows (raw, flat): the teacher's feature columns of `cfg.ood_file` (sequences: a long table with its
+    channels), else far-away uniform inputs (sequences: the test sequences switching to an unseen regime halfway,
+    distill.sequences.shifted_regime)."""
+    if ds.sequence_shape:
+        from distill import sequences
+
+        if cfg.ood_file is None:
+            return ds.denormalise(sequences.shifted_regime(ds.scaled("test"), np.random.default_rng(cfg.seed)))
+        length, channels = sequences.shape_from_names(ds.feature_names)
+        _, x, _, _ = sequences.from_long_table(data_lib.read_table(cfg.ood_file), None, None, None, channels)
+        if x.shape[1] != length:
+            raise BdkError(f"OOD file {cfg.ood_file} has sequences of {x.shape[1]} steps; the run's have {length}")
+        return x.reshape(len(x), -1)
     if cfg.ood_file is None:
         return far_uniform(ds, cfg.ood_rows, cfg.ood_inner, cfg.ood_outer, cfg.seed)
     table = data_lib.read_table(cfg.ood_file)
@@ -59,10 +71,11 @@ def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
 class Exports:
     """The three exports, called as a client would call them."""
 
-    def __init__(self, run: Path, samples: int, task: tasks.Task, seed: int = 0):
+    def __init__(self, run: Path, samples: int, task: tasks.Task, seed: int = 0, input_shape: tuple | None = None):
         import tensorflow as tf
 
         self.tf, self.samples, self.task, self.seed = tf, samples, task, seed
+        self.input_shape = input_shape  # one example's shape when not flat (sequences: (T, C))
         paths = {"teacher": schema.teacher_export(run), "student": schema.student_export(run),
                  "baseline": schema.baseline_export(run)}
         for name, path in paths.items():
@@ -81,8 +94,12 @@ class Exports:
         self.models = {name: tf.saved_model.load(str(p)) for name, p in paths.items()}
 
     def predict(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The task's outputs and the epistemic score (teacher: its epistemic output; student: its head), in row chunks."""
-        return in_chunks(lambda chunk: self._predict(name, chunk), np.asarray(x, np.float32))
+        """The task's outputs and the epistemic score (teacher: its epistemic output; student: its head), in row chunks.
+        `x` is flat [n, F] (reshaped to the export's input) or already shaped."""
+        x = np.asarray(x, np.float32)
+        if self.input_shape and x.ndim == 2:
+            x = x.reshape(len(x), *self.input_shape)
+        return in_chunks(lambda chunk: self._predict(name, chunk), x)
 
     def _predict(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
         tf = self.tf
@@ -105,7 +122,8 @@ class Exports:
         tf = self.tf
         m = self.models[name]
         fn = m.signatures["serving_default"]
-        x = tf.constant(np.zeros((1, int(fn.structured_input_signature[1]["features"].shape[1])), np.float32))
+        shape = self.input_shape or (int(fn.structured_input_signature[1]["features"].shape[1]),)
+        x = tf.constant(np.zeros((1, *shape), np.float32))
         for _ in range(10):
             fn(features=x)
         times = []
@@ -163,7 +181,7 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     soft, _ = read_soft_labels(run)
     steps = tqdm(total=5, desc="evaluate", unit="step", disable=None if progress else True, leave=False)
     steps.set_postfix_str("loading exports")
-    exports = Exports(run, cfg.samples, task, cfg.seed)
+    exports = Exports(run, cfg.samples, task, cfg.seed, ds.sequence_shape)
     steps.update()
     steps.set_postfix_str("predicting")
 
@@ -205,6 +223,8 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
                                                                  preds["teacher"]["ood"]["epistemic"])
     ood["student/epistemic_auroc"] = metrics.auroc(preds["student"]["test"]["epistemic"], preds["student"]["ood"]["epistemic"])
     out["ood"] = ood
+    if ds.sequence_shape:
+        out["over_time"] = epistemic_over_time(exports, ds.normalise(inputs["test"]), ds.normalise(inputs["ood"]), ds)
     steps.update()
     steps.set_postfix_str("latency")
     out["cost"] = {m: exports.cost(m, cfg.latency_calls) for m in MODELS}
@@ -222,6 +242,24 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
         report.write(tmp, run, ds, preds, out)
     steps.update()
     steps.close()
+    return out
+
+
+OVER_TIME_ROWS = 100  # sequences per set in the epistemic-over-time curves
+OVER_TIME_POINTS = 12  # prefix lengths
+
+
+def epistemic_over_time(exports: Exports, test: np.ndarray, ood: np.ndarray, ds: data_lib.Dataset) -> dict:
+    """Sequences: the mean epistemic score of teacher and student on prefixes x[:, :t] of the test and the OOD
+    sequences (the first OVER_TIME_ROWS of each), at OVER_TIME_POINTS lengths t: how the uncertainty builds up as
+    the hidden state reads the sequence (the OOD ones switch regime halfway). Inputs normalised [n, T, C]."""
+    length = ds.sequence_shape[0]
+    steps = sorted({int(t) for t in np.linspace(1, length, OVER_TIME_POINTS).round()})
+    out = {"steps": steps}
+    for name, z in (("test", test), ("ood", ood)):
+        raw = ds.scaler.inverse(z[:OVER_TIME_ROWS])  # [n, T, C]
+        for m in ("teacher", "student"):
+            out[f"{m}/{name}"] = [float(exports.predict(m, raw[:, :t])["epistemic"].mean()) for t in steps]
     return out
 
 

@@ -84,8 +84,24 @@ def figure_teacher_training(path: Path, history: pd.DataFrame, kind: str = "flip
     plt.close(fig)
 
 
-def ood_label(cfg) -> str:
-    return f"OOD ({Path(cfg.ood_file).name})" if cfg.ood_file else "OOD (far-away uniform)"
+def ood_label(cfg, sequences: bool = False) -> str:
+    if cfg.ood_file:
+        return f"OOD ({Path(cfg.ood_file).name})"
+    return "OOD (shifted regime)" if sequences else "OOD (far-away uniform)"
+
+
+def figure_over_time(path: Path, over_time: dict) -> None:
+    """Sequences: the mean epistemic score on prefixes of in-regime (test) and shifted sequences, teacher and student."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, m in zip(axes, ("teacher", "student")):
+        ax.plot(over_time["steps"], over_time[f"{m}/test"], "o-", label="test (in regime)")
+        ax.plot(over_time["steps"], over_time[f"{m}/ood"], "o-", label="shifted regime (from the middle on)")
+        ax.set(xlabel="time steps read", ylabel="mean mutual information (nats)" if m == "teacher" else "mean epistemic output",
+               title=f"{m}: epistemic uncertainty over time")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def figure_coverage(path: Path, ds, preds) -> None:
@@ -200,12 +216,15 @@ def _ood_and_tail_sections(out: dict, task) -> list[str]:
     o, total, epistemic = out["ood"], task.total_output, task.epistemic_output
     by = {"entropy": "entropy", "variance": "predictive variance"}[total]
     name = epistemic.replace("_", " ")
-    return ["", f"## Out-of-distribution detection (test vs {ood_label(out['config'])[5:-1]} inputs)", "",
+    sequences = "over_time" in out
+    over_time = ["The epistemic score on prefixes of the sequences (the shifted ones switch regime halfway):", "",
+                 "![epistemic over time](epistemic_over_time.png)", ""] if sequences else []
+    return ["", f"## Out-of-distribution detection (test vs {ood_label(out['config'], sequences)[5:-1]} inputs)", "",
             f"| model | AUROC by {by} | AUROC by epistemic score |", "|---|---|---|",
             f"| teacher | {o[f'teacher/{total}_auroc']:.3f} | {o[f'teacher/{epistemic}_auroc']:.3f} ({name}) |",
             f"| student | {o[f'student/{total}_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (its epistemic output) |",
             f"| baseline | {o[f'baseline/{total}_auroc']:.3f} | n/a |", "",
-            "![uncertainty](uncertainty_test_vs_ood.png)", "",
+            "![uncertainty](uncertainty_test_vs_ood.png)", "", *over_time,
             "## Teacher training", "", "![teacher training](teacher_training.png)", "", *_cost_section(out)]
 
 
@@ -213,7 +232,10 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
     task = tasks.get(ds.task)
     kind = read_json(schema.teacher_dir(run) / "config.json")["teacher"].get("kind", "flipout")
     figure_teacher_training(out_dir / "teacher_training.png", pd.read_csv(schema.teacher_dir(run) / "history.csv"), kind)
-    figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds, ood_label(out["config"]), task.total_output)
+    figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds, ood_label(out["config"], ds.sequence_shape is not None),
+                       task.total_output)
+    if "over_time" in out:
+        figure_over_time(out_dir / "epistemic_over_time.png", out["over_time"])
     if ds.task == "regression":
         figure_coverage(out_dir / "calibration.png", ds, preds)
         lines = _regression_sections(ds, out) + _trust_section(out, task) + _ood_and_tail_sections(out, task)

@@ -51,6 +51,7 @@ class TransferConfig:
     interpolations: int = 2000  # M points between pairs of training inputs
     uniform: int = 2000  # U points uniform over the widened training box
     margin: float = 0.1  # widening of the box on each side, box widths
+    time_warp: float = 0.5  # sequences: copy j is also time-warped with strength time_warp * noise[j] (sequences.time_warp)
     shell: int = 2000  # V points in the far shell
     shell_inner: float = 0.25  # the shell lies outside the box widened by this (box widths)...
     shell_outer: float = 3.0  # ...and inside the box widened by this
@@ -158,7 +159,7 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     task = tasks.get(ds.task)
     check_feature_names(ds.feature_names, task)
     train = ds["train"]
-    z = ds.scaled("train")  # [n, F] normalised
+    z = ds.scaled("train").reshape(len(train), -1)  # [n, F] normalised (sequences: flattened, time major)
     n, f = z.shape
     k, m = cfg.perturbations, cfg.interpolations
     none = schema.NO_LABEL if ds.task == "classification" else np.nan
@@ -175,7 +176,13 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
         pairs = np.sort(perturb_rng.choice(n * k, cfg.max_perturbed, replace=False))
         eps = perturb_rng.standard_normal((len(pairs), f))
     rows, copies = pairs // max(k, 1), pairs % max(k, 1)  # [P] each
-    noisy = (z[rows] + (scales[copies, None] * unit[None, :]) * eps).astype(np.float32)  # [P, F]
+    base = z[rows]  # [P, F]
+    if ds.sequence_shape:  # sequences: a small warp of each copy's time axis before the noise
+        from distill.sequences import time_warp
+
+        base = time_warp(base.reshape(len(rows), *ds.sequence_shape), cfg.time_warp * scales[copies],
+                         perturb_rng).reshape(len(rows), -1)
+    noisy = (base + (scales[copies, None] * unit[None, :]) * eps).astype(np.float32)  # [P, F]
     same = m // 2 if ds.task == "classification" else 0
     a_same, b_same = _pairs(train.y, same, True, mix_rng)
     a_any, b_any = _pairs(train.y, m - same, False, mix_rng)
@@ -188,13 +195,13 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     parts = [
         (np.char.add("train:", train.ids.astype(str)), "train", train.y, train.x),
         (np.char.add(np.char.add("perturbed:", train.ids[rows].astype(str)), np.char.add(":", copies.astype(str))),
-         "perturbed", train.y[rows], ds.scaler.inverse(noisy)),
+         "perturbed", train.y[rows], ds.denormalise(noisy)),
         (np.array([f"interpolated:{i}" for i in range(m)], dtype=str), "interpolated", np.full(m, none),
-         ds.scaler.inverse(mixed)),
+         ds.denormalise(mixed)),
         (np.array([f"uniform:{i}" for i in range(cfg.uniform)], dtype=str), "uniform",
-         np.full(cfg.uniform, none), ds.scaler.inverse(box)),
+         np.full(cfg.uniform, none), ds.denormalise(box)),
         (np.array([f"shell:{i}" for i in range(cfg.shell)], dtype=str), "shell", np.full(cfg.shell, none),
-         ds.scaler.inverse(shell)),
+         ds.denormalise(shell)),
     ]
     if cfg.unlabeled:
         ids, x = read_unlabeled(cfg.unlabeled, ds)

@@ -126,8 +126,17 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
     meta_path = find_dataset_json(version_dir)
     meta = read_json(meta_path) if meta_path else {}
     df = read_input(input_path)
-    id_col, features = pick_columns(df, id_column, meta.get("feature_names"))
-    x = feature_matrix(df, features)  # [N, F]
+    if meta.get("sequence_shape"):  # sequences: a long table (series, time, the run's channels; a label is ignored)
+        from distill.sequences import from_long_table, shape_from_names
+
+        _, channels = shape_from_names(meta["feature_names"])
+        ids, x, _, _ = from_long_table(df.drop(columns=[meta.get("label_column")], errors="ignore"), None, id_column,
+                                       None, channels)  # [N, T, C]
+        id_col, features = id_column or "series", channels
+    else:
+        id_col, features = pick_columns(df, id_column, meta.get("feature_names"))
+        x = feature_matrix(df, features)  # [N, F]
+        ids = df[id_col].to_numpy() if id_col else np.arange(1, len(df) + 1)
 
     model = ServedModel(version_dir, "predict")
     try:
@@ -135,11 +144,11 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
     except RequestError as e:
         raise BdkError(e.message.replace("Serving signature name", "signature")) from None
     (name, spec), *others = sig.inputs.items()
-    if others or spec.shape.rank != 2:
+    if others or spec.shape.rank != x.ndim:
         raise BdkError(f"signature {sig.name!r} takes inputs {list(sig.inputs)}; batch prediction needs one "
-                       "[batch, features] input (use serving_default)")
-    n_features = spec.shape[1]
-    if n_features is not None and n_features != x.shape[1]:
+                       f"[batch, {'time, channels' if x.ndim == 3 else 'features'}] input (use serving_default)")
+    n_features = spec.shape[-1]
+    if n_features is not None and n_features != x.shape[-1]:
         source = f"the feature names in {meta_path}" if meta_path else "the numeric non-id columns"
         raise BdkError(f"the export takes {n_features} features but {source} give {x.shape[1]} ({features}); "
                        "pass a table with the training features (and --id-column for the id)")
@@ -147,12 +156,11 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
     parts: dict[str, list[np.ndarray]] = {k: [] for k in sig.outputs}
     with tqdm(total=len(x), unit="row", disable=not progress, desc=f"predict {sig.name}") as bar:
         for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size]  # [b, F]
+            batch = x[start:start + batch_size]  # [b, F] or [b, T, C]
             for k, v in sig.run({name: batch}).items():
                 parts[k].append(v)
             bar.update(len(batch))
 
-    ids = df[id_col].to_numpy() if id_col else np.arange(1, len(df) + 1)
     columns: dict[str, np.ndarray] = {id_col or "id": ids}
     for k, chunks in parts.items():
         values = np.concatenate(chunks, axis=0)

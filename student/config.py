@@ -13,6 +13,8 @@ from distill.errors import BdkError
 TASK_DEFAULTS = {"classification": dict(hidden=(32, 32), batch_size=256, learning_rate=1e-2, uncertainty="dirichlet"),
                  "regression": dict(hidden=(100,), batch_size=128, learning_rate=3e-3, uncertainty="regressor")}
 MONITORS = ("transfer", "labels")
+# Sequences (distill.sequences): three causal convolutions of 32 (student.model.build_sequence_student).
+SEQUENCE_DEFAULTS = dict(hidden=(32, 32, 32))
 HIDDEN_SEARCH = ((32,), (64,), (32, 32), (64, 64), (128, 128))
 UNCERTAINTY = ("dirichlet", "regressor")
 
@@ -20,6 +22,7 @@ UNCERTAINTY = ("dirichlet", "regressor")
 @dataclass(frozen=True)
 class StudentConfig:
     hidden: tuple[int, ...] | None = None
+    sequence_net: str = "conv"  # sequences: conv (causal 1-D convolutions, one pass) | gru (student.model)
     temperature: float = 1.0  # classes: T of Hinton et al.; the soft loss is scaled by T^2
     alpha: float = 0.0  # classes: weight of the hard-label loss on rows that have a true label
     # Where the epistemic score comes from: "dirichlet" (classes only: the logits are a Dirichlet's log-concentrations,
@@ -59,13 +62,19 @@ class StudentConfig:
             raise BdkError(f"uncertainty must be one of {', '.join(UNCERTAINTY)}, got {self.uncertainty!r}")
         if not 0.0 < self.holdout < 0.5:
             raise BdkError(f"holdout must be in (0, 0.5), got {self.holdout}")
+        from student.model import SEQUENCE_NETS
+
+        if self.sequence_net not in SEQUENCE_NETS:
+            raise BdkError(f"sequence_net must be one of {', '.join(SEQUENCE_NETS)}, got {self.sequence_net!r}")
         if self.monitor not in MONITORS:
             raise BdkError(f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise BdkError(f"learning_rate must be > 0, got {self.learning_rate}")
 
-    def resolved(self, task: str) -> "StudentConfig":
-        defaults = TASK_DEFAULTS[task]
+    def resolved(self, task: str, sequences: bool = False) -> "StudentConfig":
+        defaults = {**TASK_DEFAULTS[task], **(SEQUENCE_DEFAULTS if sequences else {})}
+        if sequences and self.hidden_search:
+            raise BdkError("--hidden auto searches dense students; for sequences pass the widths (e.g. --hidden 32,32,32)")
         if task != "classification" and self.uncertainty == "dirichlet":
             raise BdkError("the Dirichlet student needs classes; use uncertainty `regressor` for regression")
         return replace(self, **{f.name: defaults[f.name] for f in fields(self)

@@ -1,6 +1,6 @@
 """The student SavedModel: raw features -> the task's outputs and an epistemic score; deterministic, one pass.
 
-`serving_default(features [batch, F])` -> probs [batch, C], entropy, epistemic (classes; the Dirichlet
+`serving_default(features [batch, F], or sequences [batch, time, C])` -> probs [batch, C], entropy, epistemic (classes; the Dirichlet
 student adds expected_entropy and mutual_information, its epistemic score) or mean, variance,
 epistemic (regression, in the target's units).
 """
@@ -18,7 +18,8 @@ from teacher.export import Untracked
 
 class StudentModule(tf.Module):
     def __init__(self, task: tasks.Task, model, feature_shift, feature_scale, target_shift: float = 0.0,
-                 target_scale: float = 1.0, epistemic_scale: float = 1.0, epistemic_shift: float = 0.0, uncertainty: str = "regressor"):
+                 target_scale: float = 1.0, epistemic_scale: float = 1.0, epistemic_shift: float = 0.0, uncertainty: str = "regressor",
+                 input_shape: tuple | None = None):
         super().__init__(name="student")
         self.task, self.uncertainty = task, uncertainty
         self._keras = Untracked(model)  # see teacher.export.Untracked: save the variables, skip Keras tracing
@@ -29,8 +30,8 @@ class StudentModule(tf.Module):
         self.target_scale = tf.constant(float(target_scale), tf.float32)
         self.epistemic_scale = tf.constant(float(epistemic_scale), tf.float32)
         self.epistemic_shift = tf.constant(float(epistemic_shift), tf.float32)
-        f = int(self.feature_shift.shape[0])
-        self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None, f], tf.float32, name="features")])
+        shape = list(input_shape or (int(self.feature_shift.shape[0]),))  # sequences: (None, C), any length
+        self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="features")])
 
     def _serve(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
         out = self._keras.value((features - self.feature_shift) / self.feature_scale, training=False)

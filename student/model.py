@@ -17,6 +17,32 @@ def build_student(num_features: int, units: int, hidden: tuple[int, ...] = (32,)
     for i, width in enumerate(hidden):
         x = tfk.layers.Dense(width, activation="relu", name=f"hidden_{i}")(x)
     head = tfk.layers.Dense(units, name="head")(x)
+    return tfk.Model(inputs, _heads(x, units, epistemic_activation), name=name)
+
+
+def _heads(x, units: int, epistemic_activation: str) -> dict:
     epistemic = tfk.layers.Dense(1, activation=epistemic_activation, name="epistemic")(x)
-    epistemic = tfk.layers.Reshape((), name="epistemic_flat")(epistemic)
-    return tfk.Model(inputs, {"head": head, "epistemic": epistemic}, name=name)
+    return {"head": tfk.layers.Dense(units, name="head")(x),
+            "epistemic": tfk.layers.Reshape((), name="epistemic_flat")(epistemic)}
+
+
+SEQUENCE_NETS = ("conv", "gru")
+
+
+def build_sequence_student(num_channels: int, units: int, hidden: tuple[int, ...] = (32, 32, 32), net: str = "conv",
+                           name: str = "student", epistemic_activation: str = "softplus") -> tfk.Model:
+    """Normalised sequences [batch, time, C] (any length) -> the same heads as `build_student`.
+
+    "conv": causal 1-D convolutions (kernel 5, dilation doubling per layer: 1, 2, 4, ...), then the last step's
+    features beside their mean over time; one pass with no loop over time, what makes it cheap to serve.
+    "gru": one deterministic GRU of hidden[0] units, its last state.
+    """
+    x = inputs = tfk.Input(shape=(None, num_channels), name="features")
+    if net == "gru":
+        x = tfk.layers.GRU(hidden[0], name="gru")(x)  # [batch, H]
+    else:
+        for i, width in enumerate(hidden):
+            x = tfk.layers.Conv1D(width, 5, padding="causal", dilation_rate=2 ** i, activation="relu", name=f"conv_{i}")(x)
+        last = tfk.layers.Lambda(lambda h: h[:, -1], name="last_step")(x)  # [batch, H]
+        x = tfk.layers.Concatenate(name="summary")([last, tfk.layers.GlobalAveragePooling1D(name="mean_over_time")(x)])
+    return tfk.Model(inputs, _heads(x, units, epistemic_activation), name=name)

@@ -27,7 +27,7 @@ from distill.training import epochs_for_steps, fit, minibatches, scaled_batch
 from student import dirichlet
 from student.config import StudentConfig
 from student.export import StudentModule
-from student.model import build_student
+from student.model import build_sequence_student, build_student
 from student.tflite import export_tflite
 
 
@@ -109,7 +109,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
 
     run = Path(run)
     ds = data_lib.load_from_run(run)
-    cfg = cfg.resolved(ds.task)
+    cfg = cfg.resolved(ds.task, ds.sequence_shape is not None)
     task = tasks.get(ds.task)
     if not (schema.teacher_dir(run) / "metrics.json").exists():
         raise BdkError(f"{run} has no teacher; run `bdk teacher --out {run}` first")
@@ -122,7 +122,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     parts = {True: [], False: []}  # held out? -> per-shard arrays
     for table in shards:
         outputs = shard_arrays(table, task, ds.num_classes)
-        x = ds.scaler.transform(np.column_stack([table.column(f).to_numpy() for f in ds.feature_names]))  # [n, F]
+        x = ds.normalise(np.column_stack([table.column(f).to_numpy() for f in ds.feature_names]))  # [n, *input_shape]
         targets = task.soft_targets(outputs, ds.target_shift, ds.target_scale)  # [n, K]
         if cfg.uncertainty == "dirichlet":  # the head regresses the log-precision of the teacher's draws (student.dirichlet)
             smoothed = (1 - tasks.DIRICHLET_SMOOTHING) * outputs["probs"] + tasks.DIRICHLET_SMOOTHING / ds.num_classes
@@ -152,10 +152,14 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
 
     held_out = tuple(held_rows) if n_held else None
 
+    def build(hidden, **kwargs):
+        if ds.sequence_shape:
+            return build_sequence_student(ds.sequence_shape[1], units, hidden, cfg.sequence_net, **kwargs)
+        return build_student(ds.num_features, units, hidden, **kwargs)
+
     def train(hidden):
         tfk.utils.set_random_seed(cfg.seed)
-        model = build_student(ds.num_features, units, hidden,
-                              epistemic_activation="linear" if cfg.uncertainty == "dirichlet" else "softplus")
+        model = build(hidden, epistemic_activation="linear" if cfg.uncertainty == "dirichlet" else "softplus")
         epochs = min(cfg.epochs, epochs_for_steps(len(fit_rows[0]), cfg.batch_size, cfg.steps))
         return model, _fit(cfg, task, model, student_loss, fit_rows[0], fit_rows[1:], ds, held_out, epochs,
                            cfg.batch_size, f"student {','.join(map(str, hidden))}", progress)
@@ -178,7 +182,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     student_seconds = time.perf_counter() - t0
 
     # The same architecture on the train split's hard labels only: what you get without a teacher.
-    baseline = build_student(ds.num_features, units, cfg.hidden, name="baseline")
+    baseline = build(cfg.hidden, name="baseline")
     baseline_batch = scaled_batch(cfg.baseline_batch_size, len(ds["train"]))
     t0 = time.perf_counter()
     baseline_result = _fit(cfg, task, baseline, lambda out, y: -tf.reduce_mean(task.log_likelihood(y, out["head"])),
@@ -189,14 +193,15 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     baseline_seconds = time.perf_counter() - t0
 
     units_args = (ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale)
+    shape = (None, ds.sequence_shape[1]) if ds.sequence_shape else None  # sequences of any length
     student_module = StudentModule(task, model, *units_args, epistemic_scale=epistemic_scale,
-                                   epistemic_shift=epistemic_shift, uncertainty=cfg.uncertainty)
-    baseline_module = StudentModule(task, baseline, *units_args, epistemic_scale=0.0)  # no epistemic estimate
+                                   epistemic_shift=epistemic_shift, uncertainty=cfg.uncertainty, input_shape=shape)
+    baseline_module = StudentModule(task, baseline, *units_args, epistemic_scale=0.0, input_shape=shape)  # no epistemic estimate
     val, test_pred = {}, None
     for name, module in (("student", student_module), ("baseline", baseline_module)):
         val[name] = {}
         for split in ("val", "test"):
-            pred = {k: v.numpy() for k, v in module.serve(tf.constant(ds[split].x)).items()}
+            pred = {k: v.numpy() for k, v in module.serve(tf.constant(ds.raw(split))).items()}
             val[name].update(task.metrics(ds[split].y, pred, split))
             if name == "student" and split == "test":
                 test_pred = pred

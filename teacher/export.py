@@ -13,7 +13,8 @@ Unseeded calls of up to PER_ROW_ROWS rows on a Flipout teacher (serving) draw pe
 pre-activations' exact conditional (`flipout_per_row`): the same per-row predictive at a fraction of the
 random numbers, which dominate a single row's latency.
 
-Signatures (all take `features` float32 [batch, F] of raw features; outputs are named by the task,
+Signatures (all take `features` float32 [batch, F] of raw features, or [batch, time, C] raw sequences for the
+recurrent teacher (teacher.recurrent: any length); outputs are named by the task,
 distill.tasks: probs/variance/entropy/expected_entropy/mutual_information, or mean/variance/
 epistemic_variance in the target's units):
 - `serving_default`: `SERVING_SAMPLES` draws, fresh ones per call.
@@ -160,7 +161,9 @@ class MonteCarloModule(tf.Module):
 
     def __init__(self, task: tasks.Task, sampler: Sampler, models: list, feature_shift, feature_scale,
                  target_shift: float = 0.0, target_scale: float = 1.0, serving_samples: int = SERVING_SAMPLES,
-                 per_row=None):
+                 per_row=None, input_shape: tuple | None = None, forward: tuple | None = None):
+        """`input_shape`: one example's (default (F,); sequences (None, C): any length); `forward`: the
+        (batched, one-draw) forward functions of the sampler's weights (default the dense network's)."""
         super().__init__(name="monte_carlo_teacher")
         self.task = task
         self._keras = Untracked(list(models))
@@ -169,13 +172,14 @@ class MonteCarloModule(tf.Module):
         self.model_variables = [v for m in models for v in m.variables]
         self._sampler = sampler
         self._per_row = per_row
+        self._forward_batched, self._forward_one = forward or (forward_batched, forward_one)
         self.feature_shift = tf.constant(np.asarray(feature_shift, np.float32))
         self.feature_scale = tf.constant(np.asarray(feature_scale, np.float32))
         self.target_shift = tf.constant(float(target_shift), tf.float32)
         self.target_scale = tf.constant(float(target_scale), tf.float32)
         self.serving_samples = serving_samples
-        f = int(self.feature_shift.shape[0])
-        feats = tf.TensorSpec([None, f], tf.float32, name="features")
+        shape = list(input_shape or (int(self.feature_shift.shape[0]),))
+        feats = tf.TensorSpec([None, *shape], tf.float32, name="features")
         count = tf.TensorSpec([], tf.int32, name="num_samples")
         seed = tf.TensorSpec([], tf.int64, name="seed")
         self.serve = tf.function(lambda features: self._predictive(features, serving_samples, fresh_seed(), True),
@@ -190,7 +194,7 @@ class MonteCarloModule(tf.Module):
         # Training-time validation and evaluation: normalised inputs, normalised outputs; one trace for any batch.
         self.predictive_normalised = tf.function(
             lambda x, num_samples, seed: task.summarize(self.draws(x, num_samples, seed)),
-            input_signature=[tf.TensorSpec([None, f], tf.float32), count, seed])
+            input_signature=[tf.TensorSpec([None, *shape], tf.float32), count, seed])
 
     @property
     def models(self) -> list:
@@ -207,12 +211,12 @@ class MonteCarloModule(tf.Module):
         weights = self._sampler(seed, num_samples)
 
         def batched():
-            return self.task.draw_params(forward_batched(x, weights))
+            return self.task.draw_params(self._forward_batched(x, weights))
 
         def loop():
             ta = tf.TensorArray(tf.float32, size=num_samples)
             for i in tf.range(num_samples):
-                ta = ta.write(i, self.task.draw_params(forward_one(x, weights, i)))
+                ta = ta.write(i, self.task.draw_params(self._forward_one(x, weights, i)))
             return ta.stack()
 
         return tf.cond(num_samples * tf.shape(x)[0] <= BATCHED_ROWS, batched, loop)

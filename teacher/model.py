@@ -50,8 +50,10 @@ def posterior_stats(model: tfk.Model) -> dict[str, float]:
     """Quantiles of the kernels' posterior scales and, per layer, the empirical-Bayes prior scale
     sqrt(mean(mu^2 + sigma^2)): what the convergence figure plots against steps."""
     sigmas, out = [], {}
-    for i, layer in enumerate(l for l in model.layers if isinstance(l, tfp.layers.DenseFlipout)):
-        d = layer.kernel_posterior.distribution
+    posteriors = [q.distribution for l in model.layers
+                  for q in ([l.kernel_posterior] if isinstance(l, tfp.layers.DenseFlipout) else
+                            l.posteriors() if hasattr(l, "posteriors") else [])]  # Flipout kernels, the Bayesian GRU's
+    for i, d in enumerate(posteriors):
         mu, sigma = tf.convert_to_tensor(d.loc).numpy(), tf.convert_to_tensor(d.scale).numpy()
         sigmas.append(sigma.ravel())
         out[f"prior_scale_{i}"] = float((mu ** 2 + sigma ** 2).mean() ** 0.5)

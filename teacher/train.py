@@ -22,7 +22,9 @@ from distill.training import fit, in_chunks, minibatches
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
 from teacher.model import build_flipout, build_mlp, dense_layers, posterior_stats
+from teacher.recurrent import brnn_sampler, build_brnn
 from teacher.swag import SwagCollector, swag_sampler
+from teacher import recurrent
 
 VALIDATION_SEED = 12345  # the per-epoch validation predictive uses the same draws every epoch
 
@@ -38,7 +40,7 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
     for Flipout, L2 otherwise), and the validation metrics of the module's Monte Carlo predictive (fixed draws)."""
     x_train, y_train = ds.scaled("train"), ds.target("train")
     x_val, y_val = tf.constant(ds.scaled("val")[:cfg.val_rows]), ds.target("val")[:cfg.val_rows]
-    signature = [tf.TensorSpec([None, ds.num_features], tf.float32), tf.TensorSpec([None], tf.as_dtype(y_train.dtype))]
+    signature = [tf.TensorSpec([None, *ds.input_shape], tf.float32), tf.TensorSpec([None], tf.as_dtype(y_train.dtype))]
 
     @tf.function(input_signature=signature)
     def step(x, y):
@@ -97,9 +99,10 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
     task = tasks.get(ds.task)
     units = task.head_units(ds.num_classes)
 
-    def module(sampler, models, per_row=None):
+    def module(sampler, models, per_row=None, forward=None):
+        shape = (None, ds.sequence_shape[1]) if ds.sequence_shape else None  # sequences of any length
         return MonteCarloModule(task, sampler, models, ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale,
-                                cfg.serving_samples, per_row)
+                                cfg.serving_samples, per_row, shape, forward)
 
     if cfg.kind == "ensemble":
         members, histories, best = [], [], []
@@ -119,7 +122,11 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
         moments, swa = _swag(cfg, task, model, point, ds, progress)
         history = pd.concat([result.history.assign(phase="train"), swa], ignore_index=True)
         return module(swag_sampler(moments), [moments]), history, result.best_epoch
-    if cfg.kind == "mc-dropout":
+    if cfg.kind == "brnn":
+        model = build_brnn(ds.sequence_shape[1], units, len(ds["train"]), cfg.hidden, cfg.kl_weight, cfg.prior_scale,
+                           cfg.posterior_scale_init, cfg.prior)
+        mc = module(brnn_sampler(model), [model], forward=(recurrent.forward_batched, recurrent.forward_one))
+    elif cfg.kind == "mc-dropout":
         model = build_mlp(ds.num_features, units, cfg.hidden, cfg.dropout, cfg.weight_decay, name="mc_dropout_teacher")
         mc = module(dropout_sampler(dense_layers(model), cfg.dropout), [model])
     else:
@@ -147,6 +154,7 @@ def search_kl_weight(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = 
 
 def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress: bool = True) -> dict:
     """Train, evaluate and export; write RUN/teacher atomically. Returns the metrics summary."""
+    cfg.check_data(ds.sequence_shape is not None)
     cfg = cfg.resolved(ds.task, len(ds["train"]))
     task = tasks.get(ds.task)
     tfk.utils.set_random_seed(cfg.seed)
@@ -162,10 +170,10 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
         summaries, samples = {}, {}
         for split in ("val", "test"):  # in row chunks: S draws x a million rows of activations do not fit
             summaries[split] = in_chunks(lambda x: module.predictive_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
-                                         ds[split].x)
+                                         ds.raw(split))
             if ds.task == "regression":  # the mixture NLL needs every draw's parameters
                 samples[split] = in_chunks(lambda x: module.sample_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
-                                           ds[split].x, axis=1)
+                                           ds.raw(split), axis=1)
 
     summary: dict = {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),
                      "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": len(ds["train"]),

@@ -1,0 +1,190 @@
+"""Sequence data: [time, channels] series read, checked and turned into rows the rest of the pipeline carries.
+
+A sequence dataset is stored like a table whose features are the flattened series (`CHANNEL@tINDEX`, time
+major): the run folder, the transfer set, the Beam job and the soft-label shards need no second layout.
+The models and exports see [batch, time, channels] (`Dataset.normalise` reshapes), and the normaliser is
+per channel (z-scores over every time step of the train split), so exports take raw sequences.
+
+Sources:
+- a CSV/Parquet table in long format: one row per (series, time step) with a series id column, a time
+  column (sorts the steps), the channel columns and the label (constant within a series);
+- a NumPy `.npz` with `x` [N, T, C] and `y` [N] (optional `ids` [N], `channels` [C]);
+- bundled: `italy_power` (UCR ItalyPowerDemand, 1,096 days x 24 hours, 2 seasons; data/README.md) and
+  `regimes` (synthetic, seeded: two-channel oscillators of three periods, `regime_sequences`).
+Every series has the same length (ragged lengths are refused with the series named).
+
+`shifted_regime` makes the out-of-distribution sequences the report scores: in-regime sequences whose
+second half switches to a regime never seen in training (a fast, large oscillation with a drift).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distill.errors import BdkError
+
+DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
+BUNDLED_SEQUENCES = {"italy_power": DATA_ROOT / "italy_power_demand.csv", "regimes": "synthetic:regimes"}
+SERIES_COLUMNS = ("series", "series_id")  # the long table's series id column when none is given
+TIME_COLUMNS = ("time", "t", "step")  # its time column when none is given
+REGIME_PERIODS = (6.0, 12.0, 24.0)  # the synthetic classes' oscillation periods (time steps)
+
+
+def is_sequence_source(source: str, series_column: str | None) -> bool:
+    return source in BUNDLED_SEQUENCES or series_column is not None or str(source).lower().endswith(".npz")
+
+
+def flat_names(channels: list[str], length: int) -> list[str]:
+    """The flattened feature names, time major: c@t0 for every channel, then c@t1, ..."""
+    return [f"{c}@t{t}" for t in range(length) for c in channels]
+
+
+def shape_from_names(feature_names: list[str]) -> tuple[int, list[str]]:
+    """(length T, channel names) back from `flat_names`."""
+    channels = [n.rsplit("@t", 1)[0] for n in feature_names if n.endswith("@t0")]
+    return len(feature_names) // max(len(channels), 1), channels
+
+
+def regime_sequences(n: int = 900, length: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic set: class k is a noisy two-channel oscillator (sin, cos) of period REGIME_PERIODS[k] with a
+    random phase, amplitude (0.7-1.3) and a slowly varying offset. -> (x [n, T, 2] float32, y [n] int)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(REGIME_PERIODS)
+    t = np.arange(length)[None, :]  # [1, T]
+    period = np.asarray(REGIME_PERIODS)[y][:, None] * rng.uniform(0.9, 1.1, (n, 1))  # [n, 1]
+    phase = rng.uniform(0, 2 * np.pi, (n, 1)) + 2 * np.pi * t / period  # [n, T]
+    amp = rng.uniform(0.7, 1.3, (n, 1))
+    offset = np.cumsum(rng.normal(0, 0.03, (n, length)), axis=1)  # [n, T] a slow random walk
+    x = np.stack([amp * np.sin(phase), amp * np.cos(phase)], -1) + offset[..., None]  # [n, T, 2]
+    x += rng.normal(0, 0.15, x.shape)
+    return x.astype(np.float32), y
+
+
+def shifted_regime(z: np.ndarray, rng: np.random.Generator, start: float = 0.5) -> np.ndarray:
+    """Normalised sequences [n, T, C] whose steps from `start` * T on switch to an unseen regime: an
+    oscillation of period 3 and amplitude 2.5 (train stds) around a drift of 0.1 per step, plus noise."""
+    n, length, channels = z.shape
+    t0 = int(start * length)
+    t = np.arange(length - t0)[None, :, None]  # [1, T - t0, 1]
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, channels))
+    out = z.copy()
+    out[:, t0:] = 2.5 * np.sin(2 * np.pi * t / 3.0 + phase) + 0.1 * t + rng.normal(0, 0.2, (n, length - t0, channels))
+    return out.astype(np.float32)
+
+
+def time_warp(z: np.ndarray, strength: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each sequence [n, T, C] resampled along a smooth monotone warp of its time axis: t -> t + a sin(pi t / (T-1))
+    (T - 1) / pi with a ~ U(-strength, strength) per sequence (|a| < 1 keeps it monotone), by linear interpolation.
+    `strength` [n]. The first and last steps stay in place."""
+    n, length, channels = z.shape
+    t = np.linspace(0.0, 1.0, length)  # [T]
+    a = rng.uniform(-1.0, 1.0, n) * np.clip(strength, 0.0, 0.9)  # [n]
+    warped = (t[None] + a[:, None] * np.sin(np.pi * t)[None] / np.pi) * (length - 1)  # [n, T] positions in steps
+    lo = np.clip(np.floor(warped).astype(int), 0, length - 1)
+    hi = np.clip(lo + 1, 0, length - 1)
+    w = (warped - lo)[..., None]  # [n, T, 1]
+    rows = np.arange(n)[:, None]
+    return ((1 - w) * z[rows, lo] + w * z[rows, hi]).astype(np.float32)
+
+
+def _pick(df: pd.DataFrame, given: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
+    if given is not None:
+        if given not in df.columns:
+            raise BdkError(f"{what} column {given!r} not found; the columns are {list(df.columns)}: pass {flag} NAME")
+        return given
+    found = next((c for c in candidates if c in df.columns), None)
+    if found is None:
+        raise BdkError(f"no {what} column ({' or '.join(candidates)}) in {list(df.columns)}: pass {flag} NAME")
+    return found
+
+
+def from_long_table(df: pd.DataFrame, label: str | None, series_column: str | None, time_column: str | None,
+                    channels: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, pd.Series | None, list[str]]:
+    """A long table -> (series ids [N] str, x [N, T, C] float32, labels [N] (None when `label` is None), channels).
+
+    `channels` fixes the channel columns (a run's); by default every column but series, time and label."""
+    series = _pick(df, series_column, SERIES_COLUMNS, "series id", "--series-column")
+    time = _pick(df, time_column, TIME_COLUMNS, "time", "--time-column")
+    if label is not None and label not in df.columns:
+        raise BdkError(f"label column {label!r} not found; the columns are {list(df.columns)}: pass --label-column NAME")
+    if channels is None:
+        channels = [c for c in df.columns if c not in (series, time, label)]
+    else:
+        missing = [c for c in channels if c not in df.columns]
+        extra = [c for c in df.columns if c not in (series, time, label, *channels)]
+        if missing or extra:
+            raise BdkError(f"the sequences' channels do not match the model's: missing {missing}, unexpected {extra}; "
+                           f"it needs the channel columns {channels}")
+    if not channels:
+        raise BdkError(f"no channel columns besides {series!r}, {time!r} and the label")
+    bad = [c for c in channels if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        raise BdkError(f"channel column {bad[0]!r} is not numeric; encode it as numbers or remove the column")
+    df = df.sort_values([series, time], kind="stable")
+    if df.duplicated([series, time]).any():
+        s = df.loc[df.duplicated([series, time]), series].iloc[0]
+        raise BdkError(f"series {s!r} has two rows at one time step; each (series, time) pair must appear once")
+    lengths = df.groupby(series, sort=False).size()
+    if lengths.nunique() > 1:
+        common = int(lengths.mode().iloc[0])
+        odd = lengths[lengths != common]
+        raise BdkError(f"ragged sequences: series {odd.index[0]!r} has {int(odd.iloc[0])} time steps, most have "
+                       f"{common} ({len(odd)} series differ); pad or trim every series to one length")
+    n, length = len(lengths), int(lengths.iloc[0])
+    values = df[channels].to_numpy(np.float64).reshape(n, length, len(channels))
+    nonfinite = ~np.isfinite(values).all(axis=(1, 2))
+    if nonfinite.any():
+        names = [str(s) for s in lengths.index[nonfinite][:5]]
+        raise BdkError(f"missing or non-finite values in series {', '.join(names)}"
+                       f"{f' and {nonfinite.sum() - 5} more' if nonfinite.sum() > 5 else ''}; fix or remove those series")
+    labels = None
+    if label is not None:
+        per_series = df.groupby(series, sort=False)[label]
+        varying = per_series.nunique(dropna=False) > 1
+        if varying.any():
+            raise BdkError(f"series {varying.index[varying][0]!r} has more than one label; a series has one label")
+        labels = per_series.first().reset_index(drop=True)
+    return lengths.index.astype(str).to_numpy(), values.astype(np.float32), labels, list(map(str, channels))
+
+
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, pd.Series, list[str]]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise BdkError(f"{path}: could not read it as a NumPy .npz ({type(e).__name__}); save it with np.savez(x=..., y=...)") from None
+    if "x" not in arrays or "y" not in arrays:
+        raise BdkError(f"{path}: a sequence .npz needs arrays `x` [N, T, C] and `y` [N]; it has {sorted(arrays)}")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3 or len(y) != len(x):
+        raise BdkError(f"{path}: x has shape {list(x.shape)} and y {list(y.shape)}; they need [N, T, C] and [N]")
+    x = x.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=(1, 2)))
+    if len(bad):
+        raise BdkError(f"{path}: missing or non-finite values in sequences {', '.join(map(str, bad[:5]))}; fix or remove them")
+    ids = arrays["ids"].astype(str) if "ids" in arrays else np.arange(1, len(x) + 1).astype(str)
+    channels = list(map(str, arrays["channels"])) if "channels" in arrays else [f"c{i}" for i in range(x.shape[2])]
+    return ids, x.astype(np.float32), pd.Series(y), channels
+
+
+def read_sequences(source: str, label: str, series_column: str | None, time_column: str | None):
+    """A sequence source -> (ids [N], x [N, T, C], labels [N], channel names)."""
+    where = BUNDLED_SEQUENCES.get(source)
+    if where == "synthetic:regimes":
+        x, y = regime_sequences()
+        return np.arange(1, len(x) + 1).astype(str), x, pd.Series(np.asarray(["fast", "medium", "slow"])[y]), ["x", "y"]
+    path = Path(where or source)
+    if not path.exists():
+        raise BdkError(f"sequence file {source} not found; pass an existing long-format .csv/.parquet or an .npz")
+    if path.suffix.lower() == ".npz":
+        return read_npz(path)
+    from distill.data import read_table
+
+    df = read_table(str(path))
+    if len(df) == 0:
+        raise BdkError(f"{path}: the table has no rows")
+    return from_long_table(df, label, series_column, time_column)

@@ -1,0 +1,278 @@
+"""Sequences: the loader and its bad inputs, the Bayesian GRU (one weight draw per sequence, the KL scaling), its
+export in a fresh process, and `bdk run --kind brnn` end to end with `bdk predict` and real HTTP on the results."""
+import json
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from typer.testing import CliRunner
+
+from distill.cli import app
+
+LENGTH, CHANNELS = 12, 2
+
+
+def run_cli(args, timeout=None):
+    """`bdk ARGS` in process: exit code, stderr, and any exception that escaped the CLI (a traceback to the user)."""
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    return type("Result", (), {"returncode": r.exit_code, "stderr": r.stderr, "stdout": r.stdout})
+
+
+def tiny_sequences(n: int = 150, length: int = LENGTH, seed: int = 0):
+    """Two classes of noisy two-channel oscillators (periods 3 and 6): x [n, T, 2], y [n]."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    t = np.arange(length)[None]
+    phase = rng.uniform(0, 2 * np.pi, (n, 1)) + 2 * np.pi * t / np.where(y == 0, 3.0, 6.0)[:, None]
+    x = np.stack([np.sin(phase), np.cos(phase)], -1) + rng.normal(0, 0.2, (n, length, 2))
+    return x.astype(np.float32), y
+
+
+def long_frame(x, y=None, series=None):
+    n, length, c = x.shape
+    df = pd.DataFrame({"series": np.repeat(series if series is not None else [f"s{i}" for i in range(n)], length),
+                       "time": np.tile(np.arange(length), n)})
+    for j, name in enumerate(["a", "b"][:c]):
+        df[name] = x[:, :, j].reshape(-1)
+    if y is not None:
+        df["label"] = np.repeat(np.asarray(["fast", "slow"])[y], length)
+    return df
+
+
+@pytest.fixture(scope="module")
+def sequence_csv(tmp_path_factory):
+    x, y = tiny_sequences()
+    path = tmp_path_factory.mktemp("sequences") / "oscillators.csv"
+    long_frame(x, y).sample(frac=1.0, random_state=0).to_csv(path, index=False)  # rows shuffled: time column sorts them
+    return path
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_long_table_loads_as_sequences_with_per_channel_scaling(sequence_csv):
+    from distill import data
+
+    ds = data.load(data.DataConfig(dataset=str(sequence_csv), series_column="series"))
+    x, y = tiny_sequences()
+    assert ds.input_shape == (LENGTH, CHANNELS) and ds.class_names == ["fast", "slow"]
+    assert sum(len(s) for s in ds.splits.values()) == len(x)
+    assert len(ds.scaler.shift) == CHANNELS  # per channel, not per flattened feature
+    z = ds.scaled("train")
+    np.testing.assert_allclose(z.reshape(-1, CHANNELS).mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.reshape(-1, CHANNELS).std(0), 1, atol=1e-4)
+    row = ds["train"]  # the rows are the series, in time order, whatever the file order was
+    i = int(row.ids[0][1:])
+    np.testing.assert_allclose(ds.raw("train")[0], x[i], rtol=1e-6)
+    assert ds.class_names[row.y[0]] == ["fast", "slow"][y[i]]
+    np.testing.assert_allclose(ds.denormalise(z[:3]), row.x[:3], atol=1e-5)
+
+
+def test_npz_and_bundled_sequences(tmp_path):
+    from distill import data
+
+    x, y = tiny_sequences(60)
+    np.savez(tmp_path / "s.npz", x=x, y=y)
+    ds = data.load(data.DataConfig(dataset=str(tmp_path / "s.npz")))
+    assert ds.input_shape == (LENGTH, CHANNELS) and ds.feature_names[:3] == ["c0@t0", "c1@t0", "c0@t1"]
+    italy = data.load(data.DataConfig(dataset="italy_power"))
+    assert italy.input_shape == (24, 1) and italy.class_names == ["summer", "winter"]
+    assert sum(len(s) for s in italy.splits.values()) == 1096
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda df: df.drop(index=df.index[(df.series == "s3") & (df.time == 5)]), "ragged sequences: series 's3' has 11"),
+    (lambda df: df.assign(a=df.a.where(~((df.series == "s7") & (df.time == 2)))), "non-finite values in series s7"),
+    (lambda df: df.assign(label=df.label.where(~((df.series == "s2") & (df.time == 0)), "x")),
+     "series 's2' has more than one label"),
+    (lambda df: pd.concat([df, df.iloc[:1]]), "two rows at one time step"),
+    (lambda df: df.drop(columns=["time"]), "no time column"),
+])
+def test_bad_sequence_tables_are_one_line_errors(tmp_path, damage, words):
+    x, y = tiny_sequences(30)
+    path = tmp_path / "bad.csv"
+    damage(long_frame(x, y)).to_csv(path, index=False)
+    r = run_cli(["teacher", "--dataset", str(path), "--series-column", "series", "--out", str(tmp_path / "run")])
+    assert r.returncode == 1, r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_channel_count_and_kind_mismatch_are_refused(tmp_path):
+    from distill.errors import BdkError
+    from distill.sequences import from_long_table
+    from teacher.config import TeacherConfig
+
+    x, y = tiny_sequences(10)
+    with pytest.raises(BdkError, match="missing \\['c'\\]"):
+        from_long_table(long_frame(x, y), "label", None, None, channels=["a", "b", "c"])
+    with pytest.raises(BdkError, match="unexpected \\['b'\\]"):
+        from_long_table(long_frame(x, y), "label", None, None, channels=["a"])
+    with pytest.raises(BdkError, match="pass --kind brnn"):
+        TeacherConfig(kind="flipout").check_data(sequences=True)
+    with pytest.raises(BdkError, match="takes sequences"):
+        TeacherConfig(kind="brnn").check_data(sequences=False)
+
+
+def test_time_warp_keeps_the_ends_and_zero_strength_is_the_identity():
+    from distill.sequences import time_warp
+
+    x, _ = tiny_sequences(20)
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(time_warp(x, np.zeros(20), rng), x, atol=1e-6)
+    w = time_warp(x, np.full(20, 0.5), rng)
+    np.testing.assert_allclose(w[:, [0, -1]], x[:, [0, -1]], atol=1e-5)
+    assert np.abs(w - x).max() > 0.1
+
+
+# ---------------------------------------------------------------- the Bayesian GRU
+
+
+@pytest.fixture(scope="module")
+def brnn():
+    import tf_keras as tfk
+
+    from teacher.recurrent import build_brnn
+
+    tfk.utils.set_random_seed(0)
+    return build_brnn(CHANNELS, 3, n_train=100, hidden=(8,), kl_weight=0.5, posterior_scale_init=-1.0)
+
+
+def explicit_gru(x, kernel, recurrent, bias):
+    """A plain numpy GRU (reset after the matmul) over x [T, C] with fixed weights -> the last state [H]."""
+    h = np.zeros(recurrent.shape[0])
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    for xt in x:
+        xz, xr, xn = np.split(xt @ kernel + bias[0], 3)
+        hz, hr, hn = np.split(h @ recurrent + bias[1], 3)
+        z, r = sig(xz + hz), sig(xr + hr)
+        h = z * h + (1 - z) * np.tanh(xn + r * hn)
+    return h
+
+
+def test_training_draws_one_weight_sample_per_sequence_used_at_every_step(brnn):
+    import tensorflow as tf
+
+    gru = brnn.get_layer("bayesian_gru")
+    x, _ = tiny_sequences(4)
+    x[1] = x[0]  # two identical sequences: different draws must give different states
+    noise = gru.noise(4)
+    states = gru.flipout(tf.constant(x), noise).numpy()[-1]  # [B, H] last states
+    kernels, recurrents = (w.numpy() for w in gru.sequence_weights(noise))  # [B, C, 3H], [B, H, 3H]
+    for i in range(4):  # the Flipout computation is sequence i run with one fixed weight sample at every step
+        np.testing.assert_allclose(states[i], explicit_gru(x[i], kernels[i], recurrents[i], gru.bias.numpy()), atol=1e-5)
+    assert np.abs(kernels[0] - kernels[1]).max() > 1e-3 and np.abs(states[0] - states[1]).max() > 1e-4
+
+
+def test_export_draws_are_whole_sequence_samples(brnn):
+    import tensorflow as tf
+
+    from teacher.recurrent import brnn_sampler, forward_batched, forward_one
+
+    x = tf.constant(tiny_sequences(3)[0])
+    weights = brnn_sampler(brnn)(tf.constant(7, tf.int64), tf.constant(5))
+    heads = forward_batched(x, weights).numpy()  # [S, B, units]
+    (kernel, recurrent, bias), (head_kernel, head_bias, _) = [[np.asarray(w) if w is not None else None for w in layer]
+                                                              for layer in weights]
+    for s in (0, 4):
+        np.testing.assert_allclose(forward_one(x, weights, s).numpy(), heads[s], atol=1e-5)
+        for b in range(3):
+            h = explicit_gru(x.numpy()[b], kernel[s], recurrent[s], bias)
+            np.testing.assert_allclose(h @ head_kernel[s] + head_bias, heads[s, b], atol=1e-4)
+    assert np.abs(heads[0] - heads[4]).max() > 1e-3  # draws differ
+
+
+def test_kl_is_scaled_once_like_the_flipout_teacher(brnn):
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+
+    tfd = tfp.distributions
+    brnn(tf.zeros([2, LENGTH, CHANNELS]), training=True)
+    gru, head = brnn.get_layer("bayesian_gru"), brnn.get_layer("head")
+    expected = 0.0
+    for q in [*gru.posteriors(), head.kernel_posterior]:
+        d = q.distribution
+        prior = tfd.Normal(tf.zeros_like(d.loc), 1.0)
+        expected += float(tf.reduce_sum(tfd.kl_divergence(tfd.Normal(d.loc, d.scale), prior)))
+    assert float(tf.add_n(brnn.losses)) == pytest.approx(0.5 * expected / 100, rel=1e-5)  # kl_weight * KL / N_train
+    assert len(brnn.losses) == 2  # the GRU's two kernels in one term, the head's in another
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def sequence_run(sequence_csv, tmp_path_factory):
+    run = tmp_path_factory.mktemp("seqrun") / "run"
+    r = run_cli(["run", "--dataset", str(sequence_csv), "--series-column", "series", "--out", str(run), "--epochs", "60",
+                 "--samples", "20", "--perturbations", "2", "--interpolations", "50", "--uniform", "50", "--shell", "50",
+                 "--student-epochs", "15", "--no-gate", "--no-progress"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run
+
+
+def test_brnn_run_end_to_end(sequence_run):
+    from distill.transfer import read_soft_labels
+
+    teacher = json.loads((sequence_run / "teacher" / "metrics.json").read_text())
+    assert teacher["kind"] == "brnn" and teacher["test/accuracy"] > 0.6
+    soft, _ = read_soft_labels(sequence_run)
+    assert set(soft["source"]) >= {"train", "perturbed", "interpolated", "uniform", "shell"}
+    probs = np.stack(soft["probs"].to_numpy())
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    report = json.loads((sequence_run / "report" / "metrics.json").read_text())
+    over = report["over_time"]
+    assert len(over["steps"]) >= 5 and over["steps"][-1] == LENGTH and len(over["teacher/ood"]) == len(over["steps"])
+    assert (sequence_run / "report" / "epistemic_over_time.png").stat().st_size > 10_000
+    assert "shifted regime" in (sequence_run / "report" / "report.md").read_text()
+
+
+def test_sequence_export_in_a_fresh_process_is_seeded_and_takes_any_length(sequence_run, tmp_path):
+    import tensorflow as tf
+
+    export = sequence_run / "teacher" / "export" / "1"
+    x = tiny_sequences(5, seed=3)[0]
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); x = np.load(sys.argv[2]);"
+            "f = m.signatures['predictive_seeded'];"
+            "np.save(sys.argv[3], f(features=tf.constant(x), num_samples=tf.constant(8), seed=tf.constant(5, tf.int64))['probs'].numpy());"
+            "print(f(features=tf.constant(x[:, :5]), num_samples=tf.constant(8), seed=tf.constant(5, tf.int64))['probs'].shape)")
+    r = subprocess.run([sys.executable, "-c", code, str(export), str(tmp_path / "x.npy"), str(tmp_path / "p.npy")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(5, 2)" in r.stdout  # a 5-step prefix works too
+    here = tf.saved_model.load(str(export)).signatures["predictive_seeded"](
+        features=tf.constant(x), num_samples=tf.constant(8), seed=tf.constant(5, tf.int64))["probs"].numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), here)
+
+
+def test_predict_and_http_serving_take_sequences(sequence_run, tmp_path):
+    from serving.server import BackgroundServer, create_app
+
+    x = tiny_sequences(6, seed=4)[0]
+    long_frame(x).to_csv(tmp_path / "new.csv", index=False)
+    r = run_cli(["predict", str(sequence_run / "student" / "export"), str(tmp_path / "new.csv"), "--out",
+                 str(tmp_path / "pred.csv"), "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert list(pred["series"]) == [f"s{i}" for i in range(6)]
+    np.testing.assert_allclose(pred[["probs_fast", "probs_slow"]].sum(1), 1, atol=1e-5)
+    bad = long_frame(x[:, :, :1])
+    bad.to_csv(tmp_path / "one_channel.csv", index=False)
+    r = run_cli(["predict", str(sequence_run / "student" / "export"), str(tmp_path / "one_channel.csv"), "--out",
+                 str(tmp_path / "p2.csv")])
+    assert r.returncode == 1 and "missing ['b']" in r.stderr and not (tmp_path / "p2.csv").exists()
+
+    with BackgroundServer(create_app(sequence_run / "teacher" / "export", "teacher")) as server:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            ok = client.post("/v1/models/teacher:predict", json={"instances": x[:2].tolist()})
+            assert ok.status_code == 200, ok.text
+            rows = ok.json()["predictions"]
+            assert len(rows) == 2 and abs(sum(rows[0]["probs"]) - 1) < 1e-5 and rows[0]["mutual_information"] >= 0
+            wrong = client.post("/v1/models/teacher:predict", json={"instances": x[:2, :, :1].tolist()})
+            assert wrong.status_code == 400 and "does not match" in wrong.json()["error"]
