@@ -26,6 +26,8 @@ KIND_HELP = ("Teacher family: flipout | ensemble | mc-dropout | swag (tables), b
              "default flipout, or brnn for sequences.")
 SERIES_HELP = ("Sequences: the series id column of a long table (one row per series and time step), which makes the "
                "dataset sequences (bundled italy_power and regimes, and .npz files, are sequences already).")
+SEQUENCE_NET_HELP = ("Sequences: the student (and baseline) network, conv (causal 1-D convolutions, one pass) or gru "
+                     "(a deterministic GRU).")
 TASK_HELP = "classification | regression (default: the bundled dataset's, else inferred: a numeric label with many values is regression)."
 
 
@@ -158,6 +160,7 @@ def student(
     uncertainty: Optional[str] = typer.Option(None, help="Student's epistemic score: dirichlet (classes; the default) or "
                                               "regressor (a second head regressing the teacher's)."),
     epistemic_weight: float = typer.Option(1.0, min=0.0, help="Weight of the epistemic loss (Dirichlet NLL or the head's MSE)."),
+    sequence_net: str = typer.Option("conv", help=SEQUENCE_NET_HELP),
     epochs: int = typer.Option(300, min=1),
     gate_nll_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation NLL."),
     gate_ece_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation ECE."),
@@ -171,7 +174,7 @@ def student(
     from student.config import StudentConfig
 
     cfg = StudentConfig(**_hidden(hidden), temperature=temperature, alpha=alpha,
-                        uncertainty=uncertainty, epistemic_weight=epistemic_weight,
+                        uncertainty=uncertainty, epistemic_weight=epistemic_weight, sequence_net=sequence_net,
                         epochs=epochs, gate_nll_margin=gate_nll_margin, gate_ece_margin=gate_ece_margin, gate=gate,
                         seed=seed)
     s = student_stage(cfg, run, progress=progress)
@@ -219,6 +222,7 @@ def run_pipeline(
     shell: Optional[int] = typer.Option(None, help="Transfer points in the far shell (default 2000)."),
     student_epochs: int = typer.Option(300, min=1, help="Student's maximum epochs."),
     hidden: Optional[str] = typer.Option(None, help="Student hidden layer sizes, comma-separated; default by task."),
+    sequence_net: str = typer.Option("conv", help=SEQUENCE_NET_HELP),
     gate: bool = typer.Option(True, help="Refuse to publish a student worse calibrated than its teacher (see `bdk student`)."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
@@ -240,7 +244,7 @@ def run_pipeline(
     teacher_cfg = TeacherConfig(kind=_kind(kind, data_cfg), epochs=epochs, eval_samples=samples, seed=seed, **_kl(kl_weight))
     soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations,
                                          uniform=uniform, shell=shell, seed=seed), num_samples=samples)
-    student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, gate=gate, seed=seed)
+    student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, gate=gate, sequence_net=sequence_net, seed=seed)
     eval_cfg = EvalConfig(samples=samples, seed=seed)
 
     def announce(i: int, name: str) -> None:

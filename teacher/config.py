@@ -27,9 +27,11 @@ TASK_DEFAULTS = {
     "regression": dict(hidden=(50,), prior="normal", kl_weight=1.0, posterior_scale_init=-6.0, learning_rate=3e-3,
                        epochs=1000, batch_size=32, patience=100),
 }
-# The Bayesian GRU (sequences): the classification recipe with one recurrent layer of 32 and Adam 3e-3 (validation
-# splits of italy_power and regimes, seed 0).
-RECURRENT_DEFAULTS = dict(hidden=(32,), learning_rate=3e-3, steps=4000, patience=40)
+# The Bayesian GRU (sequences): one recurrent layer of 32, Adam 3e-3, the N(0, 1) prior and the untempered ELBO.
+# Validation NLL (seed 0) italy_power 0.075 and regimes 0.0028, against 0.073 and 0.0023 with the tables' tempered
+# empirical-Bayes recipe, in half the training time; that recipe stayed at chance on a 96-sequence set (its KL term
+# outweighs the likelihood of so few sequences), where this one learns in 50 steps.
+RECURRENT_DEFAULTS = dict(hidden=(32,), learning_rate=3e-3, steps=4000, patience=40, prior="normal", kl_weight=1.0)
 # The deterministic families (ensemble members, MC dropout nets) keep the recipe they were tuned with on Iris.
 DETERMINISTIC_DEFAULTS = {"classification": dict(learning_rate=1e-3, epochs=150, batch_size=16, patience=30)}
 
