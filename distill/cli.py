@@ -509,7 +509,7 @@ def serve(
 @user_errors
 def predict(
     export_dir: Path = typer.Argument(..., help="SavedModel base path or version folder."),
-    input: Path = typer.Argument(..., help="Rows to score: a .csv or .parquet table."),
+    input: Path = typer.Argument(..., help="Rows to score: a .csv or .parquet table (sequences: a long table with series, time and the channel columns)."),
     out: Path = typer.Option(..., "--out", help="Output table (.csv or .parquet): the id plus every output of the signature."),
     batch_size: int = typer.Option(1024, min=1),
     signature: str = typer.Option("serving_default", help="Signature to run; it must take one [batch, features] input."),

@@ -19,6 +19,9 @@ width or of the train std):
   `shell_inner` (NO_LABEL): far from the data, where the teacher should say "I don't know". Its own
   random draws: the evaluation's far-shell rows are never in it;
 - unlabeled: optional rows from a user table with the teacher's feature columns (NO_LABEL).
+Sequences (distill.sequences) are flattened rows here (time major); their perturbed copies are also time-warped
+(`time_warp` times the copy's noise std: a smooth monotone resampling of the time axis) before the noise, and the
+other sources work on the flattened normalised series unchanged (interpolations are mixups of whole sequences).
 No validation or test row is ever in the transfer set (every generated point derives from train rows).
 Rows are stored with RAW features (the teacher export scales them itself), ids stable across runs.
 
