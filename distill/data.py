@@ -144,7 +144,7 @@ class Dataset:
     def denormalise(self, z: np.ndarray) -> np.ndarray:
         """Normalised inputs [n, ...] (flat or shaped) -> raw flat features [n, F]."""
         z = np.asarray(z, np.float32)
-        return self.scaler.inverse(z.reshape(len(z), *self.input_shape)).reshape(len(z), -1)
+        return self.scaler.inverse(z.reshape(len(z), *self.input_shape)).reshape(len(z), self.num_features)
 
     @property
     def num_features(self) -> int:

@@ -2,6 +2,7 @@
 export in a fresh process, and `bdk run --kind brnn` end to end with `bdk predict` and real HTTP on the results."""
 import json
 import subprocess
+from dataclasses import replace
 import sys
 
 import httpx
@@ -128,6 +129,36 @@ def test_time_warp_keeps_the_ends_and_zero_strength_is_the_identity():
     w = time_warp(x, np.full(20, 0.5), rng)
     np.testing.assert_allclose(w[:, [0, -1]], x[:, [0, -1]], atol=1e-5)
     assert np.abs(w - x).max() > 0.1
+
+
+def test_sequence_transfer_set_warps_copies_and_takes_unlabeled_sequences(sequence_csv, tmp_path):
+    from distill import data
+    from distill.errors import BdkError
+    from distill.transfer import TransferConfig, build_transfer_set
+
+    ds = data.load(data.DataConfig(dataset=str(sequence_csv), series_column="series"))
+    x, _ = tiny_sequences(7, seed=9)
+    long_frame(x, series=[f"u{i}" for i in range(7)]).to_csv(tmp_path / "unlabeled.csv", index=False)
+    cfg = TransferConfig(perturbations=3, noise=(0.2,), time_warp=3.0, interpolations=10, uniform=5, shell=5,
+                         unlabeled=str(tmp_path / "unlabeled.csv"))
+    table = build_transfer_set(cfg, ds)
+    assert list(table.columns[3:]) == ds.feature_names
+    unlabeled = table[table.source == "unlabeled"]
+    assert list(unlabeled.id) == [f"unlabeled:u{i}" for i in range(7)]
+    np.testing.assert_allclose(unlabeled[ds.feature_names].to_numpy(), x.reshape(7, -1), rtol=1e-6)
+    assert (table[table.source == "perturbed"].label >= 0).all()
+    # the same noise without the warp: only the perturbed copies change, and not at their first and last steps
+    plain = build_transfer_set(replace(cfg, time_warp=0.0), ds)
+    feats = ds.feature_names
+    for source in ("train", "interpolated", "uniform", "shell", "unlabeled"):
+        np.testing.assert_array_equal(plain[plain.source == source][feats], table[table.source == source][feats])
+    warped = table[table.source == "perturbed"][feats].to_numpy().reshape(-1, LENGTH, CHANNELS)
+    unwarped = plain[plain.source == "perturbed"][feats].to_numpy().reshape(-1, LENGTH, CHANNELS)
+    np.testing.assert_allclose(warped[:, [0, -1]], unwarped[:, [0, -1]], atol=1e-5)
+    assert np.abs(warped - unwarped).max() > 0.1
+    long_frame(x[:, :5]).to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(BdkError, match="5 time steps, the teacher's 12"):
+        build_transfer_set(TransferConfig(unlabeled=str(tmp_path / "short.csv")), ds)
 
 
 # ---------------------------------------------------------------- the Bayesian GRU
