@@ -25,6 +25,7 @@ import distill  # noqa: E402,F401
 
 from distill import metrics, schema  # noqa: E402
 from distill.errors import read_json  # noqa: E402
+from distill.studies.benchmark import _ci  # noqa: E402  (the suite's "value [lo, hi]" cell)
 
 NETS = ("conv", "gru")
 
@@ -38,9 +39,10 @@ def run_seed(dataset: str, seed: int, out: Path) -> None:
     from teacher.config import TeacherConfig
 
     base = out / "runs" / dataset / f"seed{seed}" / "teacher"
-    if not schema.soft_labels_manifest(base).exists():
+    if not (schema.teacher_dir(base) / "metrics.json").exists():
         teacher_stage(DataConfig(dataset=dataset, seed=seed), TeacherConfig(kind="brnn", seed=seed), base, overwrite=True,
                       progress=False)
+    if not schema.soft_labels_manifest(base).exists():  # (delete RUN/soft_labels and the student runs to redo them)
         soft_labels_stage(SoftLabelConfig(TransferConfig(seed=seed)), base, progress=False)
     for net in NETS:
         run = base.parent / net
@@ -116,11 +118,6 @@ def summarise(datasets: list[str], seeds: int, out: Path) -> pd.DataFrame:
     table.to_csv(out / "metrics.csv", index=False)
     (out / "report.md").write_text(markdown(table, seeds))
     return table
-
-
-def _ci(r, key: str) -> str:
-    lo, hi = r[f"test/{key}_ci95"]
-    return f"{r[f'test/{key}']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def markdown(table: pd.DataFrame, seeds: int) -> str:
