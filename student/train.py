@@ -231,7 +231,11 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         baseline_result.history.to_csv(tmp / "baseline_history.csv", index=False)
         student_module.save(tmp / "export" / schema.EXPORT_VERSION)
         baseline_module.save(tmp / "baseline" / "export" / schema.EXPORT_VERSION)
-        if not failures and cfg.tflite:
+        # A recurrent student of any sequence length has dynamic TensorList ops that TFLite's builtins cannot lower.
+        recurrent = ds.sequence_shape is not None and cfg.sequence_net == "gru"
+        if recurrent and cfg.tflite:
+            summary["tflite"] = "skipped: the GRU student takes sequences of any length, which TFLite cannot lower"
+        if not failures and cfg.tflite and not recurrent:
             summary["tflite_bytes"] = export_tflite(tmp / "export" / schema.EXPORT_VERSION, tmp / "student.tflite")
         write_json(tmp / "metrics.json", summary)
     if failures:
