@@ -307,3 +307,22 @@ def test_predict_and_http_serving_take_sequences(sequence_run, tmp_path):
             assert len(rows) == 2 and abs(sum(rows[0]["probs"]) - 1) < 1e-5 and rows[0]["mutual_information"] >= 0
             wrong = client.post("/v1/models/teacher:predict", json={"instances": x[:2, :, :1].tolist()})
             assert wrong.status_code == 400 and "does not match" in wrong.json()["error"]
+
+
+def test_gru_student_distils_and_exports(sequence_run, tmp_path):
+    import shutil
+
+    import tensorflow as tf
+
+    from distill.pipeline import student_stage
+    from student.config import StudentConfig
+
+    run = tmp_path / "run"
+    for part in ("data", "teacher", "soft_labels"):
+        shutil.copytree(sequence_run / part, run / part)
+    s = student_stage(StudentConfig(sequence_net="gru", gate=False, epochs=5, baseline_epochs=5), run, progress=False)
+    assert s["tflite"].startswith("skipped") and not (run / "student" / "student.tflite").exists()
+    out = tf.saved_model.load(str(run / "student" / "export" / "1")).signatures["serving_default"](
+        features=tf.constant(tiny_sequences(4, seed=5)[0]))
+    np.testing.assert_allclose(out["probs"].numpy().sum(1), 1, atol=1e-5)
+    assert out["epistemic"].shape == (4,)
