@@ -122,16 +122,17 @@ def summarise(datasets: list[str], seeds: int, out: Path) -> pd.DataFrame:
 
 def markdown(table: pd.DataFrame, seeds: int) -> str:
     lines = ["# Sequence benchmark: Bayesian GRU teacher, distilled students", "",
-             f"Seeds 0-{seeds - 1} (each its own stratified split); test rows pooled over seeds, 95% bootstrap intervals. "
+             f"Seeds 0-{seeds - 1} asked for (each its own stratified split; `seeds`: those finished); test rows pooled over "
+             "seeds, 95% bootstrap intervals. "
              "Shifted regime: the test sequences switching halfway to an unseen regime (teacher: AUROC by mutual "
              "information; student: by its epistemic output; baseline: by entropy). Latency: one sequence through "
              "`serving_default` (teacher: 10 draws), median, seed mean.", "",
              "Reproduce: `.venv/bin/python bench/bench_sequences.py --datasets "
              f"{','.join(table['dataset'].unique())} --seeds {seeds} --out experiments/sequences`", "",
-             "| dataset | model | accuracy | NLL | ECE | Brier | shifted AUROC (by entropy) | parameters | latency ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | model | seeds | accuracy | NLL | ECE | Brier | shifted AUROC (by entropy) | parameters | latency ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        lines.append(f"| {r['dataset']} | {r['model']} | {_ci(r, 'accuracy')} | {_ci(r, 'nll')} | {_ci(r, 'ece')} | "
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['seeds']} | {_ci(r, 'accuracy')} | {_ci(r, 'nll')} | {_ci(r, 'ece')} | "
                      f"{_ci(r, 'brier')} | {r['shifted_auroc']:.3f} ({r['shifted_auroc_entropy']:.3f}) | {r['parameters']} | "
                      f"{r['latency_ms_p50']:.3f} |")
     lines += ["", "## Goals (issue 15)", ""]
