@@ -23,7 +23,7 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
-from distill.training import epochs_for_steps, fit, minibatches, scaled_batch
+from distill.training import epochs_for_steps, fit, graph_epoch, scaled_batch
 from student import dirichlet
 from student.config import StudentConfig
 from student.export import StudentModule
@@ -60,9 +60,10 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple
     def held_out_loss(xb, *batch):
         return loss_fn(model(xb, training=False), *batch)
 
+    run_epoch = graph_epoch(step, (x, *columns), batch_size, variables, optimizer)
+
     def train_epoch(rng):
-        losses = [float(step(x[idx], *(c[idx] for c in columns))) for idx in minibatches(len(x), batch_size, rng)]
-        return {"train_loss": float(np.mean(losses))}
+        return {"train_loss": float(run_epoch(rng)[:, 0].mean())}
 
     def validate():
         head = model(x_val, training=False)["head"]

@@ -18,7 +18,7 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import atomic_dir, write_json
-from distill.training import fit, in_chunks, minibatches
+from distill.training import fit, graph_epoch, in_chunks
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
 from teacher.model import build_flipout, build_mlp, dense_layers, posterior_stats
@@ -52,12 +52,12 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return nll, kl
 
+    run_epoch = graph_epoch(step, (x_train, y_train), cfg.batch_size, model.trainable_variables, optimizer)
+    sizes = np.diff(np.r_[0:len(y_train):cfg.batch_size, len(y_train)])  # rows per batch
+
     def train_epoch(rng):
-        nlls, kls, sizes = [], [], []
-        for idx in minibatches(len(y_train), cfg.batch_size, rng):
-            nll, kl = step(tf.constant(x_train[idx]), tf.constant(y_train[idx]))
-            nlls.append(float(nll)), kls.append(float(kl)), sizes.append(len(idx))
-        train_nll, kl = float(np.average(nlls, weights=sizes)), float(np.mean(kls))
+        nll_kl = run_epoch(rng)  # [batches, 2]
+        train_nll, kl = float(np.average(nll_kl[:, 0], weights=sizes)), float(nll_kl[:, 1].mean())
         return {"step": int(optimizer.iterations.numpy()), "train_nll": train_nll, "kl": kl, "elbo": -(train_nll + kl),
                 **(posterior_stats(model) if cfg.kind == "flipout" else {})}
 
