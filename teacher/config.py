@@ -23,7 +23,7 @@ KL_SEARCH = (0.01, 0.03, 0.1)  # --kl-weight auto: the candidates, chosen by the
 # a tight posterior start softplus(-6) ~ 2.5e-3, the N(0, 1) prior and the untempered ELBO.
 TASK_DEFAULTS = {
     "classification": dict(hidden=(64, 64), prior="empirical_bayes", kl_weight=0.03, posterior_scale_init=-5.0,
-                           learning_rate=1e-2, steps=5000, batch_size=32, patience=100),
+                           learning_rate=1e-2, steps=5000, batch_size=32, patience=100, ncp_weight=0.0),
     "regression": dict(hidden=(50,), prior="normal", kl_weight=1.0, posterior_scale_init=-6.0, learning_rate=3e-3,
                        epochs=1000, batch_size=32, patience=100),
 }
@@ -46,6 +46,10 @@ class TeacherConfig:
     posterior_scale_init: float | None = None  # flipout: initial untransformed posterior scale (softplus of it)
     kl_weight: float | None = None  # flipout: multiplies KL / N_train in the ELBO (1 = the ELBO; < 1 a tempered posterior)
     kl_weight_search: tuple[float, ...] = ()  # flipout: train one teacher per weight, keep the best validation NLL
+    ncp_weight: float | None = None  # flipout, classes: weight of the noise-contrastive prior's term (0 = off)
+    ncp_input_noise: float = 1.0  # flipout: std of the Gaussian noise (in feature standard deviations) that pushes
+    # training rows off the data for the noise-contrastive prior
+    ncp_logit_scale: float = 3.0  # flipout: the logits' prior N(0, s^2) off the data
     members: int = 5  # ensemble: M independently initialised deterministic nets
     dropout: float = 0.1  # mc-dropout: rate, kept on at inference
     weight_decay: float = 1e-4  # ensemble, mc-dropout, swag: L2 on kernels (MC dropout's KL approximation)
@@ -72,6 +76,11 @@ class TeacherConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise BdkError(f"{name} must be > 0, got {value}")
+        if self.ncp_weight is not None and self.ncp_weight < 0:
+            raise BdkError(f"ncp_weight must be >= 0, got {self.ncp_weight}")
+        for name in ("ncp_input_noise", "ncp_logit_scale"):
+            if not getattr(self, name) > 0:
+                raise BdkError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.kl_weight is not None and self.kl_weight < 0:
             raise BdkError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if not 0.0 <= self.dropout < 1.0:

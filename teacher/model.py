@@ -105,6 +105,28 @@ def build_flipout(num_features: int, units: int, n_train: int, hidden: tuple[int
     return tfk.Sequential(layers, name="flipout_teacher")
 
 
+def noise_contrastive_prior(model: tfk.Model, x_noisy: tf.Tensor, logit_scale: float) -> tf.Tensor:
+    """The noise-contrastive prior's loss (Hafner et al. 2019, NCP) for a Flipout classifier: on inputs pushed off
+    the data, KL(N(0, logit_scale^2) || q(logit | x)) per logit, averaged over rows and summed over classes.
+
+    q(logit | x) is the head's distribution under its own weight uncertainty given the hidden features (one Flipout
+    draw of the hidden layers): mean h mu_W + b [batch, K], variance h^2 sigma_W^2 [batch, K] (the local
+    reparameterisation). The term pulls the logits' mean towards 0 and their spread across weight draws towards
+    logit_scale off the data: there, draws disagree, and the predictive's mutual information is high.
+    """
+    *body, head = [l for l in model.layers]
+    h = x_noisy  # [batch, F]
+    for layer in body:
+        h = layer(h, training=True)  # [batch, H]
+    q = head.kernel_posterior.distribution
+    mu, sigma = tf.convert_to_tensor(q.loc), tf.convert_to_tensor(q.scale)  # [H, K] each
+    mean = tf.matmul(h, mu) + tf.convert_to_tensor(head.bias_posterior.mean())  # [batch, K]
+    var = tf.matmul(tf.square(h), tf.square(sigma)) + 1e-6  # [batch, K]
+    prior = tfd.Normal(0.0, logit_scale)
+    kl = tfd.kl_divergence(prior, tfd.Normal(mean, tf.sqrt(var)))  # [batch, K]
+    return tf.reduce_mean(tf.reduce_sum(kl, -1))
+
+
 def build_mlp(num_features: int, units: int, hidden: tuple[int, ...] = (64, 64), dropout: float = 0.0,
               weight_decay: float = 0.0, name: str = "mlp") -> tfk.Model:
     """Deterministic counterpart (ensemble member, MC dropout net, student body): [batch, F] -> [batch, units].

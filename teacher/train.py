@@ -21,7 +21,7 @@ from distill.errors import atomic_dir, write_json
 from distill.training import fit, graph_epoch, in_chunks
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
-from teacher.model import build_flipout, build_mlp, dense_layers, posterior_stats
+from teacher.model import build_flipout, build_mlp, dense_layers, noise_contrastive_prior, posterior_stats
 from teacher.recurrent import brnn_sampler, build_brnn
 from teacher.swag import SwagCollector, swag_sampler
 from teacher import recurrent
@@ -42,6 +42,8 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
     x_val, y_val = tf.constant(ds.scaled("val")[:cfg.val_rows]), ds.target("val")[:cfg.val_rows]
     signature = [tf.TensorSpec([None, *ds.input_shape], tf.float32), tf.TensorSpec([None], tf.as_dtype(y_train.dtype))]
 
+    ncp = cfg.kind == "flipout" and task.name == "classification" and bool(cfg.ncp_weight)
+
     @tf.function(input_signature=signature)
     def step(x, y):
         with tf.GradientTape() as tape:
@@ -49,6 +51,9 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
             nll = -tf.reduce_mean(task.log_likelihood(y, head))
             kl = tf.add_n(model.losses) if model.losses else tf.constant(0.0)  # kl_weight * KL / N_train, or L2
             loss = nll + kl
+            if ncp:  # the noise-contrastive prior on the batch pushed off the data
+                x_noisy = x + cfg.ncp_input_noise * tf.random.normal(tf.shape(x))
+                loss += cfg.ncp_weight * noise_contrastive_prior(model, x_noisy, cfg.ncp_logit_scale)
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return nll, kl
 
