@@ -1,8 +1,9 @@
 """Choose a teacher setting on validation data: train the teacher (no soft labels, no student) for each setting of a
 grid on each dataset's seed-0 split, and print its validation NLL, ECE and far-shell AUROC.
 
-The far shell here is a validation shell: the evaluation's construction (uniform in the train box widened 2x,
-outside the box widened 0.5x) with its own seed, against the validation rows; test rows are never read.
+The far shell here is the teacher stage's validation shell (`val/far_shell_auroc_*` in the teacher's metrics.json):
+the evaluation's construction (uniform in the train box widened 2x, outside the box widened 0.5x) with its own
+seed, against the validation rows; test rows are never read.
 
     .venv/bin/python bench/sweep_teacher.py --grid '{"ncp_weight": [0, 0.1, 1]}' --out experiments/ncp-sweep
 """
@@ -11,44 +12,25 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
-VALIDATION_SHELL_SEED = 777  # not the evaluation's seed (the run's seed): other shell rows than the test report's
 
-
-def score(dataset: str, seed: int, overrides: dict) -> dict:
-    import tf_keras as tfk
-
-    from distill import data as data_lib
-    from distill import metrics, tasks
-    from distill.evaluate import EvalConfig, far_uniform
+def score(dataset: str, seed: int, overrides: dict, run: Path) -> dict:
+    """Train the teacher into `run` (teacher stage only) and read its validation figures from metrics.json."""
+    from distill.data import DataConfig
+    from distill.pipeline import teacher_stage
     from teacher.config import TeacherConfig
-    from teacher.train import VALIDATION_SEED, build_teacher
 
-    ds = data_lib.load(data_lib.DataConfig(dataset=dataset, seed=seed))
-    cfg = TeacherConfig(seed=seed, **overrides).resolved(ds.task, len(ds["train"]))
-    tfk.utils.set_random_seed(seed)
-    t0 = time.perf_counter()
-    module, history, best = build_teacher(cfg, ds, progress=False)
-    seconds = time.perf_counter() - t0
-    ev = EvalConfig()
-    shell = ds.normalise(far_uniform(ds, ev.ood_rows, ev.ood_inner, ev.ood_outer, VALIDATION_SHELL_SEED))
-    val = {k: v.numpy() for k, v in module.predictive_normalised(ds.scaled("val"), 100, VALIDATION_SEED).items()}
-    away = {k: v.numpy() for k, v in module.predictive_normalised(shell, 100, VALIDATION_SEED).items()}
-    task = tasks.get(ds.task)
-    m = task.metrics(ds.target("val"), val, "val")
+    m = teacher_stage(DataConfig(dataset=dataset, seed=seed), TeacherConfig(seed=seed, **overrides), run,
+                      overwrite=True, progress=False)
     return {"dataset": dataset, "seed": seed, **overrides, "val_nll": m["val/nll"], "val_ece": m["val/ece"],
-            "val_accuracy": m["val/accuracy"],
-            "shell_auroc_mi": metrics.auroc(val["mutual_information"], away["mutual_information"]),
-            "shell_auroc_entropy": metrics.auroc(val["entropy"], away["entropy"]),
-            "val_mi": float(val["mutual_information"].mean()), "shell_mi": float(away["mutual_information"].mean()),
-            "epochs": len(history), "best_epoch": best, "seconds": seconds}
+            "val_accuracy": m["val/accuracy"], "shell_auroc_mi": m["val/far_shell_auroc_epistemic"],
+            "shell_auroc_entropy": m["val/far_shell_auroc_total"], "epochs": m["epochs_run"],
+            "best_epoch": m["best_epoch"], "seconds": m["train_seconds"]}
 
 
 def main() -> None:
@@ -73,7 +55,7 @@ def main() -> None:
     for d, s, o in tqdm(jobs, desc="sweep", unit="teacher"):
         if done(d, s, o):
             continue
-        rows.append(score(d, s, o))
+        rows.append(score(d, s, o, a.out / "runs" / f"{d}-seed{s}-{len(rows)}"))
         pd.DataFrame(rows).to_csv(results_file, index=False)  # resumable
     table = pd.DataFrame(rows)
     keys = list(grid)

@@ -64,6 +64,10 @@ def summary_table(title: str, rows: dict) -> None:
     Console().print(table)
 
 
+NCP_HELP = ("Flipout classifier: weight of the noise-contrastive prior (logits ~ N(0, 3^2) across weight draws on "
+            "training rows pushed off the data); 0 turns it off; default by task.")
+
+
 @app.command()
 @user_errors
 def teacher(
@@ -84,6 +88,7 @@ def teacher(
                                             "(the best validation NLL of 0.01, 0.03, 0.1); default by task."),
     learning_rate: Optional[float] = typer.Option(None, min=0.0, help="Adam's; default by task."),
     patience: Optional[int] = typer.Option(None, min=1, help="Default by task."),
+    ncp_weight: Optional[float] = typer.Option(None, min=0.0, help=NCP_HELP),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -96,7 +101,7 @@ def teacher(
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
                           drop_missing=drop_missing, series_column=series_column, time_column=time_column, seed=seed)
     cfg = TeacherConfig(kind=_kind(kind, data_cfg), members=members, epochs=epochs, batch_size=batch_size, eval_samples=samples, **_kl(kl_weight),
-                        learning_rate=learning_rate, patience=patience, seed=seed)
+                        learning_rate=learning_rate, patience=patience, ncp_weight=ncp_weight, seed=seed)
     s = teacher_stage(data_cfg, cfg, out, overwrite=overwrite, progress=progress)
     summary_table(f"teacher ({s['task']}, {s['kind']} on {s['device']}, {s['epochs_run']} epochs, best {s['best_epoch']})",
                   {k: v for k, v in s.items() if "/" in k})
@@ -214,6 +219,7 @@ def run_pipeline(
     time_column: Optional[str] = typer.Option(None, help="Sequences: the long table's time column (default: time)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs; default by task."),
     kl_weight: Optional[str] = typer.Option(None, help="Teacher's KL weight, or `auto`; default by task."),
+    ncp_weight: Optional[float] = typer.Option(None, min=0.0, help=NCP_HELP),
     samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
     perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 10)."),
     noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated (default 0.05,0.2,0.5)."),
@@ -241,7 +247,8 @@ def run_pipeline(
     t0 = time.perf_counter()
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, task=task, drop_missing=drop_missing,
                           series_column=series_column, time_column=time_column, seed=seed)
-    teacher_cfg = TeacherConfig(kind=_kind(kind, data_cfg), epochs=epochs, eval_samples=samples, seed=seed, **_kl(kl_weight))
+    teacher_cfg = TeacherConfig(kind=_kind(kind, data_cfg), epochs=epochs, eval_samples=samples, seed=seed, ncp_weight=ncp_weight,
+                                **_kl(kl_weight))
     soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations,
                                          uniform=uniform, shell=shell, seed=seed), num_samples=samples)
     student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, gate=gate, sequence_net=sequence_net, seed=seed)

@@ -15,14 +15,15 @@ import pandas as pd
 from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
+from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     samples: int = 100  # teacher draws on val/test/OOD
-    ood_rows: int = 500  # far-away uniform inputs
-    ood_inner: float = 0.5  # OOD rows lie outside the train box widened by this (box widths)...
-    ood_outer: float = 2.0  # ...and inside the box widened by this
+    ood_rows: int = FAR_SHELL_ROWS  # far-away uniform inputs
+    ood_inner: float = FAR_SHELL_INNER  # OOD rows lie outside the train box widened by this (box widths)...
+    ood_outer: float = FAR_SHELL_OUTER  # ...and inside the box widened by this
     ood_file: str | None = None  # instead of far-away uniform inputs: a .csv/.parquet of real OOD rows
     bootstrap: int = 1000  # resamples; fewer on large splits (at most `bootstrap_rows` resampled rows in all)
     bootstrap_rows: int = 20_000_000

@@ -141,6 +141,12 @@ def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return ids, x.astype(np.float32)
 
 
+# The far shell that OOD is scored on (evaluation: test rows vs the shell at the run's seed; the teacher's own
+# validation check: validation rows vs the shell at VALIDATION_SHELL_SEED), in widths of the train box.
+FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS = 0.5, 2.0, 500
+VALIDATION_SHELL_SEED = 777
+
+
 def box_shell(lo: np.ndarray, hi: np.ndarray, rows: int, inner: float, outer: float,
               rng: np.random.Generator) -> np.ndarray:
     """[rows, F] normalised points uniform in the box [lo, hi] widened by `outer` times its width on each

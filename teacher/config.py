@@ -27,11 +27,14 @@ TASK_DEFAULTS = {
     "regression": dict(hidden=(50,), prior="normal", kl_weight=1.0, posterior_scale_init=-6.0, learning_rate=3e-3,
                        epochs=1000, batch_size=32, patience=100),
 }
-# The Bayesian GRU (sequences): one recurrent layer of 32, Adam 3e-3, the N(0, 1) prior and the untempered ELBO.
-# Validation NLL (seed 0) italy_power 0.075 and regimes 0.0028, against 0.073 and 0.0023 with the tables' tempered
-# empirical-Bayes recipe, in half the training time; that recipe stayed at chance on a 96-sequence set (its KL term
-# outweighs the likelihood of so few sequences), where this one learns in 50 steps.
-RECURRENT_DEFAULTS = dict(hidden=(32,), learning_rate=3e-3, steps=4000, patience=40, prior="normal", kl_weight=1.0)
+# The Bayesian GRU (sequences): one recurrent layer of 32, Adam 1e-3 for 150 epochs of batch 16 (patience 30), the
+# N(0, 1) prior and the untempered ELBO. Validation NLL (seed 0) italy_power 0.075 and regimes 0.0028, against 0.073
+# and 0.0023 with the tables' tempered empirical-Bayes prior, in half the training time; that prior stayed at chance
+# on a 96-sequence set (its KL term outweighs the likelihood of so few sequences). (Until the review of 2026-11-28 this
+# line said Adam 3e-3 for 4,000 steps, but the deterministic families' settings overwrote those: every sequence
+# figure in the README was made with the settings written here.)
+RECURRENT_DEFAULTS = dict(hidden=(32,), learning_rate=1e-3, epochs=150, batch_size=16, patience=30, prior="normal",
+                          kl_weight=1.0)
 # The deterministic families (ensemble members, MC dropout nets) keep the recipe they were tuned with on Iris.
 DETERMINISTIC_DEFAULTS = {"classification": dict(learning_rate=1e-3, epochs=150, batch_size=16, patience=30)}
 
@@ -101,11 +104,9 @@ class TeacherConfig:
         from distill.training import scaled_batch
 
         defaults = dict(TASK_DEFAULTS[task])
-        if self.kind == "brnn":
-            defaults.update(RECURRENT_DEFAULTS)
-        if self.kind != "flipout":  # deterministic training (ensemble members, MC dropout, SWAG's first phase)
-            defaults.pop("steps", None)
-            defaults.update(DETERMINISTIC_DEFAULTS.get(task, {}))
+        if self.kind != "flipout":  # a budget in epochs: deterministic training (ensemble members, MC dropout,
+            defaults.pop("steps", None)  # SWAG's first phase) and the Bayesian GRU
+            defaults.update(RECURRENT_DEFAULTS if self.kind == "brnn" else DETERMINISTIC_DEFAULTS.get(task, {}))
         if self.epochs is not None or self.steps is not None:
             defaults.pop("epochs", None), defaults.pop("steps", None)
         defaults["batch_size"] = scaled_batch(defaults["batch_size"], n_train)

@@ -19,6 +19,7 @@ from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import atomic_dir, write_json
 from distill.training import fit, graph_epoch, in_chunks
+from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, box_shell
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
 from teacher.model import build_flipout, build_mlp, dense_layers, noise_contrastive_prior, posterior_stats
@@ -180,6 +181,11 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
                 samples[split] = in_chunks(lambda x: module.sample_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
                                            ds.raw(split), axis=1)
 
+        if not ds.sequence_shape:  # does it say "I don't know" off the data? Validation rows vs a validation shell
+            shell = ds.denormalise(box_shell(*ds.box(), FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER,
+                                             np.random.default_rng(VALIDATION_SHELL_SEED)))
+            summaries["val_shell"] = in_chunks(lambda x: module.predictive_seeded(tf.constant(x), cfg.eval_samples, cfg.seed), shell)
+
     summary: dict = {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),
                      "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": len(ds["train"]),
                      "eval_samples": cfg.eval_samples, "kl_weight": cfg.kl_weight,
@@ -195,6 +201,9 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
                 ds[split].y, s["mean_samples"], s["variance_samples"]).mean())
             summary[f"{split}/mean_epistemic_share"] = float(
                 (summaries[split]["epistemic_variance"] / summaries[split]["variance"]).mean())
+    if "val_shell" in summaries:
+        for name, output in (("epistemic", task.epistemic_output), ("total", task.total_output)):
+            summary[f"val/far_shell_auroc_{name}"] = metrics.auroc(summaries["val"][output], summaries["val_shell"][output])
     if ds.task == "classification":
         a, b, share = metrics.most_uncertain_pair(np.concatenate([summaries[s]["probs"] for s in ("val", "test")]),
                                                   np.concatenate([summaries[s]["mutual_information"] for s in ("val", "test")]),

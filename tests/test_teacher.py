@@ -245,6 +245,32 @@ def test_kl_weight_scales_the_kl_term():
     assert float(tf.add_n(model.losses)) == pytest.approx(raw / 50, rel=1e-5)
 
 
+def test_noise_contrastive_prior_against_monte_carlo_and_its_closed_form():
+    """The NCP term: the head's logit distribution under weight draws (mean and variance by the local
+    reparameterisation) checked against 20,000 explicit draws of the head's kernel, and the KL against its formula."""
+    import tensorflow as tf
+    import tf_keras as tfk
+
+    from teacher.model import build_flipout, noise_contrastive_prior
+
+    tfk.utils.set_random_seed(0)
+    model = build_flipout(3, 4, n_train=50, hidden=(), posterior_scale_init=-1.0)  # the head alone: h = x
+    x = np.random.default_rng(0).normal(0, 2, (5, 3)).astype(np.float32)
+    model(x)
+    head = model.layers[-1]
+    q = head.kernel_posterior.distribution
+    mu, sigma, b = (tf.convert_to_tensor(t).numpy() for t in (q.loc, q.scale, head.bias_posterior.mean()))
+    w = mu + sigma * np.random.default_rng(1).standard_normal((20_000, *mu.shape))  # [D, 3, 4]
+    logits = np.einsum("bf,dfk->dbk", x, w) + b  # [D, 5, 4]
+    mean, var = logits.mean(0), logits.var(0)
+    np.testing.assert_allclose(mean, x @ mu + b, atol=4 * np.sqrt(var.max() / 20_000))
+    np.testing.assert_allclose(var, (x ** 2) @ sigma ** 2, rtol=0.05)
+    s = 3.0
+    v = (x ** 2) @ sigma ** 2 + 1e-6
+    closed = (np.log(np.sqrt(v) / s) + (s ** 2 + (x @ mu + b) ** 2) / (2 * v) - 0.5).sum(-1).mean()
+    assert float(noise_contrastive_prior(model, tf.constant(x), s)) == pytest.approx(closed, rel=1e-4)
+
+
 def test_cli_refuses_bad_input_without_traces(tmp_path, teacher_run):
     runner = CliRunner()
     r = runner.invoke(app, ["teacher", "--out", str(teacher_run)])
@@ -264,7 +290,7 @@ def test_help_lists_commands():
 
 def test_config_defaults_by_task():
     from distill.errors import BdkError
-    from teacher.config import TASK_DEFAULTS, TeacherConfig
+    from teacher.config import RECURRENT_DEFAULTS, TASK_DEFAULTS, TeacherConfig
 
     cfg = TeacherConfig()
     assert cfg.hidden is None and cfg.epochs is None
@@ -272,6 +298,10 @@ def test_config_defaults_by_task():
         r = cfg.resolved(task)
         for k, v in TASK_DEFAULTS[task].items():
             assert getattr(r, k) == v, (task, k)
+    brnn = TeacherConfig(kind="brnn").resolved("classification", 700)  # the GRU's recipe, not the ensemble's
+    for k, v in RECURRENT_DEFAULTS.items():
+        assert getattr(brnn, k) == v, k
+    assert brnn.steps is None
     assert TeacherConfig(hidden=(8,), epochs=3).resolved("regression").hidden == (8,)  # given values win
     assert TeacherConfig(epochs=3).resolved("regression").epochs == 3
     with pytest.raises(BdkError, match="unknown teacher kind"):
