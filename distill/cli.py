@@ -520,7 +520,10 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Output table (.csv or .parquet): the id plus every output of the signature."),
     batch_size: int = typer.Option(1024, min=1),
     signature: str = typer.Option("serving_default", help="Signature to run; it must take one [batch, features] input."),
-    id_column: Optional[str] = typer.Option(None, help="Row id column (default: id/Id/ID if present, else row number)."),
+    id_column: Optional[str] = typer.Option(None, "--id-column", "--series-column",
+                                            help="Row id column (default: id/Id/ID if present, else row number; "
+                                                 "sequences: the series id column, default the run's)."),
+    time_column: Optional[str] = typer.Option(None, help="Sequences: the time column (default: the run's)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
@@ -528,7 +531,7 @@ def predict(
     from serving.predict import predict_file
 
     s = predict_file(export_dir, input, out, batch_size=batch_size, signature=signature, id_column=id_column,
-                     overwrite=overwrite, progress=progress)
+                     time_column=time_column, overwrite=overwrite, progress=progress)
     print(f"{s['rows']} rows through {s['signature']} ({', '.join(s['outputs'])}) -> {s['out']}")
 
 

@@ -125,6 +125,10 @@ class Dataset:
     # Sequences: (T, C); the features are the flattened series (distill.sequences.flat_names) and the normaliser is
     # per channel. None for a table.
     sequence_shape: tuple[int, int] | None = None
+    # Sequences: the long table's series id and time columns as the run was given them (None: the defaults,
+    # distill.sequences.SERIES_COLUMNS / TIME_COLUMNS); new sequences (predict, unlabeled, OOD) are read with them.
+    series_column: str | None = None
+    time_column: str | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -397,7 +401,8 @@ def build_sequence_dataset(ids: np.ndarray, x: np.ndarray, labels: pd.Series, ch
     splits = {name: Split(ids[i], flat[i], y[i]) for name, i in zip(SPLITS, parts)}
     scaler = Normaliser.fit(splits["train"].x.reshape(-1, c), "standard")  # per channel, over every time step
     return Dataset("classification", flat_names(channels, length), classes, label, scaler, None, splits,
-                   source=cfg.dataset, sequence_shape=(length, c))
+                   source=cfg.dataset, sequence_shape=(length, c), series_column=cfg.series_column,
+                   time_column=cfg.time_column)
 
 
 def load(cfg: DataConfig) -> Dataset:
@@ -421,7 +426,8 @@ def save(ds: Dataset, out: Path) -> None:
         "task": ds.task, "source": ds.source, "label_column": ds.label_column, "feature_names": ds.feature_names,
         "class_names": ds.class_names, "scaler": ds.scaler.to_json(),
         "target_scaler": ds.target_scaler.to_json() if ds.target_scaler else None,
-        **({"sequence_shape": list(ds.sequence_shape)} if ds.sequence_shape else {}),
+        **({"sequence_shape": list(ds.sequence_shape), "series_column": ds.series_column,
+            "time_column": ds.time_column} if ds.sequence_shape else {}),
     })
     write_json(out / "split.json", {name: list(map(str, s.ids)) for name, s in ds.splits.items()})
     frames = []
@@ -466,4 +472,5 @@ def load_from_run(run: Path) -> Dataset:
     target = Normaliser.from_json(meta["target_scaler"]) if meta["target_scaler"] else None
     shape = tuple(meta["sequence_shape"]) if meta.get("sequence_shape") else None
     return Dataset(meta["task"], feats, meta["class_names"], meta["label_column"], Normaliser.from_json(meta["scaler"]),
-                   target, splits, source=meta["source"], sequence_shape=shape)
+                   target, splits, source=meta["source"], sequence_shape=shape,
+                   series_column=meta.get("series_column"), time_column=meta.get("time_column"))

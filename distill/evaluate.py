@@ -54,10 +54,8 @@ def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
 
         if cfg.ood_file is None:
             return ds.denormalise(sequences.shifted_regime(ds.scaled("test"), np.random.default_rng(cfg.seed)))
-        length, channels = sequences.shape_from_names(ds.feature_names)
-        _, x, _, _ = sequences.from_long_table(data_lib.read_table(cfg.ood_file), None, None, None, channels)
-        if x.shape[1] != length:
-            raise BdkError(f"OOD file {cfg.ood_file} has sequences of {x.shape[1]} steps; the run's have {length}")
+        _, x = sequences.run_sequences(data_lib.read_table(cfg.ood_file), ds.feature_names, ds.label_column,
+                                       ds.series_column, ds.time_column, f"OOD file {cfg.ood_file}")
         return x.reshape(len(x), -1)
     if cfg.ood_file is None:
         return far_uniform(ds, cfg.ood_rows, cfg.ood_inner, cfg.ood_outer, cfg.seed)

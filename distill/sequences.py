@@ -100,11 +100,27 @@ def _pick(df: pd.DataFrame, given: str | None, candidates: tuple[str, ...], what
     return found
 
 
+def _sortable_time(values: pd.Series, column: str) -> pd.Series:
+    """The time column as numbers or dates, which sort in time order (text would put t10 before t2)."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+        return values
+    for convert in (pd.to_numeric, lambda v: pd.to_datetime(v, format="mixed")):
+        try:
+            return convert(values)
+        except (ValueError, TypeError):
+            pass
+    example = values[pd.to_numeric(values, errors="coerce").isna()].iloc[0]
+    raise BdkError(f"time column {column!r} is neither numeric nor dates (e.g. {example!r}); give it numbers or dates "
+                   "(text would sort t10 before t2)")
+
+
 def from_long_table(df: pd.DataFrame, label: str | None, series_column: str | None, time_column: str | None,
                     channels: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, pd.Series | None, list[str]]:
     """A long table -> (series ids [N] str, x [N, T, C] float32, labels [N] (None when `label` is None), channels).
 
     `channels` fixes the channel columns (a run's); by default every column but series, time and label."""
+    if len(df) == 0:
+        raise BdkError("the table has no rows; a long table has one row per series and time step")
     series = _pick(df, series_column, SERIES_COLUMNS, "series id", "--series-column")
     time = _pick(df, time_column, TIME_COLUMNS, "time", "--time-column")
     if label is not None and label not in df.columns:
@@ -122,6 +138,12 @@ def from_long_table(df: pd.DataFrame, label: str | None, series_column: str | No
     bad = [c for c in channels if not pd.api.types.is_numeric_dtype(df[c])]
     if bad:
         raise BdkError(f"channel column {bad[0]!r} is not numeric; encode it as numbers or remove the column")
+    for column, what in ((series, "series id"), (time, "time")):
+        empty = np.flatnonzero(df[column].isna().to_numpy())  # positions: data rows - 1 (header not counted)
+        if len(empty):
+            raise BdkError(f"{what} column {column!r} is empty in data row {empty[0] + 1}"
+                           f"{f' and {len(empty) - 1} more' if len(empty) > 1 else ''}; give every row a {what}")
+    df = df.assign(**{time: _sortable_time(df[time], time)})
     df = df.sort_values([series, time], kind="stable")
     if df.duplicated([series, time]).any():
         s = df.loc[df.duplicated([series, time]), series].iloc[0]
@@ -141,6 +163,10 @@ def from_long_table(df: pd.DataFrame, label: str | None, series_column: str | No
                        f"{f' and {nonfinite.sum() - 5} more' if nonfinite.sum() > 5 else ''}; fix or remove those series")
     labels = None
     if label is not None:
+        unlabelled = df[label].isna().to_numpy()
+        if unlabelled.any():
+            raise BdkError(f"series {df[series].iloc[np.flatnonzero(unlabelled)[0]]!r} has rows without a label in "
+                           f"column {label!r}; label every row of a series or remove the series")
         per_series = df.groupby(series, sort=False)[label]
         varying = per_series.nunique(dropna=False) > 1
         if varying.any():
@@ -158,10 +184,19 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, pd.Series, list[str]]:
     if "x" not in arrays or "y" not in arrays:
         raise BdkError(f"{path}: a sequence .npz needs arrays `x` [N, T, C] and `y` [N]; it has {sorted(arrays)}")
     x, y = arrays["x"], arrays["y"]
+    if x.dtype.kind not in "biuf":
+        raise BdkError(f"{path}: x has dtype {x.dtype}; it needs numbers (save the sequences as floats)")
     if x.ndim == 2:
         x = x[..., None]
-    if x.ndim != 3 or len(y) != len(x):
+    if x.ndim != 3 or y.ndim != 1 or len(y) != len(x):
         raise BdkError(f"{path}: x has shape {list(x.shape)} and y {list(y.shape)}; they need [N, T, C] and [N]")
+    if pd.isna(y).any():
+        raise BdkError(f"{path}: y is missing for sequences {', '.join(map(str, np.flatnonzero(pd.isna(y))[:5]))}; "
+                       "label them or remove them")
+    for name, size, what in (("ids", len(x), "sequences"), ("channels", x.shape[2], "channels")):
+        if name in arrays and arrays[name].shape != (size,):
+            raise BdkError(f"{path}: `{name}` has shape {list(arrays[name].shape)} but x has {size} {what}; "
+                           f"give one {name[:-1]} per {what[:-1]} (or leave `{name}` out)")
     x = x.astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(x).all(axis=(1, 2)))
     if len(bad):
@@ -188,3 +223,20 @@ def read_sequences(source: str, label: str, series_column: str | None, time_colu
     if len(df) == 0:
         raise BdkError(f"{path}: the table has no rows")
     return from_long_table(df, label, series_column, time_column)
+
+
+def run_sequences(df: pd.DataFrame, feature_names: list[str], label_column: str | None, series_column: str | None,
+                  time_column: str | None, what: str, same_length: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """New sequences for a run (unlabeled, OOD, to predict) -> (series ids [N] str, x [N, T, C] float32): a long table
+    with the run's channels, read with the run's series and time columns (None: the defaults); a label column is
+    ignored. Errors start with `what` (e.g. "unlabeled file X"); `same_length` refuses lengths other than the run's."""
+    length, channels = shape_from_names(feature_names)
+    try:
+        ids, x, _, _ = from_long_table(df.drop(columns=[label_column], errors="ignore"), None, series_column,
+                                       time_column, channels)
+    except BdkError as e:
+        raise BdkError(f"{what}: {e}") from None
+    if same_length and x.shape[1] != length:
+        raise BdkError(f"{what}: its sequences have {x.shape[1]} time steps, the teacher's {length}; "
+                       "pad or trim them to that length")
+    return ids, x

@@ -109,16 +109,10 @@ def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     if len(df) == 0:
         raise BdkError(f"unlabeled file {path} has no rows")
     if ds.sequence_shape:  # sequences: a long table with the run's channels (a label column is ignored)
-        from distill.sequences import from_long_table, shape_from_names
+        from distill.sequences import run_sequences
 
-        length, channels = shape_from_names(ds.feature_names)
-        try:
-            ids, x, _, _ = from_long_table(df.drop(columns=[ds.label_column], errors="ignore"), None, None, None, channels)
-        except BdkError as e:
-            raise BdkError(f"unlabeled file {path}: {e}") from None
-        if x.shape[1] != length:
-            raise BdkError(f"unlabeled file {path}: its sequences have {x.shape[1]} time steps, the teacher's {length}; "
-                           "pad or trim them to that length")
+        ids, x = run_sequences(df, ds.feature_names, ds.label_column, ds.series_column, ds.time_column,
+                               f"unlabeled file {path}")
         return ids, x.reshape(len(x), -1)
     features = ds.feature_names
     id_col = next((c for c in schema.ID_COLUMNS if c in df.columns), None)

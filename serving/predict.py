@@ -111,9 +111,10 @@ def write_table(df: pd.DataFrame, out: Path) -> None:
 
 
 def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int = 1024,
-                 signature: str = "serving_default", id_column: str | None = None,
+                 signature: str = "serving_default", id_column: str | None = None, time_column: str | None = None,
                  overwrite: bool = False, progress: bool = True) -> dict:
-    """Score every row of a table with one signature and write id + every output (the `bdk predict` command)."""
+    """Score every row of a table with one signature and write id + every output (the `bdk predict` command).
+    Sequences: `id_column` is the series id column and `time_column` the time column (default: the run's)."""
     from tqdm import tqdm
 
     from serving.server import RequestError, ServedModel, resolve_export
@@ -127,12 +128,12 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
     meta = read_json(meta_path) if meta_path else {}
     df = read_input(input_path)
     if meta.get("sequence_shape"):  # sequences: a long table (series, time, the run's channels; a label is ignored)
-        from distill.sequences import from_long_table, shape_from_names
+        from distill.sequences import run_sequences, shape_from_names
 
-        _, channels = shape_from_names(meta["feature_names"])
-        ids, x, _, _ = from_long_table(df.drop(columns=[meta.get("label_column")], errors="ignore"), None, id_column,
-                                       None, channels)  # [N, T, C]
-        id_col, features = id_column or "series", channels
+        series = id_column or meta.get("series_column")  # the run's series and time columns unless given
+        ids, x = run_sequences(df, meta["feature_names"], meta.get("label_column"), series,
+                               time_column or meta.get("time_column"), str(input_path), same_length=False)  # [N, T, C]
+        id_col, features = series or "series", shape_from_names(meta["feature_names"])[1]
     else:
         id_col, features = pick_columns(df, id_column, meta.get("feature_names"))
         x = feature_matrix(df, features)  # [N, F]

@@ -1,6 +1,7 @@
 """Sequences: the loader and its bad inputs, the Bayesian GRU (one weight draw per sequence, the KL scaling), its
 export in a fresh process, and `bdk run --kind brnn` end to end with `bdk predict` and real HTTP on the results."""
 import json
+import shutil
 import subprocess
 from dataclasses import replace
 import sys
@@ -93,6 +94,12 @@ def test_npz_and_bundled_sequences(tmp_path):
      "series 's2' has more than one label"),
     (lambda df: pd.concat([df, df.iloc[:1]]), "two rows at one time step"),
     (lambda df: df.drop(columns=["time"]), "no time column"),
+    (lambda df: df.assign(series=df.series.where(~((df.series == "s4") & (df.time == 3)))),
+     "series id column 'series' is empty in data row 52;"),  # row 4 * 12 + 3, 1-based
+    (lambda df: df.assign(time=df.time.where(~((df.series == "s1") & (df.time == 0)))),
+     "time column 'time' is empty in data row 13;"),
+    (lambda df: df.assign(time="t" + df.time.astype(str)), "time column 'time' is neither numeric nor dates (e.g. 't0')"),
+    (lambda df: df.assign(label=df.label.where(df.series != "s5")), "series 's5' has rows without a label"),
 ])
 def test_bad_sequence_tables_are_one_line_errors(tmp_path, damage, words):
     x, y = tiny_sequences(30)
@@ -102,6 +109,69 @@ def test_bad_sequence_tables_are_one_line_errors(tmp_path, damage, words):
     assert r.returncode == 1, r.stderr
     assert words in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_empty_tables_are_refused_and_times_sort_as_numbers_or_dates():
+    from distill.errors import BdkError
+    from distill.sequences import from_long_table
+
+    x, y = tiny_sequences(6)
+    with pytest.raises(BdkError, match="the table has no rows"):
+        from_long_table(long_frame(x, y).iloc[:0], "label", None, None)
+    shuffled = long_frame(x, y).sample(frac=1.0, random_state=1)
+    for time in (shuffled.time.astype(str),  # text digits: 10 and 11 would sort before 2
+                 (pd.Timestamp("2024-01-01") + pd.to_timedelta(shuffled.time, unit="h")).astype(str)):
+        ids, got, labels, _ = from_long_table(shuffled.assign(time=time), "label", None, None)
+        order = np.argsort([int(i[1:]) for i in ids])
+        np.testing.assert_allclose(got[order], x, rtol=1e-6)
+
+
+@pytest.mark.parametrize("arrays, words", [
+    (lambda x, y: dict(x=x, y=y[:, None]), "y [30, 1]; they need [N, T, C] and [N]"),
+    (lambda x, y: dict(x=x.astype(str), y=y), "x has dtype <U"),
+    (lambda x, y: dict(x=x, y=np.where(np.arange(30) == 4, np.nan, y)), "y is missing for sequences 4;"),
+    (lambda x, y: dict(x=x, y=y, channels=np.array(["a", "b", "c"])), "`channels` has shape [3] but x has 2 channels"),
+    (lambda x, y: dict(x=x, y=y, ids=np.arange(29)), "`ids` has shape [29] but x has 30 sequences"),
+])
+def test_bad_npz_files_are_one_line_errors(tmp_path, arrays, words):
+    x, y = tiny_sequences(30)
+    np.savez(tmp_path / "bad.npz", **arrays(x, y))
+    r = run_cli(["teacher", "--dataset", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "run")])
+    assert r.returncode == 1, r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_new_sequences_are_read_with_the_runs_columns_and_without_its_label(tmp_path, monkeypatch):
+    """dataset.json records the series and time columns; unlabeled and OOD tables are read with them (label ignored)."""
+    from distill import data
+    from distill.errors import BdkError
+    from distill.evaluate import EvalConfig, ood_inputs
+    from distill.transfer import read_unlabeled
+
+    x, y = tiny_sequences(30)
+    rename = {"series": "sid", "time": "hour"}
+    long_frame(x, y).rename(columns=rename).to_csv(tmp_path / "train.csv", index=False)
+    built = data.load(data.DataConfig(dataset=str(tmp_path / "train.csv"), series_column="sid", time_column="hour"))
+    data.save(built, tmp_path / "run" / "data")
+    meta = json.loads((tmp_path / "run" / "data" / "dataset.json").read_text())
+    assert (meta["series_column"], meta["time_column"]) == ("sid", "hour")
+    ds = data.load_from_run(tmp_path / "run")
+    assert (ds.series_column, ds.time_column) == ("sid", "hour")
+    new = tiny_sequences(5, seed=2)[0]
+    long_frame(new, np.arange(5) % 2).rename(columns=rename).to_csv(tmp_path / "new.csv", index=False)  # labelled
+    ids, got = read_unlabeled(str(tmp_path / "new.csv"), ds)
+    assert list(ids) == [f"s{i}" for i in range(5)]
+    np.testing.assert_allclose(got, new.reshape(5, -1), rtol=1e-6)
+    np.testing.assert_allclose(ood_inputs(EvalConfig(ood_file=str(tmp_path / "new.csv")), ds), new.reshape(5, -1), rtol=1e-6)
+    monkeypatch.setattr(data, "read_table", lambda source: pd.read_csv(tmp_path / "new.csv").iloc[:0])
+    with pytest.raises(BdkError, match="^OOD file .*new.csv: the table has no rows"):
+        ood_inputs(EvalConfig(ood_file=str(tmp_path / "new.csv")), ds)
+    # a dataset.json from before the columns were recorded: the defaults
+    for key in ("series_column", "time_column"):
+        del meta[key]
+    (tmp_path / "run" / "data" / "dataset.json").write_text(json.dumps(meta))
+    assert data.load_from_run(tmp_path / "run").time_column is None
 
 
 def test_wrong_channel_count_and_kind_mismatch_are_refused(tmp_path):
@@ -298,6 +368,24 @@ def test_predict_and_http_serving_take_sequences(sequence_run, tmp_path):
     r = run_cli(["predict", str(sequence_run / "student" / "export"), str(tmp_path / "one_channel.csv"), "--out",
                  str(tmp_path / "p2.csv")])
     assert r.returncode == 1 and "missing ['b']" in r.stderr and not (tmp_path / "p2.csv").exists()
+
+    # a run trained with --series-column sid --time-column hour predicts on a table with those columns
+    renamed = tmp_path / "renamed"
+    for part in ("data", "student"):
+        shutil.copytree(sequence_run / part, renamed / part)
+    meta = json.loads((renamed / "data" / "dataset.json").read_text())
+    (renamed / "data" / "dataset.json").write_text(json.dumps({**meta, "series_column": "sid", "time_column": "hour"}))
+    long_frame(x).rename(columns={"series": "sid", "time": "hour"}).sample(frac=1.0, random_state=0).to_csv(
+        tmp_path / "renamed.csv", index=False)
+    r = run_cli(["predict", str(renamed / "student" / "export"), str(tmp_path / "renamed.csv"), "--out",
+                 str(tmp_path / "p3.csv"), "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    renamed_pred = pd.read_csv(tmp_path / "p3.csv")
+    assert list(renamed_pred["sid"]) == list(pred["series"])
+    np.testing.assert_allclose(renamed_pred[["probs_fast", "probs_slow"]], pred[["probs_fast", "probs_slow"]], atol=1e-6)
+    r = run_cli(["predict", str(renamed / "student" / "export"), str(tmp_path / "new.csv"), "--out",
+                 str(tmp_path / "p4.csv"), "--series-column", "series", "--time-column", "time", "--no-progress"])
+    assert r.returncode == 0, r.stderr  # the options still override the run's columns
 
     with BackgroundServer(create_app(sequence_run / "teacher" / "export", "teacher")) as server:
         with httpx.Client(base_url=server.url, timeout=60) as client:
