@@ -15,7 +15,7 @@ import pandas as pd
 from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
-from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS
+from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, far_uniform
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,6 @@ class EvalConfig:
 from distill import report
 from distill.report import MODELS  # the report owns the model list: evaluate imports report, never the reverse
 from distill.training import in_chunks
-
-
-def far_uniform(ds: data_lib.Dataset, rows: int, inner: float, outer: float, seed: int) -> np.ndarray:
-    """Raw-feature rows uniform in the train box widened by `outer` times its width on each side, minus
-    the box widened by `inner` (distill.transfer.box_shell, with the evaluation's own seed)."""
-    from distill.transfer import box_shell
-
-    return ds.denormalise(box_shell(*ds.box(), rows, inner, outer, np.random.default_rng(seed)))
 
 
 def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:

@@ -156,6 +156,12 @@ def box_shell(lo: np.ndarray, hi: np.ndarray, rows: int, inner: float, outer: fl
     return (lo + u * (hi - lo)).astype(np.float32)
 
 
+def far_uniform(ds: Dataset, rows: int, inner: float, outer: float, seed: int) -> np.ndarray:
+    """Raw-feature rows uniform in the train box widened by `outer` times its width on each side, minus
+    the box widened by `inner` (box_shell with its own seed: the evaluation's or the teacher's validation check)."""
+    return ds.denormalise(box_shell(*ds.box(), rows, inner, outer, np.random.default_rng(seed)))
+
+
 def _pairs(y: np.ndarray, rows: int, same_class: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """`rows` pairs of training-row indices (a, b): two rows of one class if `same_class`, else any two."""
     a = rng.integers(0, len(y), rows)

@@ -114,7 +114,7 @@ def noise_contrastive_prior(model: tfk.Model, x_noisy: tf.Tensor, logit_scale: f
     reparameterisation). The term pulls the logits' mean towards 0 and their spread across weight draws towards
     logit_scale off the data: there, draws disagree, and the predictive's mutual information is high.
     """
-    *body, head = [l for l in model.layers]
+    *body, head = model.layers
     h = x_noisy  # [batch, F]
     for layer in body:
         h = layer(h, training=True)  # [batch, H]

@@ -19,7 +19,7 @@ from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import atomic_dir, write_json
 from distill.training import fit, graph_epoch, in_chunks
-from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, box_shell
+from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, far_uniform
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
 from teacher.model import build_flipout, build_mlp, dense_layers, noise_contrastive_prior, posterior_stats
@@ -182,8 +182,7 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
                                            ds.raw(split), axis=1)
 
         if not ds.sequence_shape:  # does it say "I don't know" off the data? Validation rows vs a validation shell
-            shell = ds.denormalise(box_shell(*ds.box(), FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER,
-                                             np.random.default_rng(VALIDATION_SHELL_SEED)))
+            shell = far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)
             summaries["val_shell"] = in_chunks(lambda x: module.predictive_seeded(tf.constant(x), cfg.eval_samples, cfg.seed), shell)
 
     summary: dict = {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),

@@ -109,7 +109,7 @@ def test_far_shell_lies_between_the_inner_and_outer_boxes(iris):
     assert (u >= -3 - 1e-4).all() and (u <= 4 + 1e-4).all()
     assert ((u < -0.25 + 1e-4) | (u > 1.25 - 1e-4)).any(axis=1).all()  # outside the inner box on some feature
     # the evaluation's own far-shell rows are other draws
-    from distill.evaluate import far_uniform
+    from distill.transfer import far_uniform
 
     ood = far_uniform(iris, 100, 0.5, 2.0, 0)
     x = t[iris.feature_names].to_numpy(np.float32)
