@@ -6,6 +6,8 @@ Carlo export samples from.
 """
 from __future__ import annotations
 
+import itertools
+
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras as tfk
@@ -76,26 +78,49 @@ def normal_prior(scale: float):
     return prior_fn
 
 
+def seeded_initializers(seed: int):
+    """One model's initialisers, each with its own seed derived from the run's, in the order they are asked for:
+    `make("GlorotUniform")`, `make("RandomNormal", mean=-3.0, stddev=0.1)`. Keras seeds its own layers' defaults from
+    the global seed, but TFP's and custom layers' default initialisers draw from a stream that models built earlier in
+    the process have advanced: unseeded, the same seed gives another teacher in a process that built one before."""
+    index = itertools.count()
+
+    def make(name: str, **config) -> tfk.initializers.Initializer:
+        return tfk.initializers.get({"class_name": name, "config": {**config, "seed": seed * 1009 + next(index)}})
+
+    return make
+
+
+def flipout_posteriors(make, posterior_scale_init: float) -> dict:
+    """DenseFlipout's posterior arguments from `seeded_initializers`: mean-field normal kernel (means N(0, 0.1^2),
+    untransformed scales N(posterior_scale_init, 0.1^2), TFP's defaults) and point-estimate bias."""
+    return {"kernel_posterior_fn": tfp.layers.default_mean_field_normal_fn(
+                loc_initializer=make("RandomNormal", stddev=0.1),
+                untransformed_scale_initializer=make("RandomNormal", mean=posterior_scale_init, stddev=0.1)),
+            "bias_posterior_fn": tfp.layers.default_mean_field_normal_fn(
+                is_singular=True, loc_initializer=make("RandomNormal", stddev=0.1))}
+
+
 def build_flipout(num_features: int, units: int, n_train: int, hidden: tuple[int, ...] = (64, 64), kl_weight: float = 1.0,
-                  prior_scale: float = 1.0, posterior_scale_init: float = -3.0, prior: str = "normal") -> tfk.Model:
+                  prior_scale: float = 1.0, posterior_scale_init: float = -3.0, prior: str = "normal",
+                  seed: int = 0) -> tfk.Model:
     """Normalised features [batch, F] -> head [batch, units]; every call draws fresh weights (Flipout).
 
     Kernels have mean-field normal posteriors whose untransformed scales start near
-    `posterior_scale_init`; biases are point estimates (TFP's default). `prior`: "normal" is
+    `posterior_scale_init`; biases are point estimates (TFP's default); `seed` fixes the initial weights. `prior`: "normal" is
     N(0, prior_scale^2) on every kernel weight; "fan_in" is N(0, prior_scale^2 / fan_in), the scaling
     under which the prior's function-space variance does not grow with the width (Neal 1996);
     "empirical_bayes" is N(0, s_l^2) per layer at the KL-minimising s_l (`empirical_bayes_kl`).
     """
     divergence = (empirical_bayes_kl if prior == "empirical_bayes" else scaled_kl)(n_train, kl_weight)
     widths = (num_features, *hidden)
+    make = seeded_initializers(seed)
 
     def layer(width, name, activation=None):
         fan_in = widths[len(layers) - 1]
         scale = prior_scale / fan_in ** 0.5 if prior == "fan_in" else prior_scale
         return tfp.layers.DenseFlipout(
-            width, activation=activation, name=name,
-            kernel_posterior_fn=tfp.layers.default_mean_field_normal_fn(
-                untransformed_scale_initializer=tfk.initializers.RandomNormal(mean=posterior_scale_init, stddev=0.1)),
+            width, activation=activation, name=name, **flipout_posteriors(make, posterior_scale_init),
             kernel_prior_fn=normal_prior(scale), kernel_divergence_fn=divergence)
 
     layers = [tfk.Input(shape=(num_features,), name="features")]

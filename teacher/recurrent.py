@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras as tfk
 
-from teacher.model import empirical_bayes_kl, normal_prior, scaled_kl
+from teacher.model import empirical_bayes_kl, flipout_posteriors, normal_prior, scaled_kl, seeded_initializers
 
 tfd = tfp.distributions
 
@@ -66,17 +66,19 @@ class BayesianGRU(tfk.layers.Layer):
     """[B, T, C] -> the last hidden state [B, H] (or every state [B, T, H] with return_sequences)."""
 
     def __init__(self, units: int, divergence, prior_fn, posterior_scale_init: float = -5.0,
-                 return_sequences: bool = False, **kwargs):
+                 return_sequences: bool = False, initializers=None, **kwargs):
         super().__init__(**kwargs)
         self.units, self.divergence, self.prior_fn = units, divergence, prior_fn
         self.posterior_scale_init, self.return_sequences = posterior_scale_init, return_sequences
+        self.initializers = initializers or seeded_initializers(0)  # teacher.model.seeded_initializers
 
     def build(self, input_shape):
         c, h = int(input_shape[-1]), self.units
-        rho = lambda: tfk.initializers.RandomNormal(mean=self.posterior_scale_init, stddev=0.1)  # noqa: E731 (one each)
-        self.kernel_loc = self.add_weight("kernel_loc", [c, 3 * h], initializer="glorot_uniform")
+        make = self.initializers
+        rho = lambda: make("RandomNormal", mean=self.posterior_scale_init, stddev=0.1)  # noqa: E731 (one each)
+        self.kernel_loc = self.add_weight("kernel_loc", [c, 3 * h], initializer=make("GlorotUniform"))
         self.kernel_rho = self.add_weight("kernel_untransformed_scale", [c, 3 * h], initializer=rho())
-        self.recurrent_loc = self.add_weight("recurrent_loc", [h, 3 * h], initializer="orthogonal")
+        self.recurrent_loc = self.add_weight("recurrent_loc", [h, 3 * h], initializer=make("Orthogonal"))
         self.recurrent_rho = self.add_weight("recurrent_untransformed_scale", [h, 3 * h], initializer=rho())
         self.bias = self.add_weight("bias", [2, 3 * h], initializer="zeros")  # [input, recurrent] biases
         super().build(input_shape)
@@ -132,7 +134,8 @@ class BayesianGRU(tfk.layers.Layer):
 
 
 def build_brnn(num_channels: int, units: int, n_train: int, hidden: tuple[int, ...] = (32,), kl_weight: float = 1.0,
-               prior_scale: float = 1.0, posterior_scale_init: float = -5.0, prior: str = "normal") -> tfk.Model:
+               prior_scale: float = 1.0, posterior_scale_init: float = -5.0, prior: str = "normal",
+               seed: int = 0) -> tfk.Model:
     """Normalised sequences [batch, time, C] -> head [batch, units]: a BayesianGRU of hidden[0] units, then a
     DenseFlipout head on its last state. Priors as `teacher.model.build_flipout`'s ("fan_in" divides the scale by
     sqrt(fan in) per kernel)."""
@@ -146,12 +149,12 @@ def build_brnn(num_channels: int, units: int, n_train: int, hidden: tuple[int, .
         return prior_for(shape[0])(dtype, shape, *args)
 
     inputs = tfk.Input(shape=(None, num_channels), name="features")
-    state = BayesianGRU(h, divergence, per_kernel_prior, posterior_scale_init, name="bayesian_gru")(inputs)
+    make = seeded_initializers(seed)
+    state = BayesianGRU(h, divergence, per_kernel_prior, posterior_scale_init, initializers=make,
+                        name="bayesian_gru")(inputs)
     head = tfp.layers.DenseFlipout(
-        units, name="head",
-        kernel_posterior_fn=tfp.layers.default_mean_field_normal_fn(
-            untransformed_scale_initializer=tfk.initializers.RandomNormal(mean=posterior_scale_init, stddev=0.1)),
-        kernel_prior_fn=prior_for(h), kernel_divergence_fn=divergence)(state)
+        units, name="head", **flipout_posteriors(make, posterior_scale_init), kernel_prior_fn=prior_for(h),
+        kernel_divergence_fn=divergence)(state)
     return tfk.Model(inputs, head, name="brnn_teacher")
 
 

@@ -130,14 +130,14 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
         return module(swag_sampler(moments), [moments]), history, result.best_epoch
     if cfg.kind == "brnn":
         model = build_brnn(ds.sequence_shape[1], units, len(ds["train"]), cfg.hidden, cfg.kl_weight, cfg.prior_scale,
-                           cfg.posterior_scale_init, cfg.prior)
+                           cfg.posterior_scale_init, cfg.prior, cfg.seed)
         mc = module(brnn_sampler(model), [model], forward=(recurrent.forward_batched, recurrent.forward_one))
     elif cfg.kind == "mc-dropout":
         model = build_mlp(ds.num_features, units, cfg.hidden, cfg.dropout, cfg.weight_decay, name="mc_dropout_teacher")
         mc = module(dropout_sampler(dense_layers(model), cfg.dropout), [model])
     else:
         model = build_flipout(ds.num_features, units, len(ds["train"]), cfg.hidden, cfg.kl_weight, cfg.prior_scale,
-                              cfg.posterior_scale_init, cfg.prior)
+                              cfg.posterior_scale_init, cfg.prior, cfg.seed)
         mc = module(flipout_sampler(dense_layers(model)), [model], flipout_per_row(dense_layers(model)))
     result = _fit_member(cfg, task, model, mc, ds, cfg.val_samples, progress, f"teacher ({cfg.kind})", cfg.seed)
     return mc, result.history, result.best_epoch

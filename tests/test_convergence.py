@@ -80,31 +80,34 @@ import distill
 from distill.data import DataConfig
 from distill.pipeline import teacher_stage
 from teacher.config import TeacherConfig
-teacher_stage(DataConfig(dataset="iris", seed=3), TeacherConfig(epochs=8, eval_samples=20, val_samples=5, seed=3),
-              sys.argv[1], overwrite=True, progress=False)
+for run in sys.argv[1:]:  # the same teacher again in the same process
+    teacher_stage(DataConfig(dataset="iris", seed=3), TeacherConfig(epochs=8, eval_samples=20, val_samples=5, seed=3),
+                  run, overwrite=True, progress=False)
 """
 
 
-def test_one_seed_gives_bit_identical_teachers_in_fresh_processes(tmp_path):
-    runs = [tmp_path / "a", tmp_path / "b"]
-    procs = [subprocess.Popen([sys.executable, "-c", TRAIN, str(run)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for run in runs]  # two fresh processes at once
+def test_one_seed_gives_bit_identical_teachers_in_fresh_processes_and_within_one(tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "a_again"]  # a_again: the second teacher of a's process
+    procs = [subprocess.Popen([sys.executable, "-c", TRAIN, *map(str, args)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for args in (runs[::2], runs[1:2])]  # two fresh processes at once
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()[-2000:]
-    a, b = (json.loads((r / "teacher" / "metrics.json").read_text()) for r in runs)
-    for key in ("train_seconds",):
-        a.pop(key), b.pop(key)
-    assert a == b  # metrics, best epoch, posterior scales: exactly
-    for name in ("test_predictions.csv", "val_predictions.csv"):
-        assert (runs[0] / "teacher" / name).read_bytes() == (runs[1] / "teacher" / name).read_bytes()
+    a, *others = (json.loads((r / "teacher" / "metrics.json").read_text()) for r in runs)
+    a.pop("train_seconds")
+    for other, run in zip(others, runs[1:]):
+        other.pop("train_seconds")
+        assert a == other, run.name  # metrics, best epoch, posterior scales: exactly
+        for name in ("test_predictions.csv", "val_predictions.csv"):
+            assert (runs[0] / "teacher" / name).read_bytes() == (run / "teacher" / name).read_bytes()
     import tensorflow as tf
 
     ckpt = [tf.train.load_checkpoint(str(r / "teacher" / "weights" / "ckpt")) for r in runs]
     names = [n for n in ckpt[0].get_variable_to_shape_map() if "optimizer" not in n.lower()]
     assert names
     for n in names:
-        np.testing.assert_array_equal(ckpt[0].get_tensor(n), ckpt[1].get_tensor(n))
+        for other in ckpt[1:]:
+            np.testing.assert_array_equal(ckpt[0].get_tensor(n), other.get_tensor(n))
     # The export still draws fresh weights per call without a seed, and the same seed gives the same draws.
     m = tf.saved_model.load(str(runs[0] / "teacher" / "export" / "1"))
     x = tf.constant([[5.0, 3.0, 4.0, 1.2]])
