@@ -8,13 +8,19 @@ from dataclasses import dataclass, fields, replace
 
 from distill.errors import BdkError
 
-# Classification: one layer of 32 on Iris; regression: 100 units matched the teacher more closely than
-# the teacher's 50 on Boston's validation slices.
-TASK_DEFAULTS = {"classification": dict(hidden=(32, 32), batch_size=256, learning_rate=1e-2, uncertainty="dirichlet"),
-                 "regression": dict(hidden=(100,), batch_size=128, learning_rate=3e-3, uncertainty="regressor")}
+# Classification: 32x32; regression: 100 units matched the teacher more closely than the teacher's 50 on Boston's
+# validation slices. The classification student's Adam 3e-3 (1e-2 before): the lowest mean validation NLL over the
+# teacher's on the suite, and the steadiest across seeds on digits (bench/sweep_student.py, README "Students").
+# The hard-label baseline keeps its own rate (1e-2): the sweep chose the student's, not the comparator's.
+TASK_DEFAULTS = {"classification": dict(hidden=(32, 32), batch_size=256, learning_rate=3e-3, baseline_learning_rate=1e-2,
+                                        uncertainty="dirichlet"),
+                 "regression": dict(hidden=(100,), batch_size=128, learning_rate=3e-3, baseline_learning_rate=3e-3,
+                                    uncertainty="regressor")}
 MONITORS = ("transfer", "labels")
-# Sequences (distill.sequences): three causal convolutions of 32 (student.model.build_sequence_student).
-SEQUENCE_DEFAULTS = dict(hidden=(32, 32, 32))
+# Sequences (distill.sequences): three causal convolutions of 32 (student.model.build_sequence_student), Adam 1e-2
+# for classes (the sequence benchmark's setting; the sweep above covered tabular students only).
+SEQUENCE_DEFAULTS = {"classification": dict(hidden=(32, 32, 32), learning_rate=1e-2),
+                     "regression": dict(hidden=(32, 32, 32))}
 HIDDEN_SEARCH = ((32,), (64,), (32, 32), (64, 64), (128, 128))
 UNCERTAINTY = ("dirichlet", "regressor")
 
@@ -31,6 +37,7 @@ class StudentConfig:
     uncertainty: str | None = None
     epistemic_weight: float = 1.0  # weight of that loss (Dirichlet NLL, or the head's MSE on the normalised score)
     learning_rate: float | None = None  # Adam
+    baseline_learning_rate: float | None = None  # Adam, the hard-label baseline
     epochs: int = 300
     steps: int = 30_000  # at most this many optimiser steps (epochs shrink on large transfer sets); also the baseline's
     batch_size: int | None = None
@@ -68,11 +75,12 @@ class StudentConfig:
             raise BdkError(f"sequence_net must be one of {', '.join(SEQUENCE_NETS)}, got {self.sequence_net!r}")
         if self.monitor not in MONITORS:
             raise BdkError(f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise BdkError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("learning_rate", "baseline_learning_rate"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise BdkError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def resolved(self, task: str, sequences: bool = False) -> "StudentConfig":
-        defaults = {**TASK_DEFAULTS[task], **(SEQUENCE_DEFAULTS if sequences else {})}
+        defaults = {**TASK_DEFAULTS[task], **(SEQUENCE_DEFAULTS[task] if sequences else {})}
         if sequences and self.hidden_search:
             raise BdkError("--hidden auto searches dense students; for sequences pass the widths (e.g. --hidden 32,32,32)")
         if task != "classification" and self.uncertainty == "dirichlet":

@@ -42,10 +42,11 @@ def holdout_mask(ids, fraction: float) -> np.ndarray:
 
 
 def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple, ds: data_lib.Dataset,
-         held_out: tuple | None, epochs: int, batch_size: int, desc: str, progress: bool, variables=None):
+         held_out: tuple | None, epochs: int, batch_size: int, learning_rate: float, desc: str, progress: bool,
+         variables=None):
     """Minibatch training of `loss_fn(out, *batch columns)` (a batch mean), early-stopped on its value over the
     held-out rows `held_out` = (x, *columns) when given, else on the validation rows' NLL of their true labels."""
-    optimizer = tfk.optimizers.Adam(cfg.learning_rate)
+    optimizer = tfk.optimizers.Adam(learning_rate)
     variables = variables or model.trainable_variables
     x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
 
@@ -163,7 +164,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         model = build(hidden, epistemic_activation="linear" if cfg.uncertainty == "dirichlet" else "softplus")
         epochs = min(cfg.epochs, epochs_for_steps(len(fit_rows[0]), cfg.batch_size, cfg.steps))
         return model, _fit(cfg, task, model, student_loss, fit_rows[0], fit_rows[1:], ds, held_out, epochs,
-                           cfg.batch_size, f"student {','.join(map(str, hidden))}", progress)
+                           cfg.batch_size, cfg.learning_rate, f"student {','.join(map(str, hidden))}", progress)
 
     t0 = time.perf_counter()
     search = {}
@@ -189,7 +190,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     baseline_result = _fit(cfg, task, baseline, lambda out, y: -tf.reduce_mean(task.log_likelihood(y, out["head"])),
                            ds.scaled("train"), (ds.target("train"),), ds, None,
                            min(cfg.baseline_epochs, epochs_for_steps(len(ds["train"]), baseline_batch, cfg.steps)),
-                           baseline_batch, "baseline", progress,
+                           baseline_batch, cfg.baseline_learning_rate, "baseline", progress,
                            variables=[v for v in baseline.trainable_variables if "epistemic" not in v.name])
     baseline_seconds = time.perf_counter() - t0
 

@@ -22,7 +22,7 @@ from distill.training import fit, graph_epoch, in_chunks
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, far_uniform
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
-from teacher.model import build_flipout, build_mlp, dense_layers, noise_contrastive_prior, posterior_stats
+from teacher.model import build_flipout, build_mlp, dense_layers, noise_contrastive_prior, posterior_stats_reader
 from teacher.recurrent import brnn_sampler, build_brnn
 from teacher.swag import SwagCollector, swag_sampler
 from teacher import recurrent
@@ -60,12 +60,13 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
 
     run_epoch = graph_epoch(step, (x_train, y_train), cfg.batch_size, model.trainable_variables, optimizer)
     sizes = np.diff(np.r_[0:len(y_train):cfg.batch_size, len(y_train)])  # rows per batch
+    read_posterior = posterior_stats_reader(model) if cfg.kind == "flipout" else dict
 
     def train_epoch(rng):
         nll_kl = run_epoch(rng)  # [batches, 2]
         train_nll, kl = float(np.average(nll_kl[:, 0], weights=sizes)), float(nll_kl[:, 1].mean())
         return {"step": int(optimizer.iterations.numpy()), "train_nll": train_nll, "kl": kl, "elbo": -(train_nll + kl),
-                **(posterior_stats(model) if cfg.kind == "flipout" else {})}
+                **read_posterior()}
 
     def validate():
         s = {k: v.numpy() for k, v in module.predictive_normalised(x_val, val_samples, VALIDATION_SEED).items()}
