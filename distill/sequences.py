@@ -226,11 +226,18 @@ def read_sequences(source: str, label: str, series_column: str | None, time_colu
 
 
 def run_sequences(df: pd.DataFrame, feature_names: list[str], label_column: str | None, series_column: str | None,
-                  time_column: str | None, what: str, same_length: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  time_column: str | None, what: str, same_length: bool = True,
+                  column_flags: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """New sequences for a run (unlabeled, OOD, to predict) -> (series ids [N] str, x [N, T, C] float32): a long table
     with the run's channels, read with the run's series and time columns (None: the defaults); a label column is
-    ignored. Errors start with `what` (e.g. "unlabeled file X"); `same_length` refuses lengths other than the run's."""
+    ignored. Errors start with `what` (e.g. "unlabeled file X"); `same_length` refuses lengths other than the run's.
+    `column_flags`: the command has --series-column and --time-column (else a missing column is to be renamed)."""
     length, channels = shape_from_names(feature_names)
+    for given, candidates, kind in ((series_column, SERIES_COLUMNS, "series id"), (time_column, TIME_COLUMNS, "time")):
+        names = [given] if given else list(candidates)
+        if not column_flags and not any(c in df.columns for c in names):
+            raise BdkError(f"{what}: no {kind} column ({' or '.join(map(repr, names))}) in {list(df.columns)}; "
+                           f"the run reads its sequences with it: rename yours to {names[0]!r}")
     try:
         ids, x, _, _ = from_long_table(df.drop(columns=[label_column], errors="ignore"), None, series_column,
                                        time_column, channels)

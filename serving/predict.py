@@ -132,7 +132,8 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
 
         series = id_column or meta.get("series_column")  # the run's series and time columns unless given
         ids, x = run_sequences(df, meta["feature_names"], meta.get("label_column"), series,
-                               time_column or meta.get("time_column"), str(input_path), same_length=False)  # [N, T, C]
+                               time_column or meta.get("time_column"), str(input_path), same_length=False,
+                               column_flags=True)  # [N, T, C]
         id_col, features = series or "series", shape_from_names(meta["feature_names"])[1]
     else:
         id_col, features = pick_columns(df, id_column, meta.get("feature_names"))

@@ -167,6 +167,15 @@ def test_new_sequences_are_read_with_the_runs_columns_and_without_its_label(tmp_
     monkeypatch.setattr(data, "read_table", lambda source: pd.read_csv(tmp_path / "new.csv").iloc[:0])
     with pytest.raises(BdkError, match="^OOD file .*new.csv: the table has no rows"):
         ood_inputs(EvalConfig(ood_file=str(tmp_path / "new.csv")), ds)
+    # a missing column: rename it to the run's (soft-labels and evaluate have no column options); predict has them
+    long_frame(new).rename(columns={"series": "sid"}).to_csv(tmp_path / "no_hour.csv", index=False)
+    with pytest.raises(BdkError, match="no time column \\('hour'\\) .*rename yours to 'hour'$") as e:
+        read_unlabeled(str(tmp_path / "no_hour.csv"), ds)
+    assert "--" not in str(e.value)
+    from distill.sequences import run_sequences
+
+    with pytest.raises(BdkError, match="pass --time-column NAME"):
+        run_sequences(pd.read_csv(tmp_path / "no_hour.csv"), ds.feature_names, None, "sid", "hour", "x", column_flags=True)
     # a dataset.json from before the columns were recorded: the defaults
     for key in ("series_column", "time_column"):
         del meta[key]
