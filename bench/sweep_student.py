@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import glob
-import itertools
 import json
+import sys
 from pathlib import Path
 
-import pandas as pd
-
 import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sweeps import grid_settings, print_summary, run_sweep  # noqa: E402
 
 
 def score(source: Path, overrides: dict, run: Path) -> dict:
@@ -59,34 +60,18 @@ def main() -> None:
     p.add_argument("--grid", required=True, help="JSON {field: [values]} of StudentConfig fields")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
-    grid = json.loads(a.grid)
-    settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    a.out.mkdir(parents=True, exist_ok=True)
-    results_file = a.out / "sweep.csv"
-    rows = pd.read_csv(results_file).to_dict("records") if results_file.exists() else []
+    keys, settings = grid_settings(a.grid)
     sources = sorted(Path(r) for r in glob.glob(a.runs))
     if not sources:
         raise SystemExit(f"no run folders match {a.runs}")
-
-    def key(source: Path, o: dict) -> str:
-        return f"{'-'.join(source.parts[-3:-1])}:{json.dumps(o, sort_keys=True)}"
-
-    done = {r["key"] for r in rows}
-    from tqdm.auto import tqdm
-
-    jobs = [(s, o) for o in settings for s in sources]
-    for source, o in tqdm(jobs, desc="sweep", unit="student"):
-        if key(source, o) in done:
-            continue
-        result = score(source, o, a.out / "runs" / f"{'-'.join(source.parts[-3:-1])}-{len(rows)}")
-        rows.append({"key": key(source, o), **result})
-        pd.DataFrame(rows).to_csv(results_file, index=False)  # resumable
-    table = pd.DataFrame(rows)
-    keys = list(grid)
-    columns = ["val_nll_gap", "val_nll", "teacher_val_nll", "val_ece", "shell_auroc_epistemic", "seconds"]
-    print(table.groupby(["dataset", *keys])[columns].mean().round(4).to_string())
-    print("\nmean over datasets:")
-    print(table.groupby(keys)[columns].mean().round(4).to_string())
+    jobs = []
+    for o in settings:
+        for source in sources:
+            name = "-".join(source.parts[-3:-1])  # <dataset>-seed<k>
+            key = f"{name}:{json.dumps(o, sort_keys=True)}"
+            jobs.append(({"key": key}, name, lambda run, source=source, o=o, key=key: {"key": key, **score(source, o, run)}))
+    print_summary(run_sweep(a.out, jobs), keys, ["val_nll_gap", "val_nll", "teacher_val_nll", "val_ece",
+                                                 "shell_auroc_epistemic", "seconds"])
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ seed, against the validation rows; test rows are never read.
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
+import sys
+from functools import partial
 from pathlib import Path
 
-import pandas as pd
-
 import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sweeps import grid_settings, print_summary, run_sweep  # noqa: E402
 
 
 def score(dataset: str, seed: int, overrides: dict, run: Path) -> dict:
@@ -40,29 +41,10 @@ def main() -> None:
     p.add_argument("--grid", required=True, help='JSON {field: [values]} of TeacherConfig fields')
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
-    grid = json.loads(a.grid)
-    settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    a.out.mkdir(parents=True, exist_ok=True)
-    results_file = a.out / "sweep.csv"
-    rows = pd.read_csv(results_file).to_dict("records") if results_file.exists() else []
-
-    def done(d, s, o):
-        return any(r["dataset"] == d and r["seed"] == s and all(r.get(k) == v for k, v in o.items()) for r in rows)
-
-    from tqdm.auto import tqdm
-
-    jobs = [(d, int(s), o) for d in a.datasets.split(",") for s in a.seeds.split(",") for o in settings]
-    for d, s, o in tqdm(jobs, desc="sweep", unit="teacher"):
-        if done(d, s, o):
-            continue
-        rows.append(score(d, s, o, a.out / "runs" / f"{d}-seed{s}-{len(rows)}"))
-        pd.DataFrame(rows).to_csv(results_file, index=False)  # resumable
-    table = pd.DataFrame(rows)
-    keys = list(grid)
-    summary = table.groupby(["dataset", *keys])[["val_nll", "val_ece", "shell_auroc_mi", "shell_auroc_entropy", "seconds"]].mean()
-    print(summary.round(4).to_string())
-    print("\nmean over datasets:")
-    print(table.groupby(keys)[["val_nll", "val_ece", "shell_auroc_mi", "shell_auroc_entropy"]].mean().round(4).to_string())
+    keys, settings = grid_settings(a.grid)
+    jobs = [({"dataset": d, "seed": int(s), **o}, f"{d}-seed{s}", partial(score, d, int(s), o))
+            for d in a.datasets.split(",") for s in a.seeds.split(",") for o in settings]
+    print_summary(run_sweep(a.out, jobs), keys, ["val_nll", "val_ece", "shell_auroc_mi", "shell_auroc_entropy", "seconds"])
 
 
 if __name__ == "__main__":
