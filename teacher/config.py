@@ -11,6 +11,7 @@ from distill.errors import BdkError
 
 KINDS = ("flipout", "ensemble", "mc-dropout", "swag", "brnn")
 SEQUENCE_KINDS = ("brnn",)  # the families that take sequences [batch, time, channels]; the others take tables
+TABLE_KINDS = tuple(k for k in KINDS if k not in SEQUENCE_KINDS)
 PRIORS = ("normal", "fan_in", "empirical_bayes")
 KL_SEARCH = (0.01, 0.03, 0.1)  # --kl-weight auto: the candidates, chosen by the validation NLL
 

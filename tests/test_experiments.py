@@ -96,3 +96,13 @@ def test_kl_weight_study_end_to_end_tiny(tmp_path):
     for name in ("report.md", "reliability_by_kl_weight.png", "elbo_terms_by_kl_weight.png", "summary.json"):
         assert (out / name).exists()
     assert json.loads((out / "summary.json").read_text())["weights"] == [0.5, 2.0]
+
+
+def test_family_studies_run_every_table_family_by_default():
+    """`bdk experiment teachers` and `digits` pass no kinds: the default must not include the sequence-only family."""
+    import inspect
+
+    from distill.studies.classification import digits_study, teachers_study
+
+    for study in (teachers_study, digits_study):
+        assert inspect.signature(study).parameters["kinds"].default == ("flipout", "ensemble", "mc-dropout", "swag")

@@ -23,7 +23,7 @@ from distill.errors import BdkError, atomic_dir, read_json, write_json
 from distill.evaluate import EvalConfig  # noqa: E402
 from distill.transfer import SoftLabelConfig
 from student.config import StudentConfig
-from teacher.config import KINDS, TeacherConfig
+from teacher.config import TABLE_KINDS, TeacherConfig
 
 
 
@@ -204,7 +204,7 @@ def _kl_markdown(out: Path, table: pd.DataFrame, summary: dict) -> None:
 # ---------------------------------------------------------------- teacher families
 
 
-def teachers_study(cfg: StudyConfig, out: Path, kinds: tuple[str, ...] = KINDS, title: str = "Teacher families",
+def teachers_study(cfg: StudyConfig, out: Path, kinds: tuple[str, ...] = TABLE_KINDS, title: str = "Teacher families",
                    progress: bool = True) -> pd.DataFrame:
     """Each teacher family and its distilled student, on the same split: one table, one figure."""
     out = Path(out)
@@ -278,7 +278,7 @@ def digits_files(out: Path) -> tuple[Path, Path]:
     return inside, outside
 
 
-def digits_study(cfg: StudyConfig, out: Path, kinds: tuple[str, ...] = KINDS, progress: bool = True) -> pd.DataFrame:
+def digits_study(cfg: StudyConfig, out: Path, kinds: tuple[str, ...] = TABLE_KINDS, progress: bool = True) -> pd.DataFrame:
     out = Path(out)
     inside, outside = digits_files(out.parent / f".{out.name}-data")
     study = replace(cfg, data=replace(cfg.data, dataset=str(inside), label_column="digit", id_column="id"),
