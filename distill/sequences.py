@@ -89,15 +89,19 @@ def time_warp(z: np.ndarray, strength: np.ndarray, rng: np.random.Generator) -> 
     return ((1 - w) * z[rows, lo] + w * z[rows, hi]).astype(np.float32)
 
 
-def _pick(df: pd.DataFrame, given: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
+def _pick(df: pd.DataFrame, given: str | None, candidates: tuple[str, ...], what: str, flag: str | None) -> str:
+    """The `given` column, else the first of `candidates` present. `flag` is the option that names the column, or
+    None where the column is the run's (a command without the option: the error says to rename the column)."""
+    names = [given] if given is not None else list(candidates)
+    found = next((c for c in names if c in df.columns), None)
+    if found is not None:
+        return found
+    if flag is None:
+        raise BdkError(f"no {what} column ({' or '.join(map(repr, names))}) in {list(df.columns)}; "
+                       f"the run reads its sequences with it: rename yours to {names[0]!r}")
     if given is not None:
-        if given not in df.columns:
-            raise BdkError(f"{what} column {given!r} not found; the columns are {list(df.columns)}: pass {flag} NAME")
-        return given
-    found = next((c for c in candidates if c in df.columns), None)
-    if found is None:
-        raise BdkError(f"no {what} column ({' or '.join(candidates)}) in {list(df.columns)}: pass {flag} NAME")
-    return found
+        raise BdkError(f"{what} column {given!r} not found; the columns are {list(df.columns)}: pass {flag} NAME")
+    raise BdkError(f"no {what} column ({' or '.join(candidates)}) in {list(df.columns)}: pass {flag} NAME")
 
 
 def _sortable_time(values: pd.Series, column: str) -> pd.Series:
@@ -115,14 +119,16 @@ def _sortable_time(values: pd.Series, column: str) -> pd.Series:
 
 
 def from_long_table(df: pd.DataFrame, label: str | None, series_column: str | None, time_column: str | None,
-                    channels: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, pd.Series | None, list[str]]:
+                    channels: list[str] | None = None, column_flags: bool = True,
+                    ) -> tuple[np.ndarray, np.ndarray, pd.Series | None, list[str]]:
     """A long table -> (series ids [N] str, x [N, T, C] float32, labels [N] (None when `label` is None), channels).
 
-    `channels` fixes the channel columns (a run's); by default every column but series, time and label."""
+    `channels` fixes the channel columns (a run's); by default every column but series, time and label.
+    `column_flags`: the command has --series-column and --time-column (else a missing column is to be renamed)."""
     if len(df) == 0:
         raise BdkError("the table has no rows; a long table has one row per series and time step")
-    series = _pick(df, series_column, SERIES_COLUMNS, "series id", "--series-column")
-    time = _pick(df, time_column, TIME_COLUMNS, "time", "--time-column")
+    series = _pick(df, series_column, SERIES_COLUMNS, "series id", "--series-column" if column_flags else None)
+    time = _pick(df, time_column, TIME_COLUMNS, "time", "--time-column" if column_flags else None)
     if label is not None and label not in df.columns:
         raise BdkError(f"label column {label!r} not found; the columns are {list(df.columns)}: pass --label-column NAME")
     if channels is None:
@@ -231,16 +237,11 @@ def run_sequences(df: pd.DataFrame, feature_names: list[str], label_column: str 
     """New sequences for a run (unlabeled, OOD, to predict) -> (series ids [N] str, x [N, T, C] float32): a long table
     with the run's channels, read with the run's series and time columns (None: the defaults); a label column is
     ignored. Errors start with `what` (e.g. "unlabeled file X"); `same_length` refuses lengths other than the run's.
-    `column_flags`: the command has --series-column and --time-column (else a missing column is to be renamed)."""
+    `column_flags`: as `from_long_table`'s."""
     length, channels = shape_from_names(feature_names)
-    for given, candidates, kind in ((series_column, SERIES_COLUMNS, "series id"), (time_column, TIME_COLUMNS, "time")):
-        names = [given] if given else list(candidates)
-        if not column_flags and not any(c in df.columns for c in names):
-            raise BdkError(f"{what}: no {kind} column ({' or '.join(map(repr, names))}) in {list(df.columns)}; "
-                           f"the run reads its sequences with it: rename yours to {names[0]!r}")
     try:
         ids, x, _, _ = from_long_table(df.drop(columns=[label_column], errors="ignore"), None, series_column,
-                                       time_column, channels)
+                                       time_column, channels, column_flags)
     except BdkError as e:
         raise BdkError(f"{what}: {e}") from None
     if same_length and x.shape[1] != length:

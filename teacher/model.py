@@ -121,9 +121,9 @@ def build_flipout(num_features: int, units: int, n_train: int, hidden: tuple[int
     """Normalised features [batch, F] -> head [batch, units]; every call draws fresh weights (Flipout).
 
     Kernels have mean-field normal posteriors whose untransformed scales start near
-    `posterior_scale_init`; biases are point estimates (TFP's default); `seed` fixes the initial weights. `prior`: "normal" is
-    N(0, prior_scale^2) on every kernel weight; "fan_in" is N(0, prior_scale^2 / fan_in), the scaling
-    under which the prior's function-space variance does not grow with the width (Neal 1996);
+    `posterior_scale_init`; biases are point estimates (TFP's default); `seed` fixes the initial weights.
+    `prior`: "normal" is N(0, prior_scale^2) on every kernel weight; "fan_in" is N(0, prior_scale^2 / fan_in), the
+    scaling under which the prior's function-space variance does not grow with the width (Neal 1996);
     "empirical_bayes" is N(0, s_l^2) per layer at the KL-minimising s_l (`empirical_bayes_kl`).
     """
     divergence = (empirical_bayes_kl if prior == "empirical_bayes" else scaled_kl)(n_train, kl_weight)
