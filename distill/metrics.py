@@ -22,17 +22,23 @@ def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def nll(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(y)), y], EPS, 1.0)).mean())
+    """Mean -log p(y) over the rows (the last axis of y; leading axes, e.g. bootstrap resamples, are kept)."""
+    return -np.log(np.clip(np.take_along_axis(probs, y[..., None], -1)[..., 0], EPS, 1.0)).mean(-1)
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    return float((probs.argmax(-1) == y).mean())
+    return (probs.argmax(-1) == y).mean(-1)
 
 
 def brier(probs: np.ndarray, y: np.ndarray) -> float:
     """Textbook multi-class Brier score, sum_c (p_c - 1[y=c])^2, in [0, 2] (tfp's is this minus 1)."""
     onehot = np.eye(probs.shape[-1])[y]
-    return float(((probs - onehot) ** 2).sum(-1).mean())
+    return ((probs - onehot) ** 2).sum(-1).mean(-1)
+
+
+def _bin_of(conf: np.ndarray, num_bins: int) -> np.ndarray:
+    """The equal-width confidence bin of each top-1 confidence, 0 .. num_bins - 1 (bins closed on the right)."""
+    return np.clip(np.digitize(conf, np.linspace(0.0, 1.0, num_bins + 1)[1:-1], right=True), 0, num_bins - 1)
 
 
 def reliability_bins(probs: np.ndarray, y: np.ndarray, num_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
@@ -40,7 +46,7 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, num_bins: int = ECE_BINS)
     conf = probs.max(-1)
     correct = (probs.argmax(-1) == y).astype(float)
     edges = np.linspace(0.0, 1.0, num_bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, num_bins - 1)
+    which = _bin_of(conf, num_bins)
     count = np.bincount(which, minlength=num_bins).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(which, conf, num_bins) / count
@@ -49,10 +55,14 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, num_bins: int = ECE_BINS)
 
 
 def ece(probs: np.ndarray, y: np.ndarray, num_bins: int = ECE_BINS) -> float:
-    b = reliability_bins(probs, y, num_bins)
-    filled = b["count"] > 0
-    gap = np.abs(b["accuracy"][filled] - b["confidence"][filled])
-    return float((b["count"][filled] / b["count"].sum() * gap).sum())
+    """sum_b n_b / n |accuracy_b - confidence_b| = sum_b |sum_{i in b} (correct_i - conf_i)| / n, over the rows
+    (the last axis of y; leading axes are kept)."""
+    conf = probs.max(-1)  # [..., n]
+    gap = (probs.argmax(-1) == y) - conf  # [..., n]
+    lead = int(np.prod(conf.shape[:-1]))
+    which = _bin_of(conf, num_bins).reshape(lead, -1) + num_bins * np.arange(lead)[:, None]  # [lead, n] bin per row
+    sums = np.bincount(which.ravel(), gap.ravel(), lead * num_bins).reshape(conf.shape[:-1] + (num_bins,))
+    return np.abs(sums).sum(-1) / conf.shape[-1]
 
 
 CLASSIFICATION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -61,20 +71,27 @@ CLASSIFICATION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, split: str) -> dict[str, float]:
-    return {f"{split}/{name}": fn(probs, y) for name, fn in CLASSIFICATION_METRICS.items()}
+    return {f"{split}/{name}": float(fn(probs, y)) for name, fn in CLASSIFICATION_METRICS.items()}
+
+
+BOOTSTRAP_BLOCK_VALUES = 4_000_000  # array values per block of resamples (a vectorised statistic's working memory)
 
 
 def bootstrap_interval(
-    fn: Callable[..., float], *arrays: np.ndarray, num_resamples: int = 1000, level: float = 0.95, seed: int = 0
+    fn: Callable[..., float], *arrays: np.ndarray, num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+    vectorized: bool = False,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of `fn(*arrays)` resampling rows (the first axis) jointly."""
+    """Percentile bootstrap interval of `fn(*arrays)` resampling rows (the first axis) jointly. `vectorized`: fn
+    takes a block of resamples at once (a leading resample axis on every array) and returns one value each."""
     rng = np.random.default_rng(seed)
     n = len(arrays[0])
-    stats = np.empty(num_resamples)
-    for i in range(num_resamples):
-        idx = rng.integers(0, n, n)
-        stats[i] = fn(*(a[idx] for a in arrays))
-    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    row_values = max(int(np.prod(a.shape[1:])) for a in arrays)
+    block = max(1, BOOTSTRAP_BLOCK_VALUES // max(n * row_values, 1)) if vectorized else 1
+    stats = []
+    for start in range(0, num_resamples, block):  # the index stream is the same in any block size
+        idx = rng.integers(0, n, (min(block, num_resamples - start), n))
+        stats.append(fn(*(a[idx] for a in arrays)) if vectorized else [fn(*(a[i] for a in arrays)) for i in idx])
+    lo, hi = np.quantile(np.concatenate(stats), [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
 
@@ -83,8 +100,9 @@ def classification_metrics_with_intervals(
 ) -> dict[str, float | list[float]]:
     out: dict[str, float | list[float]] = {}
     for name, fn in CLASSIFICATION_METRICS.items():
-        out[f"{split}/{name}"] = fn(probs, y)
-        out[f"{split}/{name}_ci95"] = list(bootstrap_interval(fn, probs, y, num_resamples=num_resamples, seed=seed))
+        out[f"{split}/{name}"] = float(fn(probs, y))
+        out[f"{split}/{name}_ci95"] = list(bootstrap_interval(fn, probs, y, num_resamples=num_resamples, seed=seed,
+                                                              vectorized=True))
     return out
 
 

@@ -52,23 +52,24 @@ def graph_epoch(step, arrays, batch_size: int, variables, optimizer):
     `step(*batch columns)` returns for each batch, in order. The batches are consecutive slices of
     rng.permutation(n), the last one smaller; the loop runs in the graph, one iteration at a time
     (so the steps' random ops draw in the same order on every run), without a Python round trip per step
-    (3 ms each on this CPU, most of a small network's step)."""
+    (3 ms each on this CPU, most of a small network's step). No autograph: its source conversion of every
+    function the step calls (Keras, TFP) costs more than a small run's training."""
     import tensorflow as tf
 
     n = len(arrays[0])
+    batches = max(1, -(-n // batch_size))
     optimizer.build(variables)  # slots are created here: a graph loop cannot create variables
     data = [tf.constant(a) for a in arrays]  # [n, ...] each, copied once
+    step = tf.function(step, autograph=False)  # traced once, called once per batch
 
-    @tf.function
+    @tf.function(autograph=False)
     def epoch(order):
-        batches = (n + batch_size - 1) // batch_size
-        out = tf.TensorArray(tf.float32, size=batches)
-        for i in tf.range(batches):
-            tf.autograph.experimental.set_loop_options(parallel_iterations=1)
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            values = step(*(tf.gather(d, idx) for d in data))
-            out = out.write(i, tf.cast(tf.stack(values if isinstance(values, (tuple, list)) else [values]), tf.float32))
-        return out.stack()
+        def body(i, out):
+            values = step(*(tf.gather(d, order[i * batch_size:(i + 1) * batch_size]) for d in data))
+            return i + 1, out.write(i, tf.cast(tf.stack(values if isinstance(values, (tuple, list)) else [values]), tf.float32))
+
+        return tf.while_loop(lambda i, out: i < batches, body, (tf.constant(0), tf.TensorArray(tf.float32, size=batches)),
+                             parallel_iterations=1)[1].stack()  # [batches, k]
 
     return lambda rng: epoch(tf.constant(rng.permutation(n))).numpy().astype(np.float64)
 

@@ -23,7 +23,7 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
-from distill.training import epochs_for_steps, fit, graph_epoch, scaled_batch
+from distill.training import CHUNK_ROWS, epochs_for_steps, fit, graph_epoch, scaled_batch
 from student import dirichlet
 from student.config import StudentConfig
 from student.export import StudentModule
@@ -50,30 +50,28 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple
     variables = variables or model.trainable_variables
     x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
 
-    @tf.function
     def step(xb, *batch):
         with tf.GradientTape() as tape:
             loss = loss_fn(model(xb, training=True), *batch)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    @tf.function
-    def held_out_loss(xb, *batch):
-        return loss_fn(model(xb, training=False), *batch)
+    held_out_loss = tf.function(lambda xb, *batch: loss_fn(model(xb, training=False), *batch), autograph=False)
+    val_outputs = tf.function(lambda: task.point_outputs(task.draw_params(model(x_val, training=False)["head"])),
+                              autograph=False)  # one graph call: an eager Keras call costs ~8 ms here
 
     run_epoch = graph_epoch(step, (x, *columns), batch_size, variables, optimizer)
+    held_chunks = [tuple(tf.constant(c[i:i + CHUNK_ROWS]) for c in held_out)
+                   for i in range(0, len(held_out[0]), CHUNK_ROWS)] if held_out is not None else []
 
     def train_epoch(rng):
         return {"train_loss": float(run_epoch(rng)[:, 0].mean())}
 
     def validate():
-        head = model(x_val, training=False)["head"]
-        pred = {k: v.numpy() for k, v in task.point_outputs(task.draw_params(head)).items()}  # normalised units
+        pred = {k: v.numpy() for k, v in val_outputs().items()}  # normalised units
         logs = {f"val_{k.split('/')[1]}": v for k, v in task.metrics(y_val, pred, "val").items()}
-        if held_out is not None:
-            n, chunk = len(held_out[0]), 8192
-            logs["held_out_loss"] = float(sum(float(held_out_loss(*(c[i:i + chunk] for c in held_out))) * len(held_out[0][i:i + chunk])
-                                              for i in range(0, n, chunk)) / n)
+        if held_out is not None:  # the batch-mean loss of each chunk, weighted by its rows
+            logs["held_out_loss"] = float(sum(float(held_out_loss(*c)) * len(c[0]) for c in held_chunks) / len(held_out[0]))
         return logs
 
     monitor = "held_out_loss" if held_out is not None else "val_nll"

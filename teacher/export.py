@@ -182,51 +182,58 @@ class MonteCarloModule(tf.Module):
         feats = tf.TensorSpec([None, *shape], tf.float32, name="features")
         count = tf.TensorSpec([], tf.int32, name="num_samples")
         seed = tf.TensorSpec([], tf.int64, name="seed")
-        self.serve = tf.function(lambda features: self._predictive(features, serving_samples, fresh_seed(), True),
-                                 input_signature=[feats])
-        self.predictive = tf.function(
-            lambda features, num_samples: self._predictive(features, num_samples, fresh_seed(), True),
-            input_signature=[feats, count])
-        self.predictive_seeded = tf.function(self._predictive, input_signature=[feats, count, seed])
-        self.sample = tf.function(lambda features, num_samples: self._sample(features, num_samples, fresh_seed()),
-                                  input_signature=[feats, count])
-        self.sample_seeded = tf.function(self._sample, input_signature=[feats, count, seed])
-        # Training-time validation and evaluation: normalised inputs, normalised outputs; one trace for any batch.
-        self.predictive_normalised = tf.function(
-            lambda x, num_samples, seed: task.summarize(self.draws(x, num_samples, seed)),
-            input_signature=[tf.TensorSpec([None, *shape], tf.float32), count, seed])
+        # The Monte Carlo loop is traced once, in `draws_seeded`, and every signature calls it (a function call in
+        # the graph, not another trace: tracing costs ~1 s a function, more than a small run's evaluation).
+        graph = lambda fn, *specs: tf.function(fn, input_signature=list(specs), autograph=False)  # noqa: E731
+        self.draws_seeded = graph(self.draws, tf.TensorSpec([None, *shape], tf.float32), count, seed)
+        self.predictive_seeded = graph(self._predictive, feats, count, seed)
+        self.sample_seeded = graph(self._sample, feats, count, seed)
+        self.predictive = graph(self._predictive_fresh, feats, count)
+        self.serve = graph(lambda features: self.predictive(features, serving_samples), feats)
+        self.sample = graph(lambda features, num_samples: self.sample_seeded(features, num_samples, fresh_seed()), feats, count)
+        # Training-time validation: normalised inputs and outputs, one trace per (rows, S): a fixed validation set
+        # with a Python int S takes one evaluation order without graph control flow (a tf.cond costs ~3 ms a call).
+        self.predictive_normalised = tf.function(lambda x, num_samples, seed: task.summarize(self.draws(x, num_samples, seed)),
+                                                 autograph=False)
 
     @property
     def models(self) -> list:
         return self._keras.value
 
-    def draws(self, x: tf.Tensor, num_samples, seed, fresh: bool = False) -> tf.Tensor:
-        """Normalised x [B, F] -> each draw's parameters [S, B, K] in normalised units. `fresh` (unseeded
-        calls) lets small requests draw per row (`flipout_per_row`) instead of sharing weights."""
-        num_samples = tf.convert_to_tensor(num_samples, tf.int32)
-        if fresh and self._per_row is not None:
-            return tf.cond(tf.shape(x)[0] <= PER_ROW_ROWS,
-                           lambda: self.task.draw_params(self._per_row(x, num_samples, seed)),
-                           lambda: self.draws(x, num_samples, seed))
+    def draws(self, x: tf.Tensor, num_samples, seed, per_row: bool = False) -> tf.Tensor:
+        """Normalised x [B, F] -> each draw's parameters [S, B, K] in normalised units; `per_row`: each row draws its
+        own weights (`flipout_per_row`) instead of sharing the S weight samples."""
+        if per_row:
+            return self.task.draw_params(self._per_row(x, num_samples, seed))
         weights = self._sampler(seed, num_samples)
 
         def batched():
             return self.task.draw_params(self._forward_batched(x, weights))
 
         def loop():
-            ta = tf.TensorArray(tf.float32, size=num_samples)
-            for i in tf.range(num_samples):
-                ta = ta.write(i, self.task.draw_params(self._forward_one(x, weights, i)))
-            return ta.stack()
+            return tf.while_loop(lambda i, ta: i < num_samples,
+                                 lambda i, ta: (i + 1, ta.write(i, self.task.draw_params(self._forward_one(x, weights, i)))),
+                                 (tf.constant(0), tf.TensorArray(tf.float32, size=num_samples)))[1].stack()
 
-        return tf.cond(num_samples * tf.shape(x)[0] <= BATCHED_ROWS, batched, loop)
+        if isinstance(num_samples, int) and x.shape[0] is not None:  # static: the order is known at trace time
+            return batched() if num_samples * x.shape[0] <= BATCHED_ROWS else loop()
+        return tf.cond(tf.convert_to_tensor(num_samples) * tf.shape(x)[0] <= BATCHED_ROWS, batched, loop)
 
-    def _params(self, features, num_samples, seed, fresh=False):
+    def _params(self, features, num_samples, seed, per_row=False):
         x = (features - self.feature_shift) / self.feature_scale
-        return self.task.to_target_units(self.draws(x, num_samples, seed, fresh), self.target_shift, self.target_scale)
+        head = self.draws(x, num_samples, seed, True) if per_row else self.draws_seeded(x, num_samples, seed)
+        return self.task.to_target_units(head, self.target_shift, self.target_scale)
 
-    def _predictive(self, features, num_samples, seed, fresh=False):
-        return self.task.summarize(self._params(features, num_samples, seed, fresh))
+    def _predictive(self, features, num_samples, seed, per_row=False):
+        return self.task.summarize(self._params(features, num_samples, seed, per_row))
+
+    def _predictive_fresh(self, features, num_samples):
+        """Fresh draws: small requests per row when the family has them, else the seeded predictive's graph."""
+        if self._per_row is None:
+            return self.predictive_seeded(features, num_samples, fresh_seed())
+        return tf.cond(tf.shape(features)[0] <= PER_ROW_ROWS,
+                       lambda: self._predictive(features, num_samples, fresh_seed(), True),
+                       lambda: self.predictive_seeded(features, num_samples, fresh_seed()))
 
     def _sample(self, features, num_samples, seed):
         return self.task.sample_dict(self._params(features, num_samples, seed))

@@ -60,7 +60,7 @@ def posterior_stats_reader(model: tfk.Model):
     if not posteriors:
         return dict
 
-    @tf.function
+    @tf.function(autograph=False)
     def read():
         sigmas = [tf.convert_to_tensor(d.scale) for d in posteriors]  # the kernels' shapes
         prior = [tf.sqrt(tf.reduce_mean(tf.square(tf.convert_to_tensor(d.loc)) + tf.square(s)))

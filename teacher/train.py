@@ -41,11 +41,9 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
     for Flipout, L2 otherwise), and the validation metrics of the module's Monte Carlo predictive (fixed draws)."""
     x_train, y_train = ds.scaled("train"), ds.target("train")
     x_val, y_val = tf.constant(ds.scaled("val")[:cfg.val_rows]), ds.target("val")[:cfg.val_rows]
-    signature = [tf.TensorSpec([None, *ds.input_shape], tf.float32), tf.TensorSpec([None], tf.as_dtype(y_train.dtype))]
 
     ncp = cfg.kind == "flipout" and task.name == "classification" and bool(cfg.ncp_weight)
 
-    @tf.function(input_signature=signature)
     def step(x, y):
         with tf.GradientTape() as tape:
             head = model(x, training=True)  # [batch, units], one weight draw / dropout mask
