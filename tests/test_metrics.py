@@ -82,6 +82,21 @@ def test_bootstrap_interval_covers_and_auroc():
     assert metrics.auroc(rng.normal(size=500), rng.normal(size=500)) == pytest.approx(0.5, abs=0.06)
 
 
+def test_vectorised_bootstrap_is_the_per_resample_loop(monkeypatch):
+    """The classification metrics take a block of resamples at once; the interval is the one the per-resample loop
+    gives, in any block size (the same index stream), and each resample's metric is the metric of its rows."""
+    rng = np.random.default_rng(2)
+    p, y = rng.dirichlet(np.full(4, 0.3), 200), rng.integers(0, 4, 200)
+    idx = rng.integers(0, 200, (5, 200))
+    for name, fn in metrics.CLASSIFICATION_METRICS.items():
+        np.testing.assert_allclose(fn(p[idx], y[idx]), [fn(p[i], y[i]) for i in idx], atol=1e-12, err_msg=name)
+        loop = metrics.bootstrap_interval(fn, p, y, num_resamples=300, seed=3)
+        for block_values in (10 ** 9, 7 * 200 * 4):  # one block; blocks of 7 resamples
+            monkeypatch.setattr(metrics, "BOOTSTRAP_BLOCK_VALUES", block_values)
+            np.testing.assert_allclose(metrics.bootstrap_interval(fn, p, y, num_resamples=300, seed=3, vectorized=True),
+                                       loop, atol=1e-12, err_msg=name)
+
+
 def test_most_uncertain_pair():
     probs = np.array([[0.5, 0.5, 0.0], [0.0, 0.6, 0.4], [0.0, 0.4, 0.6]])
     mi = np.array([0.01, 0.3, 0.3])
