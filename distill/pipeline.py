@@ -15,16 +15,14 @@ from distill.errors import BdkError, atomic_dir, first_line, write_json
 
 
 def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwrite: bool = False,
-                  progress: bool = True, preload: Sequence[str] = ()) -> dict:
-    """Stage 1: read and split the data, train, evaluate and export the teacher into a new run folder.
-    `preload`: modules the next stages need, imported on a background thread once the data is valid."""
+                  progress: bool = True) -> dict:
+    """Stage 1: read and split the data, train, evaluate and export the teacher into a new run folder."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise BdkError(f"run folder {out} already exists; pass --overwrite to replace it or choose another --out")
     ds = data_lib.load(data_cfg)  # validates before anything is written or TensorFlow loads
     if data_cfg.task is None and progress:
         print(f"task: {ds.task} (from the data; pass --task to choose)", file=sys.stderr)
-    _import_in_background(preload)
     from teacher.train import train_teacher
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -32,22 +30,6 @@ def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwri
         write_json(tmp / "data" / "config.json", data_cfg)
         summary = train_teacher(teacher_cfg, ds, tmp, progress=progress)
     return summary
-
-
-def _import_in_background(modules: Sequence[str]) -> None:
-    """Import `modules` on a background thread. Beam and the report's libraries take ~7 s to import here; the
-    teacher's training spends most of its time in TensorFlow kernels, which release the GIL, so the imports mostly
-    overlap it. A module that fails to import is left alone: the stage that needs it imports it again and reports
-    the error. Not a daemon: the interpreter waits for the imports to finish rather than stop one half-way."""
-    import importlib
-    import threading
-
-    def load():
-        for name in modules:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-
-    threading.Thread(target=load, name="preload").start()
 
 
 def student_stage(student_cfg, run: Path, progress: bool = True) -> dict:
@@ -72,8 +54,6 @@ def _existing_run(run: Path) -> Path:
 
 
 STAGES = ("teacher", "soft labels", "student", "evaluate")
-# What the stages after the teacher import (~7 s in all on this CPU): `run_all` imports them while the teacher trains.
-LATER_STAGE_MODULES = ("beam_pipelines.soft_labels", "distill.evaluate", "scipy.stats", "sklearn.metrics")
 
 
 def run_all(data_cfg: data_lib.DataConfig, teacher_cfg, soft_cfg, student_cfg, eval_cfg, out: Path,
@@ -83,8 +63,7 @@ def run_all(data_cfg: data_lib.DataConfig, teacher_cfg, soft_cfg, student_cfg, e
     out = Path(out)
     summaries = {}
     announce(1, STAGES[0])
-    summaries["teacher"] = teacher_stage(data_cfg, teacher_cfg, out, overwrite=overwrite, progress=progress,
-                                         preload=LATER_STAGE_MODULES)
+    summaries["teacher"] = teacher_stage(data_cfg, teacher_cfg, out, overwrite=overwrite, progress=progress)
     announce(2, STAGES[1])
     summaries["soft_labels"] = soft_labels_stage(soft_cfg, out, list(beam_args), progress=progress)
     announce(3, STAGES[2])
