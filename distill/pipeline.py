@@ -11,39 +11,56 @@ from pathlib import Path
 from typing import Sequence
 
 from distill import data as data_lib
-from distill.errors import BdkError, atomic_dir, first_line, write_json
+from distill import schema
+from distill.errors import BdkError, atomic_dir, check_output_folder, first_line, stage_locks, write_json
 
 
 def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwrite: bool = False,
                   progress: bool = True) -> dict:
-    """Stage 1: read and split the data, train, evaluate and export the teacher into a new run folder."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise BdkError(f"run folder {out} already exists; pass --overwrite to replace it or choose another --out")
-    ds = data_lib.load(data_cfg)  # validates before anything is written or TensorFlow loads
-    if data_cfg.task is None and progress:
-        print(f"task: {ds.task} (from the data; pass --task to choose)", file=sys.stderr)
-    from teacher.train import train_teacher
+    """Stage 1: read and split the data, train, evaluate and export the teacher into a new run folder.
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        data_lib.save(ds, tmp / "data")
-        write_json(tmp / "data" / "config.json", data_cfg)
-        summary = train_teacher(teacher_cfg, ds, tmp, progress=progress)
+    `--overwrite` replaces only a run folder (or an empty one); the run folder's lock is held from before the data
+    is read to the rename, so a stage reading this run meanwhile makes it a one-line refusal."""
+    out = Path(out)
+    check_output_folder(out, overwrite)  # before the data is read or TensorFlow loads
+    with stage_locks(write=out):
+        ds = data_lib.load(data_cfg)  # validates before anything is written or TensorFlow loads
+        if data_cfg.task is None and progress:
+            print(f"task: {ds.task} (from the data; pass --task to choose)", file=sys.stderr)
+        from teacher.train import train_teacher
+
+        with atomic_dir(out, overwrite=overwrite, marker=True) as tmp:
+            data_lib.save(ds, tmp / "data")
+            write_json(tmp / "data" / "config.json", data_cfg)
+            summary = train_teacher(teacher_cfg, ds, tmp, progress=progress)
     return summary
 
 
 def student_stage(student_cfg, run: Path, progress: bool = True) -> dict:
-    """Stage 3: distil the student (and the hard-label baseline) from RUN/soft_labels; gate; export."""
-    from student.train import distil_student
+    """Stage 3: distil the student (and the hard-label baseline) from RUN/soft_labels; gate; export.
 
-    return distil_student(student_cfg, _existing_run(run), progress=progress)
+    Holds, from before the soft labels are read to the export: a shared lock on the run (no `teacher --overwrite`
+    underneath) and on RUN/soft_labels (no `soft-labels` replacing them mid-read), the exclusive one on RUN/student."""
+    run = _existing_run(run)
+    with stage_locks(write=schema.student_dir(run), read=(run, schema.soft_labels_dir(run))):
+        from distill.validate import check_soft_labels
+
+        check_soft_labels(run)  # readable, counts as the manifest says, finite and normalised: before TensorFlow loads
+        from student.train import distil_student
+
+        return distil_student(student_cfg, run, progress=progress)
 
 
 def evaluate_stage(eval_cfg, run: Path, progress: bool = True) -> dict:
-    """Compare teacher, student and baseline from their exports; write RUN/report."""
-    from distill.evaluate import evaluate_run
+    """Compare teacher, student and baseline from their exports; write RUN/report (locks as `student_stage`)."""
+    run = _existing_run(run)
+    with stage_locks(write=schema.report_dir(run), read=(run, schema.soft_labels_dir(run), schema.student_dir(run))):
+        from distill.validate import check_soft_labels
 
-    return evaluate_run(eval_cfg, _existing_run(run), progress=progress)
+        check_soft_labels(run)
+        from distill.evaluate import evaluate_run
+
+        return evaluate_run(eval_cfg, run, progress=progress)
 
 
 def _existing_run(run: Path) -> Path:
@@ -80,10 +97,15 @@ def soft_labels_stage(cfg, run: Path, beam_args: Sequence[str] = (), progress: b
     embedded FnApiRunner). Everything is written into a temporary folder that replaces RUN/soft_labels
     only when the job succeeded and its rows were checked, so a rerun never mixes old and new shards.
     """
-    from distill import schema, tasks
+    run = _existing_run(run)
+    with stage_locks(write=schema.soft_labels_dir(run), read=(run,)):
+        return _soft_labels(cfg, run, beam_args, progress)
+
+
+def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Path:
+    from distill import tasks
     from distill.transfer import build_transfer_set, write_transfer_set
 
-    run = _existing_run(run)
     ds = data_lib.load_from_run(run)
     export = schema.teacher_export(run).resolve()
     if not (export / "saved_model.pb").exists():

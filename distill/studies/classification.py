@@ -101,7 +101,7 @@ def kl_weight_study(cfg: StudyConfig, weights: list[float], seeds: int, out: Pat
     if seeds < 1:
         raise BdkError("--seeds must be at least 1")
     out = Path(out)
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, marker=True) as tmp:
         runs: dict[float, list[Path]] = {w: [] for w in weights}
         jobs = [(w, s) for w in weights for s in range(seeds)]
         for w, s in tqdm(jobs, desc="kl-weight runs", unit="run", disable=None if progress else True):
@@ -208,7 +208,7 @@ def teachers_study(cfg: StudyConfig, out: Path, kinds: tuple[str, ...] = TABLE_K
                    progress: bool = True) -> pd.DataFrame:
     """Each teacher family and its distilled student, on the same split: one table, one figure."""
     out = Path(out)
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, marker=True) as tmp:
         rows = []
         for kind in tqdm(kinds, desc="teachers", unit="run", disable=None if progress else True):
             run = _run(replace(cfg, teacher=replace(cfg.teacher, kind=kind)), tmp / "runs" / kind, cfg.data.seed)

@@ -112,7 +112,7 @@ def uci_study(cfg: UciStudyConfig, splits: int, out: Path, progress: bool = True
     if splits < 2:
         raise BdkError(f"--splits must be at least 2 (a standard error needs two splits), got {splits}")
     out = Path(out)
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, marker=True) as tmp:
         write_json(tmp / "config.json", {"study": asdict(cfg), "splits": splits})
         rows, runs = [], []
         bar = tqdm(range(splits), desc=f"uci {cfg.dataset}", unit="split", disable=None if progress else True)
