@@ -505,11 +505,20 @@ def serve(
     port: int = typer.Option(8501, min=0, max=65535, help="TF Serving's REST port by default."),
     max_batch: int = typer.Option(1024, min=1, help="Rows per request above which the server answers 413."),
     max_body_bytes: int = typer.Option(4 * 1024 * 1024, min=1, help="Request body size above which the server answers 413."),
+    max_work: int = typer.Option(1 << 20, min=1, help="Work budget of one request, draws x rows x steps (time steps of "
+                                 "a sequence, 1 for a table row); above it a 400, before any computation."),
+    max_response_mb: float = typer.Option(16.0, min=0.001, help="Largest JSON answer (estimated before computing); "
+                                          "above it a 400."),
+    timeout: float = typer.Option(30.0, min=0.001, help="Seconds a request may wait for and run in a model call "
+                                  "(then 503 / 504)."),
+    max_concurrency: int = typer.Option(2, min=1, help="Model calls at once (a semaphore; about one per core)."),
 ):
     """Serve an export over TF Serving's REST API (GET /v1/models/NAME[/metadata], POST /v1/models/NAME:predict)."""
     from serving.server import serve as serve_export
 
-    serve_export(export_dir, name=name, host=host, port=port, max_batch=max_batch, max_body_bytes=max_body_bytes)
+    serve_export(export_dir, name=name, host=host, port=port, max_batch=max_batch, max_body_bytes=max_body_bytes,
+                 max_work=max_work, max_response_bytes=int(max_response_mb * 2 ** 20), timeout=timeout,
+                 max_concurrency=max_concurrency)
 
 
 @app.command()

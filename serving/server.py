@@ -36,8 +36,17 @@ DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_BATCH = 1024  # rows per request
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Scalar integer inputs are work counts (the teacher's num_samples): one request must not buy hours
-# of CPU or a [num_samples, B, C] tensor that exhausts memory.
+# of CPU or a [num_samples, B, C] tensor that exhausts memory. Seeds (scalar integer inputs named *seed*) are not
+# counts: any int64, 0 and negatives included.
 DEFAULT_MAX_SCALAR = 1000
+# The work budget of one request: draws x rows x steps (time steps of a sequence, 1 for a table row). The default
+# admits every table request (1024 rows x 1000 draws) and refuses e.g. 1000 draws over a 5000-step sequence
+# (~19 s and 5 GB of a sequence teacher's activations).
+DEFAULT_MAX_WORK = 1 << 20
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # the JSON answer: 1000 draws x 1024 rows x 3 classes is ~60 MB
+JSON_BYTES_PER_VALUE = 20  # a float32 printed as JSON ("0.017300000414252281,") for the response estimate
+DEFAULT_TIMEOUT = 30.0  # seconds a request may wait for, and run in, a model call
+DEFAULT_MAX_CONCURRENCY = 2  # model calls at once (the pool's): one request per core
 MODES = ("auto", "inline", "thread")  # where a :predict request runs: see create_app
 INLINE_MAX_BODY_BYTES = 4096  # "auto" parses and runs bodies up to this size on the event loop (~30 rows)
 # After the body limit is crossed, keep reading (and discarding) up to this much so the client sees
@@ -173,6 +182,43 @@ class Limits:
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_scalar: int = DEFAULT_MAX_SCALAR
+    max_work: int = DEFAULT_MAX_WORK
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    timeout: float = DEFAULT_TIMEOUT
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+
+
+def is_seed(name: str) -> bool:
+    """A scalar integer input that seeds the draws (any int64) rather than counting work (num_samples)."""
+    return "seed" in name.lower()
+
+
+def check_budget(sig: "Signature", inputs: dict[str, np.ndarray], limits: Limits) -> None:
+    """Refuse, before any computation, a request whose work (draws x rows x steps) or JSON answer is over the limits."""
+    counts = {n: int(a) for n, a in inputs.items() if a.ndim == 0 and a.dtype.kind in "iu" and not is_seed(n)}
+    draws = int(np.prod(list(counts.values()))) if counts else 1
+    rows, steps = 1, 1
+    for a in inputs.values():
+        if a.ndim >= 1 and a.shape[0] * int(np.prod(a.shape[1:-1])) > rows * steps:
+            rows, steps = a.shape[0], int(np.prod(a.shape[1:-1])) if a.ndim >= 3 else 1
+    work = draws * rows * steps
+    if work > limits.max_work:
+        raise RequestError(400, f"request work of {draws} draws x {rows} rows x {steps} steps = {work} is over the "
+                                f"limit of {limits.max_work} (--max-work); send fewer draws, rows or steps")
+    values = 0
+    for spec in sig.outputs.values():
+        dims = spec.shape.as_list() if spec.shape.rank is not None else [None, None]
+        fill = iter([draws, rows, steps] if counts and dims.count(None) >= 2 else [rows, steps])
+        values += int(np.prod([d if d is not None else next(fill, 1) for d in dims]))
+    check_response_size(values, limits)
+
+
+def check_response_size(values: int, limits: Limits) -> None:
+    size = values * JSON_BYTES_PER_VALUE
+    if size > limits.max_response_bytes:
+        raise RequestError(400, f"the response would hold {values} values (~{size / 2 ** 20:.0f} MB of JSON), over the "
+                                f"limit of {limits.max_response_bytes / 2 ** 20:g} MB (--max-response-mb); send fewer "
+                                "draws or rows")
 
 
 def loads(body: bytes) -> Any:
@@ -249,7 +295,7 @@ def _check_shape(name: str, arr: np.ndarray, spec, limits: Limits) -> None:
             hint = f": each row needs {want[1]} values, got {arr.shape[1]}"
         raise RequestError(400, f"input {name!r}: shape {list(arr.shape)} does not match the signature's {shown}{hint}")
     if arr.ndim == 0:
-        if arr.dtype.kind in "iu" and not 1 <= int(arr) <= limits.max_scalar:
+        if arr.dtype.kind in "iu" and not is_seed(name) and not 1 <= int(arr) <= limits.max_scalar:
             raise RequestError(400, f"input {name!r}: {int(arr)} is outside [1, {limits.max_scalar}]")
         return
     if arr.shape[0] == 0:
@@ -331,22 +377,32 @@ def prepare(model: ServedModel, body: bytes, limits: Limits) -> Prepared:
     request = loads(body)
     sig = model.signature(request.get("signature_name") if isinstance(request, dict) else None)
     inputs, row_format = parse_predict(request, sig, limits, may_hold_bool=b"true" in body or b"false" in body)
+    check_budget(sig, inputs, limits)
     return Prepared(sig, inputs, row_format)
 
 
-def finish(p: Prepared) -> bytes:
-    """Run the signature and shape the response as TF Serving does."""
+def finish(p: Prepared, limits: Limits | None = None, slots: threading.Semaphore | None = None) -> bytes:
+    """Run the signature and shape the response as TF Serving does. `slots`: the model-call semaphore, waited for
+    up to `limits.timeout` (then a 503)."""
+    if slots is not None and not slots.acquire(timeout=(limits or Limits()).timeout):
+        raise RequestError(503, f"the server is busy ({(limits or Limits()).max_concurrency} model calls running for "
+                                f"over {(limits or Limits()).timeout:g} s); retry later")
     try:
         outputs = p.signature.run(p.inputs)
     except Exception as e:  # e.g. tf.errors.InvalidArgumentError from an op on odd (but well-typed) input
         first = first_line(e)
         raise RequestError(400, f"{type(e).__name__}: {first}") from None
+    finally:
+        if slots is not None:
+            slots.release()
+    if limits is not None:  # the estimate before the call is a bound on shapes; this is the real count
+        check_response_size(sum(int(v.size) for v in outputs.values()), limits)
     return dumps(format_predict(outputs, p.row_format))
 
 
-def predict(model: ServedModel, body: bytes, limits: Limits) -> bytes:
+def predict(model: ServedModel, body: bytes, limits: Limits, slots: threading.Semaphore | None = None) -> bytes:
     """The whole :predict handler minus HTTP: body bytes -> response bytes (or a RequestError)."""
-    return finish(prepare(model, body, limits))
+    return finish(prepare(model, body, limits), limits, slots)
 
 
 # ---------------------------------------------------------------- the app
@@ -354,7 +410,9 @@ def predict(model: ServedModel, body: bytes, limits: Limits) -> bytes:
 
 def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFAULT_MAX_BATCH,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_scalar: int = DEFAULT_MAX_SCALAR,
-               mode: str = "auto"):
+               mode: str = "auto", max_work: int = DEFAULT_MAX_WORK,
+               max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, timeout: float = DEFAULT_TIMEOUT,
+               max_concurrency: int = DEFAULT_MAX_CONCURRENCY):
     """A FastAPI app serving one SavedModel version under `name`.
 
     `mode` says where a :predict request runs. "inline": on the event loop, no thread hop (the
@@ -363,7 +421,17 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
     stays free during a long call). "auto" (default): small bodies for signatures without scalar
     inputs inline; big bodies, and signatures whose scalar input sets the work (num_samples), in
     the pool, so no request can stall the loop for long. bench/bench_serving.py measures all three.
+
+    Every request is priced before TensorFlow runs (`check_budget`: draws x rows x steps against `max_work`, the
+    answer's size against `max_response_bytes`: a 400 naming the limit). Calls in the pool share `max_concurrency`
+    slots (a semaphore); a request that waits for one, or runs, longer than `timeout` seconds gets a 503 / 504 (the
+    call itself cannot be interrupted; it finishes and frees its slot). A client that disconnects mid-body is one log
+    line.
     """
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
@@ -373,7 +441,9 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     model = ServedModel(model_base_or_version_dir, name)
-    limits = Limits(max_batch=max_batch, max_body_bytes=max_body_bytes, max_scalar=max_scalar)
+    limits = Limits(max_batch=max_batch, max_body_bytes=max_body_bytes, max_scalar=max_scalar, max_work=max_work,
+                    max_response_bytes=max_response_bytes, timeout=timeout, max_concurrency=max_concurrency)
+    slots = threading.BoundedSemaphore(max_concurrency)
     app = FastAPI(title=f"bdk serve: {name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.model = model
     app.state.limits = limits
@@ -422,17 +492,30 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
             raise RequestError(413, f"request body of {declared or size} bytes is over the limit of {limit} bytes")
         return b"".join(chunks)
 
+    async def in_pool(fn, *args) -> bytes:
+        try:
+            return await asyncio.wait_for(run_in_threadpool(fn, *args), timeout=limits.timeout)
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"the request took longer than {limits.timeout:g} s (--timeout); send fewer draws, "
+                                    "rows or steps") from None
+
     async def run_predict(request: Request, model_name: str, version: str | None) -> Response:
         check(model_name, version)
-        body = await read_body(request)
+        try:
+            body = await read_body(request)
+        except ClientDisconnect:
+            log.warning("client %s disconnected before sending the whole request body", _peer(request))
+            return Response(status_code=499)
         if mode == "thread" or (mode == "auto" and len(body) > INLINE_MAX_BODY_BYTES):
-            out = await run_in_threadpool(predict, model, body, limits)
+            prepared = prepare(model, body, limits) if len(body) <= INLINE_MAX_BODY_BYTES else \
+                await run_in_threadpool(prepare, model, body, limits)  # parsing a big body off the loop
+            out = await in_pool(finish, prepared, limits, slots)
         else:
             prepared = prepare(model, body, limits)  # small body: microseconds
             if mode == "auto" and prepared.signature.scalar_inputs:
-                out = await run_in_threadpool(finish, prepared)
+                out = await in_pool(finish, prepared, limits, slots)
             else:
-                out = finish(prepared)
+                out = finish(prepared, limits)
         return Response(out, media_type="application/json")
 
     @app.get("/v1/models/{model_name}")
@@ -459,6 +542,11 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
     app.add_route("/v1/models/{model_name}/versions/{version}:predict", predict_route, methods=["POST"],
                   include_in_schema=False)
     return app
+
+
+def _peer(request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "?"
 
 
 def default_name(export_dir: Path) -> str:
@@ -505,7 +593,8 @@ def _check_port(host: str, port: int) -> None:
 
 def serve(export_dir: Path, name: str | None = None, host: str = "127.0.0.1", port: int = 8501,
           max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          mode: str = "auto") -> None:
+          mode: str = "auto", max_work: int = DEFAULT_MAX_WORK, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+          timeout: float = DEFAULT_TIMEOUT, max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> None:
     """Load the export and serve it with uvicorn until interrupted (the `bdk serve` command)."""
     import uvicorn
 
@@ -513,10 +602,11 @@ def serve(export_dir: Path, name: str | None = None, host: str = "127.0.0.1", po
     _check_port(host, port)
     name = name or default_name(export_dir)
     configure_threads()
-    app = create_app(export_dir, name, max_batch=max_batch, max_body_bytes=max_body_bytes, mode=mode)
+    app = create_app(export_dir, name, max_batch=max_batch, max_body_bytes=max_body_bytes, mode=mode, max_work=max_work,
+                     max_response_bytes=max_response_bytes, timeout=timeout, max_concurrency=max_concurrency)
     model: ServedModel = app.state.model
     print(f"serving {name!r} version {model.version} from {model.path} (signatures: {', '.join(sorted(model.signatures))})")
-    print(f"  http://{host}:{port}/v1/models/{name}:predict")
+    print(f"  http://{host}:{port}/v1/models/{name}:predict", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

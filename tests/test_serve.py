@@ -263,3 +263,152 @@ def test_cli_serve_busy_port_is_one_line(student_base):
         port = s.getsockname()[1]
         r = CliRunner().invoke(app, ["serve", str(student_base), "--port", str(port)])
     assert r.exit_code == 1 and r.output.startswith("error: cannot listen") and "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------- issue 26: seeds, work budget, a real `bdk serve`
+
+
+@pytest.mark.parametrize("seed", [0, -1, 1, 2 ** 63 - 1, -2 ** 63])
+def test_any_int64_seed_is_served_and_bit_identical(teacher, seed):
+    body = {"signature_name": "predictive_seeded", "inputs": {"features": ROWS, "num_samples": 20, "seed": seed}}
+    first, again = predict(teacher, body), predict(teacher, body)
+    assert first.status_code == 200, first.text
+    assert first.content == again.content  # the same seed: the same bytes
+    other = predict(teacher, {**body, "inputs": {**body["inputs"], "seed": seed ^ 1}})
+    assert other.status_code == 200 and other.content != first.content
+
+
+def test_only_num_samples_is_capped_and_seeds_beyond_int64_are_a_400(teacher):
+    r = predict(teacher, {"signature_name": "predictive_seeded", "inputs": {"features": ROWS, "num_samples": 0, "seed": 0}})
+    assert r.status_code == 400 and "num_samples" in r.json()["error"] and "outside [1, 1000]" in r.json()["error"]
+    r = predict(teacher, {"signature_name": "predictive_seeded", "inputs": {"features": ROWS, "num_samples": 5, "seed": 2 ** 63}})
+    assert r.status_code == 400 and "seed" in r.json()["error"]
+
+
+def test_the_work_budget_prices_draws_rows_and_steps():
+    import tensorflow as tf
+
+    from serving.server import Limits, RequestError, Signature, check_budget
+
+    seq = Signature("sample", None, {"features": tf.TensorSpec([None, None, 2], tf.float32),
+                                     "num_samples": tf.TensorSpec([], tf.int32)},
+                    {"probs_samples": tf.TensorSpec([None, None, 2], tf.float32)})
+    x = np.zeros((1, 5000, 2), np.float32)
+    with pytest.raises(RequestError, match=r"1000 draws x 1 rows x 5000 steps = 5000000 .*--max-work"):
+        check_budget(seq, {"features": x, "num_samples": np.int32(1000)}, Limits())
+    check_budget(seq, {"features": x, "num_samples": np.int32(100)}, Limits())  # 500,000 units, 4 MB
+    with pytest.raises(RequestError, match="--max-response-mb"):
+        check_budget(seq, {"features": np.zeros((1024, 1, 2), np.float32), "num_samples": np.int32(1000)}, Limits())
+
+
+@pytest.fixture(scope="module")
+def sequence_export(tmp_path_factory):
+    """An (untrained) Bayesian GRU teacher's Monte Carlo export over 2 channels, any length: the shape of the
+    issue's sequence teacher, without training one."""
+    from distill import tasks
+    from teacher import recurrent
+    from teacher.export import MonteCarloModule
+
+    task = tasks.get("classification")
+    model = recurrent.build_brnn(2, task.head_units(2), 60, (16,))
+    module = MonteCarloModule(task, recurrent.brnn_sampler(model), [model], np.zeros(2), np.ones(2),
+                              input_shape=(None, 2), forward=(recurrent.forward_batched, recurrent.forward_one))
+    base = tmp_path_factory.mktemp("sequence") / "export"
+    module.save(base / "1")
+    return base
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def served_sequence(sequence_export, tmp_path_factory):
+    """`bdk serve` as its own process on a free loopback port: (base url, process, stderr file)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("serve") / "stderr.txt"
+    bdk = Path(sys.executable).parent / "bdk"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([str(bdk), "serve", str(sequence_export), "--name", "seq", "--port", str(port)],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if "http://" in line or time.monotonic() > deadline:
+                break
+        url = f"http://127.0.0.1:{port}"
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v1/models/seq", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url, proc, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_real_server_refuses_an_oversized_sequence_request_at_once(served_sequence):
+    """The issue's request (1000 draws over a 5000-step sequence, ~19 s and +5 GB before): a 400 naming the limit
+    within 1 s, the server's RSS barely moves, and a small request sent at the same time answers quickly."""
+    import time
+
+    url, proc, _ = served_sequence
+    small = json.dumps({"signature_name": "predictive", "inputs": {"features": [[[0.1, 0.2]] * 12], "num_samples": 10}})
+    huge = json.dumps({"signature_name": "predictive", "inputs": {"features": [[[0.1, 0.2]] * 5000], "num_samples": 1000}})
+    big_answer = json.dumps({"signature_name": "sample", "inputs": {"features": [[[0.1, 0.2]]] * 1024, "num_samples": 1000}})
+    with httpx.Client(base_url=url, timeout=30) as c:
+        path = "/v1/models/seq:predict"
+        for _ in range(3):  # warm: the first call of a signature builds its graph
+            assert c.post(path, content=small).status_code == 200
+        rss = _rss_mb(proc.pid)
+        results = {}
+
+        def send_huge():
+            t0 = time.perf_counter()
+            results["huge"] = (c.post(path, content=huge), time.perf_counter() - t0)
+
+        thread = threading.Thread(target=send_huge)
+        thread.start()
+        t0 = time.perf_counter()
+        r_small = c.post(path, content=small)
+        small_seconds = time.perf_counter() - t0
+        thread.join()
+        r_huge, huge_seconds = results["huge"]
+        assert r_huge.status_code == 400 and "--max-work" in r_huge.json()["error"] and huge_seconds < 1.0
+        assert r_small.status_code == 200 and small_seconds < 0.1, small_seconds
+        t0 = time.perf_counter()
+        r = c.post(path, content=big_answer)
+        assert r.status_code == 400 and "--max-response-mb" in r.json()["error"] and time.perf_counter() - t0 < 1.0
+        assert _rss_mb(proc.pid) - rss < 200
+
+
+def test_a_client_that_disconnects_mid_body_is_one_log_line(served_sequence):
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    url, proc, log = served_sequence
+    before = log.read_text()
+    u = urlparse(url)
+    for _ in range(3):
+        with socket.create_connection((u.hostname, u.port)) as s:
+            s.sendall(b"POST /v1/models/seq:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100000\r\n\r\n" + b'{"inputs": [' + b"0.1," * 1000)
+            time.sleep(0.2)
+    time.sleep(0.5)
+    assert httpx.get(f"{url}/v1/models/seq", timeout=5).status_code == 200
+    new = log.read_text()[len(before):]
+    assert "Traceback" not in new and new.count("disconnected") == 3 and len(new.splitlines()) == 3, new
