@@ -278,6 +278,8 @@ def validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, list[str]
     df = df.assign(**{ROW_NUMBER: np.arange(1, len(df) + 1)})  # the file's data row, kept through drops
     feats = df[features].astype("float64")
     missing = feats.isna().any(axis=1).to_numpy() | df[label].isna().to_numpy() | ~np.isfinite(feats.to_numpy()).all(axis=1)
+    if pd.api.types.is_numeric_dtype(df[label]) and not pd.api.types.is_bool_dtype(df[label]):
+        missing |= ~np.isfinite(df[label].to_numpy(np.float64))  # an infinite label (a regression target)
     if missing.any():
         rows = np.flatnonzero(missing) + 1  # 1-based data rows (header not counted)
         if not cfg.drop_missing:
@@ -336,6 +338,9 @@ def _classes(df: pd.DataFrame, label: str) -> tuple[list[str], np.ndarray]:
     return classes, y
 
 
+MAX_TARGET = 1e15  # |regression target| bound: squares summed over a million rows stay finite in float32
+
+
 def _target(df: pd.DataFrame, label: str) -> np.ndarray:
     if not pd.api.types.is_numeric_dtype(df[label]) or pd.api.types.is_bool_dtype(df[label]):
         example = next(iter(df[label]), None)
@@ -343,7 +348,14 @@ def _target(df: pd.DataFrame, label: str) -> np.ndarray:
                        "(or pass --task classification)")
     if len(df) < 10:
         raise BdkError(f"{len(df)} rows are too few for train/val/test splits of a regression target; add rows")
-    return df[label].to_numpy(np.float32)
+    y = df[label].to_numpy(np.float64)
+    huge = np.flatnonzero(~(np.abs(y) <= MAX_TARGET))  # also NaN/inf, should any get here
+    if len(huge):
+        rows = df[ROW_NUMBER].to_numpy()[huge] if ROW_NUMBER in df.columns else huge + 1
+        raise BdkError(f"label column {label!r} has values beyond ±{MAX_TARGET:g} (or non-finite) in data rows "
+                       f"{_row_list(rows)}; a float32 network cannot fit them: rescale the target (other units, a log) "
+                       "or remove those rows")
+    return y.astype(np.float32)
 
 
 def split_indices(n: int, y: np.ndarray | None, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -196,6 +196,9 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, pd.Series, list[str]]:
         x = x[..., None]
     if x.ndim != 3 or y.ndim != 1 or len(y) != len(x):
         raise BdkError(f"{path}: x has shape {list(x.shape)} and y {list(y.shape)}; they need [N, T, C] and [N]")
+    if 0 in x.shape:
+        raise BdkError(f"{path}: x has shape {list(x.shape)}; sequences need at least one series, time step and "
+                       "channel ([N, T, C] with N, T, C >= 1)")
     if pd.isna(y).any():
         raise BdkError(f"{path}: y is missing for sequences {', '.join(map(str, np.flatnonzero(pd.isna(y))[:5]))}; "
                        "label them or remove them")

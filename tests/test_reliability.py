@@ -313,3 +313,30 @@ def test_broken_soft_labels_are_one_line(regression_copy, breakage, needles):
     breakage(regression_copy)
     one_error(cli("student", "--run", regression_copy, "--no-gate"), *needles)
     one_error(cli("evaluate", "--run", regression_copy), *needles)
+
+
+# ---------------------------------------------------------------- 8: one-line errors on bad data, before training
+
+
+@pytest.mark.parametrize("value,needles", [("inf", ["non-finite values in data rows 5"]),
+                                           ("-inf", ["non-finite values in data rows 5"]),
+                                           ("1e30", ["beyond ±1e+15", "data rows 5"])])
+def test_a_regression_target_with_inf_or_1e30_is_one_line_before_training(tmp_path, value, needles):
+    from conftest import regression_frame
+
+    df = regression_frame(60)
+    df["y"] = df["y"].astype(object)
+    df.loc[4, "y"] = value
+    path = tmp_path / "bad.csv"
+    df.to_csv(path, index=False)
+    t0 = time.monotonic()
+    one_error(cli("teacher", "--dataset", path, "--label-column", "y", "--task", "regression", "--out", tmp_path / "run"),
+              *needles)
+    assert time.monotonic() - t0 < 5 and not (tmp_path / "run").exists()
+
+
+def test_an_npz_with_an_empty_time_axis_is_one_line(tmp_path):
+    path = tmp_path / "empty.npz"
+    np.savez(path, x=np.zeros((60, 0, 2), np.float32), y=np.arange(60) % 2)
+    one_error(cli("teacher", "--dataset", path, "--out", tmp_path / "run"), "[60, 0, 2]", "at least one")
+    assert not (tmp_path / "run").exists()
