@@ -340,3 +340,36 @@ def test_an_npz_with_an_empty_time_axis_is_one_line(tmp_path):
     np.savez(path, x=np.zeros((60, 0, 2), np.float32), y=np.arange(60) % 2)
     one_error(cli("teacher", "--dataset", path, "--out", tmp_path / "run"), "[60, 0, 2]", "at least one")
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- 10: fingerprints without the random uuid
+
+EXPORT = """
+import sys
+import numpy as np
+import distill
+from distill import tasks
+from teacher.export import MonteCarloModule, flipout_per_row, flipout_sampler
+from teacher.model import build_flipout, dense_layers
+m = build_flipout(4, 3, 96, (8,), 1.0, 1.0, -5.0, "normal", 0)
+layers = dense_layers(m)
+MonteCarloModule(tasks.get("classification"), flipout_sampler(layers), [m], np.zeros(4), np.ones(4),
+                 per_row=flipout_per_row(layers)).save(sys.argv[1])
+"""
+
+
+def test_identical_teachers_share_one_fingerprint(tmp_path):
+    """Two processes export the same teacher: byte-identical folders, fingerprint.pb included (TensorFlow's random
+    uuid is replaced by a digest of the graph and the variables), hence one export fingerprint."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    from distill.transfer import export_fingerprint
+
+    procs = [subprocess.Popen([sys.executable, "-c", EXPORT, str(tmp_path / name)], cwd=REPO,
+                              stderr=subprocess.DEVNULL) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    a, b = ((tmp_path / n / "fingerprint.pb").read_bytes() for n in "ab")
+    assert a == b and export_fingerprint(tmp_path / "a") == export_fingerprint(tmp_path / "b")
+    proto = fingerprint_pb2.FingerprintDef()
+    proto.ParseFromString(a)
+    assert proto.uuid and proto.saved_model_checksum  # still a valid fingerprint, with TF's own hashes
