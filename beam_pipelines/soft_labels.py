@@ -43,6 +43,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pipelines import predictive_handler
 from beam_pipelines.predictive_handler import SHARD_SUFFIX, LabelRowGroups, PredictiveModelHandler
+from beam_pipelines.workers import workers_die_with_job
 from distill import schema, tasks
 from distill.errors import BdkError
 from distill.transfer import export_fingerprint, soft_label_arrow_schema
@@ -229,16 +230,17 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     options = pipeline.options.get_all_options(drop_default=True, retain_unknown_options=True)  # before runners edit them
     runner = pipeline.options.view_as(StandardOptions).runner or type(pipeline.runner).__name__
     t0 = time.perf_counter()
-    try:
-        result = pipeline.run()
-    except OSError as e:  # the DaskRunner connects to its scheduler in run()
-        if runner != DASK_RUNNER:
-            raise
-        raise BdkError(f"cannot reach the Dask scheduler ({e}); start one (`dask scheduler`) or fix --dask_client_address") from None
-    try:
-        result.wait_until_finish()
-    finally:
-        _close_dask_client(result)
+    with workers_die_with_job():  # local multi-process workers: killed with the job, even by kill -9
+        try:
+            result = pipeline.run()
+        except OSError as e:  # the DaskRunner connects to its scheduler in run()
+            if runner != DASK_RUNNER:
+                raise
+            raise BdkError(f"cannot reach the Dask scheduler ({e}); start one (`dask scheduler`) or fix --dask_client_address") from None
+        try:
+            result.wait_until_finish()
+        finally:
+            _close_dask_client(result)
     seconds = time.perf_counter() - t0
 
     shards = sorted(m.path for m in FileSystems.match([shard_glob])[0].metadata_list)

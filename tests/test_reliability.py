@@ -373,3 +373,58 @@ def test_identical_teachers_share_one_fingerprint(tmp_path):
     proto = fingerprint_pb2.FingerprintDef()
     proto.ParseFromString(a)
     assert proto.uuid and proto.saved_model_checksum  # still a valid fingerprint, with TF's own hashes
+
+
+# ---------------------------------------------------------------- 7: Beam workers die with the job
+
+
+def _workers_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
+        if ppid == pid and b"sdk_worker_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:"))
+    except (OSError, StopIteration):
+        return False
+    return "Z" not in state.split()[1]  # a zombie is dead, awaiting its reaper
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_multi_process_beam_workers_die_with_a_killed_job(copy_run):
+    run = copy_run()
+    bdk = Path(sys.executable).parent / "bdk"
+    job = subprocess.Popen([str(bdk), "soft-labels", "--run", str(run), "--samples", "5", "--perturbations", "1",
+                            "--interpolations", "10", "--uniform", "100000", "--shell", "10", "--no-progress", "--",
+                            "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.2)
+            workers = _workers_of(job.pid)
+        assert len(workers) == 2, "the job did not start its two workers"
+        assert all(os.getpgid(w) == os.getpgid(job.pid) for w in workers)  # in the job's process group
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "workers outlived the killed job"
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
