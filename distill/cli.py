@@ -120,6 +120,9 @@ def soft_labels(
     perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 10)."),
     noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated, per feature in box widths (classes) or stds (regression); "
                                         "copy j uses the (j mod n)-th (default 0.05,0.2,0.5)."),
+    noise_unit: Optional[str] = typer.Option(None, help="Unit of --noise: box (per feature, the train box's width), std (per "
+                                             "feature, the train std) or neighbour (the perturbation's length, in median "
+                                             "nearest-neighbour distances); default by task."),
     interpolations: Optional[int] = typer.Option(None, help="Points between pairs of training inputs (default 2000)."),
     uniform: Optional[int] = typer.Option(None, help="Points uniform over the training box widened by --margin (default 2000)."),
     margin: Optional[float] = typer.Option(None, help="Widening of the training box on each side, box widths (default 0.1)."),
@@ -140,7 +143,8 @@ def soft_labels(
     from distill.pipeline import soft_labels_stage
     from distill.transfer import SoftLabelConfig
 
-    cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations, uniform=uniform,
+    cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, noise_unit=noise_unit,
+                                    interpolations=interpolations, uniform=uniform,
                                     margin=margin, shell=shell, shell_inner=shell_inner, shell_outer=shell_outer,
                                     unlabeled=unlabeled, seed=seed), num_samples=samples, batch_size=batch_size)
     out = soft_labels_stage(cfg, run, beam_options(ctx.args), progress=progress)

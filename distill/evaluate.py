@@ -33,7 +33,7 @@ class EvalConfig:
 
 
 from distill import report
-from distill.report import MODELS  # the report owns the model list: evaluate imports report, never the reverse
+from distill.report import EXPORTED, MODELS  # the report owns the model list: evaluate imports report, never the reverse
 from distill.training import in_chunks
 
 
@@ -108,23 +108,85 @@ class Exports:
             out = {k: v.numpy() for k, v in self.models[name].signatures["serving_default"](features=features).items()}
         return out
 
-    def cost(self, name: str, calls: int) -> dict[str, float]:
-        """Parameters and single-example latency of `serving_default` (median and p95 over calls)."""
+    def cost(self, run: Path, calls: int, serving_samples: int) -> dict[str, dict]:
+        """What one prediction costs, per way of serving: the teacher at its serving setting (`serving_default`,
+        `serving_samples` draws) and at the evaluation's S draws, the student and the baseline SavedModels, and the
+        student's TFLite file through LiteRT. Each: single-row latency p50/p95 (ms), rows/s at batch 1 and at
+        batch COST_BATCH, FLOPs per row (dense networks), parameters."""
         tf = self.tf
-        m = self.models[name]
-        fn = m.signatures["serving_default"]
+        sig = lambda m: self.models[m].signatures  # noqa: E731
+        fn = sig("student")["serving_default"]
         shape = self.input_shape or (int(fn.structured_input_signature[1]["features"].shape[1]),)
-        x = tf.constant(np.zeros((1, *shape), np.float32))
-        for _ in range(10):
-            fn(features=x)
-        times = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            fn(features=x)
-            times.append(time.perf_counter() - t0)
-        params = export_parameters(self.paths[name])
-        return {"parameters": params, "latency_ms_p50": 1e3 * float(np.median(times)),
-                "latency_ms_p95": 1e3 * float(np.quantile(times, 0.95))}
+        flops = _flops_per_row(run, shape)
+        teacher_s = (lambda x: sig("teacher")["predictive_seeded"](features=x, num_samples=tf.constant(self.samples),
+                                                                   seed=tf.constant(self.seed, tf.int64))) \
+            if "predictive_seeded" in sig("teacher") else None
+        servers = {"teacher": (lambda x: sig("teacher")["serving_default"](features=x), serving_samples),
+                   f"teacher S={self.samples}": (teacher_s, self.samples),
+                   "student": (lambda x: fn(features=x), None),
+                   "baseline": (lambda x: sig("baseline")["serving_default"](features=x), None)}
+        out = {}
+        for name, (call, draws) in servers.items():
+            if call is None:
+                continue
+            model = name.split()[0]
+            out[name] = {**timing(lambda x: call(tf.constant(x)), shape, calls),
+                         "parameters": export_parameters(self.paths[model]),
+                         "flops_per_row": (flops.get(model) * (draws or 1)) if flops.get(model) else None,
+                         "draws": draws}
+        tflite = schema.student_dir(run) / "student.tflite"
+        if tflite.exists():
+            from student.tflite import litert_runner
+
+            runner = litert_runner(tflite)
+            out["student TFLite"] = {**timing(lambda x: runner(features=x), shape, calls), "bytes": tflite.stat().st_size,
+                                     "parameters": out["student"]["parameters"], "flops_per_row": flops.get("student"),
+                                     "draws": None}
+        return out
+
+
+COST_BATCH = 4096  # the large batch of the cost table
+
+
+def timing(call, shape: tuple, calls: int, batch: int = COST_BATCH) -> dict[str, float]:
+    """Single-row latency (p50/p95 over `calls`, after warm-up) and throughput at batch 1 and at `batch` of
+    `call(x [n, *shape] float32)`."""
+    one = np.zeros((1, *shape), np.float32)
+    many = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    for _ in range(10):
+        call(one)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        call(one)
+        times.append(time.perf_counter() - t0)
+    call(many)
+    big = []
+    for _ in range(max(3, calls // 50)):
+        t0 = time.perf_counter()
+        call(many)
+        big.append(time.perf_counter() - t0)
+    return {"latency_ms_p50": 1e3 * float(np.median(times)), "latency_ms_p95": 1e3 * float(np.quantile(times, 0.95)),
+            "rows_per_s_batch1": 1.0 / float(np.mean(times)), f"rows_per_s_batch{batch}": batch / float(np.median(big))}
+
+
+def _flops_per_row(run: Path, shape: tuple) -> dict[str, int]:
+    """FLOPs per row of one forward pass of each dense network (teacher: one weight draw), from the widths their
+    configs record; sequences' networks are not counted."""
+    from student.train import dense_flops, student_flops
+
+    if len(shape) != 1:
+        return {}
+    teacher = read_json(schema.teacher_dir(run) / "config.json")
+    student = read_json(schema.student_dir(run) / "config.json")["student"]
+    units = int(read_json(schema.student_dir(run) / "metrics.json").get("head_units") or 0)
+    hidden_t, hidden_s = teacher.get("teacher", {}).get("hidden"), student.get("hidden")
+    if not units or not hidden_s:
+        return {}
+    out = {"student": student_flops(shape[0], units, tuple(hidden_s)), "baseline": student_flops(shape[0], units, tuple(hidden_s))}
+    if hidden_t:
+        out["teacher"] = dense_flops([shape[0], *hidden_t, units])
+    return out
 
 
 def export_parameters(export: Path) -> int:
@@ -184,10 +246,12 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
         at = np.flatnonzero(soft["source"].to_numpy() == src)
         regions[src] = soft.iloc[np.sort(rng.choice(at, cfg.region_rows, replace=False)) if len(at) > cfg.region_rows else at]
         inputs[src] = regions[src][ds.feature_names].to_numpy(np.float32)
-    for m in MODELS:
+    for m in EXPORTED:
         for name, x in inputs.items():
             if len(x) and (m == "student" or name not in TRANSFER_REGIONS):  # teacher: soft labels there
                 preds[m][name] = exports.predict(m, x)
+    temperature = task.fit_temperature(ds["val"].y, preds["baseline"]["val"])  # the validation split only
+    preds["baseline_ts"] = {name: task.temperature_scaled(p, temperature) for name, p in preds["baseline"].items()}
     for src in TRANSFER_REGIONS:  # the teacher's side on transfer rows: the soft labels (what the student matched)
         if src in preds["student"]:
             t = output_arrays(regions[src], task)
@@ -195,7 +259,7 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     steps.update()
     steps.set_postfix_str("bootstrap intervals")
 
-    out: dict = {"task": ds.task}
+    out: dict = {"task": ds.task, "baseline_ts_temperature": temperature}
     for m in MODELS:
         out[m] = {}
         for split in ("test", "val"):
@@ -205,7 +269,7 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
         for m in MODELS:
             p = preds[m]["test"]
             out[m]["test/mean_epistemic_share"] = float((p["epistemic"] / np.maximum(p["variance"], metrics.EPS)).mean()) \
-                if m != "baseline" else None
+                if m in ("teacher", "student") else None
 
     out["agreement"], out["epistemic_tracking"], out["regions"] = trust_by_region(task, preds)
     total = task.total_output
@@ -218,12 +282,10 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
         out["over_time"] = epistemic_over_time(exports, ds.normalise(inputs["test"]), ds.normalise(inputs["ood"]), ds)
     steps.update()
     steps.set_postfix_str("latency")
-    out["cost"] = {m: exports.cost(m, cfg.latency_calls) for m in MODELS}
+    serving = read_json(schema.teacher_dir(run) / "config.json").get("teacher", {}).get("serving_samples", 10)
+    out["cost"] = exports.cost(run, cfg.latency_calls, serving)
     steps.update()
     steps.set_postfix_str("figures and report")
-    tflite = schema.student_dir(run) / "student.tflite"
-    if tflite.exists():
-        out["cost"]["student"]["tflite_bytes"] = tflite.stat().st_size
     out["config"] = cfg
 
     with atomic_dir(schema.report_dir(run), overwrite=True) as tmp:
@@ -270,7 +332,7 @@ def side_by_side(ds: data_lib.Dataset, split: str, preds) -> pd.DataFrame:
             df[f"{m}_entropy"] = p["entropy"]
         else:
             df[f"{m}_mean"], df[f"{m}_variance"] = p["mean"], p["variance"]
-        if m != "baseline":
+        if m in ("teacher", "student"):
             df[f"{m}_epistemic"] = p["epistemic"]
     df["kl_teacher_student"] = task.divergence(preds["teacher"][split], preds["student"][split])
     return df

@@ -13,9 +13,12 @@ import pandas as pd  # noqa: E402
 from distill import metrics, schema, tasks  # noqa: E402
 from distill.errors import read_json  # noqa: E402
 
-MODELS = ("teacher", "student", "baseline")  # the evaluation's models, in its order
+# The evaluation's models, in its order. baseline_ts: the hard-label baseline with a temperature fitted on the
+# validation split (Guo et al. 2017), the cheap peer a distilled student has to beat (computed from the baseline export).
+MODELS = ("teacher", "student", "baseline", "baseline_ts")
+EXPORTED = MODELS[:3]  # the models that have an export of their own
 LEVELS = np.round(np.arange(0.05, 1.0, 0.05), 2)  # nominal central-interval levels (regression calibration)
-COLORS = {"teacher": "tab:blue", "student": "tab:orange", "baseline": "tab:gray"}
+COLORS = {"teacher": "tab:blue", "student": "tab:orange", "baseline": "tab:gray", "baseline_ts": "tab:green"}
 
 
 def reliability_axes(ax, probs: np.ndarray, y: np.ndarray, label: str, color: str) -> None:
@@ -30,7 +33,7 @@ def reliability_axes(ax, probs: np.ndarray, y: np.ndarray, label: str, color: st
 
 def figure_reliability(path: Path, ds, preds) -> None:
     y = np.r_[ds["val"].y, ds["test"].y]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
+    fig, axes = plt.subplots(1, len(MODELS), figsize=(4 * len(MODELS), 4), sharey=True)
     for ax, m in zip(axes, MODELS):
         probs = np.r_[preds[m]["val"]["probs"], preds[m]["test"]["probs"]]
         reliability_axes(ax, probs, y, m, COLORS[m])
@@ -155,7 +158,8 @@ def calibration_verdict(out: dict, n_test: int) -> str:
         f"teacher's {t['test/nll']:.4f} ({dn:+.4f} nats) and its ECE {s['test/ece']:.4f} against {t['test/ece']:.4f} "
         f"({de:+.4f}), with a mean KL(teacher || student) of {kl:.4f} nats and top-1 agreement of "
         f"{out['agreement'].get('test/top1_agreement', float('nan')):.0%}. The baseline trained on hard labels only scores "
-        f"NLL {out['baseline']['test/nll']:.4f} and ECE {out['baseline']['test/ece']:.4f}: the student reproduces the "
+        f"NLL {out['baseline']['test/nll']:.4f} and ECE {out['baseline']['test/ece']:.4f}, and "
+        f"{out['baseline_ts']['test/nll']:.4f} and {out['baseline_ts']['test/ece']:.4f} after temperature scaling: the student reproduces the "
         f"teacher, so it is as well (or as poorly) calibrated as the teacher is. With "
         f"{n_test} test rows the intervals are wide; read NLL and Brier before ECE."
     )
@@ -223,7 +227,11 @@ def _ood_and_tail_sections(out: dict, task) -> list[str]:
             f"| model | AUROC by {by} | AUROC by epistemic score |", "|---|---|---|",
             f"| teacher | {o[f'teacher/{total}_auroc']:.3f} | {o[f'teacher/{epistemic}_auroc']:.3f} ({name}) |",
             f"| student | {o[f'student/{total}_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (its epistemic output) |",
-            f"| baseline | {o[f'baseline/{total}_auroc']:.3f} | n/a |", "",
+            f"| baseline | {o[f'baseline/{total}_auroc']:.3f} | n/a |",
+            f"| baseline_ts | {o[f'baseline_ts/{total}_auroc']:.3f} | n/a |", "",
+            f"baseline_ts is the hard-label baseline with a temperature of {out['baseline_ts_temperature']:.3f} fitted on the "
+            "validation split (its NLL, shrunk towards 1 on few rows; Guo et al. 2017): what a plain network gets from "
+            "post-hoc calibration, without a teacher.", "",
             "![uncertainty](uncertainty_test_vs_ood.png)", "", *over_time,
             "## Teacher training", "", "![teacher training](teacher_training.png)", "", *_cost_section(out)]
 
@@ -267,12 +275,25 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
 
 
 def _cost_section(out: dict) -> list[str]:
-    lines = ["## Cost of one prediction", "", "| export | parameters | latency p50 (ms) | latency p95 (ms) |", "|---|---|---|---|"]
-    for m in MODELS:
-        c = out["cost"][m]
-        lines.append(f"| {m} | {c['parameters']} | {c['latency_ms_p50']:.3f} | {c['latency_ms_p95']:.3f} |")
-    if "tflite_bytes" in out["cost"]["student"]:
-        lines += ["", f"Student TFLite file: {out['cost']['student']['tflite_bytes']} bytes."]
-    lines += ["", "Latency: one example through `serving_default`, in-process, after warm-up (teacher: "
-              "its serving setting of 10 draws)."]
+    """Cost per way of serving (distill.evaluate.Exports.cost): latency, throughput, FLOPs per row."""
+    cost = out["cost"]
+    big = next((k for k in next(iter(cost.values())) if k.startswith("rows_per_s_batch") and k != "rows_per_s_batch1"),
+               "rows_per_s_batch4096")
+    lines = ["## Cost of one prediction", "",
+             f"| export | draws | parameters | FLOPs per row | latency p50 (ms) | latency p95 (ms) | rows/s at batch 1 | "
+             f"rows/s at batch {big.removeprefix('rows_per_s_batch')} |", "|---|---|---|---|---|---|---|---|"]
+    for name, c in cost.items():
+        flops = f"{c['flops_per_row']:,}" if c.get("flops_per_row") else "n/a"
+        lines.append(f"| {name} | {c.get('draws') or 1} | {c['parameters']:,} | {flops} | {c['latency_ms_p50']:.3f} | "
+                     f"{c['latency_ms_p95']:.3f} | {c['rows_per_s_batch1']:,.0f} | {c[big]:,.0f} |")
+    s, t = cost.get("student"), cost.get("teacher")
+    if s and t:
+        lines += ["", f"The student answers {t['latency_ms_p50'] / s['latency_ms_p50']:.1f}x faster than the teacher's "
+                  f"serving setting for one row and serves {s[big] / t[big]:.1f}x more rows/s at the large batch"
+                  + (f"; its FLOPs per row are {t['flops_per_row'] / s['flops_per_row']:.1f}x fewer." if s.get("flops_per_row")
+                     and t.get("flops_per_row") else ".")]
+    if "student TFLite" in cost:
+        lines += ["", f"Student TFLite file: {cost['student TFLite']['bytes']:,} bytes, run through the LiteRT interpreter."]
+    lines += ["", "Latency: one row per call, in-process, after warm-up; a teacher draw costs one forward pass of its "
+              "network (FLOPs counted from the dense layers' widths, 2 per multiply-add)."]
     return lines

@@ -32,6 +32,8 @@ from distill import metrics
 from distill.errors import BdkError
 
 TASKS = ("classification", "regression")
+TEMPERATURE_BOUNDS = (0.25, 4.0)  # the temperature-scaled baseline's search interval
+TEMPERATURE_PRIOR_ROWS = 100  # shrinkage of the fitted log temperature: weight n / (n + this) on n validation rows
 
 
 def _log(p):
@@ -57,6 +59,10 @@ class Task:
     # ---------------------------------------------------------------- teacher
     def head_units(self, num_classes: int) -> int:
         raise NotImplementedError
+
+    def soft_target_width(self, num_classes: int) -> int:
+        """Columns of `soft_targets`: the probabilities [C], or a Gaussian's mean and variance [2]."""
+        return num_classes if self.name == "classification" else 2
 
     def draw_params(self, head):
         """One draw's head output [B, units] -> its distribution's parameters [B, K] (normalised units)."""
@@ -101,6 +107,21 @@ class Task:
 
     def label_dtype(self):
         raise NotImplementedError
+
+    def temperature_scaled(self, pred: dict[str, np.ndarray], t: float) -> dict[str, np.ndarray]:
+        """A point model's outputs with its uncertainty rescaled by temperature `t` (Guo et al. 2017)."""
+        raise NotImplementedError
+
+    def fit_temperature(self, y: np.ndarray, pred: dict[str, np.ndarray]) -> float:
+        """The temperature that minimises the NLL of (y, pred) (the validation split), within
+        TEMPERATURE_BOUNDS and shrunk towards 1 on few rows: log t * n / (n + TEMPERATURE_PRIOR_ROWS), so that
+        24-32 validation rows cannot fit an extreme temperature."""
+        from scipy.optimize import minimize_scalar
+
+        y = np.asarray(y)
+        nll = lambda log_t: self.metrics(y, self.temperature_scaled(pred, float(np.exp(log_t))), "v")["v/nll"]  # noqa: E731
+        log_t = minimize_scalar(nll, bounds=np.log(TEMPERATURE_BOUNDS), method="bounded").x
+        return float(np.exp(log_t * len(y) / (len(y) + TEMPERATURE_PRIOR_ROWS)))
 
     def divergence(self, teacher: dict[str, np.ndarray], student: dict[str, np.ndarray]) -> np.ndarray:
         """KL(teacher's predictive || student's) per row, in nats."""
@@ -187,6 +208,12 @@ class Categorical(Task):
     def label_dtype(self):
         return np.int64
 
+    def temperature_scaled(self, pred, t):
+        logits = np.log(np.clip(pred["probs"], 1e-12, 1.0)) / t  # [N, C]
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        return {**pred, "probs": probs, "entropy": -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=-1)}
+
     def divergence(self, teacher, student):
         return metrics.kl_divergence(teacher["probs"], student["probs"])
 
@@ -263,6 +290,9 @@ class Gaussian(Task):
 
     def label_dtype(self):
         return np.float32
+
+    def temperature_scaled(self, pred, t):
+        return {**pred, "variance": np.asarray(pred["variance"]) * t * t}  # the predictive std scaled by t
 
     def divergence(self, teacher, student):
         vt, vs = np.maximum(teacher["variance"], metrics.EPS), np.maximum(student["variance"], metrics.EPS)

@@ -21,7 +21,30 @@ class FitResult:
     best_value: float
     stopped_early: bool
 
+    monitor: str = ""
 
+    @property
+    def improving_at_cap(self) -> bool:
+        """The budget, not early stopping, ended training while the monitored value was still improving: over the
+        last tenth of the epochs it fell by more than IMPROVING_TOLERANCE of its value (a decayed learning rate's
+        last crumbs of progress do not count)."""
+        run = len(self.history)
+        if self.stopped_early or run < 2 or self.monitor not in self.history:
+            return False
+        values = self.history[self.monitor].to_numpy(np.float64)
+        last = max(1, run // 10)
+        before, after = values[:-last].min(), values[-last:].min()
+        return bool(after < before - IMPROVING_TOLERANCE * abs(before))
+
+    def cap_note(self, what: str, budget: str) -> str | None:
+        """A one-line warning when the cap ended training while it still improved, else None."""
+        if not self.improving_at_cap:
+            return None
+        return (f"warning: {what} stopped at its budget ({budget}) while still improving (best epoch {self.best_epoch} of "
+                f"{len(self.history)}); a longer budget may help")
+
+
+IMPROVING_TOLERANCE = 1e-3  # FitResult.improving_at_cap: a relative fall of the monitored value over the last tenth
 LARGE_BATCH = 1024  # the largest batch size `scaled_batch` picks
 
 
@@ -32,9 +55,13 @@ def scaled_batch(base: int, n: int, rows_per_step: int = 200) -> int:
     return int(max(base, min(LARGE_BATCH, 2 ** round(np.log2(max(n, 1) / rows_per_step)))))
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, -(-n // batch_size))
+
+
 def epochs_for_steps(n: int, batch_size: int, steps: int) -> int:
     """Epochs (at least one) that a budget of `steps` optimiser steps buys at `n` rows."""
-    return max(1, -(-steps // -(-n // batch_size)))
+    return max(1, -(-steps // steps_per_epoch(n, batch_size)))
 
 
 CHUNK_ROWS = 8192  # rows per prediction call on large splits (S draws x every row at once does not fit)
@@ -47,23 +74,22 @@ def in_chunks(fn, x: np.ndarray, axis: int = 0, rows: int = CHUNK_ROWS) -> dict[
     return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
 
 
-def graph_epoch(step, arrays, batch_size: int, variables, optimizer):
-    """One epoch of minibatch steps as one graph call: fn(rng) -> [batches, k] float64, the k scalars that
-    `step(*batch columns)` returns for each batch, in order. The batches are consecutive slices of
-    rng.permutation(n), the last one smaller; the loop runs in the graph, one iteration at a time
-    (so the steps' random ops draw in the same order on every run), without a Python round trip per step
-    (3 ms each on this CPU, most of a small network's step). No autograph: its source conversion of every
-    function the step calls (Keras, TFP) costs more than a small run's training."""
+def graph_steps(step, batch_size: int, variables, optimizer):
+    """Minibatch steps over a block of rows as one graph call: fn(order [n] int, *columns [n, ...]) -> [batches, k]
+    float64, the k scalars that `step(*batch columns)` returns for each batch, in order. The batches are
+    consecutive slices of `order`, the last one smaller; the loop runs in the graph, one iteration at a time (so the
+    steps' random ops draw in the same order on every run), without a Python round trip per step (3 ms each on this
+    CPU, most of a small network's step). No autograph: its source conversion of every function the step calls
+    (Keras, TFP) costs more than a small run's training. Traced once for any number of rows."""
     import tensorflow as tf
 
-    n = len(arrays[0])
-    batches = max(1, -(-n // batch_size))
     optimizer.build(variables)  # slots are created here: a graph loop cannot create variables
-    data = [tf.constant(a) for a in arrays]  # [n, ...] each, copied once
     step = tf.function(step, autograph=False)  # traced once, called once per batch
 
-    @tf.function(autograph=False)
-    def epoch(order):
+    @tf.function(autograph=False, reduce_retracing=True)
+    def steps(order, *data):
+        batches = (tf.size(order) + batch_size - 1) // batch_size
+
         def body(i, out):
             values = step(*(tf.gather(d, order[i * batch_size:(i + 1) * batch_size]) for d in data))
             return i + 1, out.write(i, tf.cast(tf.stack(values if isinstance(values, (tuple, list)) else [values]), tf.float32))
@@ -71,7 +97,18 @@ def graph_epoch(step, arrays, batch_size: int, variables, optimizer):
         return tf.while_loop(lambda i, out: i < batches, body, (tf.constant(0), tf.TensorArray(tf.float32, size=batches)),
                              parallel_iterations=1)[1].stack()  # [batches, k]
 
-    return lambda rng: epoch(tf.constant(rng.permutation(n))).numpy().astype(np.float64)
+    return lambda order, *data: steps(tf.constant(order, tf.int32), *data).numpy().astype(np.float64)
+
+
+def graph_epoch(step, arrays, batch_size: int, variables, optimizer):
+    """One epoch over in-memory `arrays` (each [n, ...], copied to tensors once) as one graph call (graph_steps):
+    fn(rng) -> [batches, k], the batches consecutive slices of rng.permutation(n)."""
+    import tensorflow as tf
+
+    n = len(arrays[0])
+    data = [tf.constant(a) for a in arrays]  # [n, ...] each
+    run = graph_steps(step, batch_size, variables, optimizer)
+    return lambda rng: run(rng.permutation(n), *data)
 
 
 def fit(
@@ -108,4 +145,4 @@ def fit(
     bar.close()
     for v, value in zip(weights, best_weights):
         v.assign(value)
-    return FitResult(pd.DataFrame(rows), best_epoch, float(best), stopped_early=len(rows) < epochs)
+    return FitResult(pd.DataFrame(rows), best_epoch, float(best), stopped_early=len(rows) < epochs, monitor=monitor)

@@ -41,15 +41,21 @@ from distill import schema, tasks
 from distill.data import Dataset, _row_list, read_table
 from distill.errors import BdkError, read_json
 
-NOISE_UNITS = ("box", "std")
+NOISE_UNITS = ("box", "std", "neighbour")
+# Copy j's noise scale by unit: box widths and stds per feature; for "neighbour", multiples of the median distance
+# from a training row to its nearest other training row, spread evenly over the features (the perturbation's length,
+# not each feature's std, is that multiple), so that copies stay near the data in any number of dimensions.
+DEFAULT_NOISE = {"box": (0.05, 0.2, 0.5), "std": (0.05, 0.2, 0.5), "neighbour": (0.5, 1.0, 2.0)}
+NEIGHBOUR_SAMPLE = 2000  # training rows whose nearest-neighbour distance estimates the median
 ROW_GROUP_ROWS = 16_384  # transfer.parquet row groups: Beam splits its read by row group (~1 MB each)
 
 
 @dataclass(frozen=True)
 class TransferConfig:
     perturbations: int = 10  # K noisy copies of each training input
-    noise: tuple[float, ...] = (0.05, 0.2, 0.5)  # std of copy j's noise: noise[j % len(noise)], in `noise_unit`s
-    noise_unit: str | None = None  # per feature: "box" (the train box's width) | "std" (the train std); None: the task's
+    noise: tuple[float, ...] | None = None  # std of copy j's noise: noise[j % len(noise)], in `noise_unit`s (DEFAULT_NOISE)
+    noise_unit: str | None = None  # "box" (per feature: the train box's width) | "std" (the train std) | "neighbour"
+    # (the nearest-neighbour distance, see DEFAULT_NOISE); None: the task's
     max_perturbed: int = 500_000  # at most this many perturbed rows (a uniform draw of the (row, copy) pairs beyond)
     interpolations: int = 2000  # M points between pairs of training inputs
     uniform: int = 2000  # U points uniform over the widened training box
@@ -62,13 +68,14 @@ class TransferConfig:
     seed: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "noise", tuple(float(v) for v in np.atleast_1d(self.noise)))
+        if self.noise is not None:
+            object.__setattr__(self, "noise", tuple(float(v) for v in np.atleast_1d(self.noise)))
         if self.noise_unit not in (None, *NOISE_UNITS):
             raise BdkError(f"--noise-unit must be one of {', '.join(NOISE_UNITS)}, got {self.noise_unit!r}")
         for name in ("perturbations", "interpolations", "uniform", "shell", "max_perturbed"):
             if getattr(self, name) < 0:
                 raise BdkError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        for name, value in (("noise", min(self.noise, default=-1.0)), ("margin", self.margin),
+        for name, value in (("noise", min(self.noise or (0.0,), default=-1.0)), ("margin", self.margin),
                             ("shell_inner", self.shell_inner), ("shell_outer", self.shell_outer)):
             if not np.isfinite(value) or value < 0:
                 raise BdkError(f"--{name.replace('_', '-')} must be finite numbers >= 0, got {getattr(self, name)}")
@@ -162,6 +169,18 @@ def far_uniform(ds: Dataset, rows: int, inner: float, outer: float, seed: int) -
     return ds.denormalise(box_shell(*ds.box(), rows, inner, outer, np.random.default_rng(seed)))
 
 
+def neighbour_distance(z: np.ndarray, rng: np.random.Generator, sample: int = NEIGHBOUR_SAMPLE) -> float:
+    """The median distance from a training row [n, F] to its nearest other training row (over a sample of rows)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    if len(z) < 2:
+        return 1.0
+    rows = rng.choice(len(z), min(sample, len(z)), replace=False)
+    distances, _ = NearestNeighbors(n_neighbors=2).fit(z).kneighbors(z[rows])  # [s, 2]: itself (0), its neighbour
+    d = float(np.median(distances[:, 1]))
+    return d if d > 0 else 1.0
+
+
 def _pairs(y: np.ndarray, rows: int, same_class: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """`rows` pairs of training-row indices (a, b): two rows of one class if `same_class`, else any two."""
     a = rng.integers(0, len(y), rows)
@@ -188,8 +207,10 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     perturb_rng, mix_rng, uniform_rng, shell_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
 
     lo, hi = ds.box()  # [F] each, normalised
-    unit = (hi - lo) if (cfg.noise_unit or task.noise_unit) == "box" else z.std(axis=0)  # [F]
-    scales = np.resize(np.asarray(cfg.noise, np.float32), k)  # [K]: copy j's noise std, in units
+    noise_unit = cfg.noise_unit or task.noise_unit
+    unit = {"box": lambda: hi - lo, "std": lambda: z.std(axis=0),
+            "neighbour": lambda: np.full(f, neighbour_distance(z, perturb_rng) / np.sqrt(f))}[noise_unit]()  # [F]
+    scales = np.resize(np.asarray(cfg.noise or DEFAULT_NOISE[noise_unit], np.float32), k)  # [K]: copy j's noise std, in units
     if n * k <= cfg.max_perturbed:  # every (row, copy) pair: p = row * K + copy
         pairs = np.arange(n * k)
         eps = perturb_rng.standard_normal((n, k, f)).reshape(n * k, f)  # [n K, F]

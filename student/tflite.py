@@ -44,3 +44,11 @@ def export_tflite(saved_model_dir: Path, out_path: Path, signature_keys: tuple[s
         Path(tmp).unlink(missing_ok=True)
         raise
     return len(flatbuffer)
+
+
+def litert_runner(path: Path):
+    """The .tflite file's `serving_default` through the LiteRT interpreter (`ai-edge-litert`; `tf.lite.Interpreter`
+    is deprecated): fn(features=[n, ...] float32) -> {output name: array}. The batch dimension stays dynamic."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=str(path)).get_signature_runner("serving_default")

@@ -11,9 +11,10 @@ transfer set, so the student is chosen by how well it reproduces the teacher whe
 """
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
-import zlib
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,12 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
-from distill.training import CHUNK_ROWS, epochs_for_steps, fit, graph_epoch, scaled_batch
+from distill.training import CHUNK_ROWS, epochs_for_steps, fit, scaled_batch, steps_per_epoch
 from student import dirichlet
 from student.config import StudentConfig
 from student.export import StudentModule
 from student.model import build_sequence_student, build_student
+from student.rows import InMemoryRows, TransferRows
 from student.tflite import export_tflite
 
 
@@ -35,18 +37,40 @@ class GateFailed(BdkError):
     """The student is worse calibrated than the teacher by more than the configured margin."""
 
 
-def holdout_mask(ids, fraction: float) -> np.ndarray:
-    """The held-out slice of the transfer set [N] bool: rows whose id hashes below `fraction` (stable across runs,
-    sizes and sources; every source contributes in proportion)."""
-    return np.array([zlib.crc32(str(i).encode()) / 2 ** 32 < fraction for i in ids], bool)
+@dataclass(frozen=True)
+class Schedule:
+    """A training budget sized to its rows: batch, epochs (cap), patience (epochs) and the cosine-decayed rate."""
+    batch_size: int
+    epochs: int
+    patience: int
+    learning_rate: float
+
+    @classmethod
+    def for_rows(cls, n: int, cfg: StudentConfig, learning_rate: float, base_batch: int | None = None,
+                 rows_per_step: int | None = None, max_epochs: int | None = None) -> "Schedule":
+        """At least cfg.steps steps and cfg.min_epochs epochs, at most `max_epochs` (cfg.epochs); patience
+        cfg.patience_steps in steps (at least 3 epochs)."""
+        batch = scaled_batch(base_batch or cfg.batch_size, n, rows_per_step or cfg.rows_per_step)
+        per_epoch = steps_per_epoch(n, batch)
+        epochs = min(max_epochs or cfg.epochs, max(cfg.min_epochs, epochs_for_steps(n, batch, cfg.steps)))
+        return cls(batch, epochs, max(3, -(-cfg.patience_steps // per_epoch)), learning_rate)
+
+    def optimizer(self, n: int):
+        """Adam whose rate follows a cosine from `learning_rate` to 5% of it over the whole budget."""
+        total = self.epochs * steps_per_epoch(n, self.batch_size)
+        return tfk.optimizers.Adam(tfk.optimizers.schedules.CosineDecay(self.learning_rate, total, alpha=0.05))
+
+    def describe(self, n: int) -> str:
+        return f"{self.epochs} epochs of {steps_per_epoch(n, self.batch_size)} steps at batch {self.batch_size}"
 
 
-def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple, ds: data_lib.Dataset,
-         held_out: tuple | None, epochs: int, batch_size: int, learning_rate: float, desc: str, progress: bool,
-         variables=None):
-    """Minibatch training of `loss_fn(out, *batch columns)` (a batch mean), early-stopped on its value over the
-    held-out rows `held_out` = (x, *columns) when given, else on the validation rows' NLL of their true labels."""
-    optimizer = tfk.optimizers.Adam(learning_rate)
+def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, rows, ds: data_lib.Dataset,
+         held_out: tuple | None, schedule: Schedule, desc: str, progress: bool, variables=None):
+    """Minibatch training of `loss_fn(out, *batch columns)` (a batch mean) over `rows` (student.rows: TransferRows or
+    InMemoryRows of (x, *columns)), early-stopped on its value over the held-out rows `held_out` = (x, *columns) when
+    given, else on the validation rows' NLL of their true labels."""
+    optimizer = schedule.optimizer(rows.fit_rows)
+    batch_size = schedule.batch_size
     variables = variables or model.trainable_variables
     x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
 
@@ -60,7 +84,7 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple
     val_outputs = tf.function(lambda: task.point_outputs(task.draw_params(model(x_val, training=False)["head"])),
                               autograph=False)  # one graph call: an eager Keras call costs ~8 ms here
 
-    run_epoch = graph_epoch(step, (x, *columns), batch_size, variables, optimizer)
+    run_epoch = rows.epoch_function(step, batch_size, variables, optimizer)
     held_chunks = [tuple(tf.constant(c[i:i + CHUNK_ROWS]) for c in held_out)
                    for i in range(0, len(held_out[0]), CHUNK_ROWS)] if held_out is not None else []
 
@@ -75,13 +99,30 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, x, columns: tuple
         return logs
 
     monitor = "held_out_loss" if held_out is not None else "val_nll"
-    return fit(model, train_epoch, validate, monitor, epochs, cfg.patience, cfg.seed, desc, progress)
+    return fit(model, train_epoch, validate, monitor, schedule.epochs, schedule.patience, cfg.seed, desc, progress)
 
 
 def student_parameters(num_features: int, units: int, hidden: tuple[int, ...]) -> int:
     """Parameters of build_student's network: dense layers, the head and the one-unit epistemic head."""
     widths = [num_features, *hidden]
     return sum((a + 1) * b for a, b in zip(widths, widths[1:])) + (widths[-1] + 1) * (units + 1)
+
+
+def dense_flops(widths) -> int:
+    """Multiply-adds per row of a chain of dense layers of these widths (input first, output last), times 2."""
+    widths = list(widths)
+    return 2 * sum(a * b for a, b in zip(widths, widths[1:]))
+
+
+def student_flops(num_features: int, units: int, hidden: tuple[int, ...]) -> int:
+    """FLOPs per row of build_student's network: hidden layers, the head and the epistemic head."""
+    return dense_flops([num_features, *hidden]) + dense_flops([hidden[-1], units + 1])
+
+
+def teacher_draw_flops(run: Path, num_features: int, units: int) -> int | None:
+    """FLOPs per row of ONE weight draw of a dense teacher (its recorded hidden widths), None if it records none."""
+    hidden = read_json(schema.teacher_dir(run) / "config.json").get("teacher", {}).get("hidden")
+    return dense_flops([num_features, *hidden, units]) if hidden else None
 
 
 def _best(result) -> float:
@@ -109,18 +150,19 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
 
     run = Path(run)
     ds = data_lib.load_from_run(run)
-    cfg = cfg.resolved(ds.task, ds.sequence_shape is not None)
     task = tasks.get(ds.task)
     if not (schema.teacher_dir(run) / "metrics.json").exists():
         raise BdkError(f"{run} has no teacher; run `bdk teacher --out {run}` first")
+    teacher_hidden = read_json(schema.teacher_dir(run) / "config.json").get("teacher", {}).get("hidden")
+    cfg = cfg.resolved(ds.task, ds.sequence_shape is not None, teacher_hidden)
     shards, manifest, _, _ = soft_label_shards(run)
     tfk.utils.set_random_seed(cfg.seed)
     units = task.head_units(ds.num_classes)
 
-    # Shard by shard into compact float32 arrays (no frame of the whole transfer set): the fitted rows and the held-out
-    # slice, each (x [n, F] normalised, targets [n, K] normalised, labels [n] (classes: -1 where none), score [n]).
-    parts = {True: [], False: []}  # held out? -> per-shard arrays
-    for table in shards:
+    # Shard by shard into bucket files (student.rows: no array of the whole transfer set in memory): the fitted rows
+    # and the held-out slice, each (x [n, F] normalised, targets [n, K] normalised, labels [n] (classes: -1 where
+    # none), score [n]).
+    def row_arrays(table):
         outputs = shard_arrays(table, task, ds.num_classes)
         x = ds.normalise(np.column_stack([table.column(f).to_numpy() for f in ds.feature_names]))  # [n, *input_shape]
         targets = task.soft_targets(outputs, ds.target_shift, ds.target_scale)  # [n, K]
@@ -129,68 +171,72 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
             score = np.log(dirichlet.precision_mle(smoothed, outputs["mean_log_probs"]))  # [n] log alpha_0
         else:  # the head regresses the teacher's epistemic score itself
             score = np.asarray(outputs[task.epistemic_output], np.float64)  # [n]
-        arrays = (x, targets, table.column("label").to_numpy(zero_copy_only=False), score)
-        hold = holdout_mask(table.column("id").to_pylist(), cfg.holdout) if cfg.monitor == "transfer" \
-            else np.zeros(len(x), bool)
-        for held in (True, False):
-            parts[held].append(tuple(a[hold == held] for a in arrays))
-    if not parts[False]:
+        return x, targets, table.column("label").to_numpy(zero_copy_only=False), score
+
+    scratch = tempfile.TemporaryDirectory(prefix=".student-rows-", dir=run)
+    rows = TransferRows.write(shards, row_arrays, int(manifest.get("rows") or 0),
+                              cfg.holdout if cfg.monitor == "transfer" else None, Path(scratch.name),
+                              (ds.num_features,) if not ds.sequence_shape else tuple(ds.sequence_shape),
+                              task.soft_target_width(ds.num_classes), task.label_dtype(),
+                              center_scores=cfg.uncertainty == "dirichlet", seed=cfg.seed)
+    if not rows.fit_rows:
         raise BdkError(f"the soft labels of {run} have no rows; rerun `bdk soft-labels --run {run}` with a transfer set")
-    fit_rows, held_rows = ([np.concatenate(column) for column in zip(*parts[held])] for held in (False, True))
-    del parts
-    scores = np.concatenate([fit_rows[3], held_rows[3]])
-    epistemic_shift = float(scores.mean()) if cfg.uncertainty == "dirichlet" else 0.0
-    epistemic_scale = float(scores.std()) or 1.0  # the head learns (score - shift) / scale; the export undoes it
-    for rows in (fit_rows, held_rows):
-        rows[3] = ((rows[3] - epistemic_shift) / epistemic_scale).astype(np.float32)
-    n_rows, n_held = len(scores), len(held_rows[0])
+    epistemic_shift, epistemic_scale = rows.epistemic_shift, rows.epistemic_scale  # the export undoes them
+    n_held = len(rows.held_out[0]) if rows.held_out else 0
+    n_rows = rows.fit_rows + n_held
     w_epi = tf.constant(cfg.epistemic_weight, tf.float32)
 
     def student_loss(out, q, y, e):
         return (task.distill_loss(q, out["head"], y, cfg.temperature, cfg.alpha)
                 + w_epi * tf.reduce_mean(tf.square(e - out["epistemic"])))
 
-    held_out = tuple(held_rows) if n_held else None
+    held_out = rows.held_out if n_held else None
 
     def build(hidden, **kwargs):
         if ds.sequence_shape:
             return build_sequence_student(ds.sequence_shape[1], units, hidden, cfg.sequence_net, **kwargs)
         return build_student(ds.num_features, units, hidden, **kwargs)
 
+    schedule = Schedule.for_rows(rows.fit_rows, cfg, cfg.learning_rate)
+
     def train(hidden):
         tfk.utils.set_random_seed(cfg.seed)
         model = build(hidden, epistemic_activation="linear" if cfg.uncertainty == "dirichlet" else "softplus")
-        epochs = min(cfg.epochs, epochs_for_steps(len(fit_rows[0]), cfg.batch_size, cfg.steps))
-        return model, _fit(cfg, task, model, student_loss, fit_rows[0], fit_rows[1:], ds, held_out, epochs,
-                           cfg.batch_size, cfg.learning_rate, f"student {','.join(map(str, hidden))}", progress)
+        return model, _fit(cfg, task, model, student_loss, rows, ds, held_out, schedule,
+                           f"student {','.join(map(str, hidden))}", progress)
 
     t0 = time.perf_counter()
     search = {}
     model, result = train(cfg.hidden)
+    draw_flops = None if ds.sequence_shape else teacher_draw_flops(run, ds.num_features, units)
     if cfg.hidden_search and held_out is not None:  # widths/depths compared on the held-out transfer loss
-        from distill.evaluate import export_parameters
-
-        budget = cfg.max_parameter_share * export_parameters(schema.teacher_export(run))
+        budget = cfg.max_flops_share * draw_flops if draw_flops else np.inf
         search[",".join(map(str, cfg.hidden))] = _best(result)
         for hidden in cfg.hidden_search:
-            if tuple(hidden) == tuple(cfg.hidden) or student_parameters(ds.num_features, units, hidden) > budget:
+            if tuple(hidden) == tuple(cfg.hidden) or student_flops(ds.num_features, units, hidden) > budget:
                 continue
             candidate = train(tuple(hidden))
             search[",".join(map(str, hidden))] = _best(candidate[1])
             if _best(candidate[1]) < _best(result):
                 (model, result), cfg = candidate, replace(cfg, hidden=tuple(hidden))
     student_seconds = time.perf_counter() - t0
+    scratch.cleanup()
+    notes = [result.cap_note("the student", schedule.describe(rows.fit_rows))]
 
     # The same architecture on the train split's hard labels only: what you get without a teacher.
     baseline = build(cfg.hidden, name="baseline")
-    baseline_batch = scaled_batch(cfg.baseline_batch_size, len(ds["train"]))
+    baseline_schedule = Schedule.for_rows(len(ds["train"]), cfg, cfg.baseline_learning_rate, cfg.baseline_batch_size,
+                                          rows_per_step=200, max_epochs=cfg.baseline_epochs)
     t0 = time.perf_counter()
     baseline_result = _fit(cfg, task, baseline, lambda out, y: -tf.reduce_mean(task.log_likelihood(y, out["head"])),
-                           ds.scaled("train"), (ds.target("train"),), ds, None,
-                           min(cfg.baseline_epochs, epochs_for_steps(len(ds["train"]), baseline_batch, cfg.steps)),
-                           baseline_batch, cfg.baseline_learning_rate, "baseline", progress,
+                           InMemoryRows((ds.scaled("train"), ds.target("train"))), ds, None, baseline_schedule,
+                           "baseline", progress,
                            variables=[v for v in baseline.trainable_variables if "epistemic" not in v.name])
     baseline_seconds = time.perf_counter() - t0
+    notes.append(baseline_result.cap_note("the baseline", baseline_schedule.describe(len(ds["train"]))))
+    notes = [n for n in notes if n]
+    for note in notes:
+        print(note, file=sys.stderr)
 
     units_args = (ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale)
     shape = (None, ds.sequence_shape[1]) if ds.sequence_shape else None  # sequences of any length
@@ -211,6 +257,11 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     summary = {
         "task": ds.task, "rows": n_rows, "rows_per_source": manifest["rows_per_source"],
         "epochs_run": len(result.history), "best_epoch": result.best_epoch, "train_seconds": student_seconds,
+        "schedule": asdict(schedule), "stopped_by": "early stopping" if result.stopped_early else "budget",
+        "improving_at_cap": result.improving_at_cap, "baseline_improving_at_cap": baseline_result.improving_at_cap,
+        "warnings": notes, "parameters": student_parameters(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
+        "flops_per_row": student_flops(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
+        "teacher_draw_flops_per_row": draw_flops, "head_units": units,
         "monitor": cfg.monitor, "held_out_rows": n_held, "hidden": list(cfg.hidden),
         **({"hidden_search": search} if search else {}), "uncertainty": cfg.uncertainty, "epistemic_shift": epistemic_shift, "baseline_epochs_run": len(baseline_result.history),
         "baseline_train_seconds": baseline_seconds, "epistemic_scale": epistemic_scale,

@@ -18,17 +18,27 @@ def test_batch_size_keeps_the_small_data_recipe_and_grows_to_a_cap():
 
 def test_teacher_step_budget_buys_several_epochs_of_a_million_rows():
     small = TeacherConfig().resolved("classification", 96)
-    assert small.batch_size == 32 and small.max_epochs(96) == 1667  # 3 steps per epoch: 5000 steps
+    assert small.batch_size == 32 and small.max_epochs(96) == 6667  # 3 steps per epoch: 20k steps
+    assert small.hidden == (64, 64)
     big = TeacherConfig().resolved("classification", 640_000)
-    assert big.batch_size == LARGE_BATCH and big.max_epochs(640_000) == 8  # 625 steps per epoch
+    assert big.batch_size == LARGE_BATCH and big.max_epochs(640_000) == 32  # 625 steps per epoch
+    assert big.hidden == (128, 128)  # wider on large data
+    assert TeacherConfig(hidden=(8,)).resolved("classification", 640_000).hidden == (8,)  # explicit wins
     assert TeacherConfig(batch_size=64).resolved("classification", 640_000).batch_size == 64  # explicit wins
     assert TeacherConfig(kind="ensemble").resolved("classification", 640_000).batch_size == LARGE_BATCH
 
 
-def test_student_step_cap_only_binds_on_large_transfer_sets():
-    cfg = StudentConfig().resolved("classification")
-    assert min(cfg.epochs, epochs_for_steps(7_000, cfg.batch_size, cfg.steps)) == cfg.epochs  # Iris: 300 epochs
-    assert epochs_for_steps(1_150_000, cfg.batch_size, cfg.steps) == 7  # 4493 steps per epoch
+def test_student_schedule_grows_with_the_transfer_set():
+    from student.train import Schedule
+
+    cfg = StudentConfig()
+    small = Schedule.for_rows(4_000, cfg, 3e-3)  # Iris-sized: the 256-row batch, the 300-epoch cap
+    assert (small.batch_size, small.epochs) == (256, 300)
+    big = Schedule.for_rows(1_150_000, cfg, 3e-3)  # a million rows: the largest batch, at least min_epochs passes
+    assert big.batch_size == LARGE_BATCH and big.epochs >= cfg.min_epochs
+    assert big.epochs * -(-1_150_000 // big.batch_size) >= cfg.steps
+    assert big.patience >= 3 and small.patience * -(-4_000 // 256) >= cfg.patience_steps  # patience counts steps
+    assert Schedule.for_rows(10, cfg, 1e-3, max_epochs=4).epochs == 4  # the cap wins
     assert epochs_for_steps(10, 256, 1) == 1
 
 

@@ -6,11 +6,12 @@ import tensorflow as tf
 
 from distill import tasks
 from distill.errors import BdkError
-from student.config import TASK_DEFAULTS, StudentConfig
+from student.config import FALLBACK_HIDDEN, TASK_DEFAULTS, StudentConfig
 from student.export import StudentModule
 from student.model import build_student
 from student import dirichlet
-from student.train import check_gate, holdout_mask
+from student.rows import holdout_mask
+from student.train import check_gate
 
 CLS, REG = tasks.get("classification"), tasks.get("regression")
 
@@ -92,11 +93,13 @@ def test_student_export_answers_in_the_targets_units(task, tmp_path):
 
 def test_config_defaults_by_task_and_validation():
     cfg = StudentConfig()
-    assert cfg.hidden is None and cfg.batch_size is None and cfg.monitor == "transfer" and cfg.gate
-    for task in ("classification", "regression"):
-        r = cfg.resolved(task)
-        assert (r.hidden, r.batch_size) == (TASK_DEFAULTS[task]["hidden"], TASK_DEFAULTS[task]["batch_size"])
-    assert StudentConfig(hidden=(7,)).resolved("regression").hidden == (7,)  # given values win
+    assert cfg.hidden is None and cfg.monitor == "transfer" and cfg.gate
+    for task in ("classification", "regression"):  # tables: the teacher's widths, one teacher draw's cost
+        r = cfg.resolved(task, teacher_hidden=[50, 20])
+        assert r.hidden == (50, 20) and r.learning_rate == TASK_DEFAULTS[task]["learning_rate"]
+        assert cfg.resolved(task).hidden == FALLBACK_HIDDEN  # a teacher without dense widths
+    assert cfg.resolved("classification", sequences=True, teacher_hidden=[7]).hidden == (32, 32, 32)  # sequences' own
+    assert StudentConfig(hidden=(7,)).resolved("regression", teacher_hidden=[50]).hidden == (7,)  # given values win
     with pytest.raises(BdkError, match="monitor"):
         StudentConfig(monitor="loss")
     with pytest.raises(BdkError, match="hidden"):
@@ -201,8 +204,35 @@ def test_gate_compares_with_margins():
     assert len(check_gate(cfg, {"val/nll": 1.30}, {"val/nll": 1.00})) == 1
 
 
-def test_parameter_count_of_a_student_architecture():
-    from student.train import student_parameters
+def test_parameter_count_and_flops_of_a_student_architecture():
+    import tensorflow as tf
+
+    from student.train import student_flops, student_parameters
 
     for f, units, hidden in ((4, 3, (32,)), (64, 10, (32, 32)), (13, 2, (8, 16, 4))):
-        assert student_parameters(f, units, hidden) == build_student(f, units, hidden).count_params()
+        model = build_student(f, units, hidden)
+        assert student_parameters(f, units, hidden) == model.count_params()
+        # FLOPs as TensorFlow's profiler counts them (2 per multiply-add of the MatMuls; bias adds and activations
+        # are the few per-unit ops it adds on top)
+        graph = tf.function(model).get_concrete_function(tf.TensorSpec([1, f], tf.float32)).graph
+        profiled = tf.compat.v1.profiler.profile(graph, options=tf.compat.v1.profiler.ProfileOptionBuilder.float_operation(),
+                                                 cmd="op").total_float_ops
+        assert student_flops(f, units, hidden) <= profiled <= student_flops(f, units, hidden) + 4 * (sum(hidden) + units + 1)
+
+
+def test_cap_warning_fires_only_while_still_improving():
+    from distill.training import fit
+
+    class Tiny:  # fit() snapshots and restores `weights`; a constant stands in for a model
+        weights = []
+
+    def run(values, epochs, patience):
+        it = iter(values)
+        return fit(Tiny(), lambda rng: {}, lambda: {"loss": next(it)}, "loss", epochs, patience, seed=0, progress=False)
+
+    improving = run([5, 4, 3, 2, 1], epochs=5, patience=3)
+    assert improving.improving_at_cap and "still improving" in improving.cap_note("the student", "5 epochs")
+    flat = run([5, 1, 2, 3, 4, 5, 6], epochs=7, patience=10)  # the cap ended it, but it stopped improving long before
+    assert not flat.improving_at_cap and flat.cap_note("the student", "7 epochs") is None
+    early = run([1, 2, 3, 4], epochs=10, patience=3)
+    assert early.stopped_early and not early.improving_at_cap
