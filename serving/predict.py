@@ -83,6 +83,18 @@ def feature_matrix(df: pd.DataFrame, features: list[str]) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def output_order(names: list[str], task: str | None) -> list[str]:
+    """A signature's outputs in a fixed order, whatever order the loaded signature lists them in (it varies from
+    process to process): the task's own order (tasks.Task.outputs), then the rest alphabetically."""
+    from distill import tasks
+
+    try:
+        known = list(tasks.get(task or "classification").outputs)
+    except Exception:  # an unknown task name in an odd dataset.json: alphabetical only
+        known = []
+    return [n for n in known if n in names] + sorted(n for n in names if n not in known)
+
+
 def output_columns(name: str, values: np.ndarray, class_names: list[str] | None) -> dict[str, np.ndarray]:
     """[N] -> name; [N, C] -> name_<class> (class names from dataset.json when C matches, else 0..C-1)."""
     if values.ndim == 1:
@@ -155,7 +167,7 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
         raise BdkError(f"the export takes {n_features} features but {source} give {x.shape[1]} ({features}); "
                        "pass a table with the training features (and --id-column for the id)")
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in sig.outputs}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in output_order(list(sig.outputs), meta.get("task"))}
     with tqdm(total=len(x), unit="row", disable=not progress, desc=f"predict {sig.name}") as bar:
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size]  # [b, F] or [b, T, C]
@@ -170,5 +182,5 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
             raise BdkError(f"output {k!r} of signature {sig.name!r} has no per-row batch dimension; pick another --signature")
         columns.update(output_columns(k, values, meta.get("class_names")))
     write_table(pd.DataFrame(columns), out)
-    return {"rows": len(x), "features": features, "outputs": list(sig.outputs), "signature": sig.name,
+    return {"rows": len(x), "features": features, "outputs": list(parts), "signature": sig.name,
             "version_dir": str(version_dir), "out": str(out)}

@@ -428,3 +428,23 @@ def test_multi_process_beam_workers_die_with_a_killed_job(copy_run):
         if job.poll() is None:
             job.kill()
             job.wait()
+
+
+# ---------------------------------------------------------------- 10: bdk predict's columns in one order
+
+
+def test_predict_writes_its_columns_in_one_order_in_every_process(teacher_run, tmp_path):
+    from serving.predict import output_order
+
+    assert output_order(["mutual_information", "variance", "probs", "zeta", "alpha"], "classification") == [
+        "probs", "variance", "mutual_information", "alpha", "zeta"]
+    bdk = Path(sys.executable).parent / "bdk"
+    rows = tmp_path / "rows.csv"
+    rows.write_text("SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n")
+    procs = [subprocess.Popen([str(bdk), "predict", str(teacher_run / "teacher" / "export"), str(rows), "--out",
+                               str(tmp_path / f"out{seed}.csv"), "--no-progress"], cwd=REPO,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    headers = [(tmp_path / f"out{seed}.csv").read_text().splitlines()[0] for seed in (1, 2)]
+    assert headers[0] == headers[1] and headers[0].split(",")[1] == "probs_Iris-setosa", headers
