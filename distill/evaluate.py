@@ -224,14 +224,14 @@ def trust_by_region(task: tasks.Task, preds: dict) -> tuple[dict, dict, dict]:
 
 def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     """Compute the comparison, write RUN/report atomically, return metrics.json's content."""
-    from distill.transfer import output_arrays, read_soft_labels
+    from distill.transfer import output_arrays, sample_soft_labels
 
     from tqdm.auto import tqdm
 
     run = Path(run)
     ds = data_lib.load_from_run(run)
     task = tasks.get(ds.task)
-    soft, _ = read_soft_labels(run)
+
     steps = tqdm(total=5, desc="evaluate", unit="step", disable=None if progress else True, leave=False)
     steps.set_postfix_str("loading exports")
     exports = Exports(run, cfg.samples, task, cfg.seed, ds.sequence_shape)
@@ -240,11 +240,9 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
 
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}  # model -> input set -> outputs
     inputs = {"val": ds["val"].x, "test": ds["test"].x, "ood": ood_inputs(cfg, ds)}
-    rng = np.random.default_rng(cfg.seed)
-    regions = {}  # source -> its rows of the soft labels, at most cfg.region_rows (a uniform draw, in file order)
+    # source -> its rows of the soft labels, at most cfg.region_rows (a uniform draw, in file order), shard by shard
+    regions = sample_soft_labels(run, TRANSFER_REGIONS, cfg.region_rows, cfg.seed)
     for src in TRANSFER_REGIONS:
-        at = np.flatnonzero(soft["source"].to_numpy() == src)
-        regions[src] = soft.iloc[np.sort(rng.choice(at, cfg.region_rows, replace=False)) if len(at) > cfg.region_rows else at]
         inputs[src] = regions[src][ds.feature_names].to_numpy(np.float32)
     for m in EXPORTED:
         for name, x in inputs.items():

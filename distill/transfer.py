@@ -75,7 +75,7 @@ class TransferConfig:
         for name in ("perturbations", "interpolations", "uniform", "shell", "max_perturbed"):
             if getattr(self, name) < 0:
                 raise BdkError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        for name, value in (("noise", min(self.noise or (0.0,), default=-1.0)), ("margin", self.margin),
+        for name, value in (("noise", 0.0 if self.noise is None else min(self.noise, default=-1.0)), ("margin", self.margin),
                             ("shell_inner", self.shell_inner), ("shell_outer", self.shell_outer)):
             if not np.isfinite(value) or value < 0:
                 raise BdkError(f"--{name.replace('_', '-')} must be finite numbers >= 0, got {getattr(self, name)}")
@@ -397,6 +397,33 @@ def shard_arrays(table, task: tasks.Task, num_classes: int) -> dict[str, np.ndar
         else:
             out[name] = column.to_numpy(zero_copy_only=False)
     return out
+
+
+def sample_soft_labels(run: Path, sources: tuple[str, ...], rows: int, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """At most `rows` soft-label rows of each source (a seeded uniform draw, in file order), one shard in memory at a
+    time: what the evaluation scores, without a frame of the whole transfer set."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = schema.soft_labels_dir(Path(run))
+    transfer = pq.ParquetFile(out / schema.TRANSFER_FILE)
+    source = transfer.read(columns=["source"]).column("source").to_numpy(zero_copy_only=False)  # [N], file order
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(source), bool)
+    for src in sources:
+        at = np.flatnonzero(source == src)
+        keep[np.sort(rng.choice(at, rows, replace=False)) if len(at) > rows else at] = True
+    shards, _, _, _ = soft_label_shards(run)
+    parts, start = [], 0
+    for table in shards:
+        mine = keep[start:start + len(table)]
+        start += len(table)
+        parts.append(table.filter(pa.array(mine)))  # an empty table keeps the schema
+    if not parts:
+        meta = read_json(schema.data_dir(Path(run)) / "dataset.json")
+        parts = [soft_label_arrow_schema(meta["feature_names"], tasks.get(meta.get("task", "classification"))).empty_table()]
+    frame = pa.concat_tables(parts).to_pandas()
+    return {src: frame[frame["source"] == src].reset_index(drop=True) for src in sources}
 
 
 def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:

@@ -24,6 +24,7 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
+from distill.validate import check_finite_metrics
 from distill.training import CHUNK_ROWS, epochs_for_steps, fit, scaled_batch, steps_per_epoch
 from student import dirichlet
 from student.config import StudentConfig
@@ -252,6 +253,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
             if name == "student" and split == "test":
                 test_pred = pred
     teacher_metrics = read_json(schema.teacher_dir(run) / "metrics.json")
+    check_finite_metrics(val["student"], "student")  # a NaN student is never published, gate on or off
     failures = check_gate(cfg, val["student"], teacher_metrics) if cfg.gate else []
 
     summary = {

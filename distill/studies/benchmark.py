@@ -232,8 +232,9 @@ def _finished(out: Path, d: str, seeds: int, kind: str) -> list[Path]:
 
 def _models(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
     """(kind, model) of the report's rows: each kind's teacher and student, then the hard-label baseline (of the
-    first kind's runs: the baseline does not depend on the teacher)."""
-    return [(kind, model) for kind in kinds for model in ("teacher", "student")] + [(kinds[0], "baseline")]
+    first kind's runs: the baseline does not depend on the teacher) and its temperature-scaled version."""
+    return [(kind, model) for kind in kinds for model in ("teacher", "student")] + [(kinds[0], "baseline"),
+                                                                                    (kinds[0], "baseline_ts")]
 
 
 def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame:
@@ -249,12 +250,12 @@ def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame
                 ax.set_visible(False)
                 continue
             probs, y = pooled_test(runs, model)
-            row = {"dataset": d, "model": "baseline" if model == "baseline" else f"{kind} {model}", "seeds": len(runs),
+            row = {"dataset": d, "model": model if model.startswith("baseline") else f"{kind} {model}", "seeds": len(runs),
                    "rows": len(y)}
             row.update(metrics.classification_metrics_with_intervals(probs, y, "test", 1000, 0))
             reps = [read_json(schema.report_dir(r) / "metrics.json") for r in runs]
             score = {"teacher": "teacher/mutual_information_auroc", "student": "student/epistemic_auroc",
-                     "baseline": "baseline/entropy_auroc"}[model]
+                     "baseline": "baseline/entropy_auroc", "baseline_ts": "baseline_ts/entropy_auroc"}[model]
             row["far_shell_auroc"] = float(np.mean([r["ood"][score] for r in reps]))
             row["far_shell_auroc_entropy"] = float(np.mean([r["ood"][f"{model}/entropy_auroc"] for r in reps]))
             row["far_shell_auroc_best"] = float(np.mean([max(r["ood"][score], r["ood"][f"{model}/entropy_auroc"]) for r in reps]))
