@@ -6,7 +6,7 @@ nothing else (not even `distill`), and the job registers it with Beam's pickler 
 classes and functions travel inside the pipeline instead of being imported on the workers. (Dask
 pickles the task graph itself, by reference: Dask workers import this module, so run them in the
 project's environment.) Beam's own TFModelHandlerNumpy goes through tf.keras.models.load_model, which
-cannot load a plain tf.saved_model.save export (see ../shared/notes/stack.md); this handler uses
+cannot load a plain tf.saved_model.save export (see docs/stack.md); this handler uses
 tf.saved_model.load.
 
 Rows stay columnar end to end: a row group of the transfer set is read as one Arrow table, one

@@ -265,7 +265,7 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
         r = out[m]
         lines.append(f"| {m} | " + " | ".join(_fmt(r[f"val/{k}"]) for k in ("accuracy", "nll", "ece", "brier")) + " |")
     if ds.source == "iris":
-        lines += ["", "Published on Iris, for scale (../shared/notes/references.md): TensorFlow's walkthrough reaches 96.7% "
+        lines += ["", "Published on Iris, for scale (docs/references.md in the project): TensorFlow's walkthrough reaches 96.7% "
                   "test accuracy; repeated 5-fold CV of small scikit-learn classifiers gives accuracy 0.955-0.965, NLL "
                   "0.09-0.15 nats, 10-bin ECE 0.04-0.11, Brier 0.055-0.071."]
     lines += ["", calibration_verdict(out, len(ds['test'])), "", "![reliability](reliability.png)", "",

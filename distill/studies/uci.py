@@ -30,7 +30,7 @@ from teacher.config import TeacherConfig
 
 UCI_DATASETS = ("boston", "concrete")
 
-# Published test RMSE / log-likelihood (../shared/notes/references.md), shown beside ours, never targets.
+# Published test RMSE / log-likelihood (docs/references.md), shown beside ours, never targets.
 PUBLISHED = {
     "boston": {
         "PBP": (3.01, -2.57), "MC dropout": (2.97, -2.46), "deep ensembles": (3.28, -2.41),
