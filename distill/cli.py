@@ -28,7 +28,17 @@ SERIES_HELP = ("Sequences: the series id column of a long table (one row per ser
                "dataset sequences (bundled italy_power and regimes, and .npz files, are sequences already).")
 SEQUENCE_NET_HELP = ("Sequences: the student (and baseline) network, conv (causal 1-D convolutions, one pass) or gru "
                      "(a deterministic GRU).")
-TASK_HELP = "classification | regression (default: the bundled dataset's, else inferred: a numeric label with many values is regression)."
+TASK_HELP = ("classification | regression (default: the bundled dataset's, else inferred: a numeric label with fractional "
+             "values or more than 20 distinct integers is regression, anything else classification).")
+LABEL_HELP = "Label column (default: the bundled dataset's, else 'label')."
+ID_HELP = "Row id column (default: the bundled dataset's, id/Id/ID if present, else the row number)."
+MISSING_HELP = ("Empty feature cells: impute (numeric: the train median plus a COL_missing 0/1 feature; categorical: a "
+                "category of its own), drop (the rows), or refuse.")
+DROP_MISSING_HELP = "Drop rows with empty or NaN cells (the same as --missing drop)."
+CATEGORICAL_HELP = ("Feature columns to treat as categorical, comma-separated (default: inferred: text, or integer codes "
+                    "with at most 10 distinct values).")
+NUMERIC_HELP = "Feature columns to treat as numbers, comma-separated (overrides the inference)."
+MAX_CATEGORIES_HELP = "A categorical column with more distinct train values than this is refused (drop or hash it)."
 
 
 @app.callback()
@@ -78,9 +88,13 @@ def teacher(
     series_column: Optional[str] = typer.Option(None, help=SERIES_HELP),
     time_column: Optional[str] = typer.Option(None, help="Sequences: the long table's time column (default: time)."),
     members: int = typer.Option(5, min=2, help="Ensemble size (--kind ensemble)."),
-    label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
-    id_column: Optional[str] = typer.Option(None, help="Row id column (default: id/Id if present, else row number)."),
-    drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
+    label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    missing: str = typer.Option("impute", help=MISSING_HELP),
+    drop_missing: bool = typer.Option(False, help=DROP_MISSING_HELP),
+    categorical: Optional[str] = typer.Option(None, help=CATEGORICAL_HELP),
+    numeric: Optional[str] = typer.Option(None, help=NUMERIC_HELP),
+    max_categories: int = typer.Option(1000, min=2, help=MAX_CATEGORIES_HELP),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum epochs (early stopping on the validation NLL); default by task."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Default by task."),
     samples: int = typer.Option(100, min=2, help="Monte Carlo weight draws for the evaluation."),
@@ -99,7 +113,9 @@ def teacher(
     from teacher.config import TeacherConfig
 
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
-                          drop_missing=drop_missing, series_column=series_column, time_column=time_column, seed=seed)
+                          drop_missing=drop_missing, missing=missing, categorical=categorical or (),
+                          numeric=numeric or (), max_categories=max_categories, series_column=series_column,
+                          time_column=time_column, seed=seed)
     cfg = TeacherConfig(kind=_kind(kind, data_cfg), members=members, epochs=epochs, batch_size=batch_size, eval_samples=samples, **_kl(kl_weight),
                         learning_rate=learning_rate, patience=patience, ncp_weight=ncp_weight, seed=seed)
     s = teacher_stage(data_cfg, cfg, out, overwrite=overwrite, progress=progress)
@@ -216,8 +232,13 @@ def run_pipeline(
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
     dataset: str = typer.Option("iris", help=DATASET_HELP),
     task: Optional[str] = typer.Option(None, help=TASK_HELP),
-    label_column: Optional[str] = typer.Option(None, help="Label column (default: the bundled dataset's, else 'label')."),
-    drop_missing: bool = typer.Option(False, help="Drop rows with empty or NaN cells instead of refusing them."),
+    label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    missing: str = typer.Option("impute", help=MISSING_HELP),
+    drop_missing: bool = typer.Option(False, help=DROP_MISSING_HELP),
+    categorical: Optional[str] = typer.Option(None, help=CATEGORICAL_HELP),
+    numeric: Optional[str] = typer.Option(None, help=NUMERIC_HELP),
+    max_categories: int = typer.Option(1000, min=2, help=MAX_CATEGORIES_HELP),
     kind: Optional[str] = typer.Option(None, help=KIND_HELP),
     series_column: Optional[str] = typer.Option(None, help=SERIES_HELP),
     time_column: Optional[str] = typer.Option(None, help="Sequences: the long table's time column (default: time)."),
@@ -249,8 +270,10 @@ def run_pipeline(
     from teacher.config import TeacherConfig
 
     t0 = time.perf_counter()
-    data_cfg = DataConfig(dataset=dataset, label_column=label_column, task=task, drop_missing=drop_missing,
-                          series_column=series_column, time_column=time_column, seed=seed)
+    data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
+                          drop_missing=drop_missing, missing=missing, categorical=categorical or (),
+                          numeric=numeric or (), max_categories=max_categories, series_column=series_column,
+                          time_column=time_column, seed=seed)
     teacher_cfg = TeacherConfig(kind=_kind(kind, data_cfg), epochs=epochs, eval_samples=samples, seed=seed, ncp_weight=ncp_weight,
                                 **_kl(kl_weight))
     soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations,
@@ -274,7 +297,8 @@ experiment_app = typer.Typer(help="Studies: KL weight, teacher families, shifted
 app.add_typer(experiment_app, name="experiment")
 
 
-def _study(dataset: str, label_column: Optional[str], epochs: int, samples: int, uniform: int, student_epochs: int):
+def _study(dataset: str, label_column: Optional[str], epochs: int, samples: int, uniform: int, student_epochs: int,
+           id_column: Optional[str] = None):
     from dataclasses import replace
 
     from distill.data import DataConfig
@@ -282,7 +306,7 @@ def _study(dataset: str, label_column: Optional[str], epochs: int, samples: int,
     from distill.transfer import SoftLabelConfig, TransferConfig
 
     base = StudyConfig()
-    return replace(base, data=DataConfig(dataset=dataset, label_column=label_column),
+    return replace(base, data=DataConfig(dataset=dataset, label_column=label_column, id_column=id_column),
                    teacher=replace(base.teacher, epochs=epochs, eval_samples=samples),
                    soft_labels=SoftLabelConfig(transfer=TransferConfig(uniform=uniform), num_samples=samples),
                    student=replace(base.student, epochs=student_epochs),
@@ -294,7 +318,8 @@ def _study(dataset: str, label_column: Optional[str], epochs: int, samples: int,
 def experiment_kl_weight(
     out: Path = typer.Option(Path("experiments/kl-weight"), "--out", help="Report folder (replaced)."),
     dataset: str = typer.Option("iris"),
-    label_column: Optional[str] = typer.Option(None),
+    label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
     weights: str = typer.Option("0.25,1,4", help="KL weights, comma-separated."),
     seeds: int = typer.Option(5, min=1, help="Seeds per weight (each its own split)."),
     epochs: Optional[int] = typer.Option(None, min=1), samples: int = typer.Option(100, min=2),
@@ -308,7 +333,7 @@ def experiment_kl_weight(
         ws = [float(w) for w in weights.split(",") if w.strip()]
     except ValueError:
         raise BdkError(f"--weights {weights!r}: expected comma-separated numbers such as 0.25,1,4") from None
-    s = kl_weight_study(_study(dataset, label_column, epochs, samples, uniform, student_epochs), ws, seeds, out, progress)
+    s = kl_weight_study(_study(dataset, label_column, epochs, samples, uniform, student_epochs, id_column), ws, seeds, out, progress)
     print(s["verdict"])
     print(f"report: {out / 'report.md'}")
 
@@ -318,7 +343,8 @@ def experiment_kl_weight(
 def experiment_teachers(
     out: Path = typer.Option(Path("experiments/teachers"), "--out", help="Report folder (replaced)."),
     dataset: str = typer.Option("iris"),
-    label_column: Optional[str] = typer.Option(None),
+    label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
     epochs: Optional[int] = typer.Option(None, min=1), samples: int = typer.Option(100, min=2),
     uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
     progress: bool = typer.Option(True),
@@ -326,7 +352,7 @@ def experiment_teachers(
     """Flipout vs deep ensemble vs MC dropout teachers and their students: one table, one figure."""
     from distill.studies.classification import teachers_study
 
-    table = teachers_study(_study(dataset, label_column, epochs, samples, uniform, student_epochs), out, progress=progress)
+    table = teachers_study(_study(dataset, label_column, epochs, samples, uniform, student_epochs, id_column), out, progress=progress)
     Console().print(table.round(4).to_string(index=False))
     print(f"report: {out / 'report.md'}")
 

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from distill import features as features_lib
 from distill import schema, tasks
 from distill.errors import BdkError, first_line, read_json, write_json
+from distill.features import FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,11 @@ class DataConfig:
     task: str | None = None  # classification | regression; None: the bundled dataset's, else inferred from the label
     test_fraction: float = 0.2
     val_fraction: float = 0.2  # of what remains after the test split
-    drop_missing: bool = False
+    drop_missing: bool = False  # an alias of missing="drop" (the flag --drop-missing)
+    missing: str = "impute"  # empty feature cells: impute (train median / own category + indicator) | drop | refuse
+    categorical: tuple[str, ...] = ()  # feature columns forced categorical (--categorical)
+    numeric: tuple[str, ...] = ()  # feature columns forced numeric (--numeric)
+    max_categories: int = features_lib.MAX_CATEGORIES  # a categorical column with more train values is refused
     # Sequences (distill.sequences): a long table's series id and time columns (default: series / time when the
     # source is a sequence source: a bundled sequence set, an .npz, or a table with --series-column)
     series_column: str | None = None
@@ -56,6 +62,19 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.missing not in features_lib.MISSING_POLICIES:
+            raise BdkError(f"--missing must be one of {', '.join(features_lib.MISSING_POLICIES)}, got {self.missing!r}")
+        if self.drop_missing:
+            if self.missing == "refuse":
+                raise BdkError("--drop-missing and --missing refuse contradict each other; pass one")
+            object.__setattr__(self, "missing", "drop")
+        for name in ("categorical", "numeric"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v for v in value.split(",")]
+            object.__setattr__(self, name, tuple(v.strip() for v in (value or ()) if v and v.strip()))
+        if self.max_categories < 2:
+            raise BdkError(f"--max-categories must be at least 2, got {self.max_categories}")
         if self.task is not None and self.task not in tasks.TASKS:
             raise BdkError(f"unknown task {self.task!r}; choose one of {', '.join(tasks.TASKS)}")
         for name in ("test_fraction", "val_fraction"):
@@ -129,6 +148,10 @@ class Dataset:
     # distill.sequences.SERIES_COLUMNS / TIME_COLUMNS); new sequences (predict, unlabeled, OOD) are read with them.
     series_column: str | None = None
     time_column: str | None = None
+    # Tables: the raw columns, their kinds and the train-fitted encoding (distill.features); feature_names are its
+    # encoded names. None for sequences and for run folders made before it.
+    feature_spec: FeatureSpec | None = None
+    task_note: str = ""  # how the task was inferred, when it was (for the user)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -261,35 +284,51 @@ def _row_list(rows: np.ndarray, limit: int = 10) -> str:
 
 
 def validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, list[str], str, str | None]:
-    """Check the table; return it (rows with missing cells dropped if asked), features, label, id column."""
+    """Check the table; return it (rows with missing cells dropped under --missing drop), features, label, id column.
+
+    Empty feature cells: kept for the encoding to impute (`impute`), dropped with their rows (`drop`), or refused
+    (`refuse`). A label with empty cells is refused unless rows are dropped; infinite values are never imputed."""
     if len(df) == 0:
         raise BdkError(f"{cfg.dataset}: the table has no rows")
     label, id_col = _columns(df, cfg)
     features = [c for c in df.columns if c not in (label, id_col)]
     if not features:
         raise BdkError(f"{cfg.dataset}: no feature columns besides the label {label!r}")
+    features_lib.check_overrides(features, cfg.categorical, cfg.numeric)
     for c in features:
-        col = df[c]
-        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
-            example = next((v for v in col if isinstance(v, str) and v.strip()), col.iloc[0])
-            raise BdkError(
-                f"feature column {c!r} is not numeric (e.g. {example!r}); encode it as numbers or remove the column"
-            )
+        if c not in cfg.categorical:
+            features_lib.check_mixed(df[c], c)
     df = df.assign(**{ROW_NUMBER: np.arange(1, len(df) + 1)})  # the file's data row, kept through drops
-    feats = df[features].astype("float64")
-    missing = feats.isna().any(axis=1).to_numpy() | df[label].isna().to_numpy() | ~np.isfinite(feats.to_numpy()).all(axis=1)
+    empty = np.zeros(len(df), bool)  # a feature cell is empty
+    infinite = np.zeros(len(df), bool)  # a numeric feature cell is +-inf
+    for c in features:
+        empty |= features_lib.missing_mask(df[c])
+        if c not in cfg.categorical and not pd.api.types.is_bool_dtype(df[c]):
+            infinite |= np.isinf(features_lib.as_numbers(df[c]))
+    bad_label = features_lib.missing_mask(df[label])
     if pd.api.types.is_numeric_dtype(df[label]) and not pd.api.types.is_bool_dtype(df[label]):
-        missing |= ~np.isfinite(df[label].to_numpy(np.float64))  # an infinite label (a regression target)
-    if missing.any():
-        rows = np.flatnonzero(missing) + 1  # 1-based data rows (header not counted)
-        if not cfg.drop_missing:
-            raise BdkError(
-                f"missing or non-finite values in data rows {_row_list(rows)}; fix them or pass --drop-missing to drop those rows"
-            )
-        log.warning("dropping %d rows with missing values: %s", len(rows), _row_list(rows))
-        df = df.loc[~missing].reset_index(drop=True)
-        if len(df) == 0:
-            raise BdkError(f"{cfg.dataset}: every row has a missing value")
+        bad_label |= ~np.isfinite(df[label].to_numpy(np.float64))  # an infinite label (a regression target)
+    if cfg.missing == "drop":
+        drop = empty | infinite | bad_label
+        if drop.any():
+            rows = np.flatnonzero(drop) + 1
+            log.warning("dropping %d rows with missing values: %s", len(rows), _row_list(rows))
+            df = df.loc[~drop].reset_index(drop=True)
+            if len(df) == 0:
+                raise BdkError(f"{cfg.dataset}: every row has a missing value")
+        return df, features, label, id_col
+    if cfg.missing == "refuse" and (empty | infinite | bad_label).any():
+        rows = np.flatnonzero(empty | infinite | bad_label) + 1  # 1-based data rows (header not counted)
+        raise BdkError(f"missing or non-finite values in data rows {_row_list(rows)}; fix them, or pass --missing impute "
+                       "(--missing drop, or --drop-missing, drops those rows)")
+    if bad_label.any():
+        rows = np.flatnonzero(bad_label) + 1
+        raise BdkError(f"label column {label!r} has empty or non-finite cells in data rows {_row_list(rows)}; fill or "
+                       "remove those rows, or pass --missing drop to drop them")
+    if infinite.any():
+        rows = np.flatnonzero(infinite) + 1
+        raise BdkError(f"infinite feature values in data rows {_row_list(rows)}; fix them, or pass --missing drop to "
+                       "drop those rows")
     return df, features, label, id_col
 
 
@@ -310,16 +349,28 @@ def _label_strings(labels: pd.Series) -> np.ndarray:
     return labels.astype(str).to_numpy()
 
 
-MANY_VALUES = 20  # a numeric label with more distinct values than this (and fractions, or > 5% of rows) is regression
+MANY_VALUES = 20  # a numeric label with fractional values, or more distinct integers than this, is regression
 
 
 def infer_task(labels: pd.Series) -> tuple[str, str]:
-    """(task, why): a numeric label with many distinct values is a regression target, anything else classes."""
+    """(task, why): a numeric label with any fractional value, or with more than MANY_VALUES distinct integers, is a
+    regression target; anything else (text, booleans, few integers) is classes. `why` names the rule."""
     distinct = labels.nunique()
     numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
-    if numeric and distinct > MANY_VALUES and (not _integer_valued(labels) or distinct > 0.05 * len(labels)):
-        return "regression", f"numeric label with {distinct} distinct values"
-    return "classification", f"label with {distinct} distinct values"
+    if numeric and not _integer_valued(labels):
+        return "regression", f"the label is numeric with fractional values ({distinct} distinct)"
+    if numeric and distinct > MANY_VALUES:
+        return "regression", f"the label is numeric with {distinct} distinct integer values, more than {MANY_VALUES}"
+    if numeric:
+        return "classification", f"the label has {distinct} distinct integer values, at most {MANY_VALUES}"
+    return "classification", f"the label is {'boolean' if pd.api.types.is_bool_dtype(labels) else 'text'} with {distinct} distinct values"
+
+
+def task_note(task: str, why: str) -> str:
+    """The line a command prints when it inferred the task: the rule and how to override it."""
+    other = "classification" if task == "regression" else "regression"
+    return (f"task: {task} (inferred: {why}; a numeric label with fractional values or more than {MANY_VALUES} "
+            f"distinct integers is regression, anything else classification; pass --task {other} to override)")
 
 
 def _classes(df: pd.DataFrame, label: str) -> tuple[list[str], np.ndarray]:
@@ -377,10 +428,14 @@ def split_indices(n: int, y: np.ndarray | None, cfg: DataConfig) -> tuple[np.nda
 
 
 def build_dataset(df: pd.DataFrame, cfg: DataConfig) -> Dataset:
-    """Validate `df`, choose the task, split it with the seed and fit the normalisers on train."""
+    """Validate `df`, choose the task, split it with the seed, fit the feature encoding and the normalisers on train."""
     df, features, label, id_col = validate(df, cfg)
     bundled = BUNDLED.get(cfg.dataset)
-    task = cfg.task or (bundled[3] if bundled and not cfg.label_column else None) or infer_task(df[label])[0]
+    note = ""
+    task = cfg.task or (bundled[3] if bundled and not cfg.label_column else None)
+    if task is None:
+        task, why = infer_task(df[label])
+        note = task_note(task, why)
     if task == "classification":
         classes, y = _classes(df, label)
     else:
@@ -388,12 +443,16 @@ def build_dataset(df: pd.DataFrame, cfg: DataConfig) -> Dataset:
     ids = (df[id_col] if id_col else df[ROW_NUMBER]).astype(str).to_numpy()
     if len(set(ids)) != len(ids):
         raise BdkError(f"id column {id_col!r} has duplicate values; ids must be unique (or pass --id-column to pick another)")
-    x = df[features].to_numpy(np.float32)
     parts = split_indices(len(df), y if task == "classification" else None, cfg)
+    # Kinds, vocabularies and medians from the train split only; bundled tables keep integer columns numeric.
+    spec = FeatureSpec.fit(df.iloc[parts[0]], features, cfg.categorical, cfg.numeric, cfg.max_categories,
+                           integer_codes=bundled is None, missing=cfg.missing)
+    x = spec.encode(df[features])  # [n, F encoded]
     splits = {name: Split(ids[i], x[i], y[i]) for name, i in zip(SPLITS, parts)}
     scaler = Normaliser.fit(splits["train"].x, tasks.get(task).feature_scaling)
     target_scaler = Normaliser.fit(splits["train"].y, "standard") if task == "regression" else None
-    return Dataset(task, features, classes, label, scaler, target_scaler, splits, source=cfg.dataset)
+    return Dataset(task, spec.encoded_names, classes, label, scaler, target_scaler, splits, source=cfg.dataset,
+                   feature_spec=spec, task_note=note)
 
 
 def build_sequence_dataset(ids: np.ndarray, x: np.ndarray, labels: pd.Series, channels: list[str],
@@ -440,6 +499,9 @@ def save(ds: Dataset, out: Path) -> None:
         "target_scaler": ds.target_scaler.to_json() if ds.target_scaler else None,
         **({"sequence_shape": list(ds.sequence_shape), "series_column": ds.series_column,
             "time_column": ds.time_column} if ds.sequence_shape else {}),
+        # the exports take the ENCODED vector (encoded_features, = feature_names); raw rows go through feature_spec
+        **({"raw_columns": ds.feature_spec.raw_columns, "encoded_features": ds.feature_names,
+            "feature_spec": ds.feature_spec.to_json()} if ds.feature_spec else {}),
     })
     write_json(out / "split.json", {name: list(map(str, s.ids)) for name, s in ds.splits.items()})
     frames = []
@@ -485,4 +547,10 @@ def load_from_run(run: Path) -> Dataset:
     shape = tuple(meta["sequence_shape"]) if meta.get("sequence_shape") else None
     return Dataset(meta["task"], feats, meta["class_names"], meta["label_column"], Normaliser.from_json(meta["scaler"]),
                    target, splits, source=meta["source"], sequence_shape=shape,
-                   series_column=meta.get("series_column"), time_column=meta.get("time_column"))
+                   series_column=meta.get("series_column"), time_column=meta.get("time_column"),
+                   feature_spec=feature_spec(meta))
+
+
+def feature_spec(meta: dict) -> FeatureSpec | None:
+    """The run's feature specification from its dataset.json (None: sequences, or a run made before it)."""
+    return FeatureSpec.from_json(meta["feature_spec"]) if meta.get("feature_spec") else None

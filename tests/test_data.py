@@ -132,7 +132,8 @@ def test_bad_inputs_have_one_line_errors(tmp_path):
     bad = _frame()
     bad["f2"] = bad["f2"].astype(str)
     bad.loc[3, "f2"] = "abc"
-    assert "'f2' is not numeric" in _error(tmp_path, bad, label_column="target")
+    msg = _error(tmp_path, bad, label_column="target")  # mostly numbers, one text cell: a typo, not categories
+    assert "'f2' mixes numbers and text" in msg and "'abc' in data row 4" in msg and "--categorical f2" in msg
     assert "at least 2" in _error(tmp_path, _frame(classes=("a",)), label_column="target")
     small = pd.concat([_frame(), _frame(n_per_class=2, classes=("z",))], ignore_index=True)
     assert "'z' has only 2" in _error(tmp_path, small, label_column="target")
@@ -140,13 +141,23 @@ def test_bad_inputs_have_one_line_errors(tmp_path):
         data.load(data.DataConfig(dataset=str(tmp_path / "missing.csv")))
 
 
-def test_missing_cells_rejected_with_rows_or_dropped(tmp_path):
+def test_missing_cells_refused_with_rows_dropped_or_imputed(tmp_path):
     df = _frame()
     df.loc[[4, 11], "f1"] = np.nan
-    msg = _error(tmp_path, df, label_column="target")
-    assert "rows 5, 12" in msg and "--drop-missing" in msg
+    msg = _error(tmp_path, df, label_column="target", missing="refuse")
+    assert "rows 5, 12" in msg and "--missing drop" in msg
     ds = data.load(data.DataConfig(dataset=str(tmp_path / "bad.csv"), label_column="target", drop_missing=True))
+    assert sum(len(s) for s in ds.splits.values()) == 28 and ds.feature_names == ["f1", "f2"]
+    ds = data.load(data.DataConfig(dataset=str(tmp_path / "bad.csv"), label_column="target", missing="drop"))
     assert sum(len(s) for s in ds.splits.values()) == 28
+    ds = data.load(data.DataConfig(dataset=str(tmp_path / "bad.csv"), label_column="target"))  # default: impute
+    assert sum(len(s) for s in ds.splits.values()) == 30
+    if any(str(i) in ds["train"].ids for i in (5, 12)):  # the gap is in train: an indicator feature
+        assert ds.feature_names == ["f1", "f1_missing", "f2"]
+    with pytest.raises(BdkError, match="contradict"):
+        data.DataConfig(drop_missing=True, missing="refuse")
+    with pytest.raises(BdkError, match="--missing must be"):
+        data.DataConfig(missing="mean")
 
 
 def test_hub_dataset_offline_is_a_clear_error(monkeypatch):

@@ -1,0 +1,182 @@
+"""The feature specification (distill/features.py): kinds, missing values, the train-fitted encoding, task inference
+on integer targets, and raw tables through the CLI."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distill import data
+from distill.errors import BdkError
+from distill.features import MISSING_CATEGORY, OOV, FeatureSpec
+
+CUT_EFFECT = {"Fair": 1.0, "Good": 2.0, "Ideal": 4.0, "Premium": 3.0}
+
+
+def mixed_frame(rows: int = 3000, seed: int = 0, regression: bool = True) -> pd.DataFrame:
+    """A generated mixed table: a 4-level text column `cut` (with empty cells), numeric `carat` (with empty cells),
+    numeric `depth`, boolean `flag`; label = f(cut) x carat (+ noise), or its sign around the median as classes."""
+    rng = np.random.default_rng(seed)
+    cut = rng.choice(list(CUT_EFFECT), rows, p=[0.1, 0.2, 0.4, 0.3])
+    carat = rng.uniform(0.2, 2.0, rows)
+    y = np.array([CUT_EFFECT[c] for c in cut]) * carat + rng.normal(0, 0.1, rows)
+    df = pd.DataFrame({"id": np.arange(1000, 1000 + rows), "carat": carat, "cut": cut.astype(object),
+                       "depth": rng.normal(60, 2, rows), "flag": rng.integers(0, 2, rows).astype(bool),
+                       "price": y if regression else np.where(y > np.median(y), "high", "low")})
+    df.loc[rng.choice(rows, rows // 30, replace=False), "carat"] = np.nan
+    df.loc[rng.choice(rows, rows // 60, replace=False), "cut"] = None
+    return df
+
+
+@pytest.fixture(scope="module")
+def mixed_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mixed") / "mixed.csv"
+    mixed_frame().to_csv(path, index=False)
+    return path
+
+
+def _load(path, **cfg) -> data.Dataset:
+    return data.load(data.DataConfig(dataset=str(path), label_column="price", **cfg))
+
+
+# ---------------------------------------------------------------- task inference
+
+
+@pytest.mark.parametrize("distinct, task", [(3, "classification"), (20, "classification"), (21, "regression"),
+                                            (577, "regression")])
+def test_task_inference_on_integer_targets(distinct, task):
+    rng = np.random.default_rng(0)
+    labels = pd.Series(rng.permutation(np.resize(np.arange(-86, -86 + distinct), 20_000)))  # whole minutes
+    got, why = data.infer_task(labels)
+    assert got == task, why
+    assert str(distinct) in why
+    note = data.task_note(got, why)
+    assert "--task" in note and "more than 20 distinct integers" in note
+
+
+def test_fractional_or_text_labels():
+    assert data.infer_task(pd.Series([0.5, 1.5, 0.5, 1.5]))[0] == "regression"  # any fractional value
+    assert data.infer_task(pd.Series([0.0, 1.0, 2.0] * 10))[0] == "classification"  # integral floats
+    assert data.infer_task(pd.Series(["a", "b"] * 20))[0] == "classification"
+    assert data.infer_task(pd.Series([True, False] * 20))[0] == "classification"
+
+
+def test_minutes_target_is_regression_not_a_577_class_failure():
+    """A whole number of minutes with 577 distinct values (a few with one row) is a regression target."""
+    rng = np.random.default_rng(1)
+    n = 5000
+    x = rng.normal(size=n)
+    minutes = np.round(60 * x + rng.normal(0, 30, n)).astype(int)
+    df = pd.DataFrame({"x": x, "delay": minutes})
+    assert df["delay"].nunique() > 100 and (df["delay"].value_counts() == 1).any()
+    ds = data.build_dataset(df, data.DataConfig(dataset="delays.csv", label_column="delay"))
+    assert ds.task == "regression" and "distinct integer values" in ds.task_note
+    with pytest.raises(BdkError, match="has only 1 row"):  # what it was before, now only when asked for
+        data.build_dataset(df, data.DataConfig(dataset="delays.csv", label_column="delay", task="classification"))
+
+
+# ---------------------------------------------------------------- kinds, missing values, encoding
+
+
+def test_kinds_are_inferred_recorded_and_overridable(mixed_csv, tmp_path):
+    ds = _load(mixed_csv)
+    spec = ds.feature_spec
+    assert {c.name: c.kind for c in spec.columns} == {"carat": "numeric", "cut": "categorical", "depth": "numeric",
+                                                      "flag": "boolean"}
+    assert ds.task == "regression"
+    assert ds.feature_names == ["carat", "carat_missing", "cut=Fair", "cut=Good", "cut=Ideal", "cut=Premium",
+                                f"cut={MISSING_CATEGORY}", f"cut={OOV}", "depth", "flag"]
+    data.save(ds, tmp_path / "data")
+    meta = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    assert meta["raw_columns"] == ["carat", "cut", "depth", "flag"] and meta["encoded_features"] == ds.feature_names
+    assert [c["kind"] for c in meta["feature_spec"]["columns"]] == ["numeric", "categorical", "numeric", "boolean"]
+    back = data.load_from_run(tmp_path)
+    assert back.feature_spec == spec and back.feature_names == ds.feature_names
+    np.testing.assert_array_equal(back["test"].x, ds["test"].x)
+    # overrides: depth as categories is refused for too many values; flag as a number is one 0/1 column
+    with pytest.raises(BdkError, match="max-categories"):
+        _load(mixed_csv, categorical=("depth",))
+    forced = _load(mixed_csv, numeric=("flag",), categorical="carat", max_categories=5000)
+    kinds = {c.name: c.kind for c in forced.feature_spec.columns}
+    assert kinds["flag"] == "numeric" and kinds["carat"] == "categorical"
+    with pytest.raises(BdkError, match="not feature columns"):
+        _load(mixed_csv, categorical=("nope",))
+
+
+def test_integer_codes_with_few_values_are_categorical_bundled_tables_are_not():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"code": rng.integers(1, 6, 300), "count": rng.integers(0, 50, 300),
+                       "binary": rng.integers(0, 2, 300), "label": rng.normal(size=300)})
+    spec = data.build_dataset(df, data.DataConfig(dataset="t.csv")).feature_spec
+    assert {c.name: c.kind for c in spec.columns} == {"code": "categorical", "count": "numeric", "binary": "boolean"}
+    boston = data.load(data.DataConfig(dataset="boston"))
+    assert boston.num_features == 13 and all(c.kind in ("numeric", "boolean") for c in boston.feature_spec.columns)
+    assert not any(c.indicator for c in boston.feature_spec.columns)
+
+
+def test_encoding_round_trips_and_imputation_matches_train_statistics(mixed_csv):
+    ds = _load(mixed_csv)
+    spec = ds.feature_spec
+    raw = pd.read_csv(mixed_csv).set_index("id")
+    train = raw.loc[ds["train"].ids.astype(int)]
+    carat = spec.columns[0]
+    assert carat.indicator and carat.fill == pytest.approx(float(np.nanmedian(train["carat"])))
+    cut = spec.columns[1]
+    share = train["cut"].value_counts(dropna=False, normalize=True)
+    assert cut.frequencies[cut.vocabulary.index("Ideal")] == pytest.approx(share["Ideal"])
+    assert cut.frequencies[-1] == pytest.approx(train["cut"].isna().mean())
+    # encoded -> decoded gives the raw values back (missing as missing)
+    test = raw.loc[ds["test"].ids.astype(int)].reset_index(drop=True)
+    back = spec.decode(ds["test"].x)
+    np.testing.assert_allclose(back["carat"], test["carat"].astype(np.float32), rtol=1e-6)  # NaN where empty
+    assert list(back["cut"].fillna("?")) == list(test["cut"].fillna("?"))
+    assert (back["flag"] == test["flag"].astype(float)).all()
+    # the encoded rows: imputed carat = the train median, its indicator set; one-hot blocks sum to 1
+    gap = test["carat"].isna().to_numpy()
+    assert gap.any() and np.allclose(ds["test"].x[gap, 0], carat.fill) and (ds["test"].x[gap, 1] == 1).all()
+    assert (ds["test"].x[:, 2:8].sum(axis=1) == 1).all()
+    # JSON round trip
+    assert FeatureSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_unseen_and_missing_values_take_their_buckets(mixed_csv):
+    spec = _load(mixed_csv).feature_spec
+    rows = pd.DataFrame({"carat": [0.5, "", None, "1.25"], "cut": ["Ideal", "Astonishing", "", None],
+                         "depth": [60, 61, 62, 63], "flag": ["true", "False", None, 1]})
+    x = spec.encode(rows)
+    names = spec.encoded_names
+    at = {n: i for i, n in enumerate(names)}
+    assert x[0, at["cut=Ideal"]] == 1 and x[1, at[f"cut={OOV}"]] == 1  # unseen -> the out-of-vocabulary bucket
+    assert x[2, at[f"cut={MISSING_CATEGORY}"]] == 1 and x[3, at[f"cut={MISSING_CATEGORY}"]] == 1
+    assert x[1, at["carat"]] == pytest.approx(spec.columns[0].fill) and x[1, at["carat_missing"]] == 1
+    assert x[3, at["carat"]] == pytest.approx(1.25) and x[3, at["carat_missing"]] == 0
+    assert x[:, at["flag"]].tolist() == [1.0, 0.0, spec.columns[3].fill, 1.0]
+    with pytest.raises(BdkError, match="numeric feature column 'carat' has text 'heavy'"):
+        spec.encode(rows.assign(carat=["heavy", 1, 2, 3]))
+    with pytest.raises(BdkError, match=r"lacks feature column\(s\) \['cut'\]"):
+        spec.encode(rows.drop(columns="cut"))
+
+
+def test_bad_tables_are_one_line_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 200
+    base = pd.DataFrame({"a": rng.normal(size=n), "b": rng.choice(["x", "y"], n), "label": rng.normal(size=n)})
+
+    def error(df, **cfg):
+        path = tmp_path / "bad.csv"
+        df.to_csv(path, index=False)
+        with pytest.raises(BdkError) as e:
+            data.load(data.DataConfig(dataset=str(path), **cfg))
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    mixed = base.assign(a=base["a"].astype(object))
+    mixed.loc[7, "a"] = "n/a?"
+    assert "mixes numbers and text" in error(mixed)
+    assert "max-categories 10" in error(base.assign(b=[f"v{i}" for i in range(n)]), max_categories=10)
+    gaps = base.copy()
+    gaps.loc[[3, 9], "label"] = np.nan
+    msg = error(gaps)
+    assert "label column 'label' has empty" in msg and "rows 4, 10" in msg
+    ds = data.load(data.DataConfig(dataset=str(tmp_path / "bad.csv"), missing="drop"))
+    assert sum(map(len, ds.splits.values())) == n - 2
