@@ -73,7 +73,8 @@ def measure_latency(datasets: list[str], seeds: int, out: Path) -> None:
                 if (schema.report_dir(run) / "metrics.json").exists():
                     ds = data_lib.load_from_run(run)
                     exports = Exports(run, 10, tasks.get(ds.task), input_shape=ds.sequence_shape)
-                    cost = {m: exports.cost(m, LATENCY_CALLS) for m in ("teacher", "student", "baseline")}
+                    serving = read_json(schema.teacher_dir(run) / "config.json")["teacher"].get("serving_samples", 10)
+                    cost = exports.cost(run, LATENCY_CALLS, serving)
                     (schema.report_dir(run) / "latency.json").write_text(json.dumps(cost, indent=2))
 
 

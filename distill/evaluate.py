@@ -118,6 +118,7 @@ class Exports:
         fn = sig("student")["serving_default"]
         shape = self.input_shape or (int(fn.structured_input_signature[1]["features"].shape[1]),)
         flops = _flops_per_row(run, shape)
+        cost_batch = COST_BATCH if len(shape) == 1 else SEQUENCE_COST_BATCH
         teacher_s = (lambda x: sig("teacher")["predictive_seeded"](features=x, num_samples=tf.constant(self.samples),
                                                                    seed=tf.constant(self.seed, tf.int64))) \
             if "predictive_seeded" in sig("teacher") else None
@@ -130,7 +131,7 @@ class Exports:
             if call is None:
                 continue
             model = name.split()[0]
-            out[name] = {**timing(lambda x: call(tf.constant(x)), shape, calls),
+            out[name] = {**timing(lambda x: call(tf.constant(x)), shape, calls, cost_batch),
                          "parameters": export_parameters(self.paths[model]),
                          "flops_per_row": (flops.get(model) * (draws or 1)) if flops.get(model) else None,
                          "draws": draws}
@@ -139,13 +140,14 @@ class Exports:
             from student.tflite import litert_runner
 
             runner = litert_runner(tflite)
-            out["student TFLite"] = {**timing(lambda x: runner(features=x), shape, calls), "bytes": tflite.stat().st_size,
+            out["student TFLite"] = {**timing(lambda x: runner(features=x), shape, calls, cost_batch), "bytes": tflite.stat().st_size,
                                      "parameters": out["student"]["parameters"], "flops_per_row": flops.get("student"),
                                      "draws": None}
         return out
 
 
 COST_BATCH = 4096  # the large batch of the cost table
+SEQUENCE_COST_BATCH = 256  # sequences: a recurrent teacher's 100 draws over 4096 sequences take seconds per call
 
 
 def timing(call, shape: tuple, calls: int, batch: int = COST_BATCH) -> dict[str, float]:

@@ -47,6 +47,7 @@ NOISE_UNITS = ("box", "std", "neighbour")
 # not each feature's std, is that multiple), so that copies stay near the data in any number of dimensions.
 DEFAULT_NOISE = {"box": (0.05, 0.2, 0.5), "std": (0.05, 0.2, 0.5), "neighbour": (0.5, 1.0, 2.0)}
 NEIGHBOUR_SAMPLE = 2000  # training rows whose nearest-neighbour distance estimates the median
+NEIGHBOUR_REFERENCE = 100_000  # the rows searched for their neighbours (on larger data the estimate is an upper bound)
 ROW_GROUP_ROWS = 16_384  # transfer.parquet row groups: Beam splits its read by row group (~1 MB each)
 
 
@@ -176,7 +177,9 @@ def neighbour_distance(z: np.ndarray, rng: np.random.Generator, sample: int = NE
     if len(z) < 2:
         return 1.0
     rows = rng.choice(len(z), min(sample, len(z)), replace=False)
-    distances, _ = NearestNeighbors(n_neighbors=2).fit(z).kneighbors(z[rows])  # [s, 2]: itself (0), its neighbour
+    # Neighbours among at most NEIGHBOUR_REFERENCE rows (the sampled ones included): a million rows need not be indexed
+    reference = np.union1d(rows, rng.choice(len(z), min(NEIGHBOUR_REFERENCE, len(z)), replace=False))
+    distances, _ = NearestNeighbors(n_neighbors=2).fit(z[reference]).kneighbors(z[rows])  # [s, 2]: itself, neighbour
     d = float(np.median(distances[:, 1]))
     return d if d > 0 else 1.0
 

@@ -56,8 +56,8 @@ class StudentConfig:
     # everywhere it will be queried); "labels" = the NLL of the validation rows' true labels.
     monitor: str = "transfer"
     holdout: float = 0.1
-    # Widths/depths to try (`--hidden auto`: HIDDEN_SEARCH), those whose multiply-adds per row are at most
-    # `max_flops_share` of one teacher weight draw's; the best loss on the held-out transfer slice wins.
+    # Widths/depths to try (`--hidden auto`: HIDDEN_SEARCH), those whose FLOPs per row (without the one-unit epistemic
+    # head) are at most `max_flops_share` of one teacher weight draw's; the best loss on the held-out transfer slice wins.
     hidden_search: tuple[tuple[int, ...], ...] = ()
     max_flops_share: float = 1.0
     baseline_epochs: int = 300  # the hard-label baseline, same architecture, train split only

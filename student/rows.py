@@ -5,7 +5,7 @@ time; each row is turned into the student's arrays (normalised inputs, soft targ
 appended to one of B bucket files chosen at random, so every bucket is a uniform sample of the whole transfer set
 (every source mixed in). Training reads one bucket at a time (at most about BUCKET_ROWS rows in memory), in a new
 random order each epoch, and shuffles its rows: the same stream of minibatches an in-memory permutation would give,
-up to the bucket boundaries. The held-out slice (by a hash of the row ids, student.train.holdout_mask) stays in memory:
+up to the bucket boundaries. The held-out slice (by a hash of the row ids, `holdout_mask`) stays in memory:
 it is scored after every epoch, and is at most `holdout` of the rows.
 
 Bucket files are raw float32 records [rows, D] with D = input width + target width + 2 (label, raw score), in the
@@ -55,12 +55,11 @@ class TransferRows:
         paths = [folder / f"bucket-{i:04d}.f32" for i in range(count)]
         files = [open(p, "wb") for p in paths]
         rng = np.random.default_rng([seed, 1])
-        held, fit_rows, total, total_sq, n = [], 0, 0.0, 0.0, 0
+        held, fit_rows, n, mean, m2 = [], 0, 0, 0.0, 0.0  # the score's count, mean and sum of squared deviations
         try:
             for table in shards:
                 x, targets, labels, score = row_arrays(table)
-                n += len(score)
-                total, total_sq = total + float(np.sum(score, dtype=np.float64)), total_sq + float(np.sum(np.square(score, dtype=np.float64)))
+                n, mean, m2 = _merge_moments(n, mean, m2, np.asarray(score, np.float64))
                 hold = holdout_mask(table.column("id").to_pylist(), holdout) if holdout else np.zeros(len(score), bool)
                 if hold.any():
                     held.append((x[hold], targets[hold], labels[hold], score[hold]))
@@ -73,13 +72,17 @@ class TransferRows:
         finally:
             for f in files:
                 f.close()
-        mean = total / max(n, 1)
-        std = float(np.sqrt(max(total_sq / max(n, 1) - mean * mean, 0.0))) or 1.0
+        std = float(np.sqrt(m2 / max(n, 1))) or 1.0
         shift = mean if center_scores else 0.0
         held_out = tuple(np.concatenate(c) for c in zip(*held)) if held else ()
         if held_out:
             held_out = (*held_out[:3], ((held_out[3] - shift) / std).astype(np.float32))
         return cls(paths, tuple(input_shape), target_width, label_dtype, fit_rows, held_out, shift, std)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Optimiser steps in one epoch: each bucket ends in its own partial batch."""
+        width = int(np.prod(self.input_shape)) + self.target_width + 2
+        return sum(-(-(p.stat().st_size // (4 * width)) // batch_size) for p in self.buckets) or 1
 
     def blocks(self, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
         """One epoch: each bucket once, in a random order, its rows in a random order."""
@@ -121,10 +124,24 @@ class InMemoryRows:
     def fit_rows(self) -> int:
         return len(self.arrays[0])
 
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-self.fit_rows // batch_size)
+
     def epoch_function(self, step, batch_size: int, variables, optimizer):
         from distill.training import graph_epoch
 
         return graph_epoch(step, self.arrays, batch_size, variables, optimizer)
+
+
+def _merge_moments(n: int, mean: float, m2: float, x: np.ndarray) -> tuple[int, float, float]:
+    """Chan et al.'s pairwise update of (count, mean, sum of squared deviations) with a batch x: exact for a
+    constant score (its std stays 0), unlike E[x^2] - E[x]^2."""
+    if not len(x):
+        return n, mean, m2
+    bn, bmean = len(x), float(x.mean())
+    bm2, total = float(np.square(x - bmean).sum()), n + len(x)
+    delta = bmean - mean
+    return total, mean + delta * bn / total, m2 + bm2 + delta * delta * n * bn / total
 
 
 def _records(x, targets, labels, score) -> np.ndarray:

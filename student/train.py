@@ -11,6 +11,7 @@ transfer set, so the student is chosen by how well it reproduces the teacher whe
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -56,9 +57,9 @@ class Schedule:
         epochs = min(max_epochs or cfg.epochs, max(cfg.min_epochs, epochs_for_steps(n, batch, cfg.steps)))
         return cls(batch, epochs, max(3, -(-cfg.patience_steps // per_epoch)), learning_rate)
 
-    def optimizer(self, n: int):
+    def optimizer(self, steps_per_epoch: int):
         """Adam whose rate follows a cosine from `learning_rate` to 5% of it over the whole budget."""
-        total = self.epochs * steps_per_epoch(n, self.batch_size)
+        total = self.epochs * steps_per_epoch
         return tfk.optimizers.Adam(tfk.optimizers.schedules.CosineDecay(self.learning_rate, total, alpha=0.05))
 
     def describe(self, n: int) -> str:
@@ -70,7 +71,7 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, rows, ds: data_li
     """Minibatch training of `loss_fn(out, *batch columns)` (a batch mean) over `rows` (student.rows: TransferRows or
     InMemoryRows of (x, *columns)), early-stopped on its value over the held-out rows `held_out` = (x, *columns) when
     given, else on the validation rows' NLL of their true labels."""
-    optimizer = schedule.optimizer(rows.fit_rows)
+    optimizer = schedule.optimizer(rows.steps_per_epoch(schedule.batch_size))
     batch_size = schedule.batch_size
     variables = variables or model.trainable_variables
     x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
@@ -115,9 +116,10 @@ def dense_flops(widths) -> int:
     return 2 * sum(a * b for a, b in zip(widths, widths[1:]))
 
 
-def student_flops(num_features: int, units: int, hidden: tuple[int, ...]) -> int:
-    """FLOPs per row of build_student's network: hidden layers, the head and the epistemic head."""
-    return dense_flops([num_features, *hidden]) + dense_flops([hidden[-1], units + 1])
+def student_flops(num_features: int, units: int, hidden: tuple[int, ...], epistemic: bool = True) -> int:
+    """FLOPs per row of build_student's network: hidden layers, the head and (`epistemic`) the one-unit epistemic
+    head. Without it, the network that reproduces the predictive: the teacher's widths cost exactly one draw."""
+    return dense_flops([num_features, *hidden]) + dense_flops([hidden[-1], units + int(epistemic)])
 
 
 def teacher_draw_flops(run: Path, num_features: int, units: int) -> int | None:
@@ -174,6 +176,8 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
             score = np.asarray(outputs[task.epistemic_output], np.float64)  # [n]
         return x, targets, table.column("label").to_numpy(zero_copy_only=False), score
 
+    for stale in run.glob(".student-rows-*"):  # a killed student's (this stage holds the run's student lock)
+        shutil.rmtree(stale, ignore_errors=True)
     scratch = tempfile.TemporaryDirectory(prefix=".student-rows-", dir=run)
     rows = TransferRows.write(shards, row_arrays, int(manifest.get("rows") or 0),
                               cfg.holdout if cfg.monitor == "transfer" else None, Path(scratch.name),
@@ -214,7 +218,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         budget = cfg.max_flops_share * draw_flops if draw_flops else np.inf
         search[",".join(map(str, cfg.hidden))] = _best(result)
         for hidden in cfg.hidden_search:
-            if tuple(hidden) == tuple(cfg.hidden) or student_flops(ds.num_features, units, hidden) > budget:
+            if tuple(hidden) == tuple(cfg.hidden) or student_flops(ds.num_features, units, hidden, epistemic=False) > budget:
                 continue
             candidate = train(tuple(hidden))
             search[",".join(map(str, hidden))] = _best(candidate[1])

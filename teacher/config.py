@@ -120,7 +120,7 @@ class TeacherConfig:
         if self.epochs is not None or self.steps is not None:
             defaults.pop("epochs", None), defaults.pop("steps", None)
         defaults["batch_size"] = scaled_batch(defaults["batch_size"], n_train)
-        if "hidden" in defaults and self.kind != "brnn" and n_train >= WIDE_ROWS:
+        if self.kind == "flipout" and task == "classification" and n_train >= WIDE_ROWS:  # where it was measured
             defaults["hidden"] = tuple(WIDE_FACTOR * h for h in defaults["hidden"])
         return replace(self, **{f.name: defaults[f.name] for f in fields(self)
                                 if getattr(self, f.name) is None and f.name in defaults})

@@ -6,6 +6,7 @@ either task (distill.tasks).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import atomic_dir, write_json
-from distill.training import fit, graph_epoch, in_chunks
+from distill.training import FitResult, fit, graph_epoch, in_chunks
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, far_uniform
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
@@ -172,6 +173,13 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
         else:
             module, history, best_epoch = build_teacher(cfg, ds, progress)
         train_seconds = time.perf_counter() - t0
+        warning = None
+        if cfg.kind == "flipout" and "val_nll" in history:  # a cap is never the silent reason training ended
+            budget = cfg.max_epochs(len(ds["train"]))
+            warning = FitResult(history, best_epoch, float(history["val_nll"].min()), len(history) < budget,
+                                "val_nll").cap_note("the teacher", f"{budget} epochs at batch {cfg.batch_size}")
+            if warning:
+                print(warning, file=sys.stderr)
         summaries, samples = {}, {}
         for split in ("val", "test"):  # in row chunks: S draws x a million rows of activations do not fit
             summaries[split] = in_chunks(lambda x: module.predictive_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
@@ -186,7 +194,8 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
 
     summary: dict = {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),
                      "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": len(ds["train"]),
-                     "eval_samples": cfg.eval_samples, "kl_weight": cfg.kl_weight,
+                     "eval_samples": cfg.eval_samples, "kl_weight": cfg.kl_weight, "hidden": list(cfg.hidden or ()),
+                     "warnings": [warning] if warning else [],
                      **({"kl_weight_search": {str(k): v for k, v in search.items()}} if search else {}),
                      **({k: v for k, v in history.iloc[best_epoch - 1].items() if k.startswith(("sigma_", "prior_scale_"))}
                         if cfg.kind == "flipout" else {})}

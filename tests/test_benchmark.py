@@ -23,7 +23,7 @@ def test_benchmark_writes_a_report_and_resumes(tmp_path):
 
     out = tmp_path / "bench"
     table = benchmark(tiny(), out, progress=False)
-    assert set(table["model"]) == {"flipout teacher", "flipout student", "baseline"}
+    assert set(table["model"]) == {"flipout teacher", "flipout student", "baseline", "baseline_ts"}
     assert (table["rows"] == 30).all()
     teacher = table.set_index("model").loc["flipout teacher"]
     assert 0.0 <= teacher["held_out_class_auroc"] <= 1.0 and 0.0 <= teacher["far_shell_auroc"] <= 1.0

@@ -161,7 +161,8 @@ def results_table(summary: dict) -> list[str]:
 
 
 def report_markdown(cfg: UciStudyConfig, summary: dict) -> str:
-    t, s = cfg.teacher.resolved("regression"), cfg.student.resolved("regression")
+    t = cfg.teacher.resolved("regression")
+    s = cfg.student.resolved("regression", teacher_hidden=t.hidden)
     name = {"boston": "Boston housing", "concrete": "Concrete compressive strength"}[summary["dataset"]]
     gap = summary["gap/log_likelihood"]
     lines = [
@@ -189,7 +190,8 @@ def report_markdown(cfg: UciStudyConfig, summary: dict) -> str:
         f"normalised input space; {cfg.soft_labels.num_samples} draws per row.",
         f"- Student: deterministic MLP {list(s.hidden)} with a mean and a softplus variance output, loss "
         "0.5·[log s² + (var_t + (μ_t − μ_s)²)/s²] (expected Gaussian NLL under the teacher's predictive), Adam "
-        f"{s.learning_rate:g}, batch {s.batch_size}, up to {s.epochs} epochs, early-stopped on "
+        f"{s.learning_rate:g} decayed along a cosine, batch {s.batch_size} (more on large transfer sets), up to {s.epochs} "
+        "epochs, early-stopped on "
         + (f"its loss against the teacher on a held-out {s.holdout:.0%} of the transfer set."
            if s.monitor == "transfer" else "the validation NLL of the true targets.")
         + f" Best epoch {_pm(summary['student/best_epoch'], 0)}.", "",
