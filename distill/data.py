@@ -323,7 +323,7 @@ def validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, list[str]
                        "(--missing drop, or --drop-missing, drops those rows)")
     if bad_label.any():
         rows = np.flatnonzero(bad_label) + 1
-        raise BdkError(f"label column {label!r} has empty or non-finite cells in data rows {_row_list(rows)}; fill or "
+        raise BdkError(f"label column {label!r} has empty or non-finite values in data rows {_row_list(rows)}; fill or "
                        "remove those rows, or pass --missing drop to drop them")
     if infinite.any():
         rows = np.flatnonzero(infinite) + 1
@@ -553,4 +553,4 @@ def load_from_run(run: Path) -> Dataset:
 
 def feature_spec(meta: dict) -> FeatureSpec | None:
     """The run's feature specification from its dataset.json (None: sequences, or a run made before it)."""
-    return FeatureSpec.from_json(meta["feature_spec"]) if meta.get("feature_spec") else None
+    return features_lib.from_meta(meta)

@@ -246,6 +246,13 @@ class FeatureSpec:
             raise BdkError(f"{what}the input lacks feature column(s) {lacking}; the model takes {self.raw_columns}")
         if not self.columns:
             return np.zeros((len(df), 0), np.float32)
+        if self.missing == "refuse":  # the run refused empty cells: so do its exports' readers
+            empty = np.zeros(len(df), bool)
+            for c in self.raw_columns:
+                empty |= missing_mask(df[c])
+            if empty.any():
+                raise BdkError(f"{what}missing feature values in data rows {_rows(np.flatnonzero(empty) + 1)} (the run "
+                               "was trained with --missing refuse); fill them or drop those rows")
         return np.concatenate([c.encode(df[c.name], what) for c in self.columns], axis=1).astype(np.float32)
 
     def decode(self, x: np.ndarray) -> pd.DataFrame:
@@ -368,3 +375,57 @@ def _fit_column(col: pd.Series, name: str, kind: str, max_categories: int) -> Co
     else:
         fill = float(np.median(values[present]))
     return ColumnSpec(name, kind, fill=fill, indicator=bool(np.isnan(values).any()))
+
+
+def from_meta(meta: dict) -> FeatureSpec | None:
+    """A run's feature specification from its dataset.json (None: sequences, or a run made before it)."""
+    return FeatureSpec.from_json(meta["feature_spec"]) if meta and meta.get("feature_spec") else None
+
+
+def named_rows(rows: list, spec: FeatureSpec) -> pd.DataFrame:
+    """TF Serving's `instances` as objects with named fields (one per raw column) -> a raw frame; a ValueError names
+    the first instance and field that is missing, unknown or not a scalar."""
+    wanted = spec.raw_columns
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"instance {i} is not an object; send every instance as {{field: value}} with the "
+                             f"fields {wanted}")
+        missing = [c for c in wanted if c not in row]
+        if missing:
+            raise ValueError(f"instance {i} lacks the field {missing[0]!r}; the model takes the fields {wanted} "
+                             "(null or \"\" for an empty cell)")
+        extra = [c for c in row if c not in wanted]
+        if extra:
+            raise ValueError(f"instance {i} has the unknown field {extra[0]!r}; the model takes the fields {wanted}")
+        for c in wanted:
+            if not (row[c] is None or isinstance(row[c], (str, int, float, bool))):
+                raise ValueError(f"instance {i}: field {c!r} must be a number, a string, true/false or null")
+    return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=_dtype([r[c] for r in rows])) for c in wanted})
+
+
+def named_columns(columns: dict, spec: FeatureSpec) -> pd.DataFrame:
+    """TF Serving's columnar `inputs` as {field: [values]} (one per raw column) -> a raw frame (ValueError as
+    named_rows)."""
+    wanted = spec.raw_columns
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise ValueError(f"\"inputs\" lacks the field {missing[0]!r}; the model takes the fields {wanted}")
+    extra = [c for c in columns if c not in wanted]
+    if extra:
+        raise ValueError(f"\"inputs\" has the unknown field {extra[0]!r}; the model takes the fields {wanted}")
+    lengths = set()
+    for c in wanted:
+        values = columns[c]
+        if not isinstance(values, list) or not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
+            raise ValueError(f"\"inputs\": field {c!r} must be a list of numbers, strings, true/false or null")
+        lengths.add(len(values))
+    if len(lengths) != 1:
+        raise ValueError(f"\"inputs\": the fields have different lengths {sorted(lengths)}; send one value per row each")
+    return pd.DataFrame({c: pd.Series(columns[c], dtype=_dtype(columns[c])) for c in wanted})
+
+
+def _dtype(values: list):
+    """float64 for a column of JSON numbers and nulls (so 1 and 1.5 and null are one numeric column), else object."""
+    if all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+        return "float64"
+    return object

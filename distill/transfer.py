@@ -122,6 +122,19 @@ def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
         ids, x = run_sequences(df, ds.feature_names, ds.label_column, ds.series_column, ds.time_column,
                                f"unlabeled file {path}")
         return ids, x.reshape(len(x), -1)
+    if ds.feature_spec is not None and not ds.feature_spec.is_identity:  # raw columns through the run's encoding
+        raw = ds.feature_spec.raw_columns
+        id_col = next((c for c in schema.ID_COLUMNS if c in df.columns and c not in raw), None)
+        missing = [f for f in raw if f not in df.columns]
+        extra = [c for c in df.columns if c not in raw and c not in (id_col, ds.label_column)]
+        if missing or extra:
+            raise BdkError(f"unlabeled file {path}: its columns do not match the teacher's raw features "
+                           f"(missing {missing}, unexpected {extra}); it needs exactly {raw}, plus an optional id column")
+        x = ds.feature_spec.encode(df, f"unlabeled file {path}: ")
+        ids = (df[id_col].astype(str) if id_col else pd.Series(np.arange(1, len(df) + 1)).astype(str)).to_numpy()
+        if len(set(ids)) != len(ids):
+            raise BdkError(f"unlabeled file {path}: id column {id_col!r} has duplicate values; ids must be unique")
+        return ids, x
     features = ds.feature_names
     id_col = next((c for c in schema.ID_COLUMNS if c in df.columns), None)
     missing = [f for f in features if f not in df.columns]

@@ -3,7 +3,9 @@
 The counterpart of the server for offline scoring: the same export resolution and signature specs
 (`serving.server`), fed in batches instead of requests. Feature columns are picked by the names the
 run recorded in RUN/data/dataset.json when the export sits in a run folder (so column order in the
-file does not matter), else all numeric non-id columns in file order.
+file does not matter), else all numeric non-id columns in file order. A run with a feature specification
+(distill.features: raw columns, text and empty cells) takes the raw columns and applies its recorded encoding
+before the export, which takes the encoded vector.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from distill import features as features_lib
 from distill import schema
 from distill.errors import BdkError, first_line, read_json
 
@@ -71,6 +74,19 @@ def pick_columns(df: pd.DataFrame, id_column: str | None, feature_names: list[st
     if bad:
         raise BdkError(f"feature column(s) {bad} are not numeric; encode them as numbers")
     return id_col, features
+
+
+def pick_raw_columns(df: pd.DataFrame, id_column: str | None, spec) -> tuple[str | None, list[str]]:
+    """(id column or None for row numbers, the run's raw feature columns): text and empty cells allowed, the
+    encoding (distill.features) reads them."""
+    if id_column is not None and id_column not in df.columns:
+        raise BdkError(f"id column {id_column!r} not found; the columns are {list(df.columns)}")
+    id_col = id_column or next((c for c in schema.ID_COLUMNS if c in df.columns and c not in spec.raw_columns), None)
+    missing = [c for c in spec.raw_columns if c not in df.columns]
+    if missing:
+        raise BdkError(f"the input lacks feature column(s) {missing} that the model was trained on "
+                       f"(from dataset.json); the columns are {list(df.columns)}")
+    return id_col, spec.raw_columns
 
 
 def feature_matrix(df: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -147,6 +163,11 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
                                time_column or meta.get("time_column"), str(input_path), same_length=False,
                                column_flags=True)  # [N, T, C]
         id_col, features = series or "series", shape_from_names(meta["feature_names"])[1]
+    elif features_lib.from_meta(meta) is not None:  # a table run: raw columns through the run's recorded encoding
+        spec = features_lib.from_meta(meta)
+        id_col, features = pick_raw_columns(df, id_column, spec)
+        x = spec.encode(df, f"{input_path}: ")  # [N, F encoded]: what the export takes
+        ids = df[id_col].to_numpy() if id_col else np.arange(1, len(df) + 1)
     else:
         id_col, features = pick_columns(df, id_column, meta.get("feature_names"))
         x = feature_matrix(df, features)  # [N, F]

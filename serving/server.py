@@ -142,6 +142,7 @@ class ServedModel:
         if not self.signatures:
             raise BdkError(f"{self.path}: the SavedModel has no signatures; export it with signatures={{...}}")
         self._signature_defs = _signature_defs(self.path)
+        self.spec = run_feature_spec(self.path)  # None: the export is not in a table run (or one made before it)
 
     def signature(self, name: str | None) -> Signature:
         name = name or DEFAULT_SIGNATURE
@@ -160,6 +161,23 @@ class ServedModel:
         """TF Serving's GetModelMetadataResponse as JSON: the SignatureDefMap under metadata.signature_def."""
         return {"model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
                 "metadata": {"signature_def": {"signature_def": self._signature_defs}}}
+
+
+def run_feature_spec(version_dir: Path):
+    """The feature specification of the run an export sits in (RUN/<stage>/export/<v>, RUN/student/baseline/export/<v>):
+    from RUN/data/dataset.json, so requests may name raw fields; None when there is none (encoded vectors only)."""
+    from distill.errors import read_json
+    from distill.features import from_meta
+    from serving.predict import find_dataset_json
+
+    path = find_dataset_json(version_dir)
+    if path is None:
+        return None
+    try:
+        return from_meta(read_json(path))
+    except Exception as e:  # an unreadable dataset.json must not stop the export from serving encoded vectors
+        log.warning("%s: feature specification not read (%s); serving encoded vectors only", path, first_line(e))
+        return None
 
 
 def _signature_defs(version_dir: Path) -> dict:
@@ -304,8 +322,32 @@ def _check_shape(name: str, arr: np.ndarray, spec, limits: Limits) -> None:
         raise RequestError(413, f"input {name!r}: batch of {arr.shape[0]} rows is over the limit of {limits.max_batch}; split the request")
 
 
-def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: bool = True) -> tuple[dict[str, np.ndarray], bool]:
-    """A decoded :predict body -> (named input arrays, row_format). Row format = `instances`."""
+def raw_input_name(sig: Signature, spec) -> str | None:
+    """The signature's one [batch, F] input that a run's encoding fills from named raw fields, or None."""
+    if spec is None:
+        return None
+    rows = [n for n, s in sig.inputs.items() if s.shape.rank == 2]
+    if len(rows) != 1 or sig.inputs[rows[0]].shape[-1] not in (None, len(spec.encoded_names)):
+        return None
+    return rows[0]
+
+
+def encode_raw(build, payload, spec) -> np.ndarray:
+    """Named raw fields -> the encoded [batch, F] matrix, or a 400 naming the field."""
+    try:
+        frame = build(payload, spec)
+        return spec.encode(frame, "")
+    except (ValueError, BdkError) as e:
+        raise RequestError(400, str(e)) from None
+
+
+def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: bool = True,
+                  spec=None) -> tuple[dict[str, np.ndarray], bool]:
+    """A decoded :predict body -> (named input arrays, row_format). Row format = `instances`.
+
+    With `spec` (the run's distill.features.FeatureSpec), instances may be objects naming the raw fields
+    (`{"instances": [{"carat": 0.3, "cut": "Ideal"}]}`) and "inputs" may map raw fields to columns (plus the
+    signature's scalar inputs): they are encoded into the signature's features input as the run encoded its table."""
     if not isinstance(request, dict):
         raise RequestError(400, "the request body must be a JSON object with \"instances\" or \"inputs\"")
     has_rows, has_cols = "instances" in request, "inputs" in request
@@ -325,7 +367,14 @@ def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: b
             raise RequestError(400, "\"instances\" is empty; send at least one row")
         if len(rows) > limits.max_batch:
             raise RequestError(413, f"batch of {len(rows)} rows is over the limit of {limits.max_batch}; split the request")
-        if isinstance(rows[0], dict):  # named inputs per row
+        raw = raw_input_name(sig, spec)
+        if isinstance(rows[0], dict) and raw is not None and set(rows[0]) != set(names):  # named raw fields per row
+            from distill.features import named_rows
+
+            if len(rows) > limits.max_batch:
+                raise RequestError(413, f"batch of {len(rows)} rows is over the limit of {limits.max_batch}; split the request")
+            columns = {raw: encode_raw(named_rows, rows, spec)}
+        elif isinstance(rows[0], dict):  # named inputs per row
             if not all(isinstance(r, dict) and set(r) == set(names) for r in rows):
                 raise RequestError(400, f"each instance must be an object with exactly the inputs {names}")
             columns = {n: [r[n] for r in rows] for n in names}
@@ -335,7 +384,20 @@ def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: b
             raise RequestError(400, f"signature {sig.name!r} has several inputs {names}: each instance must be an object naming them")
     else:
         cols = request["inputs"]
-        if isinstance(cols, dict):
+        raw = raw_input_name(sig, spec)
+        if isinstance(cols, dict) and raw is not None and set(cols) != set(names):  # named raw fields as columns
+            from distill.features import named_columns
+
+            others = [n for n in names if n != raw]
+            lacking = [n for n in others if n not in cols]
+            if lacking:
+                raise RequestError(400, f"\"inputs\" lacks the signature input {lacking[0]!r} (signature {sig.name!r} "
+                                        f"takes {others} besides the fields {spec.raw_columns})")
+            fields = {k: v for k, v in cols.items() if k not in others}
+            if any(isinstance(v, list) and len(v) > limits.max_batch for v in fields.values()):
+                raise RequestError(413, f"batch over the limit of {limits.max_batch} rows; split the request")
+            columns = {**{n: cols[n] for n in others}, raw: encode_raw(named_columns, fields, spec)}
+        elif isinstance(cols, dict):
             if set(cols) != set(names):
                 missing, extra = sorted(set(names) - set(cols)), sorted(set(cols) - set(names))
                 raise RequestError(400, f"\"inputs\" must name exactly the inputs {names}"
@@ -376,7 +438,8 @@ def prepare(model: ServedModel, body: bytes, limits: Limits) -> Prepared:
     """Body bytes -> validated tensors, or a RequestError: everything before TensorFlow runs."""
     request = loads(body)
     sig = model.signature(request.get("signature_name") if isinstance(request, dict) else None)
-    inputs, row_format = parse_predict(request, sig, limits, may_hold_bool=b"true" in body or b"false" in body)
+    inputs, row_format = parse_predict(request, sig, limits, may_hold_bool=b"true" in body or b"false" in body,
+                                       spec=getattr(model, "spec", None))
     check_budget(sig, inputs, limits)
     return Prepared(sig, inputs, row_format)
 
