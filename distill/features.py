@@ -3,9 +3,10 @@
 Each feature column gets a kind, inferred from the train split and overridable (`--categorical COL,...`,
 `--numeric COL,...`):
 - numeric: numbers (text cells that all parse as numbers count too);
-- boolean: a bool column, text `true`/`false`, or numbers that are only 0 and 1;
-- categorical: text, or integer codes with at most MAX_CODES (10) distinct values in the train split (bundled tables
-  keep their integer columns numeric: there they are ordered quantities such as pixel intensities or an index).
+- boolean: a bool column, or text `true`/`false` (`yes`/`no`); numbers that are only 0 and 1 stay numeric;
+- categorical: text, or integer codes with 2 to MAX_CODES (10) distinct values in the train split other than 0/1
+  (bundled tables keep their integer columns numeric: there they are ordered quantities such as pixel intensities or
+  an index).
 A column that is mostly numbers with some text cells is refused (a typo is likelier than categories): fix the cells or
 pass `--categorical COL`.
 
@@ -121,7 +122,7 @@ def _looks_boolean(col: pd.Series, present: np.ndarray) -> bool:
         return True
     values = col[present]
     if pd.api.types.is_numeric_dtype(col):
-        return len(values) > 0 and set(np.unique(values.to_numpy(np.float64))) <= {0.0, 1.0} and values.nunique() == 2
+        return False  # numbers 0/1 stay numeric: one 0/1 feature either way, and noise on it as on any number
     words = {_category(v).lower() for v in values.unique()}
     return bool(words) and words <= (TRUE_WORDS | FALSE_WORDS) and len(words) >= 1
 
@@ -334,7 +335,7 @@ def _kind(col: pd.Series, name: str, categorical, numeric, integer_codes: bool) 
         values = pd.to_numeric(col[present], errors="coerce").to_numpy(np.float64)
         values = values[np.isfinite(values)]
         distinct = np.unique(values)
-        if 2 <= len(distinct) <= MAX_CODES and np.all(distinct == np.round(distinct)):
+        if 2 <= len(distinct) <= MAX_CODES and np.all(distinct == np.round(distinct)) and not set(distinct) <= {0.0, 1.0}:
             return "categorical"
     return "numeric"
 

@@ -19,6 +19,12 @@ width or of the train std):
   `shell_inner` (NO_LABEL): far from the data, where the teacher should say "I don't know". Its own
   random draws: the evaluation's far-shell rows are never in it;
 - unlabeled: optional rows from a user table with the teacher's feature columns (NO_LABEL).
+Tables with a feature specification (distill.features) are built in the encoded space and then made valid encodings
+(`respect_kinds`): perturbed copies keep their origin's category with probability KEEP_CATEGORY (0.9) and otherwise
+draw one from the training frequencies, instead of Gaussian noise on one-hot columns; interpolations take one parent's
+category (the parent of weight lambda, with probability lambda); uniform rows draw categories from the training
+frequencies; far-shell rows draw them uniformly over the vocabulary and the out-of-vocabulary bucket (unseen values).
+Missing indicators are the origin's (parent's) and the imputed value goes with them.
 Sequences (distill.sequences) are flattened rows here (time major); their perturbed copies are also time-warped
 (`time_warp` times the copy's noise std: a smooth monotone resampling of the time axis) before the noise, and the
 other sources work on the flattened normalised series unchanged (interpolations are mixups of whole sequences).
@@ -210,6 +216,67 @@ def _pairs(y: np.ndarray, rows: int, same_class: bool, rng: np.random.Generator)
     return a, b
 
 
+KEEP_CATEGORY = 0.9  # a perturbed row keeps its origin's category (and boolean) with this probability
+KIND_SEED = 25  # the stream of the categorical, boolean and missing-indicator draws
+
+
+def mix_rng_pick(rng: np.random.Generator, lam: np.ndarray) -> np.ndarray:
+    """[M] bool: take parent a (weight lambda in the mix) with probability lambda."""
+    return rng.uniform(0.0, 1.0, len(lam)) < lam
+
+
+def respect_kinds(x: np.ndarray, spec, train_x: np.ndarray, rng: np.random.Generator, origin: np.ndarray | None = None,
+                  pick: np.ndarray | None = None, unseen: bool = False) -> np.ndarray:
+    """Rows made by numeric operations in the encoded space [n, F] -> valid encodings of the feature specification
+    (distill.features): each categorical block one-hot, booleans 0/1, missing indicators 0/1 (with the imputed value
+    where set). Numeric values are kept.
+    - origin [n] (perturbed copies: their train row): keep the origin's category / boolean with prob KEEP_CATEGORY,
+      else resample it from the training frequencies; the missing indicator is the origin's;
+    - pick [n] (interpolations: the parent chosen): that parent's category, boolean and indicator;
+    - neither (uniform box rows): drawn from the training frequencies; `unseen` (the far shell): categories uniform
+      over the vocabulary and the out-of-vocabulary bucket, booleans fair coins, no missing values."""
+    x = np.array(x, np.float32, copy=True)
+    n = len(x)
+    source = origin if origin is not None else pick
+    for c, at in spec.blocks():
+        if c.kind == "categorical":
+            width = at.stop - at.start
+            freq = train_x[:, at].astype(np.float64).mean(axis=0)
+            freq = freq / freq.sum() if freq.sum() > 0 else np.full(width, 1.0 / width)
+            if unseen and source is None:
+                codes = rng.integers(0, width, n)
+            else:
+                drawn = rng.choice(width, size=n, p=freq)
+                if source is None:
+                    codes = drawn
+                else:
+                    codes = train_x[source, at].argmax(axis=1)
+                    if origin is not None:
+                        codes = np.where(rng.uniform(0.0, 1.0, n) < KEEP_CATEGORY, codes, drawn)
+            x[:, at] = np.eye(width, dtype=np.float32)[codes]
+            continue
+        value = at.start
+        if c.kind == "boolean":
+            share = float(train_x[:, value].mean())
+            drawn = (rng.uniform(0.0, 1.0, n) < (0.5 if unseen else share)).astype(np.float32)
+            if source is None:
+                x[:, value] = drawn
+            else:
+                own = train_x[source, value]
+                x[:, value] = own if origin is None else np.where(rng.uniform(0.0, 1.0, n) < KEEP_CATEGORY, own, drawn)
+        if c.indicator:
+            flag = at.start + 1
+            if source is not None:
+                gap = train_x[source, flag] > 0.5
+            elif unseen:
+                gap = np.zeros(n, bool)
+            else:
+                gap = rng.uniform(0.0, 1.0, n) < float(train_x[:, flag].mean())
+            x[:, flag] = gap.astype(np.float32)
+            x[gap, value] = c.fill
+    return x
+
+
 def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     """The transfer set as a table: TRANSFER_KEYS then the raw features (see the module docstring)."""
     task = tasks.get(ds.task)
@@ -250,16 +317,23 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     widen = cfg.margin * (hi - lo)
     box = lo - widen + uniform_rng.uniform(0.0, 1.0, size=(cfg.uniform, f)) * (hi - lo + 2 * widen)  # [U, F]
     shell = box_shell(lo, hi, cfg.shell, cfg.shell_inner, cfg.shell_outer, shell_rng)  # [V, F]
+    perturbed_x, mixed_x, box_x, shell_x = (ds.denormalise(v) for v in (noisy, mixed, box, shell))
+    spec = ds.feature_spec
+    if spec is not None and not spec.is_identity:  # one-hot blocks, booleans, missing indicators: valid encodings
+        kind_rng = np.random.default_rng([cfg.seed, KIND_SEED])  # its own stream: numeric rows stay as they were
+        perturbed_x = respect_kinds(perturbed_x, spec, train.x, kind_rng, origin=rows)
+        parent = np.where(mix_rng_pick(kind_rng, lam[:, 0]), a, b)  # the parent with weight lambda, with prob lambda
+        mixed_x = respect_kinds(mixed_x, spec, train.x, kind_rng, pick=parent)
+        box_x = respect_kinds(box_x, spec, train.x, kind_rng)
+        shell_x = respect_kinds(shell_x, spec, train.x, kind_rng, unseen=True)
     parts = [
         (np.char.add("train:", train.ids.astype(str)), "train", train.y, train.x),
         (np.char.add(np.char.add("perturbed:", train.ids[rows].astype(str)), np.char.add(":", copies.astype(str))),
-         "perturbed", train.y[rows], ds.denormalise(noisy)),
-        (np.array([f"interpolated:{i}" for i in range(m)], dtype=str), "interpolated", np.full(m, none),
-         ds.denormalise(mixed)),
+         "perturbed", train.y[rows], perturbed_x),
+        (np.array([f"interpolated:{i}" for i in range(m)], dtype=str), "interpolated", np.full(m, none), mixed_x),
         (np.array([f"uniform:{i}" for i in range(cfg.uniform)], dtype=str), "uniform",
-         np.full(cfg.uniform, none), ds.denormalise(box)),
-        (np.array([f"shell:{i}" for i in range(cfg.shell)], dtype=str), "shell", np.full(cfg.shell, none),
-         ds.denormalise(shell)),
+         np.full(cfg.uniform, none), box_x),
+        (np.array([f"shell:{i}" for i in range(cfg.shell)], dtype=str), "shell", np.full(cfg.shell, none), shell_x),
     ]
     if cfg.unlabeled:
         ids, x = read_unlabeled(cfg.unlabeled, ds)

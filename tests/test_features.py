@@ -108,10 +108,9 @@ def test_integer_codes_with_few_values_are_categorical_bundled_tables_are_not():
     df = pd.DataFrame({"code": rng.integers(1, 6, 300), "count": rng.integers(0, 50, 300),
                        "binary": rng.integers(0, 2, 300), "label": rng.normal(size=300)})
     spec = data.build_dataset(df, data.DataConfig(dataset="t.csv")).feature_spec
-    assert {c.name: c.kind for c in spec.columns} == {"code": "categorical", "count": "numeric", "binary": "boolean"}
-    boston = data.load(data.DataConfig(dataset="boston"))
-    assert boston.num_features == 13 and all(c.kind in ("numeric", "boolean") for c in boston.feature_spec.columns)
-    assert not any(c.indicator for c in boston.feature_spec.columns)
+    assert {c.name: c.kind for c in spec.columns} == {"code": "categorical", "count": "numeric", "binary": "numeric"}
+    boston = data.load(data.DataConfig(dataset="boston"))  # rad: 9 integer values, an index: numeric in a bundled table
+    assert boston.num_features == 13 and boston.feature_spec.is_identity
 
 
 def test_encoding_round_trips_and_imputation_matches_train_statistics(mixed_csv):
@@ -180,3 +179,38 @@ def test_bad_tables_are_one_line_errors(tmp_path):
     assert "label column 'label' has empty" in msg and "rows 4, 10" in msg
     ds = data.load(data.DataConfig(dataset=str(tmp_path / "bad.csv"), missing="drop"))
     assert sum(map(len, ds.splits.values())) == n - 2
+
+
+# ---------------------------------------------------------------- the transfer set respects kinds
+
+
+@pytest.mark.parametrize("regression", [True, False])
+def test_transfer_set_keeps_categorical_values_in_the_vocabulary(regression):
+    from distill.transfer import KEEP_CATEGORY, TransferConfig, build_transfer_set
+
+    ds = data.build_dataset(mixed_frame(1200, regression=regression),
+                            data.DataConfig(dataset="mixed.csv", label_column="price"))
+    spec = ds.feature_spec
+    t = build_transfer_set(TransferConfig(perturbations=4, interpolations=400, uniform=400, shell=400), ds)
+    x = t[ds.feature_names].to_numpy()
+    cut = next(at for c, at in spec.blocks() if c.name == "cut")
+    block = x[:, cut]
+    assert set(np.unique(block)) <= {0.0, 1.0} and (block.sum(axis=1) == 1).all()  # one-hot everywhere
+    oov = block[:, -1] == 1
+    inside = t["source"] != "shell"
+    assert not oov[inside.to_numpy()].any()  # only the far shell takes unseen categories
+    assert oov[~inside.to_numpy()].mean() > 0.05
+    flags = x[:, ds.feature_names.index("flag")]
+    assert set(np.unique(flags)) <= {0.0, 1.0}
+    # perturbed copies keep their origin's category about KEEP_CATEGORY of the time (or draw the same one)
+    train = t[t["source"] == "train"].set_index("id")
+    pert = t[t["source"] == "perturbed"]
+    origin = ("train:" + pert["id"].str.split(":").str[1]).to_numpy()
+    same = (train.loc[origin, ds.feature_names].to_numpy()[:, cut].argmax(1) == block[pert.index].argmax(1)).mean()
+    assert KEEP_CATEGORY - 0.05 < same <= 1.0
+    # missing indicators: the origin's, with the imputed value where set
+    origin_gap = train.loc[origin, "carat_missing"].to_numpy()
+    np.testing.assert_array_equal(origin_gap, pert["carat_missing"].to_numpy())
+    assert np.allclose(pert.loc[pert["carat_missing"] == 1, "carat"], spec.columns[0].fill)
+    # interpolations take one parent's category: one-hot (checked above) and never between two
+    assert set(np.unique(t.loc[t["source"] == "interpolated", "cut=Fair"])) <= {0.0, 1.0}
