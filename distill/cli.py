@@ -146,7 +146,8 @@ def soft_labels(
                                         "outside the training box (default 2000, 0.25 to 3)."),
     shell_inner: Optional[float] = typer.Option(None, help="See --shell."),
     shell_outer: Optional[float] = typer.Option(None, help="See --shell."),
-    unlabeled: Optional[str] = typer.Option(None, help="Extra unlabeled rows: a .csv/.parquet with the teacher's feature columns."),
+    unlabeled: Optional[str] = typer.Option(None, help="Extra unlabeled rows: a .csv/.parquet with the teacher's feature columns "
+                                             "(the raw columns, text and empty cells included: the run's encoding is applied)."),
     batch_size: int = typer.Option(16384, help="Rows per teacher call in the Beam job."),
     seed: int = typer.Option(0, help="Seed of the transfer set."),
     progress: bool = typer.Option(True, help="Show a status line while the job runs."),
@@ -555,7 +556,9 @@ def serve(
 @user_errors
 def predict(
     export_dir: Path = typer.Argument(..., help="SavedModel base path or version folder."),
-    input: Path = typer.Argument(..., help="Rows to score: a .csv or .parquet table (sequences: a long table with series, time and the channel columns)."),
+    input: Path = typer.Argument(..., help="Rows to score: a .csv or .parquet table with the run's raw feature columns "
+                                 "(text and empty cells are encoded as the run recorded; sequences: a long table with "
+                                 "series, time and the channel columns)."),
     out: Path = typer.Option(..., "--out", help="Output table (.csv or .parquet): the id plus every output of the signature."),
     batch_size: int = typer.Option(1024, min=1),
     signature: str = typer.Option("serving_default", help="Signature to run; it must take one [batch, features] input."),

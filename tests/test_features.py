@@ -214,3 +214,143 @@ def test_transfer_set_keeps_categorical_values_in_the_vocabulary(regression):
     assert np.allclose(pert.loc[pert["carat_missing"] == 1, "carat"], spec.columns[0].fill)
     # interpolations take one parent's category: one-hot (checked above) and never between two
     assert set(np.unique(t.loc[t["source"] == "interpolated", "cut=Fair"])) <= {0.0, 1.0}
+
+
+# ---------------------------------------------------------------- the CLI: flags, the task note
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("command", ["teacher", "run"])
+def test_every_table_command_has_the_same_table_flags(command):
+    out = _cli(command, "--help").output
+    for flag in ("--dataset", "--label-column", "--id-column", "--task", "--missing", "--drop-missing",
+                 "--categorical", "--numeric", "--max-categories"):
+        assert flag in out, (command, flag)
+
+
+def test_bad_tables_through_the_cli_are_one_error_line_before_training(tmp_path):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=100).astype(object), "b": rng.choice(["x", "y"], 100),
+                       "label": rng.normal(size=100)})
+    df.loc[5, "a"] = "oops"
+    df.to_csv(tmp_path / "mixed.csv", index=False)
+    for args, needle in ((["--dataset", tmp_path / "mixed.csv"], "mixes numbers and text"),
+                         (["--dataset", tmp_path / "mixed.csv", "--categorical", "a", "--max-categories", "10"],
+                          "--max-categories 10"),
+                         (["--dataset", tmp_path / "mixed.csv", "--missing", "never"], "--missing must be")):
+        for command in ("teacher", "run"):
+            r = _cli(command, *args, "--out", tmp_path / "run", "--no-progress")
+            errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+            assert r.exit_code == 1 and len(errors) == 1 and needle in errors[0], r.output
+            assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- end to end (TensorFlow: trains small models)
+
+
+def test_cli_teacher_infers_regression_for_whole_minutes_and_says_how_to_override(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 400
+    x = rng.normal(size=n)
+    df = pd.DataFrame({"id": np.arange(n) + 10, "x": x, "delay": np.round(60 * x + rng.normal(0, 30, n)).astype(int)})
+    df.to_csv(tmp_path / "delays.csv", index=False)
+    assert df["delay"].nunique() > 20 and (df["delay"].value_counts() == 1).any()
+    r = _cli("teacher", "--dataset", tmp_path / "delays.csv", "--label-column", "delay", "--id-column", "id",
+             "--out", tmp_path / "run", "--epochs", "2", "--samples", "2")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "task: regression (inferred:" in r.output and "--task classification to override" in r.output
+    meta = json.loads((tmp_path / "run" / "data" / "dataset.json").read_text())
+    assert meta["task"] == "regression" and meta["raw_columns"] == ["x"]
+    split = json.loads((tmp_path / "run" / "data" / "split.json").read_text())
+    assert set(sum(split.values(), [])) == {str(i) for i in df["id"]}  # --id-column was used
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    """`bdk run`'s stages on a generated mixed table (text column with 4 levels, empty cells, a boolean;
+    price = f(cut) x carat), through the Python API with small settings (as conftest's regression_run)."""
+    from distill.evaluate import EvalConfig
+    from distill.pipeline import run_all
+    from distill.transfer import SoftLabelConfig, TransferConfig
+    from student.config import StudentConfig
+    from teacher.config import TeacherConfig
+
+    root = tmp_path_factory.mktemp("mixed_run")
+    mixed_frame(3000).to_csv(root / "mixed.csv", index=False)
+    run = root / "run"
+    s = run_all(data.DataConfig(dataset=str(root / "mixed.csv"), label_column="price"),
+                TeacherConfig(epochs=60, patience=60, eval_samples=30),
+                SoftLabelConfig(TransferConfig(perturbations=2, interpolations=300, uniform=300, shell=300),
+                                num_samples=20),
+                StudentConfig(gate=False, epochs=40, patience_steps=100_000, baseline_epochs=20),
+                EvalConfig(samples=30, ood_rows=200, bootstrap=100, latency_calls=5), run, progress=False)
+    return root, run, s
+
+
+def test_bdk_run_on_a_mixed_table_end_to_end(mixed_run):
+    root, run, s = mixed_run
+    meta = json.loads((run / "data" / "dataset.json").read_text())
+    assert meta["task"] == "regression" and meta["raw_columns"] == ["carat", "cut", "depth", "flag"]
+    assert "cut=<oov>" in meta["encoded_features"] and "carat_missing" in meta["encoded_features"]
+    for path in ("teacher/export/1/saved_model.pb", "student/export/1/saved_model.pb", "report/metrics.json"):
+        assert (run / path).exists(), path
+    m = json.loads((run / "report" / "metrics.json").read_text())
+    rmse = {k: m[k]["test/rmse"] for k in ("teacher", "student", "baseline")}
+    spread = float(mixed_frame(3000)["price"].std())
+    assert rmse["teacher"] < 0.5 * spread, rmse  # it learned from the text column and the gaps, not the mean
+
+
+def test_predict_and_serve_take_raw_rows(mixed_run, tmp_path):
+    import httpx
+
+    from serving.server import BackgroundServer, create_app
+
+    root, run, _ = mixed_run
+    rows = pd.DataFrame({"id": ["a", "b", "c"], "carat": [0.5, None, 1.5], "cut": ["Ideal", "", "Astonishing"],
+                         "depth": [60.0, 61.0, 59.0], "flag": [True, False, None]})
+    rows.to_csv(tmp_path / "raw.csv", index=False)
+    r = _cli("predict", run / "student" / "export", tmp_path / "raw.csv", "--out", tmp_path / "out.csv", "--no-progress")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out["id"]) == ["a", "b", "c"] and np.isfinite(out["mean"]).all()
+
+    named = [{k: (None if pd.isna(v) else v) for k, v in row.items() if k != "id"}
+             for row in rows.astype(object).to_dict("records")]
+    with BackgroundServer(create_app(run / "student" / "export", "student")) as s:
+        got = httpx.post(f"{s.url}/v1/models/student:predict", json={"instances": named}).json()
+        np.testing.assert_allclose([p["mean"] for p in got["predictions"]], out["mean"], rtol=1e-5)
+        cols = httpx.post(f"{s.url}/v1/models/student:predict",
+                          json={"inputs": {k: [r[k] for r in named] for k in named[0]}}).json()
+        np.testing.assert_allclose(cols["outputs"]["mean"], out["mean"], rtol=1e-5)
+        bad = httpx.post(f"{s.url}/v1/models/student:predict", json={"instances": [{"carat": 0.5, "depth": 60.0,
+                                                                                    "flag": True}]})
+        assert bad.status_code == 400 and "'cut'" in bad.json()["error"]
+        bad = httpx.post(f"{s.url}/v1/models/student:predict", json={"instances": [{**named[0], "colour": "D"}]})
+        assert bad.status_code == 400 and "'colour'" in bad.json()["error"]
+        encoded = httpx.post(f"{s.url}/v1/models/student:predict",  # the encoded vector still works
+                             json={"instances": data.load_from_run(run).feature_spec.encode(rows).tolist()}).json()
+        np.testing.assert_allclose([p["mean"] for p in encoded["predictions"]], out["mean"], rtol=1e-5)
+
+
+def test_an_unseen_category_is_more_uncertain_than_a_seen_one(mixed_run):
+    import tensorflow as tf
+
+    root, run, _ = mixed_run
+    spec = data.load_from_run(run).feature_spec
+    teacher = tf.saved_model.load(str(run / "teacher" / "export" / "1"))
+    rng = np.random.default_rng(0)
+    base = pd.DataFrame({"carat": rng.uniform(0.3, 1.8, 200), "depth": rng.normal(60, 2, 200), "flag": True})
+    epistemic = {}
+    for cut in ("Ideal", "never-seen"):
+        x = spec.encode(base.assign(cut=cut))
+        out = teacher.signatures["predictive_seeded"](features=tf.constant(x), num_samples=tf.constant(100),
+                                                      seed=tf.constant(0, tf.int64))
+        epistemic[cut] = float(np.mean(out["epistemic_variance"].numpy()))
+    assert epistemic["never-seen"] > epistemic["Ideal"], epistemic
