@@ -368,7 +368,7 @@ def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: b
         if len(rows) > limits.max_batch:
             raise RequestError(413, f"batch of {len(rows)} rows is over the limit of {limits.max_batch}; split the request")
         raw = raw_input_name(sig, spec)
-        if isinstance(rows[0], dict) and raw is not None and set(rows[0]) != set(names):  # named raw fields per row
+        if isinstance(rows[0], dict) and raw is not None and raw not in rows[0]:  # named raw fields per row
             from distill.features import named_rows
 
             if len(rows) > limits.max_batch:
@@ -385,7 +385,7 @@ def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: b
     else:
         cols = request["inputs"]
         raw = raw_input_name(sig, spec)
-        if isinstance(cols, dict) and raw is not None and set(cols) != set(names):  # named raw fields as columns
+        if isinstance(cols, dict) and raw is not None and raw not in cols:  # named raw fields as columns
             from distill.features import named_columns
 
             others = [n for n in names if n != raw]
