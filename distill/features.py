@@ -141,7 +141,8 @@ def check_mixed(col: pd.Series, name: str) -> None:
     if text.any() and parsed.sum() >= text.sum():
         row = int(np.flatnonzero(text)[0])
         raise BdkError(f"feature column {name!r} mixes numbers and text (e.g. {col.iloc[row]!r} in data row {row + 1}, "
-                       f"{int(text.sum())} text cell(s) among {int(present.sum())}): fix those cells, or pass "
+                       f"{int(text.sum())} text cell(s) among {int(present.sum())}): fix those cells (leave a missing value "
+                       "empty), or pass "
                        f"--categorical {name} to treat its values as categories")
 
 
