@@ -179,8 +179,8 @@ def soft_labels(
 def student(
     run: Path = typer.Option(..., "--run", help="Run folder with a teacher and soft labels."),
     hidden: Optional[str] = typer.Option(None, help="Hidden layer sizes, comma-separated (e.g. 32 or 64,32), or auto (the "
-                                         "best on a held-out slice of the transfer set within 1/4 of the teacher's "
-                                         "parameters); default by task."),
+                                         "best on a held-out slice of the transfer set among those costing at most one "
+                                         "teacher weight draw per row); default: the teacher's widths."),
     temperature: float = typer.Option(1.0, min=1e-3, help="Distillation temperature T (loss scaled by T^2)."),
     alpha: float = typer.Option(0.0, min=0.0, max=1.0, help="Weight of the hard-label loss on labelled rows."),
     uncertainty: Optional[str] = typer.Option(None, help="Student's epistemic score: dirichlet (classes; the default) or "
@@ -249,11 +249,14 @@ def run_pipeline(
     samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
     perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 10)."),
     noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated (default 0.05,0.2,0.5)."),
+    noise_unit: Optional[str] = typer.Option(None, help="Unit of --noise: box, std or neighbour (see `bdk soft-labels "
+                                             "--help`); default by task."),
     interpolations: Optional[int] = typer.Option(None, help="Transfer points between pairs of training inputs (default 2000)."),
     uniform: Optional[int] = typer.Option(None, help="Uniform points over the widened training box (default 2000)."),
     shell: Optional[int] = typer.Option(None, help="Transfer points in the far shell (default 2000)."),
     student_epochs: int = typer.Option(300, min=1, help="Student's maximum epochs."),
-    hidden: Optional[str] = typer.Option(None, help="Student hidden layer sizes, comma-separated; default by task."),
+    hidden: Optional[str] = typer.Option(None, help="Student hidden layer sizes, comma-separated, or auto; default: the "
+                                         "teacher's widths (one teacher draw's cost per row)."),
     sequence_net: str = typer.Option("conv", help=SEQUENCE_NET_HELP),
     gate: bool = typer.Option(True, help="Refuse to publish a student worse calibrated than its teacher (see `bdk student`)."),
     seed: int = typer.Option(0),
@@ -277,7 +280,7 @@ def run_pipeline(
                           time_column=time_column, seed=seed)
     teacher_cfg = TeacherConfig(kind=_kind(kind, data_cfg), epochs=epochs, eval_samples=samples, seed=seed, ncp_weight=ncp_weight,
                                 **_kl(kl_weight))
-    soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, interpolations=interpolations,
+    soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, noise_unit=noise_unit, interpolations=interpolations,
                                          uniform=uniform, shell=shell, seed=seed), num_samples=samples)
     student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, gate=gate, sequence_net=sequence_net, seed=seed)
     eval_cfg = EvalConfig(samples=samples, seed=seed)
