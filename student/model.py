@@ -6,7 +6,7 @@ import tf_keras as tfk
 
 
 def build_student(num_features: int, units: int, hidden: tuple[int, ...] = (32,), name: str = "student",
-                  epistemic_activation: str = "softplus", detach_epistemic: bool = True) -> tfk.Model:
+                  epistemic_activation: str = "softplus", detach_epistemic: bool = False) -> tfk.Model:
     """Normalised features [batch, F] -> {"head": [batch, units], "epistemic": [batch]}.
 
     `head` is the task's head (distill.tasks: logits, or a Gaussian's mean and raw variance), the

@@ -31,7 +31,7 @@ def test_teacher_step_budget_buys_several_epochs_of_a_million_rows():
 def test_student_schedule_grows_with_the_transfer_set():
     from student.train import Schedule
 
-    cfg = StudentConfig()
+    cfg = StudentConfig().resolved("classification")
     small = Schedule.for_rows(4_000, cfg, 3e-3)  # Iris-sized: the 256-row batch, the 300-epoch cap
     assert (small.batch_size, small.epochs) == (256, 300)
     big = Schedule.for_rows(1_150_000, cfg, 3e-3)  # a million rows: the largest batch, at least min_epochs passes

@@ -94,10 +94,10 @@ def test_student_export_answers_in_the_targets_units(task, tmp_path):
 def test_config_defaults_by_task_and_validation():
     cfg = StudentConfig()
     assert cfg.hidden is None and cfg.monitor == "transfer" and cfg.gate
-    for task in ("classification", "regression"):  # tables: the teacher's widths, one teacher draw's cost
-        r = cfg.resolved(task, teacher_hidden=[50, 20])
-        assert r.hidden == (50, 20) and r.learning_rate == TASK_DEFAULTS[task]["learning_rate"]
-        assert cfg.resolved(task).hidden == FALLBACK_HIDDEN  # a teacher without dense widths
+    r = cfg.resolved("classification", teacher_hidden=[50, 20])  # classes: the teacher's widths, one draw's cost
+    assert r.hidden == (50, 20) and r.learning_rate == TASK_DEFAULTS["classification"]["learning_rate"]
+    assert cfg.resolved("classification").hidden == FALLBACK_HIDDEN  # a teacher without dense widths
+    assert cfg.resolved("regression", teacher_hidden=[50]).hidden == TASK_DEFAULTS["regression"]["hidden"]
     assert cfg.resolved("classification", sequences=True, teacher_hidden=[7]).hidden == (32, 32, 32)  # sequences' own
     assert StudentConfig(hidden=(7,)).resolved("regression", teacher_hidden=[50]).hidden == (7,)  # given values win
     with pytest.raises(BdkError, match="monitor"):
