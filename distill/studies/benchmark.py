@@ -118,7 +118,10 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
     inside.to_csv(out / "in.csv", index=False)
     run = out / "run"
     # teacher, soft labels and student; the scores below need only their exports (no evaluation stage)
-    teacher_stage(DataConfig(dataset=str(out / "in.csv"), label_column=label, id_column=id_col, seed=seed, task="classification"),
+    # the bundled table's columns keep their kinds (numeric): as a CSV, digits' few-valued pixels would read as codes
+    numeric = tuple(c for c in inside.columns if c not in (label, id_col))
+    teacher_stage(DataConfig(dataset=str(out / "in.csv"), label_column=label, id_column=id_col, seed=seed,
+                             task="classification", numeric=numeric),
                   replace(cfg.teacher, kind=kind, seed=seed), run, overwrite=True, progress=False)
     soft_labels_stage(replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, seed=seed)), run, progress=False)
     student_stage(replace(cfg.student, seed=seed), run, progress=False)
