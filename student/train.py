@@ -200,7 +200,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     def build(hidden, **kwargs):
         if ds.sequence_shape:
             return build_sequence_student(ds.sequence_shape[1], units, hidden, cfg.sequence_net, **kwargs)
-        return build_student(ds.num_features, units, hidden, detach_epistemic=cfg.detach_epistemic, **kwargs)
+        return build_student(ds.num_features, units, hidden, epistemic_body_gradient=cfg.epistemic_body_gradient, **kwargs)
 
     schedule = Schedule.for_rows(rows.fit_rows, cfg, cfg.learning_rate)
 
