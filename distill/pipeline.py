@@ -25,7 +25,7 @@ def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwri
     check_output_folder(out, overwrite)  # before the data is read or TensorFlow loads
     with stage_locks(write=out):
         ds = data_lib.load(data_cfg)  # validates before anything is written or TensorFlow loads
-        if progress and ds.task_note:
+        if ds.task_note:  # the inferred task, its rule and the override: printed even without progress output
             print(ds.task_note, file=sys.stderr)
         if progress and ds.feature_spec is not None and not ds.feature_spec.is_identity:
             print(ds.feature_spec.describe(), file=sys.stderr)
