@@ -173,11 +173,13 @@ def test_readers_share_and_keep_writers_out(tmp_path):
         pass
 
 
-@pytest.mark.parametrize("content", ["", "garbage\x00\xff", "1 " + os.uname().nodename, f"{os.getpid()} otherhost"])
+# the same ids in every xdist worker (a pid in a parameter would differ between them): the live pid is filled in below
+@pytest.mark.parametrize("content", ["", "garbage\x00\xff", "1 " + os.uname().nodename, "{pid} otherhost"],
+                         ids=["empty", "garbage", "pid-1", "live-pid-other-host"])
 def test_a_left_over_lock_file_never_blocks(tmp_path, content):
     """Empty, garbage, pid 1 of another pid namespace, a live (reused) pid: only a held flock blocks."""
     target = tmp_path / "student"
-    lock_file(target).write_text(content, errors="surrogateescape")
+    lock_file(target).write_text(content.replace("{pid}", str(os.getpid())), errors="surrogateescape")
     with atomic_dir(target) as tmp:
         (tmp / "x").write_text("ok")
     assert (target / "x").read_text() == "ok" and not lock_file(target).exists()
