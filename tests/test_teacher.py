@@ -278,8 +278,11 @@ def test_cli_refuses_bad_input_without_traces(tmp_path, teacher_run):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,label\n1,2,x\n3,,y\n")
     out = tmp_path / "run"
-    r = runner.invoke(app, ["teacher", "--out", str(out), "--dataset", str(bad)])
+    r = runner.invoke(app, ["teacher", "--out", str(out), "--dataset", str(bad), "--missing", "refuse"])
     assert r.exit_code == 1 and "rows 2" in r.output and "Traceback" not in r.output
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+    r = runner.invoke(app, ["teacher", "--out", str(out), "--dataset", str(bad)])  # imputed; then too few rows a class
+    assert r.exit_code == 1 and r.output.startswith("error: class 'x' has only 1 row") and "Traceback" not in r.output
     assert not out.exists() and not list(tmp_path.glob(".run*"))
 
 
