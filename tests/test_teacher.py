@@ -287,8 +287,15 @@ def test_cli_refuses_bad_input_without_traces(tmp_path, teacher_run):
 
 
 def test_help_lists_commands():
+    """Every registered command is listed, and its own --help works (a broken option declaration fails here)."""
+    names = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    names += [g.name for g in app.registered_groups]  # `experiment` and its studies
     r = CliRunner().invoke(app, ["--help"])
-    assert r.exit_code == 0 and "teacher" in r.output
+    assert r.exit_code == 0 and len(names) >= 9
+    for name in names:
+        assert name in r.output, name
+        sub = CliRunner().invoke(app, [name, "--help"])
+        assert sub.exit_code == 0 and "Usage" in sub.output, name
 
 
 def test_config_defaults_by_task():
