@@ -117,7 +117,7 @@ class Exports:
         sig = lambda m: self.models[m].signatures  # noqa: E731
         fn = sig("student")["serving_default"]
         shape = self.input_shape or (int(fn.structured_input_signature[1]["features"].shape[1]),)
-        flops = _flops_per_row(run, shape)
+        flops = _flops_per_row(run)
         cost_batch = COST_BATCH if len(shape) == 1 else SEQUENCE_COST_BATCH
         teacher_s = (lambda x: sig("teacher")["predictive_seeded"](features=x, num_samples=tf.constant(self.samples),
                                                                    seed=tf.constant(self.seed, tf.int64))) \
@@ -172,23 +172,13 @@ def timing(call, shape: tuple, calls: int, batch: int = COST_BATCH) -> dict[str,
             "rows_per_s_batch1": 1.0 / float(np.mean(times)), f"rows_per_s_batch{batch}": batch / float(np.median(big))}
 
 
-def _flops_per_row(run: Path, shape: tuple) -> dict[str, int]:
-    """FLOPs per row of one forward pass of each dense network (teacher: one weight draw), from the widths their
-    configs record; sequences' networks are not counted."""
-    from student.train import dense_flops, student_flops
-
-    if len(shape) != 1:
-        return {}
-    teacher = read_json(schema.teacher_dir(run) / "config.json")
-    student = read_json(schema.student_dir(run) / "config.json")["student"]
-    units = int(read_json(schema.student_dir(run) / "metrics.json").get("head_units") or 0)
-    hidden_t, hidden_s = teacher.get("teacher", {}).get("hidden"), student.get("hidden")
-    if not units or not hidden_s:
-        return {}
-    out = {"student": student_flops(shape[0], units, tuple(hidden_s)), "baseline": student_flops(shape[0], units, tuple(hidden_s))}
-    if hidden_t:
-        out["teacher"] = dense_flops([shape[0], *hidden_t, units])
-    return out
+def _flops_per_row(run: Path) -> dict[str, int]:
+    """FLOPs per row of one forward pass of each dense network (teacher: one weight draw), as the student stage
+    recorded them (student.train; sequences' networks are not counted)."""
+    m = read_json(schema.student_dir(run) / "metrics.json")
+    flops = {"student": m.get("flops_per_row"), "baseline": m.get("flops_per_row"),  # the baseline has its widths
+             "teacher": m.get("teacher_draw_flops_per_row")}
+    return {k: v for k, v in flops.items() if v}
 
 
 def export_parameters(export: Path) -> int:

@@ -61,8 +61,8 @@ class Task:
         raise NotImplementedError
 
     def soft_target_width(self, num_classes: int) -> int:
-        """Columns of `soft_targets`: the probabilities [C], or a Gaussian's mean and variance [2]."""
-        return num_classes if self.name == "classification" else 2
+        """Columns of `soft_targets` [N, K]."""
+        raise NotImplementedError
 
     def draw_params(self, head):
         """One draw's head output [B, units] -> its distribution's parameters [B, K] (normalised units)."""
@@ -199,6 +199,9 @@ class Categorical(Task):
     def soft_targets(self, outputs, shift, scale):
         return np.asarray(outputs["probs"], np.float32)  # [N, C]
 
+    def soft_target_width(self, num_classes):
+        return num_classes
+
     def metrics(self, y, pred, split):
         return metrics.classification_metrics(pred["probs"], np.asarray(y, np.int64), split)
 
@@ -280,6 +283,9 @@ class Gaussian(Task):
     def soft_targets(self, outputs, shift, scale):
         mean = (np.asarray(outputs["mean"], np.float64) - shift) / scale
         return np.stack([mean, np.asarray(outputs["variance"], np.float64) / scale ** 2], axis=-1).astype(np.float32)
+
+    def soft_target_width(self, num_classes):
+        return 2  # the moment-matched mean and variance
 
     def metrics(self, y, pred, split):
         return metrics.regression_metrics(np.asarray(y, np.float64), pred["mean"], pred["variance"], split)

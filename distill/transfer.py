@@ -503,16 +503,13 @@ def sample_soft_labels(run: Path, sources: tuple[str, ...], rows: int, seed: int
     for src in sources:
         at = np.flatnonzero(source == src)
         keep[np.sort(rng.choice(at, rows, replace=False)) if len(at) > rows else at] = True
-    shards, _, _, _ = soft_label_shards(run)
+    shards, _, task, num_classes = soft_label_shards(run)
     parts, start = [], 0
     for table in shards:
         mine = keep[start:start + len(table)]
         start += len(table)
-        parts.append(table.filter(pa.array(mine)))  # an empty table keeps the schema
-    if not parts:
-        meta = read_json(schema.data_dir(Path(run)) / "dataset.json")
-        parts = [soft_label_arrow_schema(meta["feature_names"], tasks.get(meta.get("task", "classification"))).empty_table()]
-    frame = pa.concat_tables(parts).to_pandas()
+        parts.append(table.filter(pa.array(mine)))
+    frame = _soft_label_frame(parts, run, task, num_classes)
     return {src: frame[frame["source"] == src].reset_index(drop=True) for src in sources}
 
 
@@ -524,10 +521,15 @@ def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
     `variance`) holds one float32 [C] row of an [N, C] array each: `np.stack(df["probs"].to_numpy())`
     gives the [N, C] array back; regression outputs (mean, variance, epistemic_variance) are floats.
     """
+    shards, manifest, task, num_classes = soft_label_shards(run)
+    return _soft_label_frame(list(shards), run, task, num_classes), manifest
+
+
+def _soft_label_frame(tables: list, run: Path, task: tasks.Task, num_classes: int) -> pd.DataFrame:
+    """Soft-label Arrow tables as one frame (their schema's columns even without tables); vector outputs as row
+    views of one [N, C] array each."""
     import pyarrow as pa
 
-    shards, manifest, task, num_classes = soft_label_shards(run)
-    tables = list(shards)
     if not tables:
         meta = read_json(schema.data_dir(Path(run)) / "dataset.json")
         tables = [soft_label_arrow_schema(meta["feature_names"], task).empty_table()]
@@ -536,4 +538,4 @@ def read_soft_labels(run: Path) -> tuple[pd.DataFrame, dict]:
     for name, matrix in shard_arrays(table, task, num_classes).items():
         if name in task.vector_outputs:
             df[name] = pd.Series(list(matrix), index=df.index, dtype=object)  # row views of the [N, C] array
-    return df[table.column_names], manifest
+    return df[table.column_names]

@@ -79,16 +79,22 @@ class TransferRows:
             held_out = (*held_out[:3], ((held_out[3] - shift) / std).astype(np.float32))
         return cls(paths, tuple(input_shape), target_width, label_dtype, fit_rows, held_out, shift, std)
 
+    @property
+    def record_width(self) -> int:
+        """float32 columns of a bucket record: the flattened input, the targets, the label and the raw score."""
+        return int(np.prod(self.input_shape)) + self.target_width + 2
+
+    def _read(self, path: Path) -> np.ndarray:
+        return np.fromfile(path, np.float32).reshape(-1, self.record_width)  # [rows, D]
+
     def steps_per_epoch(self, batch_size: int) -> int:
         """Optimiser steps in one epoch: each bucket ends in its own partial batch."""
-        width = int(np.prod(self.input_shape)) + self.target_width + 2
-        return sum(-(-(p.stat().st_size // (4 * width)) // batch_size) for p in self.buckets) or 1
+        return sum(-(-(p.stat().st_size // (4 * self.record_width)) // batch_size) for p in self.buckets) or 1
 
     def blocks(self, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
         """One epoch: each bucket once, in a random order, its rows in a random order."""
-        width = int(np.prod(self.input_shape))
         for b in rng.permutation(len(self.buckets)):
-            records = np.fromfile(self.buckets[b], np.float32).reshape(-1, width + self.target_width + 2)
+            records = self._read(self.buckets[b])
             if len(records):
                 yield self._split(records[rng.permutation(len(records))])
 
@@ -101,9 +107,7 @@ class TransferRows:
 
     def all_rows(self) -> tuple[np.ndarray, ...]:
         """Every fitted row in bucket order (tests; small sets)."""
-        width = int(np.prod(self.input_shape))
-        return self._split(np.concatenate([np.fromfile(p, np.float32).reshape(-1, width + self.target_width + 2)
-                                           for p in self.buckets]))
+        return self._split(np.concatenate([self._read(p) for p in self.buckets]))
 
     def _split(self, records: np.ndarray) -> tuple[np.ndarray, ...]:
         width = int(np.prod(self.input_shape))
@@ -125,7 +129,9 @@ class InMemoryRows:
         return len(self.arrays[0])
 
     def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-self.fit_rows // batch_size)
+        from distill.training import steps_per_epoch
+
+        return steps_per_epoch(self.fit_rows, batch_size)
 
     def epoch_function(self, step, batch_size: int, variables, optimizer):
         from distill.training import graph_epoch

@@ -57,9 +57,10 @@ class Schedule:
         epochs = min(max_epochs or cfg.epochs, max(cfg.min_epochs, epochs_for_steps(n, batch, cfg.steps)))
         return cls(batch, epochs, max(3, -(-cfg.patience_steps // per_epoch)), learning_rate)
 
-    def optimizer(self, steps_per_epoch: int):
-        """Adam whose rate follows a cosine from `learning_rate` to 5% of it over the whole budget."""
-        total = self.epochs * steps_per_epoch
+    def optimizer(self, per_epoch: int):
+        """Adam whose rate follows a cosine from `learning_rate` to 5% of it over the whole budget (`per_epoch` steps
+        an epoch)."""
+        total = self.epochs * per_epoch
         return tfk.optimizers.Adam(tfk.optimizers.schedules.CosineDecay(self.learning_rate, total, alpha=0.05))
 
     def describe(self, n: int) -> str:
@@ -122,9 +123,8 @@ def student_flops(num_features: int, units: int, hidden: tuple[int, ...], episte
     return dense_flops([num_features, *hidden]) + dense_flops([hidden[-1], units + int(epistemic)])
 
 
-def teacher_draw_flops(run: Path, num_features: int, units: int) -> int | None:
-    """FLOPs per row of ONE weight draw of a dense teacher (its recorded hidden widths), None if it records none."""
-    hidden = read_json(schema.teacher_dir(run) / "config.json").get("teacher", {}).get("hidden")
+def teacher_draw_flops(hidden, num_features: int, units: int) -> int | None:
+    """FLOPs per row of ONE weight draw of a dense teacher of these hidden widths, None without widths."""
     return dense_flops([num_features, *hidden, units]) if hidden else None
 
 
@@ -213,7 +213,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     t0 = time.perf_counter()
     search = {}
     model, result = train(cfg.hidden)
-    draw_flops = None if ds.sequence_shape else teacher_draw_flops(run, ds.num_features, units)
+    draw_flops = None if ds.sequence_shape else teacher_draw_flops(teacher_hidden, ds.num_features, units)
     if cfg.hidden_search and held_out is not None:  # widths/depths compared on the held-out transfer loss
         budget = cfg.max_flops_share * draw_flops if draw_flops else np.inf
         search[",".join(map(str, cfg.hidden))] = _best(result)
@@ -267,7 +267,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         "improving_at_cap": result.improving_at_cap, "baseline_improving_at_cap": baseline_result.improving_at_cap,
         "warnings": notes, "parameters": student_parameters(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
         "flops_per_row": student_flops(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
-        "teacher_draw_flops_per_row": draw_flops, "head_units": units,
+        "teacher_draw_flops_per_row": draw_flops,
         "monitor": cfg.monitor, "held_out_rows": n_held, "hidden": list(cfg.hidden),
         **({"hidden_search": search} if search else {}), "uncertainty": cfg.uncertainty, "epistemic_shift": epistemic_shift, "baseline_epochs_run": len(baseline_result.history),
         "baseline_train_seconds": baseline_seconds, "epistemic_scale": epistemic_scale,
