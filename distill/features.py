@@ -37,6 +37,7 @@ MAX_CODES = 10  # an integer column with at most this many distinct train values
 MAX_CATEGORIES = 1000  # default --max-categories
 OOV = "<oov>"  # the out-of-vocabulary bucket of a categorical column
 MISSING_CATEGORY = "<missing>"  # a categorical column's empty cells, when the train split had some
+ROWS_SIGNATURE = "serving_rows"  # every table export's raw-row signature (distill.encoder), beside `serving_default`
 MISSING_SUFFIX = "_missing"  # a numeric or boolean column's 0/1 missing-indicator feature
 TRUE_WORDS, FALSE_WORDS = frozenset({"true", "yes"}), frozenset({"false", "no"})
 

@@ -185,8 +185,20 @@ def box_shell(lo: np.ndarray, hi: np.ndarray, rows: int, inner: float, outer: fl
 
 def far_uniform(ds: Dataset, rows: int, inner: float, outer: float, seed: int) -> np.ndarray:
     """Raw-feature rows uniform in the train box widened by `outer` times its width on each side, minus
-    the box widened by `inner` (box_shell with its own seed: the evaluation's or the teacher's validation check)."""
-    return ds.denormalise(box_shell(*ds.box(), rows, inner, outer, np.random.default_rng(seed)))
+    the box widened by `inner` (box_shell with its own seed: the evaluation's or the teacher's validation check).
+    Tables with categorical or boolean columns: the shell is over the numeric columns only, and the other columns are
+    valid encodings of unseen values (respect_kinds, unseen): categories uniform over the vocabulary and the
+    out-of-vocabulary bucket, booleans fair coins (numeric extremes in one-hot columns are no input a user can send)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = ds.box()  # [F] each, normalised
+    spec = ds.feature_spec
+    if spec is None or spec.is_identity:
+        return ds.denormalise(box_shell(lo, hi, rows, inner, outer, rng))
+    numeric = [at.start for c, at in spec.blocks() if c.kind == "numeric"]
+    z = np.tile(((lo + hi) / 2).astype(np.float32), (rows, 1))  # [rows, F]; non-numeric columns are set below
+    if numeric:
+        z[:, numeric] = box_shell(lo[numeric], hi[numeric], rows, inner, outer, rng)
+    return respect_kinds(ds.denormalise(z), spec, ds["train"].x, np.random.default_rng([seed, KIND_SEED]), unseen=True)
 
 
 def neighbour_distance(z: np.ndarray, rng: np.random.Generator, sample: int = NEIGHBOUR_SAMPLE) -> float:

@@ -29,6 +29,7 @@ import numpy as np
 from fastapi import Request  # module level: FastAPI resolves the handlers' (string) annotations here
 
 from distill.errors import BdkError, first_line
+from distill.features import ROWS_SIGNATURE
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +342,26 @@ def encode_raw(build, payload, spec) -> np.ndarray:
         raise RequestError(400, str(e)) from None
 
 
+def raw_row_inputs(payload, row_format: bool, limits: Limits, spec) -> dict[str, np.ndarray]:
+    """`serving_rows`: named raw fields, as `instances` objects or columnar `inputs` -> one array per raw column (the
+    signature's inputs, distill.encoder.raw_inputs), or a 400 naming the field."""
+    from distill.encoder import raw_inputs
+    from distill.features import named_columns, named_rows
+
+    if row_format and not (isinstance(payload, list) and payload):
+        raise RequestError(400, "\"instances\" must be a non-empty list of objects naming the fields "
+                                f"{spec.raw_columns}")
+    if not row_format and not isinstance(payload, dict):
+        raise RequestError(400, f"\"inputs\" must be an object mapping the fields {spec.raw_columns} to lists")
+    rows = len(payload) if row_format else max((len(v) for v in payload.values() if isinstance(v, list)), default=0)
+    if rows > limits.max_batch:
+        raise RequestError(413, f"batch of {rows} rows is over the limit of {limits.max_batch}; split the request")
+    try:
+        return raw_inputs((named_rows if row_format else named_columns)(payload, spec), spec)
+    except (ValueError, BdkError) as e:
+        raise RequestError(400, str(e)) from None
+
+
 def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: bool = True,
                   spec=None) -> tuple[dict[str, np.ndarray], bool]:
     """A decoded :predict body -> (named input arrays, row_format). Row format = `instances`.
@@ -354,6 +375,8 @@ def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: b
     if has_rows == has_cols:
         raise RequestError(400, "send exactly one of \"instances\" (row format) or \"inputs\" (columnar format)"
                            if has_rows else "missing \"instances\" or \"inputs\" in the request")
+    if spec is not None and sig.name == ROWS_SIGNATURE:
+        return raw_row_inputs(request["instances"] if has_rows else request["inputs"], has_rows, limits, spec), has_rows
     names = list(sig.inputs)
     if has_rows:
         if sig.scalar_inputs:

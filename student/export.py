@@ -2,7 +2,8 @@
 
 `serving_default(features [batch, F], or sequences [batch, time, C])` -> probs [batch, C], entropy, epistemic (classes; the Dirichlet
 student adds expected_entropy and mutual_information, its epistemic score) or mean, variance,
-epistemic (regression, in the target's units).
+epistemic (regression, in the target's units). Tables also get `serving_rows`: the same on raw rows, one input per raw
+column (distill.encoder).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from distill import tasks
+from distill.encoder import ROWS_SIGNATURE, RowEncoder, rows_function
 from student import dirichlet
 from teacher.export import Untracked
 
@@ -19,7 +21,7 @@ from teacher.export import Untracked
 class StudentModule(tf.Module):
     def __init__(self, task: tasks.Task, model, feature_shift, feature_scale, target_shift: float = 0.0,
                  target_scale: float = 1.0, epistemic_scale: float = 1.0, epistemic_shift: float = 0.0, uncertainty: str = "regressor",
-                 input_shape: tuple | None = None):
+                 input_shape: tuple | None = None, feature_spec=None):
         super().__init__(name="student")
         self.task, self.uncertainty = task, uncertainty
         self._keras = Untracked(model)  # see teacher.export.Untracked: save the variables, skip Keras tracing
@@ -32,6 +34,8 @@ class StudentModule(tf.Module):
         self.epistemic_shift = tf.constant(float(epistemic_shift), tf.float32)
         shape = list(input_shape or (int(self.feature_shift.shape[0]),))  # sequences: (None, C), any length
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="features")])
+        self.encoder = None if feature_spec is None else RowEncoder(feature_spec)  # tables: raw rows in too
+        self.serve_rows = None if self.encoder is None else rows_function(self.encoder, self.serve)
 
     def _serve(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
         out = self._keras.value((features - self.feature_shift) / self.feature_scale, training=False)
@@ -43,5 +47,6 @@ class StudentModule(tf.Module):
         return {**self.task.point_outputs(params), "epistemic": score}
 
     def save(self, path: Path) -> Path:
-        tf.saved_model.save(self, str(path), signatures={"serving_default": self.serve.get_concrete_function()})
+        rows = {ROWS_SIGNATURE: self.serve_rows.get_concrete_function()} if self.serve_rows else {}
+        tf.saved_model.save(self, str(path), signatures={"serving_default": self.serve.get_concrete_function(), **rows})
         return Path(path)

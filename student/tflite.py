@@ -4,6 +4,12 @@ Only the deterministic student converts: the Flipout teacher samples with random
 which TFLite has no business running. The converter keeps the SavedModel's signatures, so
 `Interpreter.get_signature_runner("serving_default")(features=x)` returns the same dict of named
 outputs (probs, entropy, epistemic) as the SavedModel signature.
+
+Tables with text columns: the .tflite file takes the ENCODED vector (`features`, RUN/data/dataset.json
+`encoded_features`), not raw rows. The SavedModel's `serving_rows` does not convert with LiteRT's builtin ops: its
+string lookup needs StringStrip, SelectV2 on strings and an int64 Equal, which only the TF Select (Flex) delegate
+runs, and the `ai-edge-litert` interpreter does not ship it. Encode on the device with the vocabularies in
+dataset.json (`feature_spec`), or serve raw rows from the SavedModel.
 """
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ import tempfile
 from pathlib import Path
 
 from distill.errors import BdkError, first_line
+
+
+TFLITE_INPUT = ("features: the encoded vector (dataset.json encoded_features); LiteRT's builtin ops cannot run the "
+                "string lookup of serving_rows (student.tflite)")
 
 
 def export_tflite(saved_model_dir: Path, out_path: Path, signature_keys: tuple[str, ...] = ("serving_default",)) -> int:

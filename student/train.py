@@ -32,7 +32,7 @@ from student.config import StudentConfig
 from student.export import StudentModule
 from student.model import build_sequence_student, build_student
 from student.rows import InMemoryRows, TransferRows
-from student.tflite import export_tflite
+from student.tflite import TFLITE_INPUT, export_tflite
 
 
 class GateFailed(BdkError):
@@ -246,8 +246,10 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     units_args = (ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale)
     shape = (None, ds.sequence_shape[1]) if ds.sequence_shape else None  # sequences of any length
     student_module = StudentModule(task, model, *units_args, epistemic_scale=epistemic_scale,
-                                   epistemic_shift=epistemic_shift, uncertainty=cfg.uncertainty, input_shape=shape)
-    baseline_module = StudentModule(task, baseline, *units_args, epistemic_scale=0.0, input_shape=shape)  # no epistemic estimate
+                                   epistemic_shift=epistemic_shift, uncertainty=cfg.uncertainty, input_shape=shape,
+                                   feature_spec=ds.feature_spec)
+    baseline_module = StudentModule(task, baseline, *units_args, epistemic_scale=0.0, input_shape=shape,
+                                    feature_spec=ds.feature_spec)  # no epistemic estimate
     val, test_pred = {}, None
     for name, module in (("student", student_module), ("baseline", baseline_module)):
         val[name] = {}
@@ -294,6 +296,8 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
             summary["tflite"] = "skipped: the GRU student takes sequences of any length, which TFLite cannot lower"
         if not failures and cfg.tflite and not recurrent:
             summary["tflite_bytes"] = export_tflite(tmp / "export" / schema.EXPORT_VERSION, tmp / "student.tflite")
+            if ds.feature_spec is not None and not ds.feature_spec.is_identity:
+                summary["tflite_input"] = TFLITE_INPUT
         write_json(tmp / "metrics.json", summary)
     if failures:
         raise GateFailed("student failed the quality gate (" + "; ".join(failures) + f"); it was saved under {target} "

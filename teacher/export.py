@@ -21,6 +21,8 @@ epistemic_variance in the target's units):
 - `predictive`: `num_samples` (int32 scalar) draws, fresh per call; `predictive_seeded` adds `seed`
   (int64 scalar): the same seed gives bit-identical output. What the Beam job calls.
 - `sample` / `sample_seeded`: each draw's distribution parameters ([S, batch, ...]).
+- `serving_rows` (tables): `serving_default` on raw rows, one input per raw column (strings for categoricals, NaN
+  for empty cells; distill.encoder), so TF Serving's named `instances` work with no client-side encoding.
 Fresh draws come from a stateful random op with no seed attribute (seed = seed2 = 0), which TensorFlow
 seeds from the OS at load: two processes that load one export draw differently.
 """
@@ -33,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from distill import tasks
+from distill.encoder import ROWS_SIGNATURE, RowEncoder, rows_function
 
 SERVING_SAMPLES = 10
 BATCHED_ROWS = 4096  # S * batch up to which the draws run as one batched matmul
@@ -161,9 +164,10 @@ class MonteCarloModule(tf.Module):
 
     def __init__(self, task: tasks.Task, sampler: Sampler, models: list, feature_shift, feature_scale,
                  target_shift: float = 0.0, target_scale: float = 1.0, serving_samples: int = SERVING_SAMPLES,
-                 per_row=None, input_shape: tuple | None = None, forward: tuple | None = None):
+                 per_row=None, input_shape: tuple | None = None, forward: tuple | None = None, feature_spec=None):
         """`input_shape`: one example's (default (F,); sequences (None, C): any length); `forward`: the
-        (batched, one-draw) forward functions of the sampler's weights (default the dense network's)."""
+        (batched, one-draw) forward functions of the sampler's weights (default the dense network's); `feature_spec`
+        (tables): adds the raw-row signature `serving_rows` (distill.encoder)."""
         super().__init__(name="monte_carlo_teacher")
         self.task = task
         self._keras = Untracked(list(models))
@@ -191,6 +195,8 @@ class MonteCarloModule(tf.Module):
         self.predictive = graph(self._predictive_fresh, feats, count)
         self.serve = graph(lambda features: self.predictive(features, serving_samples), feats)
         self.sample = graph(lambda features, num_samples: self.sample_seeded(features, num_samples, fresh_seed()), feats, count)
+        self.encoder = None if feature_spec is None else RowEncoder(feature_spec)
+        self.serve_rows = None if self.encoder is None else rows_function(self.encoder, self.serve)
         # Training-time validation: normalised inputs and outputs, one trace per (rows, S): a fixed validation set
         # with a Python int S takes one evaluation order without graph control flow (a tf.cond costs ~3 ms a call).
         self.predictive_normalised = tf.function(lambda x, num_samples, seed: task.summarize(self.draws(x, num_samples, seed)),
@@ -245,6 +251,7 @@ class MonteCarloModule(tf.Module):
             "predictive_seeded": self.predictive_seeded.get_concrete_function(),
             "sample": self.sample.get_concrete_function(),
             "sample_seeded": self.sample_seeded.get_concrete_function(),
+            **({ROWS_SIGNATURE: self.serve_rows.get_concrete_function()} if self.serve_rows else {}),
         })
         stabilise_fingerprint(Path(path))
         return Path(path)

@@ -108,7 +108,7 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
     def module(sampler, models, per_row=None, forward=None):
         shape = (None, ds.sequence_shape[1]) if ds.sequence_shape else None  # sequences of any length
         return MonteCarloModule(task, sampler, models, ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale,
-                                cfg.serving_samples, per_row, shape, forward)
+                                cfg.serving_samples, per_row, shape, forward, ds.feature_spec)
 
     if cfg.kind == "ensemble":
         members, histories, best = [], [], []

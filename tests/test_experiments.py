@@ -30,7 +30,7 @@ def test_other_teacher_families_share_the_export(kind, iris, tmp_path):
     summary = train_teacher(cfg, iris, tmp_path)
     assert summary["kind"] == kind
     m = tf.saved_model.load(str(schema.teacher_export(tmp_path)))
-    assert set(m.signatures) == {"serving_default", "predictive", "predictive_seeded", "sample", "sample_seeded"}
+    assert set(m.signatures) == {"serving_default", "predictive", "predictive_seeded", "sample", "sample_seeded", "serving_rows"}
     x = tf.constant(iris["test"].x[:5])
     out = m.signatures["predictive"](features=x, num_samples=tf.constant(12))
     assert np.allclose(out["probs"].numpy().sum(-1), 1, atol=1e-5)

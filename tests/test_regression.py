@@ -226,7 +226,7 @@ def test_teacher_export_in_a_fresh_interpreter(regression_run, regression_csv):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default"]
+    assert out["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default", "serving_rows"]
     assert out["outputs"] == out["predictive"] == sorted(REG.outputs)
     assert out["sample"] == {"mean_samples": [6, 8], "variance_samples": [6, 8]}
     assert out["seeded_same"]

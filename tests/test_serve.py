@@ -57,7 +57,9 @@ def test_metadata_lists_every_signature_in_tf_serving_shape(teacher, student):
     meta = teacher.get("/v1/models/teacher/metadata").json()
     assert meta["model_spec"] == {"name": "teacher", "signature_name": "", "version": "1"}
     defs = meta["metadata"]["signature_def"]["signature_def"]
-    assert set(defs) == {"serving_default", "predictive", "predictive_seeded", "sample", "sample_seeded"}
+    assert set(defs) == {"serving_default", "predictive", "predictive_seeded", "sample", "sample_seeded", "serving_rows"}
+    assert {k: v["dtype"] for k, v in defs["serving_rows"]["inputs"].items()} == {  # one input per raw column
+        "SepalLengthCm": "DT_FLOAT", "SepalWidthCm": "DT_FLOAT", "PetalLengthCm": "DT_FLOAT", "PetalWidthCm": "DT_FLOAT"}
     sd = defs["serving_default"]
     assert sd["method_name"] == "tensorflow/serving/predict"
     assert sd["inputs"]["features"]["dtype"] == "DT_FLOAT"

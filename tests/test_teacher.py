@@ -98,7 +98,7 @@ def test_export_in_fresh_interpreters(teacher_run, iris):
         results.append(json.loads(out.strip().splitlines()[-1]))
     r = results[0]
     assert r["keys"] == ["entropy", "expected_entropy", "mean_log_probs", "mutual_information", "probs", "variance"]
-    assert r["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default"]
+    assert r["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default", "serving_rows"]
     assert r["shape"] == [6, 3]
     assert np.allclose(r["sum"], 1, atol=1e-5) and r["min_var"] >= 0 and r["decomp"] < 1e-4
     assert r["differ"] > 0  # fresh weights on every call
