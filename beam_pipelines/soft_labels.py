@@ -24,7 +24,7 @@ with gs:// paths (workers need only apache-beam and tensorflow, see beam_pipelin
     python -m beam_pipelines.soft_labels --transfer T.parquet --export EXPORT --dataset_json D.json \\
         --output DIR [--num_samples 100 --seed 0] [Beam pipeline options]
 
-`bdk soft-labels` (distill.pipeline.soft_labels_stage) builds the transfer set and calls `run`
+`bdk soft-labels` (bdk.pipeline.soft_labels_stage) builds the transfer set and calls `run`
 into a temporary folder that replaces RUN/soft_labels on success.
 """
 from __future__ import annotations

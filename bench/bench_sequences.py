@@ -25,15 +25,15 @@ import distill  # noqa: E402,F401
 
 from distill import metrics, schema  # noqa: E402
 from distill.errors import read_json  # noqa: E402
-from distill.studies.benchmark import _ci  # noqa: E402  (the suite's "value [lo, hi]" cell)
+from bdk.studies.benchmark import _ci  # noqa: E402  (the suite's "value [lo, hi]" cell)
 
 NETS = ("conv", "gru")
 
 
 def run_seed(dataset: str, seed: int, out: Path) -> None:
     from distill.data import DataConfig
-    from distill.evaluate import EvalConfig
-    from distill.pipeline import evaluate_stage, soft_labels_stage, student_stage, teacher_stage
+    from bdk.evaluate import EvalConfig
+    from bdk.pipeline import evaluate_stage, soft_labels_stage, student_stage, teacher_stage
     from distill.transfer import SoftLabelConfig, TransferConfig
     from student.config import StudentConfig
     from teacher.config import TeacherConfig
@@ -64,7 +64,7 @@ def measure_latency(datasets: list[str], seeds: int, out: Path) -> None:
 
     from distill import data as data_lib
     from distill import tasks
-    from distill.evaluate import Exports
+    from bdk.evaluate import Exports
 
     for d in datasets:
         for s in range(seeds):
@@ -85,7 +85,7 @@ def _cost(run: Path, report: dict) -> dict:
 
 
 def summarise(datasets: list[str], seeds: int, out: Path) -> pd.DataFrame:
-    from distill.studies.classification import pooled_test
+    from bdk.studies.classification import pooled_test
 
     rows = []
     for d in datasets:

@@ -30,7 +30,7 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
 
     from distill import data as data_lib
     from distill import metrics
-    from distill.pipeline import student_stage
+    from bdk.pipeline import student_stage
     from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, far_uniform
     from student.config import StudentConfig
 

@@ -23,7 +23,7 @@ from sweeps import grid_settings, print_summary, run_sweep  # noqa: E402
 def score(dataset: str, seed: int, overrides: dict, run: Path) -> dict:
     """Train the teacher into `run` (teacher stage only) and read its validation figures from metrics.json."""
     from distill.data import DataConfig
-    from distill.pipeline import teacher_stage
+    from bdk.pipeline import teacher_stage
     from teacher.config import TeacherConfig
 
     m = teacher_stage(DataConfig(dataset=dataset, seed=seed), TeacherConfig(seed=seed, **overrides), run,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill.errors import BdkError
+
 EXPORT_VERSION = "1"  # TF Serving wants base_path/<integer version>/saved_model.pb
 
 # Sources of transfer-set rows (stage 2).
@@ -98,3 +100,31 @@ def prediction_frame(ds, split: str, outputs: dict):
         else:
             df[key] = value
     return df
+
+
+# ---------------------------------------------------------------- exports in a run folder
+
+
+def resolve_export(path: Path) -> tuple[Path, int]:
+    """A base path (pick the highest integer version, as TF Serving does) or a version folder -> (dir, version)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BdkError(f"export dir {path} not found; pass a SavedModel base path such as RUN/teacher/export "
+                       "or a version folder such as RUN/teacher/export/1")
+    if (path / "saved_model.pb").is_file():
+        return path, int(path.name) if path.name.isdigit() else 1
+    versions = sorted(int(p.name) for p in path.iterdir()
+                      if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file())
+    if not versions:
+        raise BdkError(f"{path} has no saved_model.pb and no integer version folder holding one "
+                       "(TF Serving layout: BASE/1/saved_model.pb); run the stage that exports it first")
+    return path / str(versions[-1]), versions[-1]
+
+
+def find_dataset_json(version_dir: Path) -> Path | None:
+    """RUN/data/dataset.json for an export at RUN/<stage>/export/<version> (or RUN/<stage>/baseline/export/<v>)."""
+    for parent in list(Path(version_dir).resolve().parents)[:4]:
+        candidate = data_dir(parent) / "dataset.json"
+        if candidate.is_file():
+            return candidate
+    return None

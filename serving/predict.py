@@ -20,18 +20,10 @@ import pandas as pd
 
 from distill import features as features_lib
 from distill import schema
+from distill.schema import find_dataset_json, resolve_export
 from distill.errors import BdkError, first_line, read_json
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-def find_dataset_json(version_dir: Path) -> Path | None:
-    """RUN/data/dataset.json for an export at RUN/<stage>/export/<version> (or RUN/<stage>/baseline/export/<v>)."""
-    for parent in list(Path(version_dir).resolve().parents)[:4]:
-        candidate = schema.data_dir(parent) / "dataset.json"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _table_kind(path: Path, what: str) -> str:
@@ -145,7 +137,7 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
     Sequences: `id_column` is the series id column and `time_column` the time column (default: the run's)."""
     from tqdm import tqdm
 
-    from serving.server import RequestError, ServedModel, resolve_export
+    from serving.server import RequestError, ServedModel
 
     out = Path(out)
     _table_kind(out, "output")

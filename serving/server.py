@@ -30,6 +30,7 @@ from fastapi import Request  # module level: FastAPI resolves the handlers' (str
 
 from distill.errors import BdkError, first_line
 from distill.features import ROWS_SIGNATURE
+from distill.schema import resolve_export
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +71,6 @@ class RequestError(Exception):
 
 
 # ---------------------------------------------------------------- finding and loading an export
-
-
-def resolve_export(path: Path) -> tuple[Path, int]:
-    """A base path (pick the highest integer version, as TF Serving does) or a version folder -> (dir, version)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise BdkError(f"export dir {path} not found; pass a SavedModel base path such as RUN/teacher/export "
-                       "or a version folder such as RUN/teacher/export/1")
-    if (path / "saved_model.pb").is_file():
-        return path, int(path.name) if path.name.isdigit() else 1
-    versions = sorted(int(p.name) for p in path.iterdir()
-                      if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file())
-    if not versions:
-        raise BdkError(f"{path} has no saved_model.pb and no integer version folder holding one "
-                       "(TF Serving layout: BASE/1/saved_model.pb); run the stage that exports it first")
-    return path / str(versions[-1]), versions[-1]
 
 
 @dataclass(frozen=True)
@@ -169,7 +154,7 @@ def run_feature_spec(version_dir: Path):
     from RUN/data/dataset.json, so requests may name raw fields; None when there is none (encoded vectors only)."""
     from distill.errors import read_json
     from distill.features import from_meta
-    from serving.predict import find_dataset_json
+    from distill.schema import find_dataset_json
 
     path = find_dataset_json(version_dir)
     if path is None:

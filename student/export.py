@@ -15,7 +15,7 @@ import tensorflow as tf
 from distill import tasks
 from distill.encoder import ROWS_SIGNATURE, RowEncoder, rows_function
 from student import dirichlet
-from teacher.export import Untracked
+from distill.savedmodel import Untracked, stabilise_fingerprint
 
 
 class StudentModule(tf.Module):
@@ -24,7 +24,7 @@ class StudentModule(tf.Module):
                  input_shape: tuple | None = None, feature_spec=None):
         super().__init__(name="student")
         self.task, self.uncertainty = task, uncertainty
-        self._keras = Untracked(model)  # see teacher.export.Untracked: save the variables, skip Keras tracing
+        self._keras = Untracked(model)  # see distill.savedmodel.Untracked: save the variables, skip Keras tracing
         self.model_variables = list(model.variables)
         self.feature_shift = tf.constant(np.asarray(feature_shift, np.float32))
         self.feature_scale = tf.constant(np.asarray(feature_scale, np.float32))
@@ -49,4 +49,5 @@ class StudentModule(tf.Module):
     def save(self, path: Path) -> Path:
         rows = {ROWS_SIGNATURE: self.serve_rows.get_concrete_function()} if self.serve_rows else {}
         tf.saved_model.save(self, str(path), signatures={"serving_default": self.serve.get_concrete_function(), **rows})
+        stabilise_fingerprint(Path(path))
         return Path(path)

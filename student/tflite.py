@@ -34,7 +34,7 @@ def export_tflite(saved_model_dir: Path, out_path: Path, signature_keys: tuple[s
     """
     import tensorflow as tf
 
-    from serving.server import resolve_export
+    from distill.schema import resolve_export
 
     version_dir, _ = resolve_export(saved_model_dir)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(version_dir), signature_keys=list(signature_keys))

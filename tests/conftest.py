@@ -29,7 +29,7 @@ def teacher_run(tmp_path_factory) -> Path:
     """A run folder with data/ and teacher/ from a short real training on Iris. Do not modify it:
     copy it (`copy_run`) when a test writes into the run folder."""
     from distill.data import DataConfig
-    from distill.pipeline import teacher_stage
+    from bdk.pipeline import teacher_stage
     from teacher.config import TeacherConfig
 
     run = tmp_path_factory.mktemp("shared") / "run"
@@ -63,8 +63,8 @@ def regression_run(regression_csv, tmp_path_factory) -> Path:
     """A whole regression run through the common stages (teacher with the task inferred from the float label,
     soft labels, ungated student, evaluation) on the synthetic CSV, tiny settings. Read-only."""
     from distill.data import DataConfig
-    from distill.evaluate import EvalConfig
-    from distill.pipeline import evaluate_stage, soft_labels_stage, student_stage, teacher_stage
+    from bdk.evaluate import EvalConfig
+    from bdk.pipeline import evaluate_stage, soft_labels_stage, student_stage, teacher_stage
     from distill.transfer import SoftLabelConfig, TransferConfig
     from student.config import StudentConfig
     from teacher.config import TeacherConfig

@@ -5,8 +5,8 @@ from distill.errors import BdkError
 
 
 def tiny():
-    from distill.evaluate import EvalConfig
-    from distill.studies.benchmark import BenchmarkConfig
+    from bdk.evaluate import EvalConfig
+    from bdk.studies.benchmark import BenchmarkConfig
     from distill.transfer import SoftLabelConfig, TransferConfig
     from student.config import StudentConfig
     from teacher.config import TeacherConfig
@@ -19,7 +19,7 @@ def tiny():
 
 
 def test_benchmark_writes_a_report_and_resumes(tmp_path):
-    from distill.studies.benchmark import benchmark
+    from bdk.studies.benchmark import benchmark
 
     out = tmp_path / "bench"
     table = benchmark(tiny(), out, progress=False)
@@ -45,7 +45,7 @@ def test_benchmark_writes_a_report_and_resumes(tmp_path):
 
 
 def test_benchmark_refuses_unknown_datasets_and_kinds():
-    from distill.studies.benchmark import BenchmarkConfig
+    from bdk.studies.benchmark import BenchmarkConfig
 
     with pytest.raises(BdkError, match="boston"):
         BenchmarkConfig(datasets=("boston",))  # a regression dataset is not in the classification suite

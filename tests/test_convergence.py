@@ -78,7 +78,7 @@ TRAIN = """
 import sys
 import distill
 from distill.data import DataConfig
-from distill.pipeline import teacher_stage
+from bdk.pipeline import teacher_stage
 from teacher.config import TeacherConfig
 for run in sys.argv[1:]:  # the same teacher again in the same process
     teacher_stage(DataConfig(dataset="iris", seed=3), TeacherConfig(epochs=8, eval_samples=20, val_samples=5, seed=3),

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import schema, tasks
-from distill.cli import app
+from bdk.cli import app
 from distill.transfer import read_soft_labels
 
 CLS = tasks.get("classification")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from distill import schema
-from distill.studies.classification import StudyConfig, bands_overlap, digits_files, kl_weight_study, reliability_band
+from bdk.studies.classification import StudyConfig, bands_overlap, digits_files, kl_weight_study, reliability_band
 from distill.transfer import SoftLabelConfig, TransferConfig
 
 
@@ -102,7 +102,7 @@ def test_family_studies_run_every_table_family_by_default():
     """`bdk experiment teachers` and `digits` pass no kinds: the default must not include the sequence-only family."""
     import inspect
 
-    from distill.studies.classification import digits_study, teachers_study
+    from bdk.studies.classification import digits_study, teachers_study
 
     for study in (teachers_study, digits_study):
         assert inspect.signature(study).parameters["kinds"].default == ("flipout", "ensemble", "mc-dropout", "swag")

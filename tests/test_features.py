@@ -223,7 +223,7 @@ def test_transfer_set_keeps_categorical_values_in_the_vocabulary(regression):
 def _cli(*args):
     from typer.testing import CliRunner
 
-    from distill.cli import app
+    from bdk.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -277,8 +277,8 @@ def test_cli_teacher_infers_regression_for_whole_minutes_and_says_how_to_overrid
 def mixed_run(tmp_path_factory):
     """`bdk run`'s stages on a generated mixed table (text column with 4 levels, empty cells, a boolean;
     price = f(cut) x carat), through the Python API with small settings (as conftest's regression_run)."""
-    from distill.evaluate import EvalConfig
-    from distill.pipeline import run_all
+    from bdk.evaluate import EvalConfig
+    from bdk.pipeline import run_all
     from distill.transfer import SoftLabelConfig, TransferConfig
     from student.config import StudentConfig
     from teacher.config import TeacherConfig
@@ -416,7 +416,7 @@ def test_an_unseen_category_is_more_uncertain_for_a_regression_teacher(mixed_run
 @pytest.fixture(scope="module")
 def mixed_classes_teacher(tmp_path_factory):
     """A teacher (the classification recipe's defaults) on the generated mixed table with price high/low as classes."""
-    from distill.pipeline import teacher_stage
+    from bdk.pipeline import teacher_stage
     from teacher.config import TeacherConfig
 
     root = tmp_path_factory.mktemp("mixed_classes")

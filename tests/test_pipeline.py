@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import schema
-from distill.cli import app
+from bdk.cli import app
 
 SMALL = ["--epochs", "60", "--samples", "30", "--perturbations", "3", "--uniform", "300", "--interpolations", "100", "--shell", "200", "--student-epochs", "150",
          "--no-progress"]

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import metrics, schema, tasks
-from distill.cli import app
+from bdk.cli import app
 from distill.errors import BdkError
 
 REG = tasks.get("regression")

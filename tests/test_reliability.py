@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from distill.cli import app
+from bdk.cli import app
 from distill.errors import RUN_MARKER, BdkError, atomic_dir, check_output_folder, lock_file, path_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def reading(cfg, run, progress=True):
     print("reading", flush=True)
     time.sleep(120)
 student.train.distil_student = reading
-from distill.pipeline import student_stage
+from bdk.pipeline import student_stage
 from student.config import StudentConfig
 student_stage(StudentConfig(), Path(sys.argv[1]), progress=False)
 """

@@ -13,7 +13,7 @@ import pytest
 
 from typer.testing import CliRunner
 
-from distill.cli import app
+from bdk.cli import app
 
 LENGTH, CHANNELS = 12, 2
 
@@ -146,7 +146,7 @@ def test_new_sequences_are_read_with_the_runs_columns_and_without_its_label(tmp_
     """dataset.json records the series and time columns; unlabeled and OOD tables are read with them (label ignored)."""
     from distill import data
     from distill.errors import BdkError
-    from distill.evaluate import EvalConfig, ood_inputs
+    from bdk.evaluate import EvalConfig, ood_inputs
     from distill.transfer import read_unlabeled
 
     x, y = tiny_sequences(30)
@@ -411,7 +411,7 @@ def test_gru_student_distils_and_exports(sequence_run, tmp_path):
 
     import tensorflow as tf
 
-    from distill.pipeline import student_stage
+    from bdk.pipeline import student_stage
     from student.config import StudentConfig
 
     run = tmp_path / "run"

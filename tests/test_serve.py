@@ -227,7 +227,8 @@ def test_large_body_is_refused_without_harm(teacher):
 
 def test_base_path_picks_the_highest_integer_version(student_base, tmp_path):
     from distill.errors import BdkError
-    from serving.server import default_name, resolve_export
+    from distill.schema import resolve_export
+    from serving.server import default_name
 
     base = tmp_path / "student" / "export"
     for v in ("2", "10", "latest"):
@@ -245,7 +246,7 @@ def test_base_path_picks_the_highest_integer_version(student_base, tmp_path):
 def test_cli_serve_missing_export_is_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from distill.cli import app
+    from bdk.cli import app
 
     r = CliRunner().invoke(app, ["serve", str(tmp_path / "nothing")])
     assert r.exit_code == 1
@@ -257,7 +258,7 @@ def test_cli_serve_busy_port_is_one_line(student_base):
 
     from typer.testing import CliRunner
 
-    from distill.cli import app
+    from bdk.cli import app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from distill import data as data_lib
 from distill import schema, tasks
-from distill.cli import app
+from bdk.cli import app
 from distill.errors import BdkError, read_json
 from distill.transfer import read_soft_labels
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import schema, tasks
-from distill.cli import app
+from bdk.cli import app
 
 CLS = tasks.get("classification")
 

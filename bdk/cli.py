@@ -109,7 +109,7 @@ def teacher(
 ):
     """Stage 1: train the teacher (Flipout BNN, deep ensemble or MC dropout), evaluate by Monte Carlo, export."""
     from distill.data import DataConfig
-    from distill.pipeline import teacher_stage
+    from bdk.pipeline import teacher_stage
     from teacher.config import TeacherConfig
 
     data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
@@ -157,7 +157,7 @@ def soft_labels(
     Beam pipeline options go after `--`, e.g. `-- --direct_running_mode=multi_processing --direct_num_workers=2`
     (default: the embedded FnApiRunner, no network).
     """
-    from distill.pipeline import soft_labels_stage
+    from bdk.pipeline import soft_labels_stage
     from distill.transfer import SoftLabelConfig
 
     cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, noise_unit=noise_unit,
@@ -196,7 +196,7 @@ def student(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Stage 3: distil the compact student (and a hard-label baseline) from the soft labels; gate; export."""
-    from distill.pipeline import student_stage
+    from bdk.pipeline import student_stage
     from student.config import StudentConfig
 
     cfg = StudentConfig(**_hidden(hidden), temperature=temperature, alpha=alpha,
@@ -218,8 +218,8 @@ def evaluate(
     progress: bool = typer.Option(True, help="Show progress."),
 ):
     """Compare calibration of teacher, student and baseline; write RUN/report (metrics, figures, report.md)."""
-    from distill.evaluate import EvalConfig
-    from distill.pipeline import evaluate_stage
+    from bdk.evaluate import EvalConfig
+    from bdk.pipeline import evaluate_stage
 
     out = evaluate_stage(EvalConfig(samples=samples, seed=seed), run, progress=progress)
     summary_table("evaluation (test)", _headline(out))
@@ -267,8 +267,8 @@ def run_pipeline(
     import time
 
     from distill.data import DataConfig
-    from distill.evaluate import EvalConfig
-    from distill.pipeline import STAGES, run_all
+    from bdk.evaluate import EvalConfig
+    from bdk.pipeline import STAGES, run_all
     from distill.transfer import SoftLabelConfig
     from student.config import StudentConfig
     from teacher.config import TeacherConfig
@@ -306,7 +306,7 @@ def _study(dataset: str, label_column: Optional[str], epochs: int, samples: int,
     from dataclasses import replace
 
     from distill.data import DataConfig
-    from distill.studies.classification import StudyConfig
+    from bdk.studies.classification import StudyConfig
     from distill.transfer import SoftLabelConfig, TransferConfig
 
     base = StudyConfig()
@@ -331,7 +331,7 @@ def experiment_kl_weight(
     progress: bool = typer.Option(True),
 ):
     """Flipout teachers (and students) at several KL weights over seeds; reliability bands and a verdict."""
-    from distill.studies.classification import kl_weight_study
+    from bdk.studies.classification import kl_weight_study
 
     try:
         ws = [float(w) for w in weights.split(",") if w.strip()]
@@ -354,7 +354,7 @@ def experiment_teachers(
     progress: bool = typer.Option(True),
 ):
     """Flipout vs deep ensemble vs MC dropout teachers and their students: one table, one figure."""
-    from distill.studies.classification import teachers_study
+    from bdk.studies.classification import teachers_study
 
     table = teachers_study(_study(dataset, label_column, epochs, samples, uniform, student_epochs, id_column), out, progress=progress)
     Console().print(table.round(4).to_string(index=False))
@@ -370,7 +370,7 @@ def experiment_digits(
     progress: bool = typer.Option(True),
 ):
     """Shifted benchmark: 8x8 digits 0-4 in distribution, 5-9 as OOD; each teacher family and its student."""
-    from distill.studies.classification import digits_study
+    from bdk.studies.classification import digits_study
 
     table = digits_study(_study("digits", "digit", epochs, samples, uniform, student_epochs), out, progress=progress)
     Console().print(table.round(4).to_string(index=False))
@@ -392,9 +392,9 @@ def experiment_uci(
 ):
     """UCI regression benchmark: Bayes by Backprop teacher, Beam soft labels, mean-and-variance student.
 
-    Options left out take the defaults of distill.studies.uci.UciStudyConfig (written to OUT/config.json).
+    Options left out take the defaults of bdk.studies.uci.UciStudyConfig (written to OUT/config.json).
     """
-    from distill.studies.uci import study_config, uci_study
+    from bdk.studies.uci import study_config, uci_study
 
     cfg = study_config(dataset, seed=seed, epochs=epochs, kl_weight=kl_weight, samples=samples,
                        student_epochs=student_epochs)
@@ -423,7 +423,7 @@ def benchmark_command(
 ):
     """The pipeline over a suite of offline datasets and seeds: Flipout and ensemble teachers, their students, the
     hard-label baseline; calibration with intervals, far-shell and held-out-class OOD, convergence and ablation."""
-    from distill.studies.benchmark import BenchmarkConfig, benchmark
+    from bdk.studies.benchmark import BenchmarkConfig, benchmark
 
     cfg = BenchmarkConfig(datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()), seeds=seeds,
                           kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), held_out_class=held_out_class,

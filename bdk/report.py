@@ -275,7 +275,7 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
 
 
 def _cost_section(out: dict) -> list[str]:
-    """Cost per way of serving (distill.evaluate.Exports.cost): latency, throughput, FLOPs per row."""
+    """Cost per way of serving (bdk.evaluate.Exports.cost): latency, throughput, FLOPs per row."""
     cost = out["cost"]
     big = next((k for k in next(iter(cost.values())) if k.startswith("rows_per_s_batch") and k != "rows_per_s_batch1"),
                "rows_per_s_batch4096")

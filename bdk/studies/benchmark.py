@@ -1,6 +1,6 @@
 """`bdk benchmark`: the pipeline over a suite of offline datasets and seeds, Bayesian teachers against baselines.
 
-For each dataset, seed (its own split) and teacher kind, one full pipeline run (`distill.pipeline.run_all`:
+For each dataset, seed (its own split) and teacher kind, one full pipeline run (`bdk.pipeline.run_all`:
 teacher -> Beam soft labels -> student and hard-label baseline -> evaluation) in OUT/runs/<dataset>/seed<k>/<kind>.
 Beside it, per dataset and seed, each teacher kind is trained once more without the dataset's last class, and
 its epistemic score (mutual information) separates that class's rows from the test rows (held-out-class OOD);
@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from distill import metrics, schema
 from distill.data import BUNDLED, DataConfig, read_table
 from distill.errors import BdkError, read_json, write_json
-from distill.evaluate import EvalConfig
-from distill.studies.classification import pooled_test
+from bdk.evaluate import EvalConfig
+from bdk.studies.classification import pooled_test
 from distill.transfer import SoftLabelConfig
 from student.config import HIDDEN_SEARCH, StudentConfig
 from teacher.config import KINDS as TEACHER_KINDS
@@ -88,7 +88,7 @@ class BenchmarkConfig:
 def _pipeline_run(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, run: Path) -> Path:
     """One full pipeline run, unless its report is already there (resumable)."""
     if not (schema.report_dir(run) / "metrics.json").exists():
-        from distill.pipeline import run_all
+        from bdk.pipeline import run_all
 
         run_all(DataConfig(dataset=dataset, seed=seed), replace(cfg.teacher, kind=kind, seed=seed),
                 replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, seed=seed)),
@@ -103,9 +103,9 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
     if result_file.exists():
         return read_json(result_file)
     from distill import data as data_lib
-    from distill.evaluate import Exports
+    from bdk.evaluate import Exports
     from distill import tasks
-    from distill.pipeline import soft_labels_stage, student_stage, teacher_stage
+    from bdk.pipeline import soft_labels_stage, student_stage, teacher_stage
 
     _, label, id_col, _ = BUNDLED[dataset]
     table = read_table(dataset)
@@ -142,7 +142,7 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
 def _teacher_only(cfg: TeacherConfig, dataset: str, seed: int, out: Path) -> dict:
     """A teacher run (no soft labels, no student): its metrics.json, redone only if missing."""
     if not (schema.teacher_dir(out) / "metrics.json").exists():
-        from distill.pipeline import teacher_stage
+        from bdk.pipeline import teacher_stage
 
         teacher_stage(DataConfig(dataset=dataset, seed=seed), replace(cfg, seed=seed), out, overwrite=True, progress=False)
     return read_json(schema.teacher_dir(out) / "metrics.json")
@@ -205,7 +205,7 @@ def _student_variant(cfg: BenchmarkConfig, dataset: str, name: str, seed0: Path)
     if not (schema.report_dir(run) / "metrics.json").exists():
         import shutil
 
-        from distill.pipeline import evaluate_stage, soft_labels_stage, student_stage
+        from bdk.pipeline import evaluate_stage, soft_labels_stage, student_stage
 
         shutil.rmtree(run, ignore_errors=True)
         for part in ("data", "teacher"):
@@ -241,7 +241,7 @@ def _models(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame:
-    from distill.report import plt, reliability_axes
+    from bdk.report import plt, reliability_axes
 
     rows = []
     for d in cfg.datasets:
@@ -286,7 +286,7 @@ def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame
         fig.tight_layout()
         fig.savefig(out / f"reliability_{d}.png", dpi=100)
         plt.close(fig)
-    from distill.report import figure_teacher_training
+    from bdk.report import figure_teacher_training
 
     for d in cfg.datasets:  # convergence of the seed-0 Flipout teacher: ELBO terms and posterior scales vs steps
         history = schema.teacher_dir(out / "runs" / d / "seed0" / "flipout") / "history.csv"

@@ -3,7 +3,7 @@
 Protocol of Hernandez-Lobato & Adams (2015): random 90/10 train/test splits, inputs and target
 z-scored on the training part, test log-likelihood and RMSE in the target's units reported as mean
 +- standard error over splits. Each split is an ordinary regression run folder (OUT/runs/split-XX)
-made by the pipeline's own stages (distill.pipeline):
+made by the pipeline's own stages (bdk.pipeline):
 
     teacher_stage (data split i, seed + i) -> soft_labels_stage (the Beam job on the training inputs
     + Gaussian-perturbed copies) -> student_stage (no gate: the study compares, it does not deploy)
@@ -72,7 +72,7 @@ def study_config(dataset: str, seed: int = 0, epochs: int | None = None, kl_weig
 
 def run_split(cfg: UciStudyConfig, index: int, run: Path) -> dict:
     """One split end to end in its own run folder; returns its row of splits.csv."""
-    from distill.pipeline import soft_labels_stage, student_stage, teacher_stage
+    from bdk.pipeline import soft_labels_stage, student_stage, teacher_stage
 
     seed = cfg.seed + index
     data = DataConfig(dataset=cfg.dataset, task="regression", test_fraction=cfg.test_fraction,

@@ -60,7 +60,7 @@ def evaluate_stage(eval_cfg, run: Path, progress: bool = True) -> dict:
         from distill.validate import check_soft_labels
 
         check_soft_labels(run)
-        from distill.evaluate import evaluate_run
+        from bdk.evaluate import evaluate_run
 
         return evaluate_run(eval_cfg, run, progress=progress)
 

@@ -4,7 +4,7 @@
 - `teachers_study`: Flipout vs deep ensemble vs MC dropout, each with its distilled student.
 - `digits_study`: the same comparison on a shifted benchmark (train on digits 0-4, 5-9 are OOD).
 
-Every configuration is a full pipeline run (`distill.pipeline.run_all`) in `OUT/runs/<name>`; the
+Every configuration is a full pipeline run (`bdk.pipeline.run_all`) in `OUT/runs/<name>`; the
 studies read back each run's report and use the same metric functions as the pipeline's report.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from distill import metrics, schema
 from distill.data import DataConfig
 from distill.errors import BdkError, atomic_dir, read_json, write_json
-from distill.evaluate import EvalConfig  # noqa: E402
+from bdk.evaluate import EvalConfig  # noqa: E402
 from distill.transfer import SoftLabelConfig
 from student.config import StudentConfig
 from teacher.config import TABLE_KINDS, TeacherConfig
@@ -39,7 +39,7 @@ class StudyConfig:
 
 
 def _run(cfg: StudyConfig, out: Path, seed: int) -> Path:
-    from distill.pipeline import run_all
+    from bdk.pipeline import run_all
 
     run_all(replace(cfg.data, seed=seed), replace(cfg.teacher, seed=seed), cfg.soft_labels,
             replace(cfg.student, seed=seed), replace(cfg.evaluation, seed=seed), out, overwrite=True, progress=False)

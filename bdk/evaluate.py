@@ -32,8 +32,8 @@ class EvalConfig:
     seed: int = 0
 
 
-from distill import report
-from distill.report import EXPORTED, MODELS  # the report owns the model list: evaluate imports report, never the reverse
+from bdk import report
+from bdk.report import EXPORTED, MODELS  # the report owns the model list: evaluate imports report, never the reverse
 from distill.training import in_chunks
 
 
