@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +142,16 @@ def check_gate(cfg: StudentConfig, student: dict, teacher: dict, split: str = "v
     return failures
 
 
+@dataclass
+class _Trained:
+    """One network's training: the model, its fit and wall time (and the student's width search and schedule)."""
+    model: tfk.Model
+    result: object  # distill.training.FitResult
+    seconds: float
+    schedule: Schedule
+    search: dict = field(default_factory=dict)  # widths -> best held-out loss (the student's --hidden-search)
+
+
 def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict:
     """Train student and baseline, gate, export into RUN/student atomically. Returns the summary.
 
@@ -149,7 +159,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     on and the student's validation NLL (or, for classes, ECE) is worse than the teacher's by more than
     the margins.
     """
-    from distill.transfer import shard_arrays, soft_label_shards, soft_labels_digest
+    from distill.transfer import soft_label_shards
 
     run = Path(run)
     ds = data_lib.load_from_run(run)
@@ -161,10 +171,61 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     shards, manifest, _, _ = soft_label_shards(run)
     tfk.utils.set_random_seed(cfg.seed)
     units = task.head_units(ds.num_classes)
+    draw_flops = None if ds.sequence_shape else teacher_draw_flops(teacher_hidden, ds.num_features, units)
 
-    # Shard by shard into bucket files (student.rows: no array of the whole transfer set in memory): the fitted rows
-    # and the held-out slice, each (x [n, F] normalised, targets [n, K] normalised, labels [n] (classes: -1 where
-    # none), score [n]).
+    with _scratch(run) as scratch:
+        rows = _stream_rows(cfg, run, ds, task, shards, manifest, scratch)
+        student, cfg = _train_student(cfg, ds, task, rows, draw_flops, progress)
+    notes = [student.result.cap_note("the student", student.schedule.describe(rows.fit_rows))]
+    baseline = _train_baseline(cfg, ds, task, progress)  # after the student: the same random stream as always
+    notes.append(baseline.result.cap_note("the baseline", baseline.schedule.describe(len(ds["train"]))))
+    notes = [n for n in notes if n]
+    for note in notes:
+        print(note, file=sys.stderr)
+
+    modules = _modules(cfg, ds, task, student.model, baseline.model, rows.epistemic_shift, rows.epistemic_scale)
+    val, test_pred = _score(modules, ds, task)
+    teacher_metrics = read_json(schema.teacher_dir(run) / "metrics.json")
+    check_finite_metrics(val["student"], "student")  # a NaN student is never published, gate on or off
+    failures = check_gate(cfg, val["student"], teacher_metrics) if cfg.gate else []
+    n_held = len(rows.held_out[0]) if rows.held_out else 0
+    summary = {
+        "task": ds.task, "rows": rows.fit_rows + n_held, "rows_per_source": manifest["rows_per_source"],
+        "epochs_run": len(student.result.history), "best_epoch": student.result.best_epoch,
+        "train_seconds": student.seconds, "schedule": asdict(student.schedule),
+        "stopped_by": "early stopping" if student.result.stopped_early else "budget",
+        "improving_at_cap": student.result.improving_at_cap,
+        "baseline_improving_at_cap": baseline.result.improving_at_cap,
+        "warnings": notes, "parameters": student_parameters(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
+        "flops_per_row": student_flops(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
+        "teacher_draw_flops_per_row": draw_flops,
+        "monitor": cfg.monitor, "held_out_rows": n_held, "hidden": list(cfg.hidden),
+        **({"hidden_search": student.search} if student.search else {}), "uncertainty": cfg.uncertainty,
+        "epistemic_shift": rows.epistemic_shift, "baseline_epochs_run": len(baseline.result.history),
+        "baseline_train_seconds": baseline.seconds, "epistemic_scale": rows.epistemic_scale,
+        "gate": {"on": cfg.gate, "passed": not failures, "failures": failures, "split": "val",
+                 "teacher": {k: teacher_metrics[k] for k in ("val/nll", "val/ece") if k in teacher_metrics}},
+        **{f"student/{k}": v for k, v in val["student"].items()},
+        **{f"baseline/{k}": v for k, v in val["baseline"].items()},
+    }
+    _publish(cfg, run, ds, manifest, student, baseline, modules, test_pred, summary, failures)
+    return summary
+
+
+def _scratch(run: Path) -> tempfile.TemporaryDirectory:
+    """The student's bucket files under RUN/.student-rows-*, removed on exit; a killed student's are removed first
+    (this stage holds the run's student lock)."""
+    for stale in run.glob(".student-rows-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=".student-rows-", dir=run)
+
+
+def _stream_rows(cfg: StudentConfig, run: Path, ds, task, shards, manifest, scratch: str) -> TransferRows:
+    """The soft labels shard by shard into bucket files (student.rows: no array of the whole transfer set in memory):
+    the fitted rows and the held-out slice, each (x [n, F] normalised, targets [n, K] normalised, labels [n]
+    (classes: -1 where none), score [n])."""
+    from distill.transfer import shard_arrays
+
     def row_arrays(table):
         outputs = shard_arrays(table, task, ds.num_classes)
         x = ds.normalise(np.column_stack([table.column(f).to_numpy() for f in ds.feature_names]))  # [n, *input_shape]
@@ -176,45 +237,48 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
             score = np.asarray(outputs[task.epistemic_output], np.float64)  # [n]
         return x, targets, table.column("label").to_numpy(zero_copy_only=False), score
 
-    for stale in run.glob(".student-rows-*"):  # a killed student's (this stage holds the run's student lock)
-        shutil.rmtree(stale, ignore_errors=True)
-    scratch = tempfile.TemporaryDirectory(prefix=".student-rows-", dir=run)
     rows = TransferRows.write(shards, row_arrays, int(manifest.get("rows") or 0),
-                              cfg.holdout if cfg.monitor == "transfer" else None, Path(scratch.name),
+                              cfg.holdout if cfg.monitor == "transfer" else None, Path(scratch),
                               (ds.num_features,) if not ds.sequence_shape else tuple(ds.sequence_shape),
                               task.soft_target_width(ds.num_classes), task.label_dtype(),
                               center_scores=cfg.uncertainty == "dirichlet", seed=cfg.seed)
     if not rows.fit_rows:
         raise BdkError(f"the soft labels of {run} have no rows; rerun `bdk soft-labels --run {run}` with a transfer set")
-    epistemic_shift, epistemic_scale = rows.epistemic_shift, rows.epistemic_scale  # the export undoes them
-    n_held = len(rows.held_out[0]) if rows.held_out else 0
-    n_rows = rows.fit_rows + n_held
+    return rows
+
+
+def _network(cfg: StudentConfig, ds, task, hidden, **kwargs) -> tfk.Model:
+    """The student's network (or the baseline's: the same architecture) for these hidden widths."""
+    units = task.head_units(ds.num_classes)
+    if ds.sequence_shape:
+        return build_sequence_student(ds.sequence_shape[1], units, hidden, cfg.sequence_net, **kwargs)
+    return build_student(ds.num_features, units, hidden, epistemic_body_gradient=cfg.epistemic_body_gradient, **kwargs)
+
+
+def _train_student(cfg: StudentConfig, ds, task, rows: TransferRows, draw_flops, progress: bool
+                   ) -> tuple[_Trained, StudentConfig]:
+    """The student at cfg.hidden, then (cfg.hidden_search, with a held-out slice) every other width under the FLOPs
+    budget, kept when its held-out transfer loss is lower. Returns the best and the config with its widths."""
     w_epi = tf.constant(cfg.epistemic_weight, tf.float32)
+    held_out = rows.held_out if rows.held_out and len(rows.held_out[0]) else None
 
     def student_loss(out, q, y, e):
         return (task.distill_loss(q, out["head"], y, cfg.temperature, cfg.alpha)
                 + w_epi * tf.reduce_mean(tf.square(e - out["epistemic"])))
 
-    held_out = rows.held_out if n_held else None
-
-    def build(hidden, **kwargs):
-        if ds.sequence_shape:
-            return build_sequence_student(ds.sequence_shape[1], units, hidden, cfg.sequence_net, **kwargs)
-        return build_student(ds.num_features, units, hidden, epistemic_body_gradient=cfg.epistemic_body_gradient, **kwargs)
-
     schedule = Schedule.for_rows(rows.fit_rows, cfg, cfg.learning_rate)
 
     def train(hidden):
         tfk.utils.set_random_seed(cfg.seed)
-        model = build(hidden, epistemic_activation="linear" if cfg.uncertainty == "dirichlet" else "softplus")
+        model = _network(cfg, ds, task, hidden, epistemic_activation="linear" if cfg.uncertainty == "dirichlet" else "softplus")
         return model, _fit(cfg, task, model, student_loss, rows, ds, held_out, schedule,
                            f"student {','.join(map(str, hidden))}", progress)
 
     t0 = time.perf_counter()
     search = {}
     model, result = train(cfg.hidden)
-    draw_flops = None if ds.sequence_shape else teacher_draw_flops(teacher_hidden, ds.num_features, units)
     if cfg.hidden_search and held_out is not None:  # widths/depths compared on the held-out transfer loss
+        units = task.head_units(ds.num_classes)
         budget = cfg.max_flops_share * draw_flops if draw_flops else np.inf
         search[",".join(map(str, cfg.hidden))] = _best(result)
         for hidden in cfg.hidden_search:
@@ -224,72 +288,62 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
             search[",".join(map(str, hidden))] = _best(candidate[1])
             if _best(candidate[1]) < _best(result):
                 (model, result), cfg = candidate, replace(cfg, hidden=tuple(hidden))
-    student_seconds = time.perf_counter() - t0
-    scratch.cleanup()
-    notes = [result.cap_note("the student", schedule.describe(rows.fit_rows))]
+    return _Trained(model, result, time.perf_counter() - t0, schedule, search), cfg
 
-    # The same architecture on the train split's hard labels only: what you get without a teacher.
-    baseline = build(cfg.hidden, name="baseline")
-    baseline_schedule = Schedule.for_rows(len(ds["train"]), cfg, cfg.baseline_learning_rate, cfg.baseline_batch_size,
-                                          rows_per_step=200, max_epochs=cfg.baseline_epochs)
+
+def _train_baseline(cfg: StudentConfig, ds, task, progress: bool) -> _Trained:
+    """The same architecture on the train split's hard labels only: what you get without a teacher."""
+    baseline = _network(cfg, ds, task, cfg.hidden, name="baseline")
+    schedule = Schedule.for_rows(len(ds["train"]), cfg, cfg.baseline_learning_rate, cfg.baseline_batch_size,
+                                 rows_per_step=200, max_epochs=cfg.baseline_epochs)
     t0 = time.perf_counter()
-    baseline_result = _fit(cfg, task, baseline, lambda out, y: -tf.reduce_mean(task.log_likelihood(y, out["head"])),
-                           InMemoryRows((ds.scaled("train"), ds.target("train"))), ds, None, baseline_schedule,
-                           "baseline", progress,
-                           variables=[v for v in baseline.trainable_variables if "epistemic" not in v.name])
-    baseline_seconds = time.perf_counter() - t0
-    notes.append(baseline_result.cap_note("the baseline", baseline_schedule.describe(len(ds["train"]))))
-    notes = [n for n in notes if n]
-    for note in notes:
-        print(note, file=sys.stderr)
+    result = _fit(cfg, task, baseline, lambda out, y: -tf.reduce_mean(task.log_likelihood(y, out["head"])),
+                  InMemoryRows((ds.scaled("train"), ds.target("train"))), ds, None, schedule, "baseline", progress,
+                  variables=[v for v in baseline.trainable_variables if "epistemic" not in v.name])
+    return _Trained(baseline, result, time.perf_counter() - t0, schedule)
 
+
+def _modules(cfg: StudentConfig, ds, task, student: tfk.Model, baseline: tfk.Model, epistemic_shift: float,
+             epistemic_scale: float) -> dict[str, StudentModule]:
+    """The student and baseline SavedModel modules (raw features in; the baseline has no epistemic estimate)."""
     units_args = (ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale)
     shape = (None, ds.sequence_shape[1]) if ds.sequence_shape else None  # sequences of any length
-    student_module = StudentModule(task, model, *units_args, epistemic_scale=epistemic_scale,
-                                   epistemic_shift=epistemic_shift, uncertainty=cfg.uncertainty, input_shape=shape,
-                                   feature_spec=ds.feature_spec)
-    baseline_module = StudentModule(task, baseline, *units_args, epistemic_scale=0.0, input_shape=shape,
-                                    feature_spec=ds.feature_spec)  # no epistemic estimate
+    return {"student": StudentModule(task, student, *units_args, epistemic_scale=epistemic_scale,
+                                     epistemic_shift=epistemic_shift, uncertainty=cfg.uncertainty, input_shape=shape,
+                                     feature_spec=ds.feature_spec),
+            "baseline": StudentModule(task, baseline, *units_args, epistemic_scale=0.0, input_shape=shape,
+                                      feature_spec=ds.feature_spec)}
+
+
+def _score(modules: dict[str, StudentModule], ds, task) -> tuple[dict, dict]:
+    """Validation and test metrics of each module (the gate reads val), and the student's test outputs."""
     val, test_pred = {}, None
-    for name, module in (("student", student_module), ("baseline", baseline_module)):
+    for name, module in modules.items():
         val[name] = {}
         for split in ("val", "test"):
             pred = {k: v.numpy() for k, v in module.serve(tf.constant(ds.raw(split))).items()}
             val[name].update(task.metrics(ds[split].y, pred, split))
             if name == "student" and split == "test":
                 test_pred = pred
-    teacher_metrics = read_json(schema.teacher_dir(run) / "metrics.json")
-    check_finite_metrics(val["student"], "student")  # a NaN student is never published, gate on or off
-    failures = check_gate(cfg, val["student"], teacher_metrics) if cfg.gate else []
+    return val, test_pred
 
-    summary = {
-        "task": ds.task, "rows": n_rows, "rows_per_source": manifest["rows_per_source"],
-        "epochs_run": len(result.history), "best_epoch": result.best_epoch, "train_seconds": student_seconds,
-        "schedule": asdict(schedule), "stopped_by": "early stopping" if result.stopped_early else "budget",
-        "improving_at_cap": result.improving_at_cap, "baseline_improving_at_cap": baseline_result.improving_at_cap,
-        "warnings": notes, "parameters": student_parameters(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
-        "flops_per_row": student_flops(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
-        "teacher_draw_flops_per_row": draw_flops,
-        "monitor": cfg.monitor, "held_out_rows": n_held, "hidden": list(cfg.hidden),
-        **({"hidden_search": search} if search else {}), "uncertainty": cfg.uncertainty, "epistemic_shift": epistemic_shift, "baseline_epochs_run": len(baseline_result.history),
-        "baseline_train_seconds": baseline_seconds, "epistemic_scale": epistemic_scale,
-        "gate": {"on": cfg.gate, "passed": not failures, "failures": failures, "split": "val",
-                 "teacher": {k: teacher_metrics[k] for k in ("val/nll", "val/ece") if k in teacher_metrics}},
-        **{f"student/{k}": v for k, v in val["student"].items()},
-        **{f"baseline/{k}": v for k, v in val["baseline"].items()},
-    }
-    # A passing student replaces RUN/student whole; a failing one goes to RUN/student/rejected only,
-    # so a failed retrain never unpublishes the student that is already deployed.
+
+def _publish(cfg: StudentConfig, run: Path, ds, manifest: dict, student: _Trained, baseline: _Trained,
+             modules: dict[str, StudentModule], test_pred: dict, summary: dict, failures: list[str]) -> None:
+    """Write RUN/student whole (a passing student) or RUN/student/rejected (a failing one, then GateFailed), so a
+    failed retrain never unpublishes the student that is already deployed."""
+    from distill.transfer import soft_labels_digest
+
     target = schema.student_dir(run) / "rejected" if failures else schema.student_dir(run)
     with atomic_dir(target, overwrite=True) as tmp:
         write_json(tmp / "config.json", {"student": asdict(cfg), "task": ds.task, "soft_labels_manifest": soft_labels_digest(run),
                                          "teacher_fingerprint": manifest.get("teacher_fingerprint"),
-                                         "epistemic_scale": epistemic_scale})
-        result.history.to_csv(tmp / "history.csv", index=False)
+                                         "epistemic_scale": summary["epistemic_scale"]})
+        student.result.history.to_csv(tmp / "history.csv", index=False)
         schema.prediction_frame(ds, "test", test_pred).to_csv(tmp / "test_predictions.csv", index=False)
-        baseline_result.history.to_csv(tmp / "baseline_history.csv", index=False)
-        student_module.save(tmp / "export" / schema.EXPORT_VERSION)
-        baseline_module.save(tmp / "baseline" / "export" / schema.EXPORT_VERSION)
+        baseline.result.history.to_csv(tmp / "baseline_history.csv", index=False)
+        modules["student"].save(tmp / "export" / schema.EXPORT_VERSION)
+        modules["baseline"].save(tmp / "baseline" / "export" / schema.EXPORT_VERSION)
         # A recurrent student of any sequence length has dynamic TensorList ops that TFLite's builtins cannot lower.
         recurrent = ds.sequence_shape is not None and cfg.sequence_net == "gru"
         if recurrent and cfg.tflite:
@@ -302,4 +356,3 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     if failures:
         raise GateFailed("student failed the quality gate (" + "; ".join(failures) + f"); it was saved under {target} "
                          "and not published: retrain with more epochs or a larger --hidden, or raise the margins")
-    return summary
