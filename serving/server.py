@@ -499,25 +499,29 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
     call itself cannot be interrupted; it finishes and frees its slot). A client that disconnects mid-body is one log
     line.
     """
-    import asyncio
-
-    from starlette.requests import ClientDisconnect
-
     from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     model = ServedModel(model_base_or_version_dir, name)
     limits = Limits(max_batch=max_batch, max_body_bytes=max_body_bytes, max_scalar=max_scalar, max_work=max_work,
                     max_response_bytes=max_response_bytes, timeout=timeout, max_concurrency=max_concurrency)
-    slots = threading.BoundedSemaphore(max_concurrency)
     app = FastAPI(title=f"bdk serve: {name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.model = model
     app.state.limits = limits
+    _error_handlers(app)
+    _routes(app, model, limits, mode, threading.BoundedSemaphore(max_concurrency))
+    return app
+
+
+# ---------------------------------------------------------------- the HTTP protocol around `predict`
+
+
+def _error_handlers(app) -> None:
+    """Every error is TF Serving's one-line body, {"error": message}, with its status."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -539,52 +543,69 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
         log.exception("unexpected error on %s", request.url.path)
         return error(500, f"internal error: {type(e).__name__}")
 
-    def check(model_name: str, version: str | None = None) -> None:
-        if model_name != model.name:
-            raise RequestError(404, f"Servable not found for request: Latest({model_name})")
-        if version is not None and version != str(model.version):
-            raise RequestError(404, f"Servable not found for request: Specific({model_name}, {version})")
 
-    async def read_body(request: Request) -> bytes:
-        limit = limits.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        too_big = declared.isdigit() and int(declared) > limit
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                too_big = True
-            if too_big:
-                if size > _DRAIN_BYTES:
-                    break
-                continue
-            chunks.append(chunk)
+def check_servable(model: ServedModel, model_name: str, version: str | None = None) -> None:
+    """A 404 in TF Serving's words unless the request names the served model (and its version)."""
+    if model_name != model.name:
+        raise RequestError(404, f"Servable not found for request: Latest({model_name})")
+    if version is not None and version != str(model.version):
+        raise RequestError(404, f"Servable not found for request: Specific({model_name}, {version})")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or a 413 when it (or its declared length) is over `limit` bytes (an oversized body is drained
+    up to _DRAIN_BYTES so the client reads the answer)."""
+    declared = request.headers.get("content-length", "")
+    too_big = declared.isdigit() and int(declared) > limit
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            too_big = True
         if too_big:
-            raise RequestError(413, f"request body of {declared or size} bytes is over the limit of {limit} bytes")
-        return b"".join(chunks)
+            if size > _DRAIN_BYTES:
+                break
+            continue
+        chunks.append(chunk)
+    if too_big:
+        raise RequestError(413, f"request body of {declared or size} bytes is over the limit of {limit} bytes")
+    return b"".join(chunks)
 
-    async def in_pool(fn, *args) -> bytes:
-        try:
-            return await asyncio.wait_for(run_in_threadpool(fn, *args), timeout=limits.timeout)
-        except asyncio.TimeoutError:
-            raise RequestError(504, f"the request took longer than {limits.timeout:g} s (--timeout); send fewer draws, "
-                                    "rows or steps") from None
+
+async def in_pool(fn, *args, timeout: float) -> bytes:
+    """fn(*args) in Starlette's thread pool, or a 504 after `timeout` seconds."""
+    import asyncio
+
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        return await asyncio.wait_for(run_in_threadpool(fn, *args), timeout=timeout)
+    except asyncio.TimeoutError:
+        raise RequestError(504, f"the request took longer than {timeout:g} s (--timeout); send fewer draws, "
+                                "rows or steps") from None
+
+
+def _routes(app, model: ServedModel, limits: Limits, mode: str, slots: threading.Semaphore) -> None:
+    """TF Serving's REST routes: status, metadata and :predict (by name, or by name and version)."""
+    from fastapi.responses import Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     async def run_predict(request: Request, model_name: str, version: str | None) -> Response:
-        check(model_name, version)
+        check_servable(model, model_name, version)
         try:
-            body = await read_body(request)
+            body = await read_body(request, limits.max_body_bytes)
         except ClientDisconnect:
             log.warning("client %s disconnected before sending the whole request body", _peer(request))
             return Response(status_code=499)
         if mode == "thread" or (mode == "auto" and len(body) > INLINE_MAX_BODY_BYTES):
             prepared = prepare(model, body, limits) if len(body) <= INLINE_MAX_BODY_BYTES else \
                 await run_in_threadpool(prepare, model, body, limits)  # parsing a big body off the loop
-            out = await in_pool(finish, prepared, limits, slots)
+            out = await in_pool(finish, prepared, limits, slots, timeout=limits.timeout)
         else:
             prepared = prepare(model, body, limits)  # small body: microseconds
             if mode == "auto" and prepared.signature.scalar_inputs:
-                out = await in_pool(finish, prepared, limits, slots)
+                out = await in_pool(finish, prepared, limits, slots, timeout=limits.timeout)
             else:
                 out = finish(prepared, limits)
         return Response(out, media_type="application/json")
@@ -592,13 +613,13 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
     @app.get("/v1/models/{model_name}")
     @app.get("/v1/models/{model_name}/versions/{version}")
     async def status(model_name: str, version: str | None = None):
-        check(model_name, version)
+        check_servable(model, model_name, version)
         return model.status()
 
     @app.get("/v1/models/{model_name}/metadata")
     @app.get("/v1/models/{model_name}/versions/{version}/metadata")
     async def metadata(model_name: str, version: str | None = None):
-        check(model_name, version)
+        check_servable(model, model_name, version)
         return model.metadata()
 
     # Plain Starlette routes inside the FastAPI app (same middleware and error handlers): the endpoint
@@ -612,7 +633,6 @@ def create_app(model_base_or_version_dir: Path, name: str, max_batch: int = DEFA
     app.add_route("/v1/models/{model_name}:predict", predict_route, methods=["POST"], include_in_schema=False)
     app.add_route("/v1/models/{model_name}/versions/{version}:predict", predict_route, methods=["POST"],
                   include_in_schema=False)
-    return app
 
 
 def _peer(request) -> str:
