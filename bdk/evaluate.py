@@ -216,8 +216,6 @@ def trust_by_region(task: tasks.Task, preds: dict) -> tuple[dict, dict, dict]:
 
 def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     """Compute the comparison, write RUN/report atomically, return metrics.json's content."""
-    from distill.transfer import output_arrays, sample_soft_labels
-
     from tqdm.auto import tqdm
 
     run = Path(run)
@@ -229,45 +227,11 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     exports = Exports(run, cfg.samples, task, cfg.seed, ds.sequence_shape)
     steps.update()
     steps.set_postfix_str("predicting")
-
-    preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}  # model -> input set -> outputs
     inputs = {"val": ds["val"].x, "test": ds["test"].x, "ood": ood_inputs(cfg, ds)}
-    # source -> its rows of the soft labels, at most cfg.region_rows (a uniform draw, in file order), shard by shard
-    regions = sample_soft_labels(run, TRANSFER_REGIONS, cfg.region_rows, cfg.seed)
-    for src in TRANSFER_REGIONS:
-        inputs[src] = regions[src][ds.feature_names].to_numpy(np.float32)
-    for m in EXPORTED:
-        for name, x in inputs.items():
-            if len(x) and (m == "student" or name not in TRANSFER_REGIONS):  # teacher: soft labels there
-                preds[m][name] = exports.predict(m, x)
-    temperature = task.fit_temperature(ds["val"].y, preds["baseline"]["val"])  # the validation split only
-    preds["baseline_ts"] = {name: task.temperature_scaled(p, temperature) for name, p in preds["baseline"].items()}
-    for src in TRANSFER_REGIONS:  # the teacher's side on transfer rows: the soft labels (what the student matched)
-        if src in preds["student"]:
-            t = output_arrays(regions[src], task)
-            preds["teacher"][src] = {**t, "epistemic": t[task.epistemic_output]}
+    preds, temperature = predict_all(cfg, run, ds, task, exports, inputs)
     steps.update()
     steps.set_postfix_str("bootstrap intervals")
-
-    out: dict = {"task": ds.task, "baseline_ts_temperature": temperature}
-    for m in MODELS:
-        out[m] = {}
-        for split in ("test", "val"):
-            resamples = max(100, min(cfg.bootstrap, cfg.bootstrap_rows // max(len(ds[split]), 1)))
-            out[m].update(task.metrics_with_intervals(ds[split].y, preds[m][split], split, resamples, cfg.seed))
-    if ds.task == "regression":
-        for m in MODELS:
-            p = preds[m]["test"]
-            out[m]["test/mean_epistemic_share"] = float((p["epistemic"] / np.maximum(p["variance"], metrics.EPS)).mean()) \
-                if m in ("teacher", "student") else None
-
-    out["agreement"], out["epistemic_tracking"], out["regions"] = trust_by_region(task, preds)
-    total = task.total_output
-    ood = {f"{m}/{total}_auroc": metrics.auroc(preds[m]["test"][total], preds[m]["ood"][total]) for m in MODELS}
-    ood[f"teacher/{task.epistemic_output}_auroc"] = metrics.auroc(preds["teacher"]["test"]["epistemic"],
-                                                                 preds["teacher"]["ood"]["epistemic"])
-    ood["student/epistemic_auroc"] = metrics.auroc(preds["student"]["test"]["epistemic"], preds["student"]["ood"]["epistemic"])
-    out["ood"] = ood
+    out: dict = {"task": ds.task, "baseline_ts_temperature": temperature, **score_all(cfg, ds, task, preds)}
     if ds.sequence_shape:
         out["over_time"] = epistemic_over_time(exports, ds.normalise(inputs["test"]), ds.normalise(inputs["ood"]), ds)
     steps.update()
@@ -285,6 +249,51 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
         report.write(tmp, run, ds, preds, out)
     steps.update()
     steps.close()
+    return out
+
+
+def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports: Exports,
+                inputs: dict[str, np.ndarray]) -> tuple[dict, float]:
+    """Every model's outputs on every input set: model -> input set -> outputs, plus the baseline's validation-fitted
+    temperature. `inputs` (val, test, ood) gains the transfer regions' rows, where the teacher's side is its soft
+    labels (what the student matched)."""
+    from distill.transfer import output_arrays, sample_soft_labels
+
+    preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}
+    # source -> its rows of the soft labels, at most cfg.region_rows (a uniform draw, in file order), shard by shard
+    regions = sample_soft_labels(run, TRANSFER_REGIONS, cfg.region_rows, cfg.seed)
+    for src in TRANSFER_REGIONS:
+        inputs[src] = regions[src][ds.feature_names].to_numpy(np.float32)
+    for m in EXPORTED:
+        for name, x in inputs.items():
+            if len(x) and (m == "student" or name not in TRANSFER_REGIONS):  # teacher: soft labels there
+                preds[m][name] = exports.predict(m, x)
+    temperature = task.fit_temperature(ds["val"].y, preds["baseline"]["val"])  # the validation split only
+    preds["baseline_ts"] = {name: task.temperature_scaled(p, temperature) for name, p in preds["baseline"].items()}
+    for src in TRANSFER_REGIONS:
+        if src in preds["student"]:
+            t = output_arrays(regions[src], task)
+            preds["teacher"][src] = {**t, "epistemic": t[task.epistemic_output]}
+    return preds, temperature
+
+
+def score_all(cfg: EvalConfig, ds: data_lib.Dataset, task, preds: dict) -> dict:
+    """Metrics with bootstrap intervals per model and split, agreement by region, OOD AUROCs."""
+    out: dict = {}
+    for m in MODELS:
+        out[m] = {}
+        for split in ("test", "val"):
+            resamples = max(100, min(cfg.bootstrap, cfg.bootstrap_rows // max(len(ds[split]), 1)))
+            out[m].update(task.metrics_with_intervals(ds[split].y, preds[m][split], split, resamples, cfg.seed))
+        summary = task.uncertainty_summary(preds[m]["test"]) if m in ("teacher", "student") else {}
+        out[m].update(summary or {k: None for k in task.uncertainty_summary(preds["teacher"]["test"])})
+    out["agreement"], out["epistemic_tracking"], out["regions"] = trust_by_region(task, preds)
+    total = task.total_output
+    ood = {f"{m}/{total}_auroc": metrics.auroc(preds[m]["test"][total], preds[m]["ood"][total]) for m in MODELS}
+    ood[f"teacher/{task.epistemic_output}_auroc"] = metrics.auroc(preds["teacher"]["test"]["epistemic"],
+                                                                 preds["teacher"]["ood"]["epistemic"])
+    ood["student/epistemic_auroc"] = metrics.auroc(preds["student"]["test"]["epistemic"], preds["student"]["ood"]["epistemic"])
+    out["ood"] = ood
     return out
 
 

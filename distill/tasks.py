@@ -127,6 +127,10 @@ class Task:
         """KL(teacher's predictive || student's) per row, in nats."""
         raise NotImplementedError
 
+    def uncertainty_summary(self, pred: dict[str, np.ndarray]) -> dict[str, float]:
+        """Extra test metrics of a model that estimates its epistemic part (none by default)."""
+        return {}
+
 
 DIRICHLET_SMOOTHING = 1e-3  # draws mixed with this much of the uniform before their log (a finite Dirichlet likelihood)
 
@@ -238,6 +242,10 @@ class Gaussian(Task):
 
     def head_units(self, num_classes: int) -> int:
         return 2
+
+    def uncertainty_summary(self, pred: dict[str, np.ndarray]) -> dict[str, float]:
+        """The epistemic share of the predictive variance, averaged over rows."""
+        return {"test/mean_epistemic_share": float((pred["epistemic"] / np.maximum(pred["variance"], metrics.EPS)).mean())}
 
     def draw_params(self, head):
         import tensorflow as tf
