@@ -38,8 +38,8 @@ from distill.training import in_chunks
 
 
 def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
-    """The OOD rows (raw, flat): the teacher's feature columns of `cfg.ood_file` (sequences: a long table with its
-    channels), else far-away uniform inputs (sequences: the test sequences switching to an unseen regime halfway,
+    """The OOD rows (raw, flat): the teacher's feature columns of `cfg.ood_file` (tables with text columns: their raw
+    columns, encoded as in training, or the encoded ones; sequences: a long table with its channels), else far-away uniform inputs (sequences: the test sequences switching to an unseen regime halfway,
     distill.sequences.shifted_regime)."""
     if ds.sequence_shape:
         from distill import sequences
@@ -52,9 +52,14 @@ def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
     if cfg.ood_file is None:
         return far_uniform(ds, cfg.ood_rows, cfg.ood_inner, cfg.ood_outer, cfg.seed)
     table = data_lib.read_table(cfg.ood_file)
+    spec = ds.feature_spec
+    if spec is not None and not spec.is_identity and all(c in table.columns for c in spec.raw_columns):
+        return spec.encode(table, f"OOD file {cfg.ood_file}: ")  # raw rows: text and empty cells, encoded as in training
     missing = [c for c in ds.feature_names if c not in table.columns]
     if missing:
-        raise BdkError(f"OOD file {cfg.ood_file} lacks the teacher's feature columns {missing[:5]}; give it the same columns")
+        wanted = spec.raw_columns if spec is not None else ds.feature_names
+        raise BdkError(f"OOD file {cfg.ood_file} lacks the teacher's feature columns {missing[:5]}; give it the columns "
+                       f"{wanted[:8]}{' ...' if len(wanted) > 8 else ''}")
     x = table[ds.feature_names].to_numpy(np.float32)
     return x[np.isfinite(x).all(axis=1)]
 

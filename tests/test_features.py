@@ -442,3 +442,20 @@ def test_an_unseen_category_is_more_uncertain_for_a_classifier(mixed_classes_tea
                                                       num_samples=tf.constant(100), seed=tf.constant(0, tf.int64))
         mi[cut] = float(np.mean(out["mutual_information"].numpy()))
     assert mi["never-seen"] > max(v for k, v in mi.items() if k != "never-seen"), mi
+
+
+def test_an_ood_file_of_raw_rows_is_encoded_as_in_training(mixed_run, tmp_path):
+    from bdk.evaluate import EvalConfig, ood_inputs
+
+    root, run, _ = mixed_run
+    ds = data.load_from_run(run)
+    raw = mixed_frame(50, seed=9).drop(columns=["id", "price"])
+    raw.loc[0, "cut"] = "Astonishing"  # unseen: the bucket
+    raw.to_csv(tmp_path / "ood.csv", index=False)
+    x = ood_inputs(EvalConfig(ood_file=str(tmp_path / "ood.csv")), ds)
+    np.testing.assert_array_equal(x, ds.feature_spec.encode(raw))
+    assert x[0, ds.feature_names.index(f"cut={OOV}")] == 1
+    raw.drop(columns=["cut"]).to_csv(tmp_path / "lacking.csv", index=False)
+    with pytest.raises(BdkError, match="lacks the teacher's feature columns") as e:
+        ood_inputs(EvalConfig(ood_file=str(tmp_path / "lacking.csv")), ds)
+    assert "'cut'" in str(e.value) and "\n" not in str(e.value)
