@@ -1,7 +1,6 @@
 """The feature specification (distill/features.py): kinds, missing values, the train-fitted encoding, task inference
 on integer targets, and raw tables through the CLI."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -373,17 +372,12 @@ print(json.dumps(out))
 
 
 def test_every_export_answers_raw_rows_in_a_fresh_interpreter(mixed_run):
-    import subprocess
-    import sys
+    from tests import fresh
 
     root, run, _ = mixed_run
     rows = pd.DataFrame({"carat": [0.5, None, 1.5, 1.5], "cut": ["Ideal", "", "Astonishing", "Ideal"],
                          "depth": [60.0, 61.0, 59.0, 59.0], "flag": [True, False, None, None]})
-    done = subprocess.run([sys.executable, "-c", RAW_ROWS_FRESH, str(run), rows.to_json(orient="records")],
-                          capture_output=True, text=True, timeout=180, cwd=str(Path(__file__).parents[1]),
-                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "", "PYTHONPATH": str(Path(__file__).parents[1])})
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = fresh.run(RAW_ROWS_FRESH, run, rows.to_json(orient="records"), project=True)  # the raw inputs: distill.encoder
     for name, r in out.items():
         assert r["encoded"], name  # the export's own encoder equals the training encoding
         assert "mean" in r["keys"] and np.isfinite(r["mean"]).all() and len(r["mean"]) == 4, name

@@ -2,14 +2,13 @@
 the missing-input messages; the student export checked in a fresh interpreter."""
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from distill import schema
+from tests import fresh
 from bdk.cli import app
 
 SMALL = ["--epochs", "60", "--samples", "30", "--perturbations", "3", "--uniform", "300", "--interpolations", "100", "--shell", "200", "--student-epochs", "150",
@@ -72,10 +71,7 @@ print(json.dumps({"keys": sorted(a), "same": all(np.array_equal(a[k].numpy(), b[
 
 def test_student_export_is_deterministic_in_a_fresh_interpreter(pipeline_run):
     rows = [[5.1, 3.5, 1.4, 0.2], [6.3, 2.8, 5.1, 1.5], [6.0, 2.9, 4.5, 1.5]]
-    out = subprocess.run([sys.executable, "-c", FRESH, str(schema.student_export(pipeline_run)), json.dumps(rows)],
-                         capture_output=True, text=True, timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
-    assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = fresh.run(FRESH, schema.student_export(pipeline_run), json.dumps(rows))
     assert r["keys"] == ["entropy", "epistemic", "expected_entropy", "mutual_information", "probs"] and r["same"]
     assert np.allclose(r["sum"], 1, atol=1e-5) and min(r["epistemic"]) >= 0
 

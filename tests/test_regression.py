@@ -7,9 +7,6 @@ inequalities and standard-error bounds; seeded ones exactly.
 """
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import metrics, schema, tasks
+from tests import fresh
 from bdk.cli import app
 from distill.errors import BdkError
 
@@ -222,10 +220,7 @@ def test_teacher_export_in_a_fresh_interpreter(regression_run, regression_csv):
                           "seeded_same": all(np.array_equal(seeded[0][k].numpy(), seeded[1][k].numpy()) for k in seeded[0]),
                           **{{k: v.numpy().tolist() for k, v in a.items()}}, "again": b["mean"].numpy().tolist()}}))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = fresh.run(script)
     assert out["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default", "serving_rows"]
     assert out["outputs"] == out["predictive"] == sorted(REG.outputs)
     assert out["sample"] == {"mean_samples": [6, 8], "variance_samples": [6, 8]}

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import schema, tasks
+from tests import fresh
 from bdk.cli import app
 
 CLS = tasks.get("classification")
@@ -87,15 +88,8 @@ def test_export_in_fresh_interpreters(teacher_run, iris):
     """Two processes load the export: each draws fresh weights per call (OS-seeded), the two draw differently,
     and the seeded predictive is bit-identical across them."""
     rows = iris["test"].x[:6].tolist()
-    cmd = [sys.executable, "-c", FRESH, str(schema.teacher_export(teacher_run)), json.dumps(rows)]
-    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""}
-    procs = [subprocess.Popen(cmd + [mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for mode in ("full", "light")]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err[-2000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    procs = [fresh.start(FRESH, schema.teacher_export(teacher_run), json.dumps(rows), mode) for mode in ("full", "light")]
+    results = [fresh.result(p) for p in procs]
     r = results[0]
     assert r["keys"] == ["entropy", "expected_entropy", "mean_log_probs", "mutual_information", "probs", "variance"]
     assert r["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default", "serving_rows"]
