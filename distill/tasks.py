@@ -55,6 +55,8 @@ class Task:
     feature_scaling: str = "standard"  # default feature normaliser (distill.data.Normaliser)
     # Unit of the transfer set's perturbation noise per feature: "box" = the train box's width, "std" = the train std.
     noise_unit: str = "std"
+    logit_head: bool = False  # the head gives logits (the Flipout teacher's noise-contrastive prior acts on them)
+    metrics_need_draws: bool = False  # `draw_metrics` reads every draw's parameters (`sample_dict`), not the summary only
 
     # ---------------------------------------------------------------- teacher
     def head_units(self, num_classes: int) -> int:
@@ -131,6 +133,16 @@ class Task:
         """Extra test metrics of a model that estimates its epistemic part (none by default)."""
         return {}
 
+    def draw_metrics(self, y: np.ndarray, pred: dict[str, np.ndarray], draws: dict[str, np.ndarray] | None,
+                     split: str) -> dict[str, float]:
+        """Extra teacher metrics of one split from its predictive `pred` and, when `metrics_need_draws`, its draws'
+        parameters `draws` (`sample_dict`); none by default."""
+        return {}
+
+    def pair_summary(self, preds: list[dict[str, np.ndarray]], class_names) -> dict[str, Any]:
+        """Extra teacher metrics over several splits' predictives together (none by default)."""
+        return {}
+
 
 DIRICHLET_SMOOTHING = 1e-3  # draws mixed with this much of the uniform before their log (a finite Dirichlet likelihood)
 
@@ -148,6 +160,7 @@ class Categorical(Task):
     # on them (a 10-class, 50-feature make_classification problem: every model at chance under min-max).
     feature_scaling: str = "standard"
     noise_unit: str = "box"  # the recipe validated when classes were min-max scaled (box width = 1 there)
+    logit_head: bool = True
 
     def head_units(self, num_classes: int) -> int:
         return num_classes
@@ -224,6 +237,12 @@ class Categorical(Task):
     def divergence(self, teacher, student):
         return metrics.kl_divergence(teacher["probs"], student["probs"])
 
+    def pair_summary(self, preds, class_names):
+        """The pair of classes the predictives' most uncertain rows fall between, and their share of those rows."""
+        a, b, share = metrics.most_uncertain_pair(np.concatenate([p["probs"] for p in preds]),
+                                                  np.concatenate([p["mutual_information"] for p in preds]), class_names)
+        return {"most_uncertain_pair": [a, b], "most_uncertain_pair_share": share}
+
 
 MIN_VARIANCE = 1e-6  # floor of the Gaussian head's variance (normalised units)
 NOISE_INIT = 0.5  # the Gaussian head's variance starts at NOISE_INIT^2 (normalised units) at a zero output
@@ -239,6 +258,7 @@ class Gaussian(Task):
     total_output: str = "variance"
     metric_names: tuple[str, ...] = tuple(metrics.REGRESSION_METRICS)
     feature_scaling: str = "standard"
+    metrics_need_draws: bool = True  # the mixture NLL
 
     def head_units(self, num_classes: int) -> int:
         return 2
@@ -246,6 +266,12 @@ class Gaussian(Task):
     def uncertainty_summary(self, pred: dict[str, np.ndarray]) -> dict[str, float]:
         """The epistemic share of the predictive variance, averaged over rows."""
         return {"test/mean_epistemic_share": float((pred["epistemic"] / np.maximum(pred["variance"], metrics.EPS)).mean())}
+
+    def draw_metrics(self, y, pred, draws, split):
+        """The NLL of the draws' Gaussian mixture and the predictive's mean epistemic share of its variance."""
+        return {f"{split}/nll_mixture": float(-metrics.mixture_log_likelihood(
+                    y, draws["mean_samples"], draws["variance_samples"]).mean()),
+                f"{split}/mean_epistemic_share": float((pred["epistemic_variance"] / pred["variance"]).mean())}
 
     def draw_params(self, head):
         import tensorflow as tf

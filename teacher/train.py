@@ -43,7 +43,7 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
     x_train, y_train = ds.scaled("train"), ds.target("train")
     x_val, y_val = tf.constant(ds.scaled("val")[:cfg.val_rows]), ds.target("val")[:cfg.val_rows]
 
-    ncp = cfg.kind == "flipout" and task.name == "classification" and bool(cfg.ncp_weight)
+    ncp = cfg.kind == "flipout" and task.logit_head and bool(cfg.ncp_weight)
 
     def step(x, y):
         with tf.GradientTape() as tape:
@@ -158,6 +158,74 @@ def search_kl_weight(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = 
     return (*best, scores)
 
 
+def _cap_warning(cfg: TeacherConfig, ds: data_lib.Dataset, history: pd.DataFrame, best_epoch: int) -> str | None:
+    """The Flipout teacher's note when its epoch cap, not early stopping, ended training (printed), else None."""
+    if cfg.kind != "flipout" or "val_nll" not in history:
+        return None
+    budget = cfg.max_epochs(len(ds["train"]))
+    warning = FitResult(history, best_epoch, float(history["val_nll"].min()), len(history) < budget,
+                        "val_nll").cap_note("the teacher", f"{budget} epochs at batch {cfg.batch_size}")
+    if warning:
+        print(warning, file=sys.stderr)
+    return warning
+
+
+def _predict_splits(cfg: TeacherConfig, task: tasks.Task, module: MonteCarloModule, ds: data_lib.Dataset):
+    """({split: the Monte Carlo predictive's outputs}, {split: the draws' parameters}) of the val and test rows, the
+    draws only when the task's metrics need them; tables add "val_shell", a validation shell off the data."""
+    predictive = lambda x: module.predictive_seeded(tf.constant(x), cfg.eval_samples, cfg.seed)  # noqa: E731
+    summaries, samples = {}, {}
+    for split in ("val", "test"):  # in row chunks: S draws x a million rows of activations do not fit
+        summaries[split] = in_chunks(predictive, ds.raw(split))
+        if task.metrics_need_draws:  # e.g. the mixture NLL needs every draw's parameters
+            samples[split] = in_chunks(lambda x: module.sample_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
+                                       ds.raw(split), axis=1)
+    if not ds.sequence_shape:  # does it say "I don't know" off the data? Validation rows vs a validation shell
+        shell = far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)
+        summaries["val_shell"] = in_chunks(predictive, shell)
+    return summaries, samples
+
+
+def _run_summary(cfg: TeacherConfig, ds: data_lib.Dataset, device: str, history: pd.DataFrame, best_epoch: int,
+                 train_seconds: float, warning: str | None, search: dict) -> dict:
+    """The summary's description of the training run (Flipout adds its posterior scales at the best epoch)."""
+    return {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),
+            "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": len(ds["train"]),
+            "eval_samples": cfg.eval_samples, "kl_weight": cfg.kl_weight, "hidden": list(cfg.hidden or ()),
+            "warnings": [warning] if warning else [],
+            **({"kl_weight_search": {str(k): v for k, v in search.items()}} if search else {}),
+            **({k: v for k, v in history.iloc[best_epoch - 1].items() if k.startswith(("sigma_", "prior_scale_"))}
+               if cfg.kind == "flipout" else {})}
+
+
+def _split_metrics(task: tasks.Task, ds: data_lib.Dataset, summaries: dict, samples: dict) -> dict:
+    """The summary's metrics: each split's, the far-shell AUROCs (tables) and the task's over val and test together."""
+    summary = {}
+    for split in ("val", "test"):
+        summary.update(task.metrics(ds[split].y, summaries[split], split))
+        summary[f"{split}/mean_{task.epistemic_output}"] = float(summaries[split][task.epistemic_output].mean())
+        summary.update(task.draw_metrics(ds[split].y, summaries[split], samples.get(split), split))
+    if "val_shell" in summaries:
+        for name, output in (("epistemic", task.epistemic_output), ("total", task.total_output)):
+            summary[f"val/far_shell_auroc_{name}"] = metrics.auroc(summaries["val"][output], summaries["val_shell"][output])
+    summary.update(task.pair_summary([summaries[s] for s in ("val", "test")], ds.class_names))
+    return summary
+
+
+def _write_teacher(run: Path, cfg: TeacherConfig, ds: data_lib.Dataset, device: str, module: MonteCarloModule,
+                   history: pd.DataFrame, summaries: dict, summary: dict) -> None:
+    """Write RUN/teacher atomically: config, history, predictions, weights, the export and the metrics."""
+    with atomic_dir(schema.teacher_dir(run), overwrite=True) as tmp:
+        write_json(tmp / "config.json", {"teacher": asdict(cfg), "task": ds.task, "n_train": len(ds["train"]),
+                                         "num_features": ds.num_features, "num_classes": ds.num_classes, "device": device})
+        history.to_csv(tmp / "history.csv", index=False)
+        for split in ("val", "test"):
+            schema.prediction_frame(ds, split, summaries[split]).to_csv(tmp / f"{split}_predictions.csv", index=False)
+        tf.train.Checkpoint(models=module.models).write(str(tmp / "weights" / "ckpt"))
+        module.save(tmp / "export" / schema.EXPORT_VERSION)
+        write_json(tmp / "metrics.json", summary)
+
+
 def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress: bool = True) -> dict:
     """Train, evaluate and export; write RUN/teacher atomically. Returns the metrics summary."""
     cfg.check_data(ds.sequence_shape is not None)
@@ -173,57 +241,9 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
         else:
             module, history, best_epoch = build_teacher(cfg, ds, progress)
         train_seconds = time.perf_counter() - t0
-        warning = None
-        if cfg.kind == "flipout" and "val_nll" in history:  # a cap is never the silent reason training ended
-            budget = cfg.max_epochs(len(ds["train"]))
-            warning = FitResult(history, best_epoch, float(history["val_nll"].min()), len(history) < budget,
-                                "val_nll").cap_note("the teacher", f"{budget} epochs at batch {cfg.batch_size}")
-            if warning:
-                print(warning, file=sys.stderr)
-        summaries, samples = {}, {}
-        for split in ("val", "test"):  # in row chunks: S draws x a million rows of activations do not fit
-            summaries[split] = in_chunks(lambda x: module.predictive_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
-                                         ds.raw(split))
-            if ds.task == "regression":  # the mixture NLL needs every draw's parameters
-                samples[split] = in_chunks(lambda x: module.sample_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
-                                           ds.raw(split), axis=1)
-
-        if not ds.sequence_shape:  # does it say "I don't know" off the data? Validation rows vs a validation shell
-            shell = far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)
-            summaries["val_shell"] = in_chunks(lambda x: module.predictive_seeded(tf.constant(x), cfg.eval_samples, cfg.seed), shell)
-
-    summary: dict = {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),
-                     "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": len(ds["train"]),
-                     "eval_samples": cfg.eval_samples, "kl_weight": cfg.kl_weight, "hidden": list(cfg.hidden or ()),
-                     "warnings": [warning] if warning else [],
-                     **({"kl_weight_search": {str(k): v for k, v in search.items()}} if search else {}),
-                     **({k: v for k, v in history.iloc[best_epoch - 1].items() if k.startswith(("sigma_", "prior_scale_"))}
-                        if cfg.kind == "flipout" else {})}
-    for split in ("val", "test"):
-        summary.update(task.metrics(ds[split].y, summaries[split], split))
-        summary[f"{split}/mean_{task.epistemic_output}"] = float(summaries[split][task.epistemic_output].mean())
-        if ds.task == "regression":
-            s = samples[split]
-            summary[f"{split}/nll_mixture"] = float(-metrics.mixture_log_likelihood(
-                ds[split].y, s["mean_samples"], s["variance_samples"]).mean())
-            summary[f"{split}/mean_epistemic_share"] = float(
-                (summaries[split]["epistemic_variance"] / summaries[split]["variance"]).mean())
-    if "val_shell" in summaries:
-        for name, output in (("epistemic", task.epistemic_output), ("total", task.total_output)):
-            summary[f"val/far_shell_auroc_{name}"] = metrics.auroc(summaries["val"][output], summaries["val_shell"][output])
-    if ds.task == "classification":
-        a, b, share = metrics.most_uncertain_pair(np.concatenate([summaries[s]["probs"] for s in ("val", "test")]),
-                                                  np.concatenate([summaries[s]["mutual_information"] for s in ("val", "test")]),
-                                                  ds.class_names)
-        summary["most_uncertain_pair"], summary["most_uncertain_pair_share"] = [a, b], share
-
-    with atomic_dir(schema.teacher_dir(run), overwrite=True) as tmp:
-        write_json(tmp / "config.json", {"teacher": asdict(cfg), "task": ds.task, "n_train": len(ds["train"]),
-                                         "num_features": ds.num_features, "num_classes": ds.num_classes, "device": device})
-        history.to_csv(tmp / "history.csv", index=False)
-        for split in ("val", "test"):
-            schema.prediction_frame(ds, split, summaries[split]).to_csv(tmp / f"{split}_predictions.csv", index=False)
-        tf.train.Checkpoint(models=module.models).write(str(tmp / "weights" / "ckpt"))
-        module.save(tmp / "export" / schema.EXPORT_VERSION)
-        write_json(tmp / "metrics.json", summary)
+        warning = _cap_warning(cfg, ds, history, best_epoch)
+        summaries, samples = _predict_splits(cfg, task, module, ds)
+    summary = {**_run_summary(cfg, ds, device, history, best_epoch, train_seconds, warning, search),
+               **_split_metrics(task, ds, summaries, samples)}
+    _write_teacher(run, cfg, ds, device, module, history, summaries, summary)
     return summary
