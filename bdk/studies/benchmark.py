@@ -240,52 +240,85 @@ def _models(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
                                                                                     (kinds[0], "baseline_ts")]
 
 
-def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame:
+def _far_shell_columns(reps: list[dict], model: str) -> dict:
+    """The model's far-shell AUROCs, mean over the seeds' reports: by its epistemic score, its entropy, the better."""
+    score = {"teacher": "teacher/mutual_information_auroc", "student": "student/epistemic_auroc",
+             "baseline": "baseline/entropy_auroc", "baseline_ts": "baseline_ts/entropy_auroc"}[model]
+    return {"far_shell_auroc": float(np.mean([r["ood"][score] for r in reps])),
+            "far_shell_auroc_entropy": float(np.mean([r["ood"][f"{model}/entropy_auroc"] for r in reps])),
+            "far_shell_auroc_best": float(np.mean([max(r["ood"][score], r["ood"][f"{model}/entropy_auroc"]) for r in reps]))}
+
+
+def _held_out_columns(results: dict, d: str, kind: str, model: str) -> dict:
+    """The teacher's or student's held-out-class AUROCs, mean over the seeds that held a class out (else none)."""
+    row = {}
+    held = [v for (hd, _, hk), v in results["held_out"].items() if (hd, hk) == (d, kind) and v.get("held_out_class")]
+    if model in ("teacher", "student") and held:
+        if model == "teacher":
+            row["held_out_class_auroc"] = float(np.mean([v["mutual_information_auroc"] for v in held]))
+        best = [max(v[f"{model}/epistemic_auroc"], v[f"{model}/entropy_auroc"]) for v in held if f"{model}/entropy_auroc" in v]
+        if best:
+            row["held_out_class_auroc_best"] = float(np.mean(best))
+        row["held_out_class_seeds"] = len(held)
+    return row
+
+
+def _student_columns(reps: list[dict]) -> dict:
+    """How closely the student reproduces its teacher, and what it costs, mean over the seeds' reports."""
+    row = {}
+    for region in ("test", "ood"):
+        row[f"kl_{region}"] = float(np.mean([r["agreement"][f"{region}/kl"] for r in reps]))
+        row[f"spearman_{region}"] = float(np.mean([r["epistemic_tracking"][f"{region}/spearman"] for r in reps]))
+    row["parameter_ratio"] = float(np.mean([r["cost"]["student"]["parameters"] / r["cost"]["teacher"]["parameters"]
+                                            for r in reps]))
+    row["flops_ratio"] = float(np.mean([r["cost"]["student"]["flops_per_row"] * r["cost"]["teacher"]["draws"]
+                                        / r["cost"]["teacher"]["flops_per_row"] for r in reps]))
+    row["latency_ms_p50"] = float(np.mean([r["cost"]["student"]["latency_ms_p50"] for r in reps]))
+    return row
+
+
+def _model_row(results: dict, d: str, kind: str, model: str, runs: list[Path], probs, y) -> dict:
+    """One row of metrics.csv: a model's pooled test metrics (probs [N, C], y [N]) and its means over the seeds."""
+    row = {"dataset": d, "model": model if model.startswith("baseline") else f"{kind} {model}", "seeds": len(runs),
+           "rows": len(y)}
+    row.update(metrics.classification_metrics_with_intervals(probs, y, "test", 1000, 0))
+    reps = [read_json(schema.report_dir(r) / "metrics.json") for r in runs]
+    row.update(_far_shell_columns(reps, model))
+    row.update(_held_out_columns(results, d, kind, model))
+    if model == "student":
+        row.update(_student_columns(reps))
+    return row
+
+
+def _dataset_rows(cfg: BenchmarkConfig, out: Path, results: dict, d: str) -> list[dict]:
+    """The dataset's rows of metrics.csv, one per model with finished seeds; draws OUT/reliability_<d>.png."""
     from bdk.report import plt, reliability_axes
 
     rows = []
+    models = _models(cfg.kinds)
+    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 3.4), sharey=True, squeeze=False)
+    for ax, (kind, model) in zip(axes[0], models):
+        runs = _finished(out, d, cfg.seeds, kind)
+        if not runs:
+            ax.set_visible(False)
+            continue
+        probs, y = pooled_test(runs, model)
+        row = _model_row(results, d, kind, model, runs, probs, y)
+        rows.append(row)
+        reliability_axes(ax, probs, y, row["model"], "tab:blue" if model == "teacher" else "tab:orange")
+        ax.set_title(f"{row['model']}\nECE {row['test/ece']:.3f}, n={len(y)}")
+    fig.suptitle(f"{d}: test rows of the finished seeds pooled")
+    fig.tight_layout()
+    fig.savefig(out / f"reliability_{d}.png", dpi=100)
+    plt.close(fig)
+    return rows
+
+
+def write_report(cfg: BenchmarkConfig, out: Path, results: dict) -> pd.DataFrame:
+    """Write OUT/metrics.csv, OUT/report.md and the figures; returns the metrics table."""
+    rows = []
     for d in cfg.datasets:
-        models = _models(cfg.kinds)
-        fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 3.4), sharey=True, squeeze=False)
-        for ax, (kind, model) in zip(axes[0], models):
-            runs = _finished(out, d, cfg.seeds, kind)
-            if not runs:
-                ax.set_visible(False)
-                continue
-            probs, y = pooled_test(runs, model)
-            row = {"dataset": d, "model": model if model.startswith("baseline") else f"{kind} {model}", "seeds": len(runs),
-                   "rows": len(y)}
-            row.update(metrics.classification_metrics_with_intervals(probs, y, "test", 1000, 0))
-            reps = [read_json(schema.report_dir(r) / "metrics.json") for r in runs]
-            score = {"teacher": "teacher/mutual_information_auroc", "student": "student/epistemic_auroc",
-                     "baseline": "baseline/entropy_auroc", "baseline_ts": "baseline_ts/entropy_auroc"}[model]
-            row["far_shell_auroc"] = float(np.mean([r["ood"][score] for r in reps]))
-            row["far_shell_auroc_entropy"] = float(np.mean([r["ood"][f"{model}/entropy_auroc"] for r in reps]))
-            row["far_shell_auroc_best"] = float(np.mean([max(r["ood"][score], r["ood"][f"{model}/entropy_auroc"]) for r in reps]))
-            held = [v for (hd, _, hk), v in results["held_out"].items() if (hd, hk) == (d, kind) and v.get("held_out_class")]
-            if model in ("teacher", "student") and held:
-                if model == "teacher":
-                    row["held_out_class_auroc"] = float(np.mean([v["mutual_information_auroc"] for v in held]))
-                best = [max(v[f"{model}/epistemic_auroc"], v[f"{model}/entropy_auroc"]) for v in held if f"{model}/entropy_auroc" in v]
-                if best:
-                    row["held_out_class_auroc_best"] = float(np.mean(best))
-                row["held_out_class_seeds"] = len(held)
-            if model == "student":  # how closely it reproduces its teacher, and what it costs
-                for region in ("test", "ood"):
-                    row[f"kl_{region}"] = float(np.mean([r["agreement"][f"{region}/kl"] for r in reps]))
-                    row[f"spearman_{region}"] = float(np.mean([r["epistemic_tracking"][f"{region}/spearman"] for r in reps]))
-                row["parameter_ratio"] = float(np.mean([r["cost"]["student"]["parameters"] / r["cost"]["teacher"]["parameters"]
-                                                        for r in reps]))
-                row["flops_ratio"] = float(np.mean([r["cost"]["student"]["flops_per_row"] * r["cost"]["teacher"]["draws"]
-                                                    / r["cost"]["teacher"]["flops_per_row"] for r in reps]))
-                row["latency_ms_p50"] = float(np.mean([r["cost"]["student"]["latency_ms_p50"] for r in reps]))
-            rows.append(row)
-            reliability_axes(ax, probs, y, row["model"], "tab:blue" if model == "teacher" else "tab:orange")
-            ax.set_title(f"{row['model']}\nECE {row['test/ece']:.3f}, n={len(y)}")
-        fig.suptitle(f"{d}: test rows of the finished seeds pooled")
-        fig.tight_layout()
-        fig.savefig(out / f"reliability_{d}.png", dpi=100)
-        plt.close(fig)
+        rows += _dataset_rows(cfg, out, results, d)
     from bdk.report import figure_teacher_training
 
     for d in cfg.datasets:  # convergence of the seed-0 Flipout teacher: ELBO terms and posterior scales vs steps
@@ -303,7 +336,8 @@ def _ci(r, key: str) -> str:
     return f"{r[f'test/{key}']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
+def _main_table(cfg: BenchmarkConfig, table: pd.DataFrame) -> list[str]:
+    """The report's title, its method and the table of every model's pooled test metrics."""
     lines = ["# Benchmark suite", "",
              f"Datasets {', '.join(cfg.datasets)}; seeds 0-{cfg.seeds - 1} (each its own stratified split); teacher kinds "
              f"{', '.join(cfg.kinds)}, each distilled; the hard-label baseline (the student's architecture on the train split). "
@@ -318,8 +352,12 @@ def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
         held = f"{r['held_out_class_auroc']:.3f}" if pd.notna(r.get("held_out_class_auroc", np.nan)) else ""
         lines.append(f"| {r['dataset']} | {r['model']} | {r['seeds']} | {_ci(r, 'accuracy')} | {_ci(r, 'nll')} | {_ci(r, 'ece')} | "
                      f"{_ci(r, 'brier')} | {r['far_shell_auroc']:.3f} | {held} |")
-    lines += _student_section(table)
-    lines += ["", "## Goals (Flipout teacher against the baseline and the deep ensemble)", ""]
+    return lines
+
+
+def _goals_section(cfg: BenchmarkConfig, table: pd.DataFrame) -> list[str]:
+    """The Flipout teacher's goals against the baseline and the deep ensemble, met or missed per dataset."""
+    lines = ["", "## Goals (Flipout teacher against the baseline and the deep ensemble)", ""]
     t = table.set_index(["dataset", "model"])
     for d in cfg.datasets:
         if (d, "flipout teacher") not in t.index or (d, "baseline") not in t.index:
@@ -337,44 +375,69 @@ def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
                            f"{f['test/nll']:.3f} vs {e['test/nll']:.3f}"))
         for name, ok, detail in checks:
             lines.append(f"- {d}: {name}: {'met' if ok else 'MISSED'} ({detail})")
-    if results["doubling"]:
-        lines += ["", "## Convergence: the Flipout teacher's step budget doubled (seed 0)", "",
-                  "Training ends when the fixed-draw validation NLL has not improved for `patience` epochs or the budget "
-                  "runs out. Rows that are identical at 1x and 2x (bit for bit: the runs are seeded) mean training "
-                  "stopped on its own before either budget ran out, so more steps change nothing; a row that moves means "
-                  "the budget, not convergence, ended the 1x run.", "",
-                  "| dataset | budget | val NLL | median posterior sigma | best epoch / epochs run |", "|---|---|---|---|---|"]
-        for d, doubled in results["doubling"].items():
-            single = _teacher_metrics(results, d)
-            for label, m in (("1x", single), ("2x", doubled)):
-                if m:
-                    lines.append(f"| {d} | {label} | {m['val/nll']:.4f} | {m.get('sigma_median', float('nan')):.4f} | "
-                                 f"{m['best_epoch']} / {m['epochs_run']} |")
-    if results["ablation"]:
-        lines += ["", "## Ablation of the Flipout teacher's recipe (seed 0)", "",
-                  "Validation far-shell AUROC: the teacher's mutual information on the validation rows against the teacher "
-                  "stage's own validation shell (the far shell's construction, another seed).", "",
-                  "| dataset | recipe | val NLL | val far-shell AUROC (MI) | test accuracy | test NLL | test ECE | median sigma |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for (d, name), m in results["ablation"].items():
-            lines.append(f"| {d} | {name} | {m['val/nll']:.4f} | {m.get('val/far_shell_auroc_epistemic', float('nan')):.3f} | "
-                         f"{m['test/accuracy']:.3f} | {m['test/nll']:.4f} | {m['test/ece']:.4f} | {m.get('sigma_median', float('nan')):.4f} |")
-    if results["student_ablation"]:
-        lines += ["", "## What each transfer source and the epistemic output buy (seed 0, Flipout teacher)", "",
-                  "The teacher is the default run's; only the soft labels and the student change. KL(teacher ‖ student) on "
-                  "test and on the evaluation's far-shell rows (never trained on); OOD AUROC of the student, the better of "
-                  "its entropy and epistemic output (the teacher's own in the last column); Spearman(teacher MI, student "
-                  "epistemic) on test / far shell.", "",
-                  "| dataset | variant | KL test | KL far shell | student test NLL | far-shell AUROC student (teacher) | Spearman | "
-                  "parameters (teacher) |", "|---|---|---|---|---|---|---|---|"]
-        for (d, name), m in results["student_ablation"].items():
-            o = m["ood"]
-            best = max(o["student/entropy_auroc"], o["student/epistemic_auroc"])
-            teacher = max(o["teacher/entropy_auroc"], o["teacher/mutual_information_auroc"])
-            lines.append(f"| {d} | {name} | {m['agreement']['test/kl']:.4f} | {m['agreement'].get('ood/kl', float('nan')):.4f} | "
-                         f"{m['student']['test/nll']:.4f} | {best:.3f} ({teacher:.3f}) | "
-                         f"{m['epistemic_tracking']['test/spearman']:.3f} / {m['epistemic_tracking'].get('ood/spearman', float('nan')):.3f} | "
-                         f"{m['cost']['student']['parameters']} ({m['cost']['teacher']['parameters']}) |")
+    return lines
+
+
+def _doubling_section(results: dict) -> list[str]:
+    """The Flipout teacher at 1x and 2x its step budget (none without the doubling study)."""
+    if not results["doubling"]:
+        return []
+    lines = ["", "## Convergence: the Flipout teacher's step budget doubled (seed 0)", "",
+             "Training ends when the fixed-draw validation NLL has not improved for `patience` epochs or the budget "
+             "runs out. Rows that are identical at 1x and 2x (bit for bit: the runs are seeded) mean training "
+             "stopped on its own before either budget ran out, so more steps change nothing; a row that moves means "
+             "the budget, not convergence, ended the 1x run.", "",
+             "| dataset | budget | val NLL | median posterior sigma | best epoch / epochs run |", "|---|---|---|---|---|"]
+    for d, doubled in results["doubling"].items():
+        single = _teacher_metrics(results, d)
+        for label, m in (("1x", single), ("2x", doubled)):
+            if m:
+                lines.append(f"| {d} | {label} | {m['val/nll']:.4f} | {m.get('sigma_median', float('nan')):.4f} | "
+                             f"{m['best_epoch']} / {m['epochs_run']} |")
+    return lines
+
+
+def _ablation_section(results: dict) -> list[str]:
+    """The Flipout teacher's recipe ablation (none without it)."""
+    if not results["ablation"]:
+        return []
+    lines = ["", "## Ablation of the Flipout teacher's recipe (seed 0)", "",
+             "Validation far-shell AUROC: the teacher's mutual information on the validation rows against the teacher "
+             "stage's own validation shell (the far shell's construction, another seed).", "",
+             "| dataset | recipe | val NLL | val far-shell AUROC (MI) | test accuracy | test NLL | test ECE | median sigma |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (d, name), m in results["ablation"].items():
+        lines.append(f"| {d} | {name} | {m['val/nll']:.4f} | {m.get('val/far_shell_auroc_epistemic', float('nan')):.3f} | "
+                     f"{m['test/accuracy']:.3f} | {m['test/nll']:.4f} | {m['test/ece']:.4f} | {m.get('sigma_median', float('nan')):.4f} |")
+    return lines
+
+
+def _student_ablation_section(results: dict) -> list[str]:
+    """What each transfer source and the epistemic output buy the student (none without the study)."""
+    if not results["student_ablation"]:
+        return []
+    lines = ["", "## What each transfer source and the epistemic output buy (seed 0, Flipout teacher)", "",
+             "The teacher is the default run's; only the soft labels and the student change. KL(teacher ‖ student) on "
+             "test and on the evaluation's far-shell rows (never trained on); OOD AUROC of the student, the better of "
+             "its entropy and epistemic output (the teacher's own in the last column); Spearman(teacher MI, student "
+             "epistemic) on test / far shell.", "",
+             "| dataset | variant | KL test | KL far shell | student test NLL | far-shell AUROC student (teacher) | Spearman | "
+             "parameters (teacher) |", "|---|---|---|---|---|---|---|---|"]
+    for (d, name), m in results["student_ablation"].items():
+        o = m["ood"]
+        best = max(o["student/entropy_auroc"], o["student/epistemic_auroc"])
+        teacher = max(o["teacher/entropy_auroc"], o["teacher/mutual_information_auroc"])
+        lines.append(f"| {d} | {name} | {m['agreement']['test/kl']:.4f} | {m['agreement'].get('ood/kl', float('nan')):.4f} | "
+                     f"{m['student']['test/nll']:.4f} | {best:.3f} ({teacher:.3f}) | "
+                     f"{m['epistemic_tracking']['test/spearman']:.3f} / {m['epistemic_tracking'].get('ood/spearman', float('nan')):.3f} | "
+                     f"{m['cost']['student']['parameters']} ({m['cost']['teacher']['parameters']}) |")
+    return lines
+
+
+def _markdown(cfg: BenchmarkConfig, table: pd.DataFrame, results: dict) -> str:
+    """OUT/report.md: the tables, the goals, the studies that ran and the figures."""
+    lines = _main_table(cfg, table) + _student_section(table) + _goals_section(cfg, table)
+    lines += _doubling_section(results) + _ablation_section(results) + _student_ablation_section(results)
     lines += ["", "## Figures", "", "Convergence of the seed-0 Flipout teacher (ELBO terms and posterior scales against steps):", "",
               *[f"![convergence {d}](convergence_{d}.png)" for d in cfg.datasets
                 if (Path(results["seed0_flipout"][d]) / "teacher" / "history.csv").exists()],
