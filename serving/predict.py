@@ -130,23 +130,9 @@ def write_table(df: pd.DataFrame, out: Path) -> None:
         raise
 
 
-def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int = 1024,
-                 signature: str = "serving_default", id_column: str | None = None, time_column: str | None = None,
-                 overwrite: bool = False, progress: bool = True) -> dict:
-    """Score every row of a table with one signature and write id + every output (the `bdk predict` command).
-    Sequences: `id_column` is the series id column and `time_column` the time column (default: the run's)."""
-    from tqdm import tqdm
-
-    from serving.server import RequestError, ServedModel
-
-    out = Path(out)
-    _table_kind(out, "output")
-    if out.exists() and not overwrite:
-        raise BdkError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    version_dir, _ = resolve_export(export_dir)  # one-line errors before TensorFlow loads
-    meta_path = find_dataset_json(version_dir)
-    meta = read_json(meta_path) if meta_path else {}
-    df = read_input(input_path)
+def _input_rows(df: pd.DataFrame, meta: dict, input_path: Path, id_column: str | None, time_column: str | None):
+    """The table's rows as the export takes them: (ids [N], x [N, F] or [N, T, C], the id column or None, the features
+    (names, or the sequences' channel count))."""
     if meta.get("sequence_shape"):  # sequences: a long table (series, time, the run's channels; a label is ignored)
         from distill.sequences import run_sequences, shape_from_names
 
@@ -154,18 +140,22 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
         ids, x = run_sequences(df, meta["feature_names"], meta.get("label_column"), series,
                                time_column or meta.get("time_column"), str(input_path), same_length=False,
                                column_flags=True)  # [N, T, C]
-        id_col, features = series or "series", shape_from_names(meta["feature_names"])[1]
-    elif features_lib.from_meta(meta) is not None:  # a table run: raw columns through the run's recorded encoding
+        return ids, x, series or "series", shape_from_names(meta["feature_names"])[1]
+    if features_lib.from_meta(meta) is not None:  # a table run: raw columns through the run's recorded encoding
         spec = features_lib.from_meta(meta)
         id_col, features = pick_raw_columns(df, id_column, spec)
         x = spec.encode(df, f"{input_path}: ")  # [N, F encoded]: what the export takes
-        ids = df[id_col].to_numpy() if id_col else np.arange(1, len(df) + 1)
     else:
         id_col, features = pick_columns(df, id_column, meta.get("feature_names"))
         x = feature_matrix(df, features)  # [N, F]
-        ids = df[id_col].to_numpy() if id_col else np.arange(1, len(df) + 1)
+    ids = df[id_col].to_numpy() if id_col else np.arange(1, len(df) + 1)
+    return ids, x, id_col, features
 
-    model = ServedModel(version_dir, "predict")
+
+def _batch_signature(model, signature: str, x: np.ndarray, meta_path: Path | None, features):
+    """(the signature, its one input's name), checked against x [N, F] or [N, T, C]."""
+    from serving.server import RequestError
+
     try:
         sig = model.signature(signature)
     except RequestError as e:
@@ -179,21 +169,54 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
         source = f"the feature names in {meta_path}" if meta_path else "the numeric non-id columns"
         raise BdkError(f"the export takes {n_features} features but {source} give {x.shape[1]} ({features}); "
                        "pass a table with the training features (and --id-column for the id)")
+    return sig, name
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in output_order(list(sig.outputs), meta.get("task"))}
+
+def _run_batches(sig, name: str, x: np.ndarray, batch_size: int, task: str | None, progress: bool) -> dict[str, list]:
+    """{output: its per-batch arrays}, the outputs in the export's order for the task."""
+    from tqdm import tqdm
+
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in output_order(list(sig.outputs), task)}
     with tqdm(total=len(x), unit="row", disable=not progress, desc=f"predict {sig.name}") as bar:
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size]  # [b, F] or [b, T, C]
             for k, v in sig.run({name: batch}).items():
                 parts[k].append(v)
             bar.update(len(batch))
+    return parts
 
+
+def _output_frame(sig, parts: dict[str, list], ids: np.ndarray, id_col: str | None, rows: int,
+                  class_names: list[str] | None) -> pd.DataFrame:
+    """The output table: the id column, then every output's column(s), one row per input row."""
     columns: dict[str, np.ndarray] = {id_col or "id": ids}
     for k, chunks in parts.items():
         values = np.concatenate(chunks, axis=0)
-        if len(values) != len(x):
+        if len(values) != rows:
             raise BdkError(f"output {k!r} of signature {sig.name!r} has no per-row batch dimension; pick another --signature")
-        columns.update(output_columns(k, values, meta.get("class_names")))
-    write_table(pd.DataFrame(columns), out)
+        columns.update(output_columns(k, values, class_names))
+    return pd.DataFrame(columns)
+
+
+def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int = 1024,
+                 signature: str = "serving_default", id_column: str | None = None, time_column: str | None = None,
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Score every row of a table with one signature and write id + every output (the `bdk predict` command).
+    Sequences: `id_column` is the series id column and `time_column` the time column (default: the run's)."""
+    from serving.server import ServedModel
+
+    out = Path(out)
+    _table_kind(out, "output")
+    if out.exists() and not overwrite:
+        raise BdkError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    version_dir, _ = resolve_export(export_dir)  # one-line errors before TensorFlow loads
+    meta_path = find_dataset_json(version_dir)
+    meta = read_json(meta_path) if meta_path else {}
+    ids, x, id_col, features = _input_rows(read_input(input_path), meta, input_path, id_column, time_column)
+
+    model = ServedModel(version_dir, "predict")
+    sig, name = _batch_signature(model, signature, x, meta_path, features)
+    parts = _run_batches(sig, name, x, batch_size, meta.get("task"), progress)
+    write_table(_output_frame(sig, parts, ids, id_col, len(x), meta.get("class_names")), out)
     return {"rows": len(x), "features": features, "outputs": list(parts), "signature": sig.name,
             "version_dir": str(version_dir), "out": str(out)}

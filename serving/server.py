@@ -347,6 +347,60 @@ def raw_row_inputs(payload, row_format: bool, limits: Limits, spec) -> dict[str,
         raise RequestError(400, str(e)) from None
 
 
+def _row_columns(rows: Any, sig: Signature, limits: Limits, spec) -> dict[str, Any]:
+    """The row format's "instances" -> {input name: its values, one per row} (named raw fields encoded by `spec`)."""
+    names = list(sig.inputs)
+    if sig.scalar_inputs:
+        raise RequestError(400, f"signature {sig.name!r} has scalar input(s) {sig.scalar_inputs}, which the row format "
+                                "cannot carry (every input shares dimension 0): use the columnar format, e.g. "
+                                f"{{\"signature_name\": \"{sig.name}\", \"inputs\": {{{', '.join(repr(n).replace(chr(39), chr(34)) + ': ...' for n in names)}}}}}")
+    if not isinstance(rows, list):
+        raise RequestError(400, "\"instances\" must be a list with one entry per row")
+    if not rows:
+        raise RequestError(400, "\"instances\" is empty; send at least one row")
+    if len(rows) > limits.max_batch:
+        raise RequestError(413, f"batch of {len(rows)} rows is over the limit of {limits.max_batch}; split the request")
+    raw = raw_input_name(sig, spec)
+    if isinstance(rows[0], dict) and raw is not None and raw not in rows[0]:  # named raw fields per row
+        from distill.features import named_rows
+
+        return {raw: encode_raw(named_rows, rows, spec)}
+    if isinstance(rows[0], dict):  # named inputs per row
+        if not all(isinstance(r, dict) and set(r) == set(names) for r in rows):
+            raise RequestError(400, f"each instance must be an object with exactly the inputs {names}")
+        return {n: [r[n] for r in rows] for n in names}
+    if len(names) == 1:
+        return {names[0]: rows}
+    raise RequestError(400, f"signature {sig.name!r} has several inputs {names}: each instance must be an object naming them")
+
+
+def _named_columns(cols: Any, sig: Signature, limits: Limits, spec) -> dict[str, Any]:
+    """The columnar format's "inputs" -> {input name: its values} (named raw fields encoded by `spec`)."""
+    names = list(sig.inputs)
+    raw = raw_input_name(sig, spec)
+    if isinstance(cols, dict) and raw is not None and raw not in cols:  # named raw fields as columns
+        from distill.features import named_columns
+
+        others = [n for n in names if n != raw]
+        lacking = [n for n in others if n not in cols]
+        if lacking:
+            raise RequestError(400, f"\"inputs\" lacks the signature input {lacking[0]!r} (signature {sig.name!r} "
+                                    f"takes {others} besides the fields {spec.raw_columns})")
+        fields = {k: v for k, v in cols.items() if k not in others}
+        if any(isinstance(v, list) and len(v) > limits.max_batch for v in fields.values()):
+            raise RequestError(413, f"batch over the limit of {limits.max_batch} rows; split the request")
+        return {**{n: cols[n] for n in others}, raw: encode_raw(named_columns, fields, spec)}
+    if isinstance(cols, dict):
+        if set(cols) != set(names):
+            missing, extra = sorted(set(names) - set(cols)), sorted(set(cols) - set(names))
+            raise RequestError(400, f"\"inputs\" must name exactly the inputs {names}"
+                                    + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else ""))
+        return cols
+    if len(names) == 1:
+        return {names[0]: cols}
+    raise RequestError(400, f"signature {sig.name!r} has several inputs {names}: \"inputs\" must be an object naming them")
+
+
 def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: bool = True,
                   spec=None) -> tuple[dict[str, np.ndarray], bool]:
     """A decoded :predict body -> (named input arrays, row_format). Row format = `instances`.
@@ -362,60 +416,11 @@ def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: b
                            if has_rows else "missing \"instances\" or \"inputs\" in the request")
     if spec is not None and sig.name == ROWS_SIGNATURE:
         return raw_row_inputs(request["instances"] if has_rows else request["inputs"], has_rows, limits, spec), has_rows
-    names = list(sig.inputs)
     if has_rows:
-        if sig.scalar_inputs:
-            raise RequestError(400, f"signature {sig.name!r} has scalar input(s) {sig.scalar_inputs}, which the row format "
-                                    "cannot carry (every input shares dimension 0): use the columnar format, e.g. "
-                                    f"{{\"signature_name\": \"{sig.name}\", \"inputs\": {{{', '.join(repr(n).replace(chr(39), chr(34)) + ': ...' for n in names)}}}}}")
-        rows = request["instances"]
-        if not isinstance(rows, list):
-            raise RequestError(400, "\"instances\" must be a list with one entry per row")
-        if not rows:
-            raise RequestError(400, "\"instances\" is empty; send at least one row")
-        if len(rows) > limits.max_batch:
-            raise RequestError(413, f"batch of {len(rows)} rows is over the limit of {limits.max_batch}; split the request")
-        raw = raw_input_name(sig, spec)
-        if isinstance(rows[0], dict) and raw is not None and raw not in rows[0]:  # named raw fields per row
-            from distill.features import named_rows
-
-            if len(rows) > limits.max_batch:
-                raise RequestError(413, f"batch of {len(rows)} rows is over the limit of {limits.max_batch}; split the request")
-            columns = {raw: encode_raw(named_rows, rows, spec)}
-        elif isinstance(rows[0], dict):  # named inputs per row
-            if not all(isinstance(r, dict) and set(r) == set(names) for r in rows):
-                raise RequestError(400, f"each instance must be an object with exactly the inputs {names}")
-            columns = {n: [r[n] for r in rows] for n in names}
-        elif len(names) == 1:
-            columns = {names[0]: rows}
-        else:
-            raise RequestError(400, f"signature {sig.name!r} has several inputs {names}: each instance must be an object naming them")
+        columns = _row_columns(request["instances"], sig, limits, spec)
     else:
-        cols = request["inputs"]
-        raw = raw_input_name(sig, spec)
-        if isinstance(cols, dict) and raw is not None and raw not in cols:  # named raw fields as columns
-            from distill.features import named_columns
-
-            others = [n for n in names if n != raw]
-            lacking = [n for n in others if n not in cols]
-            if lacking:
-                raise RequestError(400, f"\"inputs\" lacks the signature input {lacking[0]!r} (signature {sig.name!r} "
-                                        f"takes {others} besides the fields {spec.raw_columns})")
-            fields = {k: v for k, v in cols.items() if k not in others}
-            if any(isinstance(v, list) and len(v) > limits.max_batch for v in fields.values()):
-                raise RequestError(413, f"batch over the limit of {limits.max_batch} rows; split the request")
-            columns = {**{n: cols[n] for n in others}, raw: encode_raw(named_columns, fields, spec)}
-        elif isinstance(cols, dict):
-            if set(cols) != set(names):
-                missing, extra = sorted(set(names) - set(cols)), sorted(set(cols) - set(names))
-                raise RequestError(400, f"\"inputs\" must name exactly the inputs {names}"
-                                        + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else ""))
-            columns = cols
-        elif len(names) == 1:
-            columns = {names[0]: cols}
-        else:
-            raise RequestError(400, f"signature {sig.name!r} has several inputs {names}: \"inputs\" must be an object naming them")
-    return {n: to_tensor(n, columns[n], sig.inputs[n], limits, may_hold_bool) for n in names}, has_rows
+        columns = _named_columns(request["inputs"], sig, limits, spec)
+    return {n: to_tensor(n, columns[n], sig.inputs[n], limits, may_hold_bool) for n in list(sig.inputs)}, has_rows
 
 
 def format_predict(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
