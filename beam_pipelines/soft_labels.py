@@ -205,28 +205,16 @@ def check_export(export: str, feature_names: list[str], class_names: list[str], 
                        f"{shapes} for {task.name}; {hint}")
 
 
-def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
-    """Run the job, check its output against the transfer set, write manifest.json. Returns the manifest."""
-    args, beam_args = parse_args(argv)
-    if args.num_samples < 2:
-        raise BdkError(f"--num_samples must be at least 2 (the variance needs two draws), got {args.num_samples}")
-    output = args.output.rstrip("/")
+def _shard_glob(output: str) -> str:
+    """The glob of the job's shards under `output`, which must hold no soft labels yet."""
     shard_glob = FileSystems.join(output, f"{schema.SOFT_LABEL_PREFIX}-*{SHARD_SUFFIX}")
     if FileSystems.match([shard_glob])[0].metadata_list or FileSystems.exists(FileSystems.join(output, schema.MANIFEST_FILE)):
         raise BdkError(f"{output} already holds soft labels; pass an empty or new --output")
-    meta = _read_json(args.dataset_json)
-    features, classes = list(meta["feature_names"]), list(meta.get("class_names", []))
-    task = tasks.get(meta.get("task", "classification"))
-    shape = meta.get("sequence_shape")  # sequences: the export takes [B, T, C]
-    check_export(args.export, features, classes, task, shape)
-    fingerprint = export_fingerprint(args.export)
+    return shard_glob
 
-    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.seed, output_names=task.outputs,
-                                     input_shape=shape)
-    arrow_schema = soft_label_arrow_schema(features, task)
-    pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
-    _ = pipeline | "SoftLabels" >> SoftLabelJob(args.transfer, handler, FileSystems.join(output, schema.SOFT_LABEL_PREFIX),
-                                                _num_row_groups(args.transfer), arrow_schema)
+
+def _run_pipeline(pipeline: beam.Pipeline) -> tuple[float, dict, str]:
+    """Run the pipeline to its end; returns (seconds, its options as given, its runner)."""
     options = pipeline.options.get_all_options(drop_default=True, retain_unknown_options=True)  # before runners edit them
     runner = pipeline.options.view_as(StandardOptions).runner or type(pipeline.runner).__name__
     t0 = time.perf_counter()
@@ -241,7 +229,30 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
             result.wait_until_finish()
         finally:
             _close_dask_client(result)
-    seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0, options, runner
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
+    """Run the job, check its output against the transfer set, write manifest.json. Returns the manifest."""
+    args, beam_args = parse_args(argv)
+    if args.num_samples < 2:
+        raise BdkError(f"--num_samples must be at least 2 (the variance needs two draws), got {args.num_samples}")
+    output = args.output.rstrip("/")
+    shard_glob = _shard_glob(output)
+    meta = _read_json(args.dataset_json)
+    features, classes = list(meta["feature_names"]), list(meta.get("class_names", []))
+    task = tasks.get(meta.get("task", "classification"))
+    shape = meta.get("sequence_shape")  # sequences: the export takes [B, T, C]
+    check_export(args.export, features, classes, task, shape)
+    fingerprint = export_fingerprint(args.export)
+
+    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.seed, output_names=task.outputs,
+                                     input_shape=shape)
+    arrow_schema = soft_label_arrow_schema(features, task)
+    pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
+    _ = pipeline | "SoftLabels" >> SoftLabelJob(args.transfer, handler, FileSystems.join(output, schema.SOFT_LABEL_PREFIX),
+                                                _num_row_groups(args.transfer), arrow_schema)
+    seconds, options, runner = _run_pipeline(pipeline)
 
     shards = sorted(m.path for m in FileSystems.match([shard_glob])[0].metadata_list)
     n, rows_per_source = _check_written(shards, args.transfer)

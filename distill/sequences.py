@@ -118,19 +118,9 @@ def _sortable_time(values: pd.Series, column: str) -> pd.Series:
                    "(text would sort t10 before t2)")
 
 
-def from_long_table(df: pd.DataFrame, label: str | None, series_column: str | None, time_column: str | None,
-                    channels: list[str] | None = None, column_flags: bool = True,
-                    ) -> tuple[np.ndarray, np.ndarray, pd.Series | None, list[str]]:
-    """A long table -> (series ids [N] str, x [N, T, C] float32, labels [N] (None when `label` is None), channels).
-
-    `channels` fixes the channel columns (a run's); by default every column but series, time and label.
-    `column_flags`: the command has --series-column and --time-column (else a missing column is to be renamed)."""
-    if len(df) == 0:
-        raise BdkError("the table has no rows; a long table has one row per series and time step")
-    series = _pick(df, series_column, SERIES_COLUMNS, "series id", "--series-column" if column_flags else None)
-    time = _pick(df, time_column, TIME_COLUMNS, "time", "--time-column" if column_flags else None)
-    if label is not None and label not in df.columns:
-        raise BdkError(f"label column {label!r} not found; the columns are {list(df.columns)}: pass --label-column NAME")
+def _channel_columns(df: pd.DataFrame, series: str, time: str, label: str | None, channels: list[str] | None) -> list:
+    """The table's channel columns: `channels` (a run's, checked against the table) or every column but series, time
+    and label; each numeric."""
     if channels is None:
         channels = [c for c in df.columns if c not in (series, time, label)]
     else:
@@ -144,6 +134,36 @@ def from_long_table(df: pd.DataFrame, label: str | None, series_column: str | No
     bad = [c for c in channels if not pd.api.types.is_numeric_dtype(df[c])]
     if bad:
         raise BdkError(f"channel column {bad[0]!r} is not numeric; encode it as numbers or remove the column")
+    return channels
+
+
+def _series_labels(df: pd.DataFrame, series: str, label: str) -> pd.Series:
+    """Each series' one label [N], in the (sorted) table's series order."""
+    unlabelled = df[label].isna().to_numpy()
+    if unlabelled.any():
+        raise BdkError(f"series {df[series].iloc[np.flatnonzero(unlabelled)[0]]!r} has rows without a label in "
+                       f"column {label!r}; label every row of a series or remove the series")
+    per_series = df.groupby(series, sort=False)[label]
+    varying = per_series.nunique(dropna=False) > 1
+    if varying.any():
+        raise BdkError(f"series {varying.index[varying][0]!r} has more than one label; a series has one label")
+    return per_series.first().reset_index(drop=True)
+
+
+def from_long_table(df: pd.DataFrame, label: str | None, series_column: str | None, time_column: str | None,
+                    channels: list[str] | None = None, column_flags: bool = True,
+                    ) -> tuple[np.ndarray, np.ndarray, pd.Series | None, list[str]]:
+    """A long table -> (series ids [N] str, x [N, T, C] float32, labels [N] (None when `label` is None), channels).
+
+    `channels` fixes the channel columns (a run's); by default every column but series, time and label.
+    `column_flags`: the command has --series-column and --time-column (else a missing column is to be renamed)."""
+    if len(df) == 0:
+        raise BdkError("the table has no rows; a long table has one row per series and time step")
+    series = _pick(df, series_column, SERIES_COLUMNS, "series id", "--series-column" if column_flags else None)
+    time = _pick(df, time_column, TIME_COLUMNS, "time", "--time-column" if column_flags else None)
+    if label is not None and label not in df.columns:
+        raise BdkError(f"label column {label!r} not found; the columns are {list(df.columns)}: pass --label-column NAME")
+    channels = _channel_columns(df, series, time, label, channels)
     for column, what in ((series, "series id"), (time, "time")):
         empty = np.flatnonzero(df[column].isna().to_numpy())  # positions: data rows - 1 (header not counted)
         if len(empty):
@@ -167,17 +187,7 @@ def from_long_table(df: pd.DataFrame, label: str | None, series_column: str | No
         names = [str(s) for s in lengths.index[nonfinite][:5]]
         raise BdkError(f"missing or non-finite values in series {', '.join(names)}"
                        f"{f' and {nonfinite.sum() - 5} more' if nonfinite.sum() > 5 else ''}; fix or remove those series")
-    labels = None
-    if label is not None:
-        unlabelled = df[label].isna().to_numpy()
-        if unlabelled.any():
-            raise BdkError(f"series {df[series].iloc[np.flatnonzero(unlabelled)[0]]!r} has rows without a label in "
-                           f"column {label!r}; label every row of a series or remove the series")
-        per_series = df.groupby(series, sort=False)[label]
-        varying = per_series.nunique(dropna=False) > 1
-        if varying.any():
-            raise BdkError(f"series {varying.index[varying][0]!r} has more than one label; a series has one label")
-        labels = per_series.first().reset_index(drop=True)
+    labels = _series_labels(df, series, label) if label is not None else None
     return lengths.index.astype(str).to_numpy(), values.astype(np.float32), labels, list(map(str, channels))
 
 
