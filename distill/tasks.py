@@ -56,6 +56,7 @@ class Task:
     # Unit of the transfer set's perturbation noise per feature: "box" = the train box's width, "std" = the train std.
     noise_unit: str = "std"
     logit_head: bool = False  # the head gives logits (the Flipout teacher's noise-contrastive prior acts on them)
+    has_classes: bool = False  # the predictive is over classes (what the Dirichlet student models)
     metrics_need_draws: bool = False  # `draw_metrics` reads every draw's parameters (`sample_dict`), not the summary only
 
     # ---------------------------------------------------------------- teacher
@@ -161,6 +162,7 @@ class Categorical(Task):
     feature_scaling: str = "standard"
     noise_unit: str = "box"  # the recipe validated when classes were min-max scaled (box width = 1 there)
     logit_head: bool = True
+    has_classes: bool = True
 
     def head_units(self, num_classes: int) -> int:
         return num_classes

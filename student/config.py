@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from distill import tasks
 from distill.errors import BdkError
 
 # Tables: the student's widths default to the teacher's (`hidden=None`): the same cost per row as ONE teacher weight
@@ -112,7 +113,7 @@ class StudentConfig:
             defaults["hidden"] = tuple(teacher_hidden) if teacher_hidden else FALLBACK_HIDDEN
         if sequences and self.hidden_search:
             raise BdkError("--hidden auto searches dense students; for sequences pass the widths (e.g. --hidden 32,32,32)")
-        if task != "classification" and self.uncertainty == "dirichlet":
+        if self.uncertainty == "dirichlet" and not tasks.get(task).has_classes:
             raise BdkError("the Dirichlet student needs classes; use uncertainty `regressor` for regression")
         return replace(self, **{f.name: defaults[f.name] for f in fields(self)
                                 if getattr(self, f.name) is None and f.name in defaults})

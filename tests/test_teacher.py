@@ -298,10 +298,18 @@ def test_config_defaults_by_task():
 
     cfg = TeacherConfig()
     assert cfg.hidden is None and cfg.epochs is None
-    for task in ("classification", "regression"):
+    for task in ("classification", "regression"):  # every field the recipe names is filled from it
         r = cfg.resolved(task)
-        for k, v in TASK_DEFAULTS[task].items():
-            assert getattr(r, k) == v, (task, k)
+        unset = [f for f in TASK_DEFAULTS[task] if hasattr(r, f) and getattr(r, f) is None]
+        assert not unset, (task, unset)
+    classes, regression = cfg.resolved("classification"), cfg.resolved("regression")
+    assert classes.steps and classes.epochs is None and regression.epochs and regression.steps is None  # budgets
+    assert classes.kl_weight < regression.kl_weight and classes.ncp_weight > 0 and not regression.ncp_weight
+    wide_rows = TASK_DEFAULTS["classification"]["wide_rows"]  # large tables: wider classifiers, not regressors
+    assert cfg.resolved("classification", wide_rows).hidden == tuple(2 * h for h in classes.hidden)
+    assert cfg.resolved("classification", wide_rows - 1).hidden == classes.hidden
+    assert cfg.resolved("regression", 10 * wide_rows).hidden == regression.hidden
+    assert cfg.resolved("classification", 10 * wide_rows).batch_size > classes.batch_size  # the batch grows
     brnn = TeacherConfig(kind="brnn").resolved("classification", 700)  # the GRU's recipe, not the ensemble's
     for k, v in RECURRENT_DEFAULTS.items():
         assert getattr(brnn, k) == v, k
