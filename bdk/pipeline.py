@@ -125,9 +125,9 @@ def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Pa
         write_transfer_set(table, tmp / schema.TRANSFER_FILE, ds.feature_names, tasks.get(ds.task), cfg.batch_size)
         write_json(tmp / "config.json", {"soft_labels": cfg, "beam_args": list(beam_args)})
         try:
-            job.run(["--transfer", str(tmp / schema.TRANSFER_FILE), "--export", str(export),
-                     "--dataset_json", str(schema.data_dir(run).resolve() / "dataset.json"), "--output", str(tmp),
-                     "--num_samples", str(cfg.num_samples), "--seed", str(cfg.transfer.seed), *beam_args])
+            job.run_job(job.JobConfig(str(tmp / schema.TRANSFER_FILE), str(export),
+                                      str(schema.data_dir(run).resolve() / "dataset.json"), str(tmp), cfg.num_samples,
+                                      cfg.transfer.seed, tuple(beam_args)))
         except ValueError as e:  # Beam rejects pipeline options (e.g. an unknown runner) with ValueError
             raise BdkError(f"the Beam job did not start: {first_line(e)}; check the Beam options after `--`") from None
     return schema.soft_labels_dir(run)

@@ -24,7 +24,7 @@ with gs:// paths (workers need only apache-beam and tensorflow, see beam_pipelin
     python -m beam_pipelines.soft_labels --transfer T.parquet --export EXPORT --dataset_json D.json \\
         --output DIR [--num_samples 100 --seed 0] [Beam pipeline options]
 
-`bdk soft-labels` (bdk.pipeline.soft_labels_stage) builds the transfer set and calls `run`
+`bdk soft-labels` (bdk.pipeline.soft_labels_stage) builds the transfer set and calls `run_job`
 into a temporary folder that replaces RUN/soft_labels on success.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import apache_beam as beam
@@ -46,7 +47,7 @@ from beam_pipelines.predictive_handler import SHARD_SUFFIX, LabelRowGroups, Pred
 from beam_pipelines.workers import workers_die_with_job
 from distill import schema, tasks
 from distill.errors import BdkError
-from distill.transfer import export_fingerprint, soft_label_arrow_schema
+from distill.transfer import SoftLabelConfig, export_fingerprint, soft_label_arrow_schema
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,32 @@ class SoftLabelJob(beam.PTransform):
 # ---------------------------------------------------------------- launcher side
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+@dataclass(frozen=True)
+class JobConfig:
+    """One soft-label job: the transfer set the teacher export labels, and where the shards go."""
+    transfer: str  # transfer set Parquet file (distill.transfer)
+    export: str  # teacher SavedModel folder with a `predictive_seeded` signature
+    dataset_json: str  # RUN/data/dataset.json: feature and class names, the task
+    output: str  # empty or new folder for the shards and manifest.json
+    num_samples: int = SoftLabelConfig.num_samples  # S weight draws per row
+    seed: int = 0  # seed of the teacher's weight draws (the same for every row), recorded in the manifest
+    beam_args: tuple[str, ...] = ()  # Beam's pipeline options (runner, workers, ...)
+
+
+def parse_args(argv: Sequence[str] | None) -> JobConfig:
+    """The command line of `python -m beam_pipelines.soft_labels` -> its JobConfig (unknown flags are Beam's)."""
     parser = argparse.ArgumentParser(prog="python -m beam_pipelines.soft_labels", description=__doc__.split("\n")[0])
     parser.add_argument("--transfer", required=True, help="Transfer set Parquet file (distill.transfer).")
     parser.add_argument("--export", required=True, help="Teacher SavedModel folder with a `predictive` signature.")
     parser.add_argument("--dataset_json", required=True,
                         help="RUN/data/dataset.json (feature and class names; `task: regression` for a regression teacher).")
     parser.add_argument("--output", required=True, help="Empty or new folder for the shards and manifest.json.")
-    parser.add_argument("--num_samples", type=int, default=100, help="Weight draws per row (S >= 2).")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--num_samples", type=int, default=JobConfig.num_samples, help="Weight draws per row (S >= 2).")
+    parser.add_argument("--seed", type=int, default=JobConfig.seed,
                         help="Seed of the teacher's weight draws (the same for every row), recorded in the manifest.")
-    return parser.parse_known_args(argv)
+    args, beam_args = parser.parse_known_args(argv)
+    return JobConfig(args.transfer, args.export, args.dataset_json, args.output, args.num_samples, args.seed,
+                     tuple(beam_args))
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
@@ -233,8 +249,13 @@ def _run_pipeline(pipeline: beam.Pipeline) -> tuple[float, dict, str]:
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
+    """The job from its command line (run_job). Returns the manifest."""
+    return run_job(parse_args(argv), test_pipeline)
+
+
+def run_job(args: JobConfig, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the job, check its output against the transfer set, write manifest.json. Returns the manifest."""
-    args, beam_args = parse_args(argv)
+    beam_args = list(args.beam_args)
     if args.num_samples < 2:
         raise BdkError(f"--num_samples must be at least 2 (the variance needs two draws), got {args.num_samples}")
     output = args.output.rstrip("/")
