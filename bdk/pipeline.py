@@ -15,6 +15,18 @@ from distill import schema
 from distill.errors import BdkError, atomic_dir, check_output_folder, first_line, stage_locks, write_json
 
 
+def with_seed(cfg, seed: int):
+    """A stage's config at `seed`: the studies' one way to seed a run (the soft-label config seeds its transfer set;
+    the Beam job's weight draws take that seed too)."""
+    from dataclasses import replace
+
+    from distill.transfer import SoftLabelConfig
+
+    if isinstance(cfg, SoftLabelConfig):
+        return replace(cfg, transfer=replace(cfg.transfer, seed=seed))
+    return replace(cfg, seed=seed)
+
+
 def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwrite: bool = False,
                   progress: bool = True) -> dict:
     """Stage 1: read and split the data, train, evaluate and export the teacher into a new run folder.

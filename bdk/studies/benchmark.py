@@ -88,11 +88,11 @@ class BenchmarkConfig:
 def _pipeline_run(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, run: Path) -> Path:
     """One full pipeline run, unless its report is already there (resumable)."""
     if not (schema.report_dir(run) / "metrics.json").exists():
-        from bdk.pipeline import run_all
+        from bdk.pipeline import run_all, with_seed
 
-        run_all(DataConfig(dataset=dataset, seed=seed), replace(cfg.teacher, kind=kind, seed=seed),
-                replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, seed=seed)),
-                replace(cfg.student, seed=seed), replace(cfg.evaluation, seed=seed), run, overwrite=True, progress=False)
+        run_all(DataConfig(dataset=dataset, seed=seed), with_seed(replace(cfg.teacher, kind=kind), seed),
+                with_seed(cfg.soft_labels, seed), with_seed(cfg.student, seed), with_seed(cfg.evaluation, seed), run,
+                overwrite=True, progress=False)
     return run
 
 
@@ -105,7 +105,7 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
     from distill import data as data_lib
     from bdk.evaluate import Exports
     from distill import tasks
-    from bdk.pipeline import soft_labels_stage, student_stage, teacher_stage
+    from bdk.pipeline import soft_labels_stage, student_stage, teacher_stage, with_seed
 
     _, label, id_col, _ = BUNDLED[dataset]
     table = read_table(dataset)
@@ -122,9 +122,9 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
     numeric = tuple(c for c in inside.columns if c not in (label, id_col))
     teacher_stage(DataConfig(dataset=str(out / "in.csv"), label_column=label, id_column=id_col, seed=seed,
                              task="classification", numeric=numeric),
-                  replace(cfg.teacher, kind=kind, seed=seed), run, overwrite=True, progress=False)
-    soft_labels_stage(replace(cfg.soft_labels, transfer=replace(cfg.soft_labels.transfer, seed=seed)), run, progress=False)
-    student_stage(replace(cfg.student, seed=seed), run, progress=False)
+                  with_seed(replace(cfg.teacher, kind=kind), seed), run, overwrite=True, progress=False)
+    soft_labels_stage(with_seed(cfg.soft_labels, seed), run, progress=False)
+    student_stage(with_seed(cfg.student, seed), run, progress=False)
     ds = data_lib.load_from_run(run)
     exports = Exports(run, cfg.evaluation.samples, tasks.get("classification"), seed)
     x_held = table.loc[table[label].astype(str) == held, ds.feature_names].to_numpy(np.float32)
@@ -142,9 +142,9 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
 def _teacher_only(cfg: TeacherConfig, dataset: str, seed: int, out: Path) -> dict:
     """A teacher run (no soft labels, no student): its metrics.json, redone only if missing."""
     if not (schema.teacher_dir(out) / "metrics.json").exists():
-        from bdk.pipeline import teacher_stage
+        from bdk.pipeline import teacher_stage, with_seed
 
-        teacher_stage(DataConfig(dataset=dataset, seed=seed), replace(cfg, seed=seed), out, overwrite=True, progress=False)
+        teacher_stage(DataConfig(dataset=dataset, seed=seed), with_seed(cfg, seed), out, overwrite=True, progress=False)
     return read_json(schema.teacher_dir(out) / "metrics.json")
 
 
