@@ -38,6 +38,10 @@ DROP_MISSING_HELP = "Drop rows with empty or NaN cells (the same as --missing dr
 CATEGORICAL_HELP = ("Feature columns to treat as categorical, comma-separated (default: inferred: text, or integer codes "
                     "with at most 10 distinct values).")
 NUMERIC_HELP = "Feature columns to treat as numbers, comma-separated (overrides the inference)."
+INTERPOLATION_SHARE_HELP = ("Interpolated points as a share of the training rows, at least --interpolations and the "
+                            "share's part at most 500,000 (default 0: --interpolations points).")
+INTERPOLATION_PAIRS_HELP = ("Interpolation pairs: random (half of one class, half of any; the default) or neighbour (a row "
+                            "and one of its nearest training rows in the normalised space).")
 MAX_CATEGORIES_HELP = "A categorical column with more distinct train values than this is refused (drop or hash it)."
 
 
@@ -139,11 +143,20 @@ def soft_labels(
     noise_unit: Optional[str] = typer.Option(None, help="Unit of --noise: box (per feature, the train box's width), std (per "
                                              "feature, the train std) or neighbour (the perturbation's length, in median "
                                              "nearest-neighbour distances); default by task."),
-    interpolations: Optional[int] = typer.Option(None, help="Points between pairs of training inputs (default 2000)."),
+    interpolations: Optional[int] = typer.Option(None, help="Points between pairs of training inputs (default 2000; with "
+                                                 "--interpolation-share, at least this many)."),
+    interpolation_share: Optional[float] = typer.Option(None, help=INTERPOLATION_SHARE_HELP),
+    interpolation_pairs: Optional[str] = typer.Option(None, help=INTERPOLATION_PAIRS_HELP),
+    interpolation_neighbours: Optional[int] = typer.Option(None, help="With --interpolation-pairs neighbour: the partner is "
+                                                           "one of the row's this many nearest training rows (default 10)."),
     uniform: Optional[int] = typer.Option(None, help="Points uniform over the training box widened by --margin (default 2000)."),
+    uniform_share: Optional[float] = typer.Option(None, help="Uniform points as a share of the training rows, at least "
+                                                  "--uniform (default 0: --uniform points)."),
     margin: Optional[float] = typer.Option(None, help="Widening of the training box on each side, box widths (default 0.1)."),
     shell: Optional[int] = typer.Option(None, help="Points in the far shell, --shell-inner to --shell-outer box widths "
                                         "outside the training box (default 2000, 0.25 to 3)."),
+    shell_share: Optional[float] = typer.Option(None, help="Far-shell points as a share of the training rows, at least "
+                                                "--shell (default 0: --shell points)."),
     shell_inner: Optional[float] = typer.Option(None, help="See --shell."),
     shell_outer: Optional[float] = typer.Option(None, help="See --shell."),
     unlabeled: Optional[str] = typer.Option(None, help="Extra unlabeled rows: a .csv/.parquet with the teacher's feature columns "
@@ -161,8 +174,11 @@ def soft_labels(
     from distill.transfer import SoftLabelConfig
 
     cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, noise_unit=noise_unit,
-                                    interpolations=interpolations, uniform=uniform,
-                                    margin=margin, shell=shell, shell_inner=shell_inner, shell_outer=shell_outer,
+                                    interpolations=interpolations, interpolation_share=interpolation_share,
+                                    interpolation_pairs=interpolation_pairs,
+                                    interpolation_neighbours=interpolation_neighbours, uniform=uniform,
+                                    uniform_share=uniform_share, margin=margin, shell=shell, shell_share=shell_share,
+                                    shell_inner=shell_inner, shell_outer=shell_outer,
                                     unlabeled=unlabeled, seed=seed), num_samples=samples, batch_size=batch_size)
     out = soft_labels_stage(cfg, run, beam_options(ctx.args), progress=progress)
     from distill.errors import read_json
@@ -252,8 +268,14 @@ def run_pipeline(
     noise_unit: Optional[str] = typer.Option(None, help="Unit of --noise: box, std or neighbour (see `bdk soft-labels "
                                              "--help`); default by task."),
     interpolations: Optional[int] = typer.Option(None, help="Transfer points between pairs of training inputs (default 2000)."),
+    interpolation_share: Optional[float] = typer.Option(None, help=INTERPOLATION_SHARE_HELP),
+    interpolation_pairs: Optional[str] = typer.Option(None, help=INTERPOLATION_PAIRS_HELP),
     uniform: Optional[int] = typer.Option(None, help="Uniform points over the widened training box (default 2000)."),
+    uniform_share: Optional[float] = typer.Option(None, help="Uniform points as a share of the training rows (see `bdk "
+                                                  "soft-labels --help`)."),
     shell: Optional[int] = typer.Option(None, help="Transfer points in the far shell (default 2000)."),
+    shell_share: Optional[float] = typer.Option(None, help="Far-shell points as a share of the training rows (see `bdk "
+                                                "soft-labels --help`)."),
     student_epochs: int = typer.Option(300, min=1, help="Student's maximum epochs."),
     hidden: Optional[str] = typer.Option(None, help="Student hidden layer sizes, comma-separated, or auto; default: the "
                                          "teacher's widths (one teacher draw's cost per row)."),
@@ -281,7 +303,9 @@ def run_pipeline(
     teacher_cfg = TeacherConfig(kind=_kind(kind, data_cfg), epochs=epochs, eval_samples=samples, seed=seed, ncp_weight=ncp_weight,
                                 **_kl(kl_weight))
     soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, noise_unit=noise_unit, interpolations=interpolations,
-                                         uniform=uniform, shell=shell, seed=seed), num_samples=samples)
+                                         interpolation_share=interpolation_share, interpolation_pairs=interpolation_pairs,
+                                         uniform=uniform, uniform_share=uniform_share, shell=shell, shell_share=shell_share,
+                                         seed=seed), num_samples=samples)
     student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, gate=gate, sequence_net=sequence_net, seed=seed)
     eval_cfg = EvalConfig(samples=samples, seed=seed)
 

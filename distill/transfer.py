@@ -10,15 +10,20 @@ width or of the train std):
   (box width for classes, std for regression: `noise_unit`; multi-scale; at one small scale this is the recipe of
   Korattikara et al. 2015; labels of their origin kept). At most `max_perturbed` rows: on large data a uniform
   draw of the (row, copy) pairs, so the transfer set, the Beam job and the student stay bounded;
-- interpolated: M points on segments between two training inputs, half between rows of one class
-  and half between rows of any classes (mixup-style, lambda ~ U(0, 1); NO_LABEL): between the
-  clusters, where the classes meet;
+- interpolated: M points on segments between two training inputs (mixup-style, lambda ~ U(0, 1); NO_LABEL). Pairs
+  `interpolation_pairs="random"`: half between rows of one class and half between rows of any classes, between the
+  clusters, where the classes meet; `"neighbour"`: a row and one of its `interpolation_neighbours` nearest training
+  rows (any class; in the normalised space, among a reference sample of at most INTERPOLATION_REFERENCE rows), so
+  the points stay near the data in any number of dimensions;
 - uniform: U points uniform over the training box widened by `margin` times its width on each side
   (NO_LABEL);
 - shell: V points uniform in the box widened by `shell_outer` minus the box widened by
   `shell_inner` (NO_LABEL): far from the data, where the teacher should say "I don't know". Its own
   random draws: the evaluation's far-shell rows are never in it;
 - unlabeled: optional rows from a user table with the teacher's feature columns (NO_LABEL).
+The interpolated, uniform and shell sources have fixed sizes (M, U, V) by default; with a share (`interpolation_share`,
+`uniform_share`, `shell_share` > 0) a source has max(its size, share x training rows) rows, the share's part at most
+`max_perturbed` rows (`source_rows`).
 Tables with a feature specification (distill.features) are built in the encoded space and then made valid encodings
 (`respect_kinds`): perturbed copies keep their origin's category with probability KEEP_CATEGORY (0.9) and otherwise
 draw one from the training frequencies, instead of Gaussian noise on one-hot columns; interpolations take one parent's
@@ -54,6 +59,8 @@ NOISE_UNITS = ("box", "std", "neighbour")
 DEFAULT_NOISE = {"box": (0.05, 0.2, 0.5), "std": (0.05, 0.2, 0.5), "neighbour": (0.5, 1.0, 2.0)}
 NEIGHBOUR_SAMPLE = 2000  # training rows whose nearest-neighbour distance estimates the median
 NEIGHBOUR_REFERENCE = 100_000  # the rows searched for their neighbours (on larger data the estimate is an upper bound)
+INTERPOLATION_PAIRS = ("random", "neighbour")
+INTERPOLATION_REFERENCE = 50_000  # neighbour pairs: partners among at most this many training rows (a uniform sample)
 ROW_GROUP_ROWS = 16_384  # transfer.parquet row groups: Beam splits its read by row group (~1 MB each)
 
 
@@ -64,11 +71,16 @@ class TransferConfig:
     noise_unit: str | None = None  # "box" (per feature: the train box's width) | "std" (the train std) | "neighbour"
     # (the nearest-neighbour distance, see DEFAULT_NOISE); None: the task's
     max_perturbed: int = 500_000  # at most this many perturbed rows (a uniform draw of the (row, copy) pairs beyond)
-    interpolations: int = 2000  # M points between pairs of training inputs
-    uniform: int = 2000  # U points uniform over the widened training box
+    interpolations: int = 2000  # M points between pairs of training inputs (with a share: at least this many)
+    interpolation_share: float = 0.0  # > 0: M = max(interpolations, share x training rows), see source_rows
+    interpolation_pairs: str = "random"  # "random" (half of one class) | "neighbour" (a row and a near neighbour)
+    interpolation_neighbours: int = 10  # "neighbour": the partner is one of the row's this many nearest training rows
+    uniform: int = 2000  # U points uniform over the widened training box (with a share: at least this many)
+    uniform_share: float = 0.0  # > 0: U = max(uniform, share x training rows)
     margin: float = 0.1  # widening of the box on each side, box widths
     time_warp: float = 0.5  # sequences: copy j is also time-warped with strength time_warp * noise[j] (sequences.time_warp)
-    shell: int = 2000  # V points in the far shell
+    shell: int = 2000  # V points in the far shell (with a share: at least this many)
+    shell_share: float = 0.0  # > 0: V = max(shell, share x training rows)
     shell_inner: float = 0.25  # the shell lies outside the box widened by this (box widths)...
     shell_outer: float = 3.0  # ...and inside the box widened by this
     unlabeled: str | None = None  # optional .csv/.parquet with the teacher's feature columns
@@ -82,6 +94,14 @@ class TransferConfig:
         for name in ("perturbations", "interpolations", "uniform", "shell", "max_perturbed"):
             if getattr(self, name) < 0:
                 raise BdkError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.interpolation_pairs not in INTERPOLATION_PAIRS:
+            raise BdkError(f"--interpolation-pairs must be one of {', '.join(INTERPOLATION_PAIRS)}, "
+                           f"got {self.interpolation_pairs!r}")
+        if self.interpolation_neighbours < 1:
+            raise BdkError(f"--interpolation-neighbours must be >= 1, got {self.interpolation_neighbours}")
+        for name in ("interpolation_share", "uniform_share", "shell_share"):
+            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise BdkError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
         for name, value in (("noise", 0.0 if self.noise is None else min(self.noise, default=-1.0)), ("margin", self.margin),
                             ("shell_inner", self.shell_inner), ("shell_outer", self.shell_outer)):
             if not np.isfinite(value) or value < 0:
@@ -228,6 +248,33 @@ def _pairs(y: np.ndarray, rows: int, same_class: bool, rng: np.random.Generator)
     return a, b
 
 
+def neighbour_pairs(z: np.ndarray, rows: int, neighbours: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` pairs of training-row indices (a, b) for z [n, F]: a uniform over a reference sample of at most
+    INTERPOLATION_REFERENCE rows, b uniform among a's `neighbours` nearest other rows of that sample (Euclidean, in
+    the space of z). Only the anchors drawn are searched for, so the cost is at most (anchors x reference) distances."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(z)
+    if rows == 0 or n < 2:
+        a = rng.integers(0, max(n, 1), rows)
+        return a, a.copy()
+    reference = np.sort(rng.choice(n, min(n, INTERPOLATION_REFERENCE), replace=False))  # [R] training-row indices
+    k = min(neighbours, len(reference) - 1)
+    anchor = rng.integers(0, len(reference), rows)  # [M] positions in the reference
+    queried, inverse = np.unique(anchor, return_inverse=True)
+    _, found = NearestNeighbors(n_neighbors=k + 1).fit(z[reference]).kneighbors(z[reference[queried]])  # [Q, k + 1]
+    # Each row's k nearest others: the row itself moved last (it is usually first; exact duplicates may displace it)
+    order = np.argsort(found == queried[:, None], axis=1, kind="stable")  # [Q, k + 1]
+    others = np.take_along_axis(found, order, axis=1)[:, :k]  # [Q, k] positions in the reference
+    partner = others[inverse, rng.integers(0, k, rows)]  # [M] positions in the reference
+    return reference[anchor], reference[partner]
+
+
+def source_rows(count: int, share: float, n: int, cap: int) -> int:
+    """A source's size: `count` without a share; with one, max(count, share x n rows), the share's part at most `cap`."""
+    return count if share <= 0 else max(count, min(int(round(share * n)), cap))
+
+
 KEEP_CATEGORY = 0.9  # a perturbed row keeps its origin's category (and boolean) with this probability
 KIND_SEED = 25  # the stream of the categorical, boolean and missing-indicator draws
 
@@ -296,7 +343,10 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     train = ds["train"]
     z = ds.scaled("train").reshape(len(train), -1)  # [n, F] normalised (sequences: flattened, time major)
     n, f = z.shape
-    k, m = cfg.perturbations, cfg.interpolations
+    k = cfg.perturbations
+    m, n_uniform, n_shell = (source_rows(count, share, n, cfg.max_perturbed) for count, share in
+                             ((cfg.interpolations, cfg.interpolation_share), (cfg.uniform, cfg.uniform_share),
+                              (cfg.shell, cfg.shell_share)))
     none = schema.NO_LABEL if ds.task == "classification" else np.nan
     # One generator per source, so changing one source's size leaves the others' rows (and ids) unchanged.
     perturb_rng, mix_rng, uniform_rng, shell_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
@@ -320,15 +370,18 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
         base = time_warp(base.reshape(len(rows), *ds.sequence_shape), cfg.time_warp * scales[copies],
                          perturb_rng).reshape(len(rows), -1)
     noisy = (base + (scales[copies, None] * unit[None, :]) * eps).astype(np.float32)  # [P, F]
-    same = m // 2 if ds.task == "classification" else 0
-    a_same, b_same = _pairs(train.y, same, True, mix_rng)
-    a_any, b_any = _pairs(train.y, m - same, False, mix_rng)
-    a, b = np.concatenate([a_same, a_any]), np.concatenate([b_same, b_any])  # [M] each
+    if cfg.interpolation_pairs == "neighbour":  # a row and one of its nearest training rows (any class)
+        a, b = neighbour_pairs(z, m, cfg.interpolation_neighbours, mix_rng)
+    else:
+        same = m // 2 if ds.task == "classification" else 0
+        a_same, b_same = _pairs(train.y, same, True, mix_rng)
+        a_any, b_any = _pairs(train.y, m - same, False, mix_rng)
+        a, b = np.concatenate([a_same, a_any]), np.concatenate([b_same, b_any])  # [M] each
     lam = mix_rng.uniform(0.0, 1.0, (m, 1))
     mixed = lam * z[a] + (1 - lam) * z[b]  # [M, F]
     widen = cfg.margin * (hi - lo)
-    box = lo - widen + uniform_rng.uniform(0.0, 1.0, size=(cfg.uniform, f)) * (hi - lo + 2 * widen)  # [U, F]
-    shell = box_shell(lo, hi, cfg.shell, cfg.shell_inner, cfg.shell_outer, shell_rng)  # [V, F]
+    box = lo - widen + uniform_rng.uniform(0.0, 1.0, size=(n_uniform, f)) * (hi - lo + 2 * widen)  # [U, F]
+    shell = box_shell(lo, hi, n_shell, cfg.shell_inner, cfg.shell_outer, shell_rng)  # [V, F]
     perturbed_x, mixed_x, box_x, shell_x = (ds.denormalise(v) for v in (noisy, mixed, box, shell))
     spec = ds.feature_spec
     if spec is not None and not spec.is_identity:  # one-hot blocks, booleans, missing indicators: valid encodings
@@ -343,9 +396,8 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
         (np.char.add(np.char.add("perturbed:", train.ids[rows].astype(str)), np.char.add(":", copies.astype(str))),
          "perturbed", train.y[rows], perturbed_x),
         (np.array([f"interpolated:{i}" for i in range(m)], dtype=str), "interpolated", np.full(m, none), mixed_x),
-        (np.array([f"uniform:{i}" for i in range(cfg.uniform)], dtype=str), "uniform",
-         np.full(cfg.uniform, none), box_x),
-        (np.array([f"shell:{i}" for i in range(cfg.shell)], dtype=str), "shell", np.full(cfg.shell, none), shell_x),
+        (np.array([f"uniform:{i}" for i in range(n_uniform)], dtype=str), "uniform", np.full(n_uniform, none), box_x),
+        (np.array([f"shell:{i}" for i in range(n_shell)], dtype=str), "shell", np.full(n_shell, none), shell_x),
     ]
     if cfg.unlabeled:
         ids, x = read_unlabeled(cfg.unlabeled, ds)

@@ -12,8 +12,10 @@ import pytest
 
 from distill import data, schema, tasks
 from distill.errors import BdkError
-from distill.transfer import (SoftLabelConfig, TransferConfig, build_transfer_set, export_fingerprint,
-                              read_soft_labels, soft_label_arrow_schema, transfer_arrow_schema, write_transfer_set)
+from distill import transfer
+from distill.transfer import (SoftLabelConfig, TransferConfig, build_transfer_set, export_fingerprint, neighbour_pairs,
+                              read_soft_labels, soft_label_arrow_schema, source_rows, transfer_arrow_schema,
+                              write_transfer_set)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,92 @@ def test_interpolations_lie_between_two_training_rows_half_of_them_of_one_class(
         assert on.any(), i  # on some segment between two training rows
         if i < 100:  # the first half: between rows of one class
             assert (on & same).any(), i
+
+
+def _segments(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[M, P] bool: point i lies on the segment between rows a[p] and b[p] (to 1e-4)."""
+    d = b - a  # [P, F]
+    lam = np.clip(((points[:, None] - a[None]) * d[None]).sum(-1) / np.maximum((d * d).sum(-1), 1e-12), 0, 1)  # [M, P]
+    return np.linalg.norm(a[None] + lam[..., None] * d[None] - points[:, None], axis=-1) < 1e-4
+
+
+def test_neighbour_partners_are_among_the_nearest_training_rows(iris):
+    z = iris.scaler.transform(iris["train"].x)  # [n, F]
+    n, k = len(z), 5
+    a, b = neighbour_pairs(z, 3000, k, np.random.default_rng(0))
+    dist = np.linalg.norm(z[:, None] - z[None], axis=-1)  # [n, n]
+    np.fill_diagonal(dist, np.inf)
+    kth = np.sort(dist, axis=1)[:, k - 1]  # each row's k-th nearest other row
+    assert (a != b).all()
+    assert (dist[a, b] <= kth[a] + 1e-6).all()  # the partner is one of a's k nearest (ties at the k-th included)
+    assert len(np.unique(b)) > n // 2 and len(np.unique(a)) == n  # every row an anchor; partners vary
+    # near, unlike random pairs: their median distance is a fraction of a random pair's
+    assert np.median(dist[a, b]) < 0.5 * np.median(dist[np.isfinite(dist)])
+    # in the transfer set: each interpolated point on a segment between a row and one of its k nearest rows
+    t = build_transfer_set(TransferConfig(perturbations=0, interpolations=100, interpolation_pairs="neighbour",
+                                          interpolation_neighbours=k, uniform=0, shell=0), iris)
+    points = iris.scaler.transform(t.loc[t.source == "interpolated", iris.feature_names].to_numpy())  # [M, F]
+    near = np.argwhere(dist <= kth[:, None] + 1e-6)  # [P, 2]: (row, one of its k nearest)
+    on = _segments(points, z[near[:, 0]], z[near[:, 1]])  # [M, P]
+    assert on.any(axis=1).all()
+
+
+def test_neighbour_partners_on_large_data_come_from_a_reference_sample(iris, monkeypatch):
+    monkeypatch.setattr(transfer, "INTERPOLATION_REFERENCE", 40)
+    z = iris.scaler.transform(iris["train"].x)
+    a, b = neighbour_pairs(z, 500, 3, np.random.default_rng(1))
+    reference = np.union1d(a, b)
+    assert len(reference) <= 40 and (a != b).all()
+    dist = np.linalg.norm(z[reference][:, None] - z[reference][None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    at = {row: i for i, row in enumerate(reference)}
+    third = np.sort(dist, axis=1)[:, 2]  # within the sample: a's 3rd nearest other row
+    assert all(dist[at[i], at[j]] <= third[at[i]] + 1e-6 for i, j in zip(a, b))
+    # duplicates and tiny data: partners are other rows, never the anchor itself
+    dup = np.repeat(z[:3], 4, axis=0)  # 12 rows, four copies of each of 3 points
+    a, b = neighbour_pairs(dup, 200, 5, np.random.default_rng(0))
+    assert (a != b).all()
+    a, b = neighbour_pairs(z[:2], 10, 10, np.random.default_rng(0))
+    assert (a != b).all()
+
+
+def test_source_sizes_follow_the_share_rule(iris):
+    n = len(iris["train"])
+    assert source_rows(2000, 0.0, 10**6, 500_000) == 2000  # no share: the count (today's behaviour)
+    assert source_rows(2000, 0.1, 10**5, 500_000) == 10_000  # the share beyond the floor
+    assert source_rows(2000, 0.1, 10**4, 500_000) == 2000  # the floor
+    assert source_rows(2000, 0.5, 10**7, 500_000) == 500_000  # the cap
+    assert source_rows(2000, 0.5, 10**7, 1000) == 2000  # the floor even beyond the cap
+    cfg = TransferConfig(perturbations=1, interpolations=10, interpolation_share=0.5, interpolation_pairs="neighbour",
+                         uniform=5, uniform_share=2.0, shell=400, shell_share=0.5, max_perturbed=150, seed=2)
+    t = build_transfer_set(cfg, iris)
+    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": n, "interpolated": round(0.5 * n),
+                                                    "uniform": min(2 * n, 150), "shell": 400}
+    assert t["id"].is_unique
+    for source in ("interpolated", "uniform", "shell"):
+        assert (t.loc[t.source == source, "label"] == schema.NO_LABEL).all()
+    pd.testing.assert_frame_equal(t, build_transfer_set(cfg, iris))  # bit-identical under one seed
+    other = build_transfer_set(TransferConfig(**{**cfg.__dict__, "seed": 3}), iris)
+    assert not np.allclose(t.loc[t.source == "interpolated", iris.feature_names].to_numpy(),
+                           other.loc[other.source == "interpolated", iris.feature_names].to_numpy())
+    # the defaults are today's: random pairs, fixed sizes
+    assert (TransferConfig().interpolation_pairs, TransferConfig().interpolation_share, TransferConfig().uniform_share,
+            TransferConfig().shell_share) == ("random", 0.0, 0.0, 0.0)
+    # interpolation pairs change only the interpolated rows: the other sources keep their rows and ids
+    base = dict(perturbations=2, interpolations=50, uniform=20, shell=20, seed=4)
+    r = build_transfer_set(TransferConfig(**base), iris)
+    nb = build_transfer_set(TransferConfig(**base, interpolation_pairs="neighbour"), iris)
+    keep = r.source != "interpolated"
+    pd.testing.assert_frame_equal(r[keep], nb[keep])
+    assert list(r["id"]) == list(nb["id"])
+
+
+def test_neighbour_interpolations_for_regression(boston):
+    t = build_transfer_set(TransferConfig(perturbations=0, interpolations=0, interpolation_share=0.25,
+                                          interpolation_pairs="neighbour", uniform=0, shell=0), boston)
+    n = len(boston["train"])
+    assert (t.source == "interpolated").sum() == round(0.25 * n) and t["id"].is_unique
+    assert t.loc[t.source == "interpolated", "label"].isna().all()
 
 
 def test_far_shell_lies_between_the_inner_and_outer_boxes(iris):
@@ -187,6 +275,15 @@ def test_config_validation():
         TransferConfig(noise=())
     with pytest.raises(BdkError, match="shell-outer"):
         TransferConfig(shell_inner=2.0, shell_outer=1.0)
+    with pytest.raises(BdkError, match="interpolation-pairs"):
+        TransferConfig(interpolation_pairs="nearest")
+    with pytest.raises(BdkError, match="interpolation-neighbours"):
+        TransferConfig(interpolation_neighbours=0)
+    for name in ("interpolation_share", "uniform_share", "shell_share"):
+        with pytest.raises(BdkError, match=name.replace("_", "-")):
+            TransferConfig(**{name: -0.1})
+        with pytest.raises(BdkError, match=name.replace("_", "-")):
+            TransferConfig(**{name: float("inf")})
 
 
 def test_feature_names_may_not_clash_with_soft_label_columns(tmp_path):
@@ -282,3 +379,32 @@ def test_fingerprint_follows_the_files(tmp_path):
 def test_reader_says_what_to_run(tmp_path):
     with pytest.raises(BdkError, match=r"run `bdk soft-labels --run .*` first"):
         read_soft_labels(tmp_path)
+
+
+def test_cli_passes_the_transfer_options(monkeypatch, tmp_path):
+    """`bdk soft-labels` and `bdk run` turn the interpolation and share options into the TransferConfig."""
+    from typer.testing import CliRunner
+
+    from bdk import pipeline
+    from bdk.cli import app
+
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(next(a for a in (*args, *kwargs.values()) if isinstance(a, SoftLabelConfig)))
+        raise BdkError("stopped here")
+
+    monkeypatch.setattr(pipeline, "soft_labels_stage", stop)
+    monkeypatch.setattr(pipeline, "run_all", stop)
+    options = ["--interpolation-pairs", "neighbour", "--interpolation-share", "0.5", "--uniform-share", "0.1",
+               "--shell-share", "0.2", "--no-progress"]
+    r = CliRunner().invoke(app, ["soft-labels", "--run", str(tmp_path), *options, "--interpolation-neighbours", "4"])
+    assert "stopped here" in r.output, r.output
+    r = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "run"), *options])
+    assert "stopped here" in r.output, r.output
+    for cfg, k in zip(seen, (4, 10)):
+        t = cfg.transfer
+        assert (t.interpolation_pairs, t.interpolation_share, t.uniform_share, t.shell_share, t.interpolation_neighbours,
+                t.interpolations) == ("neighbour", 0.5, 0.1, 0.2, k, 2000)
+    r = CliRunner().invoke(app, ["soft-labels", "--run", str(tmp_path), "--interpolation-pairs", "nearest"])
+    assert r.exit_code != 0 and "interpolation-pairs" in r.output
