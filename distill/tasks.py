@@ -57,6 +57,7 @@ class Task:
     noise_unit: str = "std"
     logit_head: bool = False  # the head gives logits (the Flipout teacher's noise-contrastive prior acts on them)
     has_classes: bool = False  # the predictive is over classes (what the Dirichlet student models)
+    no_label: float = float("nan")  # the label of a transfer row without a true one (classes: schema.NO_LABEL)
     metrics_need_draws: bool = False  # `draw_metrics` reads every draw's parameters (`sample_dict`), not the summary only
 
     # ---------------------------------------------------------------- teacher
@@ -163,6 +164,7 @@ class Categorical(Task):
     noise_unit: str = "box"  # the recipe validated when classes were min-max scaled (box width = 1 there)
     logit_head: bool = True
     has_classes: bool = True
+    no_label: int = -1  # schema.NO_LABEL
 
     def head_units(self, num_classes: int) -> int:
         return num_classes

@@ -343,42 +343,15 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     train = ds["train"]
     z = ds.scaled("train").reshape(len(train), -1)  # [n, F] normalised (sequences: flattened, time major)
     n, f = z.shape
-    k = cfg.perturbations
     m, n_uniform, n_shell = (source_rows(count, share, n, cfg.max_perturbed) for count, share in
                              ((cfg.interpolations, cfg.interpolation_share), (cfg.uniform, cfg.uniform_share),
                               (cfg.shell, cfg.shell_share)))
-    none = schema.NO_LABEL if ds.task == "classification" else np.nan
     # One generator per source, so changing one source's size leaves the others' rows (and ids) unchanged.
     perturb_rng, mix_rng, uniform_rng, shell_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
 
     lo, hi = ds.box()  # [F] each, normalised
-    noise_unit = cfg.noise_unit or task.noise_unit
-    unit = {"box": lambda: hi - lo, "std": lambda: z.std(axis=0),
-            "neighbour": lambda: np.full(f, neighbour_distance(z, perturb_rng) / np.sqrt(f))}[noise_unit]()  # [F]
-    scales = np.resize(np.asarray(cfg.noise or DEFAULT_NOISE[noise_unit], np.float32), k)  # [K]: copy j's noise std, in units
-    if n * k <= cfg.max_perturbed:  # every (row, copy) pair: p = row * K + copy
-        pairs = np.arange(n * k)
-        eps = perturb_rng.standard_normal((n, k, f)).reshape(n * k, f)  # [n K, F]
-    else:  # bounded: a uniform draw of the pairs (large data: the student needs coverage, not K copies of every row)
-        pairs = np.sort(perturb_rng.choice(n * k, cfg.max_perturbed, replace=False))
-        eps = perturb_rng.standard_normal((len(pairs), f))
-    rows, copies = pairs // max(k, 1), pairs % max(k, 1)  # [P] each
-    base = z[rows]  # [P, F]
-    if ds.sequence_shape:  # sequences: a small warp of each copy's time axis before the noise
-        from distill.sequences import time_warp
-
-        base = time_warp(base.reshape(len(rows), *ds.sequence_shape), cfg.time_warp * scales[copies],
-                         perturb_rng).reshape(len(rows), -1)
-    noisy = (base + (scales[copies, None] * unit[None, :]) * eps).astype(np.float32)  # [P, F]
-    if cfg.interpolation_pairs == "neighbour":  # a row and one of its nearest training rows (any class)
-        a, b = neighbour_pairs(z, m, cfg.interpolation_neighbours, mix_rng)
-    else:
-        same = m // 2 if ds.task == "classification" else 0
-        a_same, b_same = _pairs(train.y, same, True, mix_rng)
-        a_any, b_any = _pairs(train.y, m - same, False, mix_rng)
-        a, b = np.concatenate([a_same, a_any]), np.concatenate([b_same, b_any])  # [M] each
-    lam = mix_rng.uniform(0.0, 1.0, (m, 1))
-    mixed = lam * z[a] + (1 - lam) * z[b]  # [M, F]
+    noisy, rows, copies = _perturbed(cfg, ds, task, z, lo, hi, perturb_rng)
+    mixed, a, b, lam = _interpolated(cfg, task, train.y, z, m, mix_rng)
     widen = cfg.margin * (hi - lo)
     box = lo - widen + uniform_rng.uniform(0.0, 1.0, size=(n_uniform, f)) * (hi - lo + 2 * widen)  # [U, F]
     shell = box_shell(lo, hi, n_shell, cfg.shell_inner, cfg.shell_outer, shell_rng)  # [V, F]
@@ -391,6 +364,7 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
         mixed_x = respect_kinds(mixed_x, spec, train.x, kind_rng, pick=parent)
         box_x = respect_kinds(box_x, spec, train.x, kind_rng)
         shell_x = respect_kinds(shell_x, spec, train.x, kind_rng, unseen=True)
+    none = task.no_label
     parts = [
         (np.char.add("train:", train.ids.astype(str)), "train", train.y, train.x),
         (np.char.add(np.char.add("perturbed:", train.ids[rows].astype(str)), np.char.add(":", copies.astype(str))),
@@ -402,9 +376,55 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     if cfg.unlabeled:
         ids, x = read_unlabeled(cfg.unlabeled, ds)
         parts.append((np.char.add("unlabeled:", ids), "unlabeled", np.full(len(ids), none), x))
+    return _table(parts, ds.feature_names, task)
+
+
+def _perturbed(cfg: TransferConfig, ds: Dataset, task, z: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """K noisy copies of the normalised train rows z [n, F] (a uniform draw of the (row, copy) pairs beyond
+    max_perturbed) -> (rows [P, F], their train row [P], their copy number [P])."""
+    n, f = z.shape
+    k = cfg.perturbations
+    noise_unit = cfg.noise_unit or task.noise_unit
+    unit = {"box": lambda: hi - lo, "std": lambda: z.std(axis=0),
+            "neighbour": lambda: np.full(f, neighbour_distance(z, rng) / np.sqrt(f))}[noise_unit]()  # [F]
+    scales = np.resize(np.asarray(cfg.noise or DEFAULT_NOISE[noise_unit], np.float32), k)  # [K]: copy j's noise std, in units
+    if n * k <= cfg.max_perturbed:  # every (row, copy) pair: p = row * K + copy
+        pairs = np.arange(n * k)
+        eps = rng.standard_normal((n, k, f)).reshape(n * k, f)  # [n K, F]
+    else:  # bounded: a uniform draw of the pairs (large data: the student needs coverage, not K copies of every row)
+        pairs = np.sort(rng.choice(n * k, cfg.max_perturbed, replace=False))
+        eps = rng.standard_normal((len(pairs), f))
+    rows, copies = pairs // max(k, 1), pairs % max(k, 1)  # [P] each
+    base = z[rows]  # [P, F]
+    if ds.sequence_shape:  # sequences: a small warp of each copy's time axis before the noise
+        from distill.sequences import time_warp
+
+        base = time_warp(base.reshape(len(rows), *ds.sequence_shape), cfg.time_warp * scales[copies],
+                         rng).reshape(len(rows), -1)
+    return (base + (scales[copies, None] * unit[None, :]) * eps).astype(np.float32), rows, copies
+
+
+def _interpolated(cfg: TransferConfig, task, y: np.ndarray, z: np.ndarray, m: int, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """M mixups lam z[a] + (1 - lam) z[b] -> (rows [M, F], a [M], b [M], lam [M, 1]): b among a's nearest training
+    rows, or a random row (classes: half of them of a's class)."""
+    if cfg.interpolation_pairs == "neighbour":  # a row and one of its nearest training rows (any class)
+        a, b = neighbour_pairs(z, m, cfg.interpolation_neighbours, rng)
+    else:
+        same = m // 2 if task.has_classes else 0
+        a_same, b_same = _pairs(y, same, True, rng)
+        a_any, b_any = _pairs(y, m - same, False, rng)
+        a, b = np.concatenate([a_same, a_any]), np.concatenate([b_same, b_any])  # [M] each
+    lam = rng.uniform(0.0, 1.0, (m, 1))
+    return lam * z[a] + (1 - lam) * z[b], a, b, lam
+
+
+def _table(parts: list, feature_names: list[str], task) -> pd.DataFrame:
+    """(ids, source, labels, raw rows) per source -> one frame: id, source, label, then the features."""
     frames = []
     for ids, source, labels, x in parts:
-        frame = pd.DataFrame(np.asarray(x, np.float32).reshape(len(ids), f), columns=ds.feature_names)
+        frame = pd.DataFrame(np.asarray(x, np.float32).reshape(len(ids), len(feature_names)), columns=feature_names)
         frame.insert(0, "id", pd.array(ids, dtype=object))
         frame.insert(1, "source", source)
         frame.insert(2, "label", np.asarray(labels, task.label_dtype()))
