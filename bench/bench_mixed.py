@@ -77,8 +77,7 @@ def table_file(name: str, runs: Path) -> Path:
 
 
 def bdk(*args: str) -> list[str]:
-    cli = "bdk.cli" if (ROOT / "bdk" / "cli.py").exists() else "distill.cli"  # the CLI moved to bdk/ (issue 27)
-    return [sys.executable, "-m", cli, *args]
+    return [sys.executable, "-m", "bdk.cli", *args]
 
 
 def run_pipeline(name: str, path: Path, seed: int, runs: Path, reuse: bool) -> tuple[Path, float | None]:
