@@ -86,42 +86,42 @@ NCP_HELP = ("Flipout classifier: weight of the noise-contrastive prior (logits ~
 @user_errors
 def teacher(
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
-    dataset: str = typer.Option("iris", help=DATASET_HELP),
+    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
     task: Optional[str] = typer.Option(None, help=TASK_HELP),
     kind: Optional[str] = typer.Option(None, help=KIND_HELP),
     series_column: Optional[str] = typer.Option(None, help=SERIES_HELP),
     time_column: Optional[str] = typer.Option(None, help="Sequences: the long table's time column (default: time)."),
-    members: int = typer.Option(5, min=2, help="Ensemble size (--kind ensemble)."),
+    members: Optional[int] = typer.Option(None, min=2, help="Ensemble size (--kind ensemble; default 5)."),
     label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
     id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    missing: str = typer.Option("impute", help=MISSING_HELP),
+    missing: Optional[str] = typer.Option(None, help=MISSING_HELP),
     drop_missing: bool = typer.Option(False, help=DROP_MISSING_HELP),
     categorical: Optional[str] = typer.Option(None, help=CATEGORICAL_HELP),
     numeric: Optional[str] = typer.Option(None, help=NUMERIC_HELP),
-    max_categories: int = typer.Option(1000, min=2, help=MAX_CATEGORIES_HELP),
+    max_categories: Optional[int] = typer.Option(None, min=2, help=MAX_CATEGORIES_HELP),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum epochs (early stopping on the validation NLL); default by task."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Default by task."),
-    samples: int = typer.Option(100, min=2, help="Monte Carlo weight draws for the evaluation."),
+    samples: Optional[int] = typer.Option(None, min=2, help="Monte Carlo weight draws for the evaluation (default 100)."),
     kl_weight: Optional[str] = typer.Option(None, help="Multiplier of the KL / N_train term of the ELBO, or `auto` "
                                             "(the best validation NLL of 0.01, 0.03, 0.1); default by task."),
     learning_rate: Optional[float] = typer.Option(None, min=0.0, help="Adam's; default by task."),
     patience: Optional[int] = typer.Option(None, min=1, help="Default by task."),
     ncp_weight: Optional[float] = typer.Option(None, min=0.0, help=NCP_HELP),
-    seed: int = typer.Option(0),
+    seed: Optional[int] = typer.Option(None, help="Seed of splits, initialisers and draws (default 0)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Stage 1: train the teacher (Flipout BNN, deep ensemble or MC dropout), evaluate by Monte Carlo, export."""
-    from distill.data import DataConfig
     from bdk.pipeline import teacher_stage
     from teacher.config import TeacherConfig
 
-    data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
-                          drop_missing=drop_missing, missing=missing, categorical=categorical or (),
-                          numeric=numeric or (), max_categories=max_categories, series_column=series_column,
-                          time_column=time_column, seed=seed)
-    cfg = TeacherConfig(kind=_kind(kind, data_cfg), members=members, epochs=epochs, batch_size=batch_size, eval_samples=samples, **_kl(kl_weight),
-                        learning_rate=learning_rate, patience=patience, ncp_weight=ncp_weight, seed=seed)
+    data_cfg = _data_config(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
+                            drop_missing=drop_missing, missing=missing, categorical=categorical, numeric=numeric,
+                            max_categories=max_categories, series_column=series_column, time_column=time_column,
+                            seed=seed)
+    cfg = TeacherConfig(**_given(kind=_kind(kind, data_cfg), members=members, epochs=epochs, batch_size=batch_size,
+                                 eval_samples=samples, learning_rate=learning_rate, patience=patience,
+                                 ncp_weight=ncp_weight, seed=seed), **_kl(kl_weight))
     s = teacher_stage(data_cfg, cfg, out, overwrite=overwrite, progress=progress)
     summary_table(f"teacher ({s['task']}, {s['kind']} on {s['device']}, {s['epochs_run']} epochs, best {s['best_epoch']})",
                   {k: v for k, v in s.items() if "/" in k})
@@ -136,7 +136,7 @@ def teacher(
 def soft_labels(
     ctx: typer.Context,
     run: Path = typer.Option(..., "--run", help="Run folder with a trained teacher."),
-    samples: int = typer.Option(100, help="Teacher weight draws per row (at least 2)."),
+    samples: Optional[int] = typer.Option(None, help="Teacher weight draws per row (at least 2; default 100)."),
     perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 10)."),
     noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated, per feature in box widths (classes) or stds (regression); "
                                         "copy j uses the (j mod n)-th (default 0.05,0.2,0.5)."),
@@ -161,8 +161,8 @@ def soft_labels(
     shell_outer: Optional[float] = typer.Option(None, help="See --shell."),
     unlabeled: Optional[str] = typer.Option(None, help="Extra unlabeled rows: a .csv/.parquet with the teacher's feature columns "
                                              "(the raw columns, text and empty cells included: the run's encoding is applied)."),
-    batch_size: int = typer.Option(16384, help="Rows per teacher call in the Beam job."),
-    seed: int = typer.Option(0, help="Seed of the transfer set."),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per teacher call in the Beam job (default 16384)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the transfer set (default 0)."),
     progress: bool = typer.Option(True, help="Show a status line while the job runs."),
 ):
     """Stage 2: label a transfer set with the teacher's posterior predictive in an Apache Beam job.
@@ -179,7 +179,7 @@ def soft_labels(
                                     interpolation_neighbours=interpolation_neighbours, uniform=uniform,
                                     uniform_share=uniform_share, margin=margin, shell=shell, shell_share=shell_share,
                                     shell_inner=shell_inner, shell_outer=shell_outer,
-                                    unlabeled=unlabeled, seed=seed), num_samples=samples, batch_size=batch_size)
+                                    unlabeled=unlabeled, seed=seed), **_given(num_samples=samples, batch_size=batch_size))
     out = soft_labels_stage(cfg, run, beam_options(ctx.args), progress=progress)
     from distill.errors import read_json
 
@@ -197,28 +197,28 @@ def student(
     hidden: Optional[str] = typer.Option(None, help="Hidden layer sizes, comma-separated (e.g. 32 or 64,32), or auto (the "
                                          "best on a held-out slice of the transfer set among those costing at most one "
                                          "teacher weight draw per row); default: the teacher's widths."),
-    temperature: float = typer.Option(1.0, min=1e-3, help="Distillation temperature T (loss scaled by T^2)."),
-    alpha: float = typer.Option(0.0, min=0.0, max=1.0, help="Weight of the hard-label loss on labelled rows."),
+    temperature: Optional[float] = typer.Option(None, min=1e-3, help="Distillation temperature T (loss scaled by T^2; default 1)."),
+    alpha: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Weight of the hard-label loss on labelled rows (default 0)."),
     uncertainty: Optional[str] = typer.Option(None, help="Student's epistemic score: dirichlet (classes; the default) or "
                                               "regressor (a second head regressing the teacher's)."),
-    epistemic_weight: float = typer.Option(1.0, min=0.0, help="Weight of the epistemic loss (Dirichlet NLL or the head's MSE)."),
-    sequence_net: str = typer.Option("conv", help=SEQUENCE_NET_HELP),
-    epochs: int = typer.Option(300, min=1),
-    gate_nll_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation NLL."),
-    gate_ece_margin: float = typer.Option(0.05, help="Allowed excess of student over teacher validation ECE."),
+    epistemic_weight: Optional[float] = typer.Option(None, min=0.0, help="Weight of the epistemic loss (Dirichlet NLL or the head's MSE; default 1)."),
+    sequence_net: Optional[str] = typer.Option(None, help=SEQUENCE_NET_HELP),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Maximum epochs (default 300)."),
+    gate_nll_margin: Optional[float] = typer.Option(None, help="Allowed excess of student over teacher validation NLL (default 0.05)."),
+    gate_ece_margin: Optional[float] = typer.Option(None, help="Allowed excess of student over teacher validation ECE (default 0.05)."),
     gate: bool = typer.Option(True, help="Refuse to publish a student worse calibrated than its teacher by more than "
                               "the margins (--no-gate publishes it anyway; the report still compares them)."),
-    seed: int = typer.Option(0),
+    seed: Optional[int] = typer.Option(None, help="Seed of splits, initialisers and draws (default 0)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Stage 3: distil the compact student (and a hard-label baseline) from the soft labels; gate; export."""
     from bdk.pipeline import student_stage
     from student.config import StudentConfig
 
-    cfg = StudentConfig(**_hidden(hidden), temperature=temperature, alpha=alpha,
-                        uncertainty=uncertainty, epistemic_weight=epistemic_weight, sequence_net=sequence_net,
-                        epochs=epochs, gate_nll_margin=gate_nll_margin, gate_ece_margin=gate_ece_margin, gate=gate,
-                        seed=seed)
+    cfg = StudentConfig(**_hidden(hidden), **_given(temperature=temperature, alpha=alpha, uncertainty=uncertainty,
+                                                    epistemic_weight=epistemic_weight, sequence_net=sequence_net,
+                                                    epochs=epochs, gate_nll_margin=gate_nll_margin,
+                                                    gate_ece_margin=gate_ece_margin, gate=gate, seed=seed))
     s = student_stage(cfg, run, progress=progress)
     summary_table(f"student ({s['epochs_run']} epochs, best {s['best_epoch']}; gate {'passed' if gate else 'off'})",
                   {k: v for k, v in s.items() if k.startswith(("student/", "baseline/"))})
@@ -229,15 +229,15 @@ def student(
 @user_errors
 def evaluate(
     run: Path = typer.Option(..., "--run", help="Run folder with teacher, soft labels and student."),
-    samples: int = typer.Option(100, min=2, help="Teacher weight draws."),
-    seed: int = typer.Option(0),
+    samples: Optional[int] = typer.Option(None, min=2, help="Teacher weight draws (default 100)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of splits, initialisers and draws (default 0)."),
     progress: bool = typer.Option(True, help="Show progress."),
 ):
     """Compare calibration of teacher, student and baseline; write RUN/report (metrics, figures, report.md)."""
     from bdk.evaluate import EvalConfig
     from bdk.pipeline import evaluate_stage
 
-    out = evaluate_stage(EvalConfig(samples=samples, seed=seed), run, progress=progress)
+    out = evaluate_stage(EvalConfig(**_given(samples=samples, seed=seed)), run, progress=progress)
     summary_table("evaluation (test)", _headline(out))
     print(f"report: {run / 'report' / 'report.md'}")
 
@@ -247,22 +247,22 @@ def evaluate(
 def run_pipeline(
     ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
-    dataset: str = typer.Option("iris", help=DATASET_HELP),
+    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
     task: Optional[str] = typer.Option(None, help=TASK_HELP),
     label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
     id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    missing: str = typer.Option("impute", help=MISSING_HELP),
+    missing: Optional[str] = typer.Option(None, help=MISSING_HELP),
     drop_missing: bool = typer.Option(False, help=DROP_MISSING_HELP),
     categorical: Optional[str] = typer.Option(None, help=CATEGORICAL_HELP),
     numeric: Optional[str] = typer.Option(None, help=NUMERIC_HELP),
-    max_categories: int = typer.Option(1000, min=2, help=MAX_CATEGORIES_HELP),
+    max_categories: Optional[int] = typer.Option(None, min=2, help=MAX_CATEGORIES_HELP),
     kind: Optional[str] = typer.Option(None, help=KIND_HELP),
     series_column: Optional[str] = typer.Option(None, help=SERIES_HELP),
     time_column: Optional[str] = typer.Option(None, help="Sequences: the long table's time column (default: time)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs; default by task."),
     kl_weight: Optional[str] = typer.Option(None, help="Teacher's KL weight, or `auto`; default by task."),
     ncp_weight: Optional[float] = typer.Option(None, min=0.0, help=NCP_HELP),
-    samples: int = typer.Option(100, min=2, help="Teacher weight draws for evaluation and soft labels."),
+    samples: Optional[int] = typer.Option(None, min=2, help="Teacher weight draws for evaluation and soft labels (default 100)."),
     perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 10)."),
     noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated (default 0.05,0.2,0.5)."),
     noise_unit: Optional[str] = typer.Option(None, help="Unit of --noise: box, std or neighbour (see `bdk soft-labels "
@@ -276,47 +276,31 @@ def run_pipeline(
     shell: Optional[int] = typer.Option(None, help="Transfer points in the far shell (default 2000)."),
     shell_share: Optional[float] = typer.Option(None, help="Far-shell points as a share of the training rows (see `bdk "
                                                 "soft-labels --help`)."),
-    student_epochs: int = typer.Option(300, min=1, help="Student's maximum epochs."),
+    student_epochs: Optional[int] = typer.Option(None, min=1, help="Student's maximum epochs (default 300)."),
     hidden: Optional[str] = typer.Option(None, help="Student hidden layer sizes, comma-separated, or auto; default: the "
                                          "teacher's widths (one teacher draw's cost per row)."),
-    sequence_net: str = typer.Option("conv", help=SEQUENCE_NET_HELP),
+    sequence_net: Optional[str] = typer.Option(None, help=SEQUENCE_NET_HELP),
     gate: bool = typer.Option(True, help="Refuse to publish a student worse calibrated than its teacher (see `bdk student`)."),
-    seed: int = typer.Option(0),
+    seed: Optional[int] = typer.Option(None, help="Seed of splits, initialisers and draws (default 0)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """All stages: teacher -> soft labels (Beam) -> student -> evaluation, into one run folder. Beam options after --."""
+    options = {k: v for k, v in locals().items() if k not in ("ctx", "out", "overwrite", "progress")}  # the stages'
     import time
 
-    from distill.data import DataConfig
-    from bdk.evaluate import EvalConfig
     from bdk.pipeline import STAGES, run_all
-    from distill.transfer import SoftLabelConfig
-    from student.config import StudentConfig
-    from teacher.config import TeacherConfig
 
     t0 = time.perf_counter()
-    data_cfg = DataConfig(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
-                          drop_missing=drop_missing, missing=missing, categorical=categorical or (),
-                          numeric=numeric or (), max_categories=max_categories, series_column=series_column,
-                          time_column=time_column, seed=seed)
-    teacher_cfg = TeacherConfig(kind=_kind(kind, data_cfg), epochs=epochs, eval_samples=samples, seed=seed, ncp_weight=ncp_weight,
-                                **_kl(kl_weight))
-    soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, noise_unit=noise_unit, interpolations=interpolations,
-                                         interpolation_share=interpolation_share, interpolation_pairs=interpolation_pairs,
-                                         uniform=uniform, uniform_share=uniform_share, shell=shell, shell_share=shell_share,
-                                         seed=seed), num_samples=samples)
-    student_cfg = StudentConfig(**_hidden(hidden), epochs=student_epochs, gate=gate, sequence_net=sequence_net, seed=seed)
-    eval_cfg = EvalConfig(samples=samples, seed=seed)
+    configs = _run_configs(**options)
 
     def announce(i: int, name: str) -> None:
         console.rule(f"[{i}/{len(STAGES)}] {name}  ({time.perf_counter() - t0:.0f} s)")
 
-    s = run_all(data_cfg, teacher_cfg, soft_cfg, student_cfg, eval_cfg, out, overwrite=overwrite,
-                beam_args=beam_options(ctx.args), progress=progress, announce=announce)
+    s = run_all(*configs, out, overwrite=overwrite, beam_args=beam_options(ctx.args), progress=progress, announce=announce)
     rows = _headline(s["evaluate"])
     rows["wall seconds"] = time.perf_counter() - t0
-    summary_table(f"bdk run: {dataset}", rows)
+    summary_table(f"bdk run: {configs[0].dataset}", rows)
     print(f"report: {out / 'report' / 'report.md'}")
 
 
@@ -506,6 +490,45 @@ def _kl(text: Optional[str]) -> dict:
     except ValueError:
         raise BdkError(f"--kl-weight {text!r}: expected a number >= 0 or auto") from None
     return {"kl_weight": value}
+
+
+def _run_configs(dataset, task, label_column, id_column, missing, drop_missing, categorical, numeric, max_categories,
+                 kind, series_column, time_column, epochs, kl_weight, ncp_weight, samples, perturbations, noise,
+                 noise_unit, interpolations, interpolation_share, interpolation_pairs, uniform, uniform_share, shell,
+                 shell_share, student_epochs, hidden, sequence_net, gate, seed) -> tuple:
+    """`bdk run`'s options -> the five stage configs (data, teacher, soft labels, student, evaluation); an option not
+    given keeps its config's default."""
+    from bdk.evaluate import EvalConfig
+    from distill.transfer import SoftLabelConfig
+    from student.config import StudentConfig
+    from teacher.config import TeacherConfig
+
+    data_cfg = _data_config(dataset=dataset, label_column=label_column, id_column=id_column, task=task,
+                            drop_missing=drop_missing, missing=missing, categorical=categorical, numeric=numeric,
+                            max_categories=max_categories, series_column=series_column, time_column=time_column,
+                            seed=seed)
+    teacher_cfg = TeacherConfig(**_given(kind=_kind(kind, data_cfg), epochs=epochs, eval_samples=samples, seed=seed,
+                                         ncp_weight=ncp_weight), **_kl(kl_weight))
+    soft_cfg = SoftLabelConfig(_transfer(perturbations=perturbations, noise=noise, noise_unit=noise_unit,
+                                         interpolations=interpolations, interpolation_share=interpolation_share,
+                                         interpolation_pairs=interpolation_pairs, uniform=uniform,
+                                         uniform_share=uniform_share, shell=shell, shell_share=shell_share, seed=seed),
+                               **_given(num_samples=samples))
+    student_cfg = StudentConfig(**_hidden(hidden), **_given(epochs=student_epochs, gate=gate, sequence_net=sequence_net,
+                                                            seed=seed))
+    return data_cfg, teacher_cfg, soft_cfg, student_cfg, EvalConfig(**_given(samples=samples, seed=seed))
+
+
+def _given(**values) -> dict:
+    """The options the user gave (not None): the config dataclass supplies every other default (one home)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _data_config(**options):
+    """The data options shared by every command that reads a table -> DataConfig (options not given: its defaults)."""
+    from distill.data import DataConfig
+
+    return DataConfig(**_given(**options))
 
 
 def _transfer(noise: Optional[str] = None, **given):
