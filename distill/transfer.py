@@ -26,7 +26,9 @@ The interpolated, uniform and shell sources have fixed sizes (M, U, V) by defaul
 `max_perturbed` rows (`source_rows`).
 Tables with a feature specification (distill.features) are built in the encoded space and then made valid encodings
 (`respect_kinds`): perturbed copies keep their origin's category with probability KEEP_CATEGORY (0.9) and otherwise
-draw one from the training frequencies, instead of Gaussian noise on one-hot columns; interpolations take one parent's
+draw one from the training frequencies, instead of Gaussian noise on one-hot columns, and then take the
+out-of-vocabulary bucket with probability PERTURBED_UNSEEN (0.1; unseen values near the data, so that the student
+learns the teacher's answer to them, not only in the far shell); interpolations take one parent's
 category (the parent of weight lambda, with probability lambda); uniform rows draw categories from the training
 frequencies; far-shell rows draw them uniformly over the vocabulary and the out-of-vocabulary bucket (unseen values).
 Missing indicators are the origin's (parent's) and the imputed value goes with them.
@@ -276,6 +278,7 @@ def source_rows(count: int, share: float, n: int, cap: int) -> int:
 
 
 KEEP_CATEGORY = 0.9  # a perturbed row keeps its origin's category (and boolean) with this probability
+PERTURBED_UNSEEN = 0.1  # ...and takes the out-of-vocabulary bucket with this one: unseen values near the data
 KIND_SEED = 25  # the stream of the categorical, boolean and missing-indicator draws
 
 
@@ -290,7 +293,8 @@ def respect_kinds(x: np.ndarray, spec, train_x: np.ndarray, rng: np.random.Gener
     (distill.features): each categorical block one-hot, booleans 0/1, missing indicators 0/1 (with the imputed value
     where set). Numeric values are kept.
     - origin [n] (perturbed copies: their train row): keep the origin's category / boolean with prob KEEP_CATEGORY,
-      else resample it from the training frequencies; the missing indicator is the origin's;
+      else resample it from the training frequencies; then the OOV bucket with prob PERTURBED_UNSEEN; the missing
+      indicator is the origin's;
     - pick [n] (interpolations: the parent chosen): that parent's category, boolean and indicator;
     - neither (uniform box rows): drawn from the training frequencies; `unseen` (the far shell): categories uniform
       over the vocabulary and the out-of-vocabulary bucket, booleans fair coins, no missing values."""
@@ -312,6 +316,8 @@ def respect_kinds(x: np.ndarray, spec, train_x: np.ndarray, rng: np.random.Gener
                     codes = train_x[source, at].argmax(axis=1)
                     if origin is not None:
                         codes = np.where(rng.uniform(0.0, 1.0, n) < KEEP_CATEGORY, codes, drawn)
+                        unseen_here = rng.uniform(0.0, 1.0, n) < PERTURBED_UNSEEN  # near the data, an unseen value
+                        codes = np.where(unseen_here, width - 1, codes)  # the block's last column: the OOV bucket
             x[:, at] = np.eye(width, dtype=np.float32)[codes]
             continue
         value = at.start
