@@ -323,19 +323,11 @@ def epistemic_over_time(exports: Exports, test: np.ndarray, ood: np.ndarray, ds:
 def side_by_side(ds: data_lib.Dataset, split: str, preds) -> pd.DataFrame:
     """Per-example outputs of the three models (vector outputs one column per class) and their KL."""
     s, task = ds[split], tasks.get(ds.task)
-    if ds.task == "classification":
-        df = pd.DataFrame({"id": s.ids, "true_class": [ds.class_names[i] for i in s.y]})
-    else:
-        df = pd.DataFrame({"id": s.ids, "y": s.y})
+    df = pd.DataFrame({"id": s.ids, **task.truth_columns(s.y, ds.class_names)})
     for m in MODELS:
         p = preds[m][split]
-        if ds.task == "classification":
-            df[f"{m}_predicted"] = [ds.class_names[i] for i in p["probs"].argmax(-1)]
-            for c, name in enumerate(ds.class_names):
-                df[f"{m}_prob_{name}"] = p["probs"][:, c]
-            df[f"{m}_entropy"] = p["entropy"]
-        else:
-            df[f"{m}_mean"], df[f"{m}_variance"] = p["mean"], p["variance"]
+        for name, values in task.point_columns(p, ds.class_names, m).items():
+            df[name] = values
         if m in ("teacher", "student"):
             df[f"{m}_epistemic"] = p["epistemic"]
     df["kl_teacher_student"] = task.divergence(preds["teacher"][split], preds["student"][split])

@@ -135,6 +135,15 @@ class Task:
         """Extra test metrics of a model that estimates its epistemic part (none by default)."""
         return {}
 
+    # ---------------------------------------------------------------- per-example tables
+    def truth_columns(self, y: np.ndarray, class_names: list[str]) -> dict[str, np.ndarray]:
+        """The truth of each row, as the per-example CSVs name it."""
+        raise NotImplementedError
+
+    def point_columns(self, pred: dict[str, np.ndarray], class_names: list[str], prefix: str) -> dict[str, np.ndarray]:
+        """A model's point prediction and total uncertainty per row, `prefix`ed (the side-by-side CSV)."""
+        raise NotImplementedError
+
     def draw_metrics(self, y: np.ndarray, pred: dict[str, np.ndarray], draws: dict[str, np.ndarray] | None,
                      split: str) -> dict[str, float]:
         """Extra teacher metrics of one split from its predictive `pred` and, when `metrics_need_draws`, its draws'
@@ -247,6 +256,14 @@ class Categorical(Task):
                                                   np.concatenate([p["mutual_information"] for p in preds]), class_names)
         return {"most_uncertain_pair": [a, b], "most_uncertain_pair_share": share}
 
+    def truth_columns(self, y, class_names):
+        return {"true_class": np.asarray(class_names, dtype=object)[np.asarray(y)]}
+
+    def point_columns(self, pred, class_names, prefix):
+        cols = {f"{prefix}_predicted": np.asarray(class_names, dtype=object)[pred["probs"].argmax(-1)]}
+        cols.update({f"{prefix}_prob_{name}": pred["probs"][:, c] for c, name in enumerate(class_names)})
+        return {**cols, f"{prefix}_entropy": pred["entropy"]}
+
 
 MIN_VARIANCE = 1e-6  # floor of the Gaussian head's variance (normalised units)
 NOISE_INIT = 0.5  # the Gaussian head's variance starts at NOISE_INIT^2 (normalised units) at a zero output
@@ -341,6 +358,12 @@ class Gaussian(Task):
     def divergence(self, teacher, student):
         vt, vs = np.maximum(teacher["variance"], metrics.EPS), np.maximum(student["variance"], metrics.EPS)
         return 0.5 * (np.log(vs / vt) + (vt + (teacher["mean"] - student["mean"]) ** 2) / vs - 1.0)
+
+    def truth_columns(self, y, class_names):
+        return {"y": np.asarray(y)}
+
+    def point_columns(self, pred, class_names, prefix):
+        return {f"{prefix}_mean": pred["mean"], f"{prefix}_variance": pred["variance"]}
 
 
 _TASKS = {"classification": Categorical(), "regression": Gaussian()}

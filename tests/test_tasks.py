@@ -56,3 +56,15 @@ def test_regression_temperature_scales_the_variance():
     t = task.fit_temperature(y, pred)
     assert t == pytest.approx(2.0, rel=0.05)
     assert task.temperature_scaled(pred, t)["variance"] == pytest.approx(np.full(20_000, t * t))
+
+
+def test_per_example_columns_by_task():
+    cls, reg = tasks.get("classification"), tasks.get("regression")
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    assert list(cls.truth_columns(np.array([2, 0]), ["a", "b", "c"])["true_class"]) == ["c", "a"]
+    cols = cls.point_columns({"probs": probs, "entropy": np.array([0.8, 0.6])}, ["a", "b", "c"], "student")
+    assert list(cols) == ["student_predicted", "student_prob_a", "student_prob_b", "student_prob_c", "student_entropy"]
+    assert list(cols["student_predicted"]) == ["a", "c"] and np.array_equal(cols["student_prob_c"], probs[:, 2])
+    assert list(reg.truth_columns(np.array([1.5, 2.5]), [])) == ["y"]
+    cols = reg.point_columns({"mean": np.array([1.0, 2.0]), "variance": np.array([0.5, 0.25])}, [], "teacher")
+    assert list(cols) == ["teacher_mean", "teacher_variance"] and np.array_equal(cols["teacher_variance"], [0.5, 0.25])
