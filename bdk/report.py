@@ -244,7 +244,7 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
                        task.total_output)
     if "over_time" in out:
         figure_over_time(out_dir / "epistemic_over_time.png", out["over_time"])
-    if ds.task == "regression":
+    if not task.has_classes:  # a predictive density: coverage instead of reliability over classes
         figure_coverage(out_dir / "calibration.png", ds, preds)
         lines = _regression_sections(ds, out) + _trust_section(out, task) + _ood_and_tail_sections(out, task)
         (out_dir / "report.md").write_text("\n".join(lines) + "\n")

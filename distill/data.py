@@ -368,7 +368,7 @@ def infer_task(labels: pd.Series) -> tuple[str, str]:
 
 def task_note(task: str, why: str) -> str:
     """The line a command prints when it inferred the task: the rule and how to override it."""
-    other = "classification" if task == "regression" else "regression"
+    other = next(t for t in tasks.TASKS if t != task)
     return (f"task: {task} (inferred: {why}; a numeric label with fractional values or more than {MANY_VALUES} "
             f"distinct integers is regression, anything else classification; pass --task {other} to override)")
 
@@ -436,21 +436,19 @@ def build_dataset(df: pd.DataFrame, cfg: DataConfig) -> Dataset:
     if task is None:
         task, why = infer_task(df[label])
         note = task_note(task, why)
-    if task == "classification":
-        classes, y = _classes(df, label)
-    else:
-        classes, y = [], _target(df, label)
+    recipe = tasks.get(task)
+    classes, y = _classes(df, label) if recipe.has_classes else ([], _target(df, label))
     ids = (df[id_col] if id_col else df[ROW_NUMBER]).astype(str).to_numpy()
     if len(set(ids)) != len(ids):
         raise BdkError(f"id column {id_col!r} has duplicate values; ids must be unique (or pass --id-column to pick another)")
-    parts = split_indices(len(df), y if task == "classification" else None, cfg)
+    parts = split_indices(len(df), y if recipe.has_classes else None, cfg)  # classes: stratified
     # Kinds, vocabularies and medians from the train split only; bundled tables keep integer columns numeric.
     spec = FeatureSpec.fit(df.iloc[parts[0]], features, cfg.categorical, cfg.numeric, cfg.max_categories,
                            integer_codes=bundled is None, missing=cfg.missing)
     x = spec.encode(df[features])  # [n, F encoded]
     splits = {name: Split(ids[i], x[i], y[i]) for name, i in zip(SPLITS, parts)}
-    scaler = Normaliser.fit(splits["train"].x, tasks.get(task).feature_scaling)
-    target_scaler = Normaliser.fit(splits["train"].y, "standard") if task == "regression" else None
+    scaler = Normaliser.fit(splits["train"].x, recipe.feature_scaling)
+    target_scaler = Normaliser.fit(splits["train"].y, "standard") if recipe.normalises_target else None
     return Dataset(task, spec.encoded_names, classes, label, scaler, target_scaler, splits, source=cfg.dataset,
                    feature_spec=spec, task_note=note)
 
@@ -460,7 +458,7 @@ def build_sequence_dataset(ids: np.ndarray, x: np.ndarray, labels: pd.Series, ch
     """Sequences x [N, T, C] with one label each -> a Dataset of flattened rows, classes, per-channel z-scores."""
     from distill.sequences import flat_names
 
-    if cfg.task == "regression":
+    if cfg.task is not None and not tasks.get(cfg.task).has_classes:
         raise BdkError("sequence regression is not supported yet; sequences are classified (drop --task regression)")
     if len(set(ids)) != len(ids):
         raise BdkError("series ids are not unique; give every series its own id")

@@ -58,6 +58,7 @@ class Task:
     logit_head: bool = False  # the head gives logits (the Flipout teacher's noise-contrastive prior acts on them)
     has_classes: bool = False  # the predictive is over classes (what the Dirichlet student models)
     no_label: float = float("nan")  # the label of a transfer row without a true one (classes: schema.NO_LABEL)
+    normalises_target: bool = False  # the target is z-scored on train (regression), the networks see z-units
     metrics_need_draws: bool = False  # `draw_metrics` reads every draw's parameters (`sample_dict`), not the summary only
 
     # ---------------------------------------------------------------- teacher
@@ -280,6 +281,7 @@ class Gaussian(Task):
     metric_names: tuple[str, ...] = tuple(metrics.REGRESSION_METRICS)
     feature_scaling: str = "standard"
     metrics_need_draws: bool = True  # the mixture NLL
+    normalises_target: bool = True
 
     def head_units(self, num_classes: int) -> int:
         return 2

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from distill import metrics, schema
+from distill import metrics, schema, tasks
 from distill.data import BUNDLED, DataConfig, read_table
 from distill.errors import BdkError, read_json, write_json
 from bdk.evaluate import EvalConfig
@@ -74,9 +74,9 @@ class BenchmarkConfig:
     evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(latency_calls=50))
 
     def __post_init__(self):
-        unknown = [d for d in self.datasets if d not in BUNDLED or BUNDLED[d][3] != "classification"]
+        unknown = [d for d in self.datasets if d not in BUNDLED or not tasks.get(BUNDLED[d][3]).has_classes]
         if unknown:
-            choices = ", ".join(d for d, b in BUNDLED.items() if b[3] == "classification")
+            choices = ", ".join(d for d, b in BUNDLED.items() if tasks.get(b[3]).has_classes)
             raise BdkError(f"--datasets: {unknown} are not bundled classification datasets; choose from {choices}")
         bad = [k for k in self.kinds if k not in TEACHER_KINDS]
         if bad or not self.kinds:
@@ -104,7 +104,6 @@ def _held_out_class(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, ou
         return read_json(result_file)
     from distill import data as data_lib
     from bdk.evaluate import Exports
-    from distill import tasks
     from bdk.pipeline import soft_labels_stage, student_stage, teacher_stage, with_seed
 
     _, label, id_col, _ = BUNDLED[dataset]
