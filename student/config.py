@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 
 from distill import tasks
 from distill.errors import BdkError
+from student.uncertainty import HEADS
 
 # Tables: the student's widths default to the teacher's (`hidden=None`): the same cost per row as ONE teacher weight
 # draw, so at least S_serving times cheaper than the teacher's serving setting, with the capacity to reproduce the
@@ -38,7 +39,7 @@ MONITORS = ("transfer", "labels")
 SEQUENCE_DEFAULTS = {"classification": dict(hidden=(32, 32, 32), learning_rate=1e-2),
                      "regression": dict(hidden=(32, 32, 32))}
 HIDDEN_SEARCH = ((32,), (64,), (128,), (32, 32), (64, 64), (128, 128), (256, 256))
-UNCERTAINTY = ("dirichlet", "regressor")
+UNCERTAINTY = tuple(HEADS)  # student.uncertainty
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class StudentConfig:
             defaults["hidden"] = tuple(teacher_hidden) if teacher_hidden else FALLBACK_HIDDEN
         if sequences and self.hidden_search:
             raise BdkError("--hidden auto searches dense students; for sequences pass the widths (e.g. --hidden 32,32,32)")
-        if self.uncertainty == "dirichlet" and not tasks.get(task).has_classes:
+        if self.uncertainty is not None and HEADS[self.uncertainty].needs_classes and not tasks.get(task).has_classes:
             raise BdkError("the Dirichlet student needs classes; use uncertainty `regressor` for regression")
         return replace(self, **{f.name: defaults[f.name] for f in fields(self)
                                 if getattr(self, f.name) is None and f.name in defaults})

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from distill import tasks
 from distill.encoder import ROWS_SIGNATURE, RowEncoder, rows_function
-from student import dirichlet
+from student.uncertainty import HEADS
 from distill.savedmodel import Untracked, stabilise_fingerprint
 
 
@@ -23,7 +23,7 @@ class StudentModule(tf.Module):
                  target_scale: float = 1.0, epistemic_scale: float = 1.0, epistemic_shift: float = 0.0, uncertainty: str = "regressor",
                  input_shape: tuple | None = None, feature_spec=None):
         super().__init__(name="student")
-        self.task, self.uncertainty = task, uncertainty
+        self.task, self.uncertainty = task, HEADS[uncertainty]  # student.uncertainty: what the second head means
         self._keras = Untracked(model)  # see distill.savedmodel.Untracked: save the variables, skip Keras tracing
         self.model_variables = list(model.variables)
         self.feature_shift = tf.constant(np.asarray(feature_shift, np.float32))
@@ -40,11 +40,7 @@ class StudentModule(tf.Module):
     def _serve(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
         out = self._keras.value((features - self.feature_shift) / self.feature_scale, training=False)
         score = out["epistemic"] * self.epistemic_scale + self.epistemic_shift  # [batch], the head's score
-        if self.uncertainty == "dirichlet":  # the score is the Dirichlet's log-precision
-            u = dirichlet.uncertainty(out["head"], score)
-            return {**u, "epistemic": u["mutual_information"]}
-        params = self.task.to_target_units(self.task.draw_params(out["head"]), self.target_shift, self.target_scale)
-        return {**self.task.point_outputs(params), "epistemic": score}
+        return self.uncertainty.serve(self.task, out["head"], score, self.target_shift, self.target_scale)
 
     def save(self, path: Path) -> Path:
         rows = {ROWS_SIGNATURE: self.serve_rows.get_concrete_function()} if self.serve_rows else {}

@@ -27,11 +27,11 @@ from distill import schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
 from distill.validate import check_finite_metrics
 from distill.training import CHUNK_ROWS, epochs_for_steps, fit, scaled_batch, steps_per_epoch
-from student import dirichlet
 from student.config import StudentConfig
 from student.export import StudentModule
 from student.model import build_sequence_student, build_student
 from student.rows import InMemoryRows, TransferRows
+from student.uncertainty import HEADS
 from student.tflite import TFLITE_INPUT, export_tflite
 
 
@@ -230,18 +230,14 @@ def _stream_rows(cfg: StudentConfig, run: Path, ds, task, shards, manifest, scra
         outputs = shard_arrays(table, task, ds.num_classes)
         x = ds.normalise(np.column_stack([table.column(f).to_numpy() for f in ds.feature_names]))  # [n, *input_shape]
         targets = task.soft_targets(outputs, ds.target_shift, ds.target_scale)  # [n, K]
-        if cfg.uncertainty == "dirichlet":  # the head regresses the log-precision of the teacher's draws (student.dirichlet)
-            smoothed = (1 - tasks.DIRICHLET_SMOOTHING) * outputs["probs"] + tasks.DIRICHLET_SMOOTHING / ds.num_classes
-            score = np.log(dirichlet.precision_mle(smoothed, outputs["mean_log_probs"]))  # [n] log alpha_0
-        else:  # the head regresses the teacher's epistemic score itself
-            score = np.asarray(outputs[task.epistemic_output], np.float64)  # [n]
+        score = HEADS[cfg.uncertainty].scores(outputs, task, ds.num_classes)  # [n] what the epistemic head regresses
         return x, targets, table.column("label").to_numpy(zero_copy_only=False), score
 
     rows = TransferRows.write(shards, row_arrays, int(manifest.get("rows") or 0),
                               cfg.holdout if cfg.monitor == "transfer" else None, Path(scratch),
                               (ds.num_features,) if not ds.sequence_shape else tuple(ds.sequence_shape),
                               task.soft_target_width(ds.num_classes), task.label_dtype(),
-                              center_scores=cfg.uncertainty == "dirichlet", seed=cfg.seed)
+                              center_scores=HEADS[cfg.uncertainty].center_scores, seed=cfg.seed)
     if not rows.fit_rows:
         raise BdkError(f"the soft labels of {run} have no rows; rerun `bdk soft-labels --run {run}` with a transfer set")
     return rows
@@ -270,7 +266,7 @@ def _train_student(cfg: StudentConfig, ds, task, rows: TransferRows, draw_flops,
 
     def train(hidden):
         tfk.utils.set_random_seed(cfg.seed)
-        model = _network(cfg, ds, task, hidden, epistemic_activation="linear" if cfg.uncertainty == "dirichlet" else "softplus")
+        model = _network(cfg, ds, task, hidden, epistemic_activation=HEADS[cfg.uncertainty].activation)
         return model, _fit(cfg, task, model, student_loss, rows, ds, held_out, schedule,
                            f"student {','.join(map(str, hidden))}", progress)
 
