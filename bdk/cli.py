@@ -309,33 +309,33 @@ experiment_app = typer.Typer(help="Studies: KL weight, teacher families, shifted
 app.add_typer(experiment_app, name="experiment")
 
 
-def _study(dataset: str, label_column: Optional[str], epochs: int, samples: int, uniform: int, student_epochs: int,
-           id_column: Optional[str] = None):
+def _study(dataset: Optional[str], label_column: Optional[str], epochs: Optional[int], samples: Optional[int],
+           uniform: Optional[int], student_epochs: Optional[int], id_column: Optional[str] = None):
+    """A study's shared settings: the options given, StudyConfig's defaults for the rest."""
     from dataclasses import replace
 
-    from distill.data import DataConfig
     from bdk.studies.classification import StudyConfig
-    from distill.transfer import SoftLabelConfig, TransferConfig
 
     base = StudyConfig()
-    return replace(base, data=DataConfig(dataset=dataset, label_column=label_column, id_column=id_column),
-                   teacher=replace(base.teacher, epochs=epochs, eval_samples=samples),
-                   soft_labels=SoftLabelConfig(transfer=TransferConfig(uniform=uniform), num_samples=samples),
-                   student=replace(base.student, epochs=student_epochs),
-                   evaluation=replace(base.evaluation, samples=samples))
+    return replace(base, data=_data_config(dataset=dataset, label_column=label_column, id_column=id_column),
+                   teacher=replace(base.teacher, **_given(epochs=epochs, eval_samples=samples)),
+                   soft_labels=replace(base.soft_labels, transfer=_transfer(uniform=uniform), **_given(num_samples=samples)),
+                   student=replace(base.student, **_given(epochs=student_epochs)),
+                   evaluation=replace(base.evaluation, **_given(samples=samples)))
 
 
 @experiment_app.command("kl-weight")
 @user_errors
 def experiment_kl_weight(
     out: Path = typer.Option(Path("experiments/kl-weight"), "--out", help="Report folder (replaced)."),
-    dataset: str = typer.Option("iris"),
+    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
     label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
     id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    weights: str = typer.Option("0.25,1,4", help="KL weights, comma-separated."),
+    weights: str = typer.Option("0.01,0.03,0.1,0.25,1,4", help="KL weights, comma-separated (default: the temperatures "
+                                "--kl-weight auto chooses from, and the design's 0.25, 1, 4)."),
     seeds: int = typer.Option(5, min=1, help="Seeds per weight (each its own split)."),
-    epochs: Optional[int] = typer.Option(None, min=1), samples: int = typer.Option(100, min=2),
-    uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
+    epochs: Optional[int] = typer.Option(None, min=1), samples: Optional[int] = typer.Option(None, min=2),
+    uniform: Optional[int] = typer.Option(None, min=0), student_epochs: Optional[int] = typer.Option(None, min=1),
     progress: bool = typer.Option(True),
 ):
     """Flipout teachers (and students) at several KL weights over seeds; reliability bands and a verdict."""
@@ -354,11 +354,11 @@ def experiment_kl_weight(
 @user_errors
 def experiment_teachers(
     out: Path = typer.Option(Path("experiments/teachers"), "--out", help="Report folder (replaced)."),
-    dataset: str = typer.Option("iris"),
+    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
     label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
     id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    epochs: Optional[int] = typer.Option(None, min=1), samples: int = typer.Option(100, min=2),
-    uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
+    epochs: Optional[int] = typer.Option(None, min=1), samples: Optional[int] = typer.Option(None, min=2),
+    uniform: Optional[int] = typer.Option(None, min=0), student_epochs: Optional[int] = typer.Option(None, min=1),
     progress: bool = typer.Option(True),
 ):
     """Flipout vs deep ensemble vs MC dropout teachers and their students: one table, one figure."""
@@ -373,8 +373,8 @@ def experiment_teachers(
 @user_errors
 def experiment_digits(
     out: Path = typer.Option(Path("experiments/digits"), "--out", help="Report folder (replaced)."),
-    epochs: Optional[int] = typer.Option(None, min=1), samples: int = typer.Option(100, min=2),
-    uniform: int = typer.Option(2000, min=0), student_epochs: int = typer.Option(300, min=1),
+    epochs: Optional[int] = typer.Option(None, min=1), samples: Optional[int] = typer.Option(None, min=2),
+    uniform: Optional[int] = typer.Option(None, min=0), student_epochs: Optional[int] = typer.Option(None, min=1),
     progress: bool = typer.Option(True),
 ):
     """Shifted benchmark: 8x8 digits 0-4 in distribution, 5-9 as OOD; each teacher family and its student."""
