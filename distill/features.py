@@ -256,7 +256,7 @@ class FeatureSpec:
             if empty.any():
                 raise BdkError(f"{what}missing feature values in data rows {_rows(np.flatnonzero(empty) + 1)} (the run "
                                "was trained with --missing refuse); fill them or drop those rows")
-        return np.concatenate([c.encode(df[c.name], what) for c in self.columns], axis=1).astype(np.float32)
+        return np.concatenate([c.encode(df[c.name], what) for c in self.columns], axis=1).astype(np.float32, copy=False)
 
     def decode(self, x: np.ndarray) -> pd.DataFrame:
         """The encoded matrix [n, F] -> raw columns (categorical: the block's largest entry, None for <missing>,
@@ -299,12 +299,13 @@ class FeatureSpec:
     @classmethod
     def fit(cls, train: pd.DataFrame, columns: list[str], categorical: tuple[str, ...] = (),
             numeric: tuple[str, ...] = (), max_categories: int = MAX_CATEGORIES, integer_codes: bool = True,
-            missing: str = "impute") -> "FeatureSpec":
-        """Kinds and statistics from the train split's raw columns (overrides win over inference)."""
+            missing: str = "impute", rows: np.ndarray | None = None) -> "FeatureSpec":
+        """Kinds and statistics from the train split's raw columns (overrides win over inference). `rows`: the train
+        split's positions in `train` (the whole table), so that only one column at a time is copied."""
         check_overrides(columns, categorical, numeric)
         specs = []
         for name in columns:
-            col = train[name].reset_index(drop=True)
+            col = (train[name] if rows is None else train[name].iloc[rows]).reset_index(drop=True)
             specs.append(_fit_column(col, name, _kind(col, name, categorical, numeric, integer_codes), max_categories))
         return cls(tuple(specs), missing)
 
