@@ -339,12 +339,12 @@ def experiment_kl_weight(
     progress: bool = typer.Option(True),
 ):
     """Flipout teachers (and students) at several KL weights over seeds; reliability bands and a verdict."""
-    from bdk.studies.classification import kl_weight_study
-
-    try:
+    try:  # before the study's imports (TensorFlow): a typo is an instant error line
         ws = [float(w) for w in weights.split(",") if w.strip()]
     except ValueError:
         raise BdkError(f"--weights {weights!r}: expected comma-separated numbers such as 0.25,1,4") from None
+    from bdk.studies.classification import kl_weight_study
+
     s = kl_weight_study(_study(dataset, label_column, epochs, samples, uniform, student_epochs, id_column), ws, seeds, out, progress)
     print(s["verdict"])
     print(f"report: {out / 'report.md'}")

@@ -109,7 +109,9 @@ class Normaliser:
         return cls(kind, tuple(map(float, shift)), tuple(float(s) if s > 0 else 1.0 for s in span))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, np.float32) - np.float32(self.shift)) / np.float32(self.scale)).astype(np.float32)
+        z = np.asarray(x, np.float32) - np.asarray(self.shift, np.float32)  # one float32 copy, divided in place
+        z /= np.asarray(self.scale, np.float32)
+        return z
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
         return (np.asarray(z, np.float32) * np.float32(self.scale) + np.float32(self.shift)).astype(np.float32)
