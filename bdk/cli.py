@@ -616,6 +616,9 @@ def predict(
                                             help="Row id column (default: id/Id/ID if present, else row number; "
                                                  "sequences: the series id column, default the run's)."),
     time_column: Optional[str] = typer.Option(None, help="Sequences: the time column (default: the run's)."),
+    samples: Optional[int] = typer.Option(None, help="A teacher export: this many weight draws from --seed "
+                                          "(predictive_seeded) instead of the serving signature's fresh draws."),
+    seed: int = typer.Option(0, help="With --samples: the seed of the weight draws."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
@@ -623,7 +626,7 @@ def predict(
     from serving.predict import predict_file
 
     s = predict_file(export_dir, input, out, batch_size=batch_size, signature=signature, id_column=id_column,
-                     time_column=time_column, overwrite=overwrite, progress=progress)
+                     time_column=time_column, overwrite=overwrite, progress=progress, samples=samples, seed=seed)
     print(f"{s['rows']} rows through {s['signature']} ({', '.join(s['outputs'])}) -> {s['out']}")
 
 

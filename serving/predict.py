@@ -23,6 +23,7 @@ from distill import schema
 from distill.schema import find_dataset_json, resolve_export
 from distill.errors import BdkError, first_line, read_json
 
+SEEDED_SIGNATURE = "predictive_seeded"  # a teacher export's predictive at S draws from a seed (teacher.export)
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -152,15 +153,19 @@ def _input_rows(df: pd.DataFrame, meta: dict, input_path: Path, id_column: str |
     return ids, x, id_col, features
 
 
-def _batch_signature(model, signature: str, x: np.ndarray, meta_path: Path | None, features):
-    """(the signature, its one input's name), checked against x [N, F] or [N, T, C]."""
+def _batch_signature(model, signature: str, x: np.ndarray, meta_path: Path | None, features, scalars: dict):
+    """(the signature, its one batch input's name), checked against x [N, F] or [N, T, C]; `scalars` fill the
+    signature's scalar inputs (num_samples, seed)."""
     from serving.server import RequestError
 
     try:
         sig = model.signature(signature)
     except RequestError as e:
+        if scalars:
+            raise BdkError(f"--samples needs a teacher export (its {SEEDED_SIGNATURE} signature); this export has "
+                           f"none") from None
         raise BdkError(e.message.replace("Serving signature name", "signature")) from None
-    (name, spec), *others = sig.inputs.items()
+    (name, spec), *others = [(k, s) for k, s in sig.inputs.items() if k not in scalars]
     if others or spec.shape.rank != x.ndim:
         raise BdkError(f"signature {sig.name!r} takes inputs {list(sig.inputs)}; batch prediction needs one "
                        f"[batch, {'time, channels' if x.ndim == 3 else 'features'}] input (use serving_default)")
@@ -172,7 +177,8 @@ def _batch_signature(model, signature: str, x: np.ndarray, meta_path: Path | Non
     return sig, name
 
 
-def _run_batches(sig, name: str, x: np.ndarray, batch_size: int, task: str | None, progress: bool) -> dict[str, list]:
+def _run_batches(sig, name: str, x: np.ndarray, batch_size: int, task: str | None, progress: bool,
+                 scalars: dict | None = None) -> dict[str, list]:
     """{output: its per-batch arrays}, the outputs in the export's order for the task."""
     from tqdm import tqdm
 
@@ -180,7 +186,7 @@ def _run_batches(sig, name: str, x: np.ndarray, batch_size: int, task: str | Non
     with tqdm(total=len(x), unit="row", disable=not progress, desc=f"predict {sig.name}") as bar:
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size]  # [b, F] or [b, T, C]
-            for k, v in sig.run({name: batch}).items():
+            for k, v in sig.run({name: batch, **(scalars or {})}).items():
                 parts[k].append(v)
             bar.update(len(batch))
     return parts
@@ -200,9 +206,11 @@ def _output_frame(sig, parts: dict[str, list], ids: np.ndarray, id_col: str | No
 
 def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int = 1024,
                  signature: str = "serving_default", id_column: str | None = None, time_column: str | None = None,
-                 overwrite: bool = False, progress: bool = True) -> dict:
+                 overwrite: bool = False, progress: bool = True, samples: int | None = None, seed: int = 0) -> dict:
     """Score every row of a table with one signature and write id + every output (the `bdk predict` command).
-    Sequences: `id_column` is the series id column and `time_column` the time column (default: the run's)."""
+    Sequences: `id_column` is the series id column and `time_column` the time column (default: the run's).
+    `samples` (a teacher export): `samples` weight draws from `seed` through `predictive_seeded` instead of the
+    signature's fresh serving draws: the same file gives the same numbers, and more draws less Monte Carlo noise."""
     from serving.server import ServedModel
 
     out = Path(out)
@@ -215,8 +223,13 @@ def predict_file(export_dir: Path, input_path: Path, out: Path, batch_size: int 
     ids, x, id_col, features = _input_rows(read_input(input_path), meta, input_path, id_column, time_column)
 
     model = ServedModel(version_dir, "predict")
-    sig, name = _batch_signature(model, signature, x, meta_path, features)
-    parts = _run_batches(sig, name, x, batch_size, meta.get("task"), progress)
+    scalars = {}
+    if samples is not None:
+        if samples < 2:
+            raise BdkError(f"--samples must be at least 2, got {samples}")
+        signature, scalars = SEEDED_SIGNATURE, {"num_samples": np.int32(samples), "seed": np.int64(seed)}
+    sig, name = _batch_signature(model, signature, x, meta_path, features, scalars)
+    parts = _run_batches(sig, name, x, batch_size, meta.get("task"), progress, scalars)
     write_table(_output_frame(sig, parts, ids, id_col, len(x), meta.get("class_names")), out)
     return {"rows": len(x), "features": features, "outputs": list(parts), "signature": sig.name,
             "version_dir": str(version_dir), "out": str(out)}
