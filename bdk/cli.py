@@ -540,7 +540,7 @@ def _transfer(noise: Optional[str] = None, **given):
             given["noise"] = tuple(float(v) for v in noise.split(",") if v.strip())
         except ValueError:
             raise BdkError(f"--noise {noise!r}: expected comma-separated numbers such as 0.05 or 0.05,0.2,0.5") from None
-    return TransferConfig(**{k: v for k, v in given.items() if v is not None})
+    return TransferConfig(**_given(**given))
 
 
 def _hidden(text: Optional[str]) -> dict:

@@ -101,11 +101,12 @@ class Normaliser:
         x = np.asarray(x).reshape(len(x), -1)
         shift, span = np.empty(x.shape[1]), np.empty(x.shape[1])  # [F] each
         for at in range(0, x.shape[1], NORMALISER_COLUMNS):  # in float64, a block of columns at a time (memory)
-            block = np.asarray(x[:, at:at + NORMALISER_COLUMNS], np.float64)
+            cols = slice(at, at + NORMALISER_COLUMNS)
+            block = np.asarray(x[:, cols], np.float64)
             if kind == "minmax":
-                shift[at:at + len(block.T)], span[at:at + len(block.T)] = block.min(axis=0), block.max(axis=0) - block.min(axis=0)
+                shift[cols], span[cols] = block.min(axis=0), block.max(axis=0) - block.min(axis=0)
             else:
-                shift[at:at + len(block.T)], span[at:at + len(block.T)] = block.mean(axis=0), block.std(axis=0)
+                shift[cols], span[cols] = block.mean(axis=0), block.std(axis=0)
         return cls(kind, tuple(map(float, shift)), tuple(float(s) if s > 0 else 1.0 for s in span))
 
     def transform(self, x: np.ndarray) -> np.ndarray:

@@ -20,8 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from distill.features import MISSING_CATEGORY, ROWS_SIGNATURE, FeatureSpec, as_booleans, as_categories, as_numbers
-
+from distill.features import MISSING_CATEGORY, FeatureSpec
 
 
 def signature_names(spec: FeatureSpec) -> dict[str, str]:
@@ -87,17 +86,15 @@ def rows_function(encoder: RowEncoder, serve) -> tf.function:
     return tf.function(lambda rows: serve(encoder.encode(rows)), input_signature=[encoder.input_signature()], autograph=False)
 
 
-def raw_inputs(df, spec: FeatureSpec) -> dict[str, np.ndarray]:
+def raw_inputs(df, spec: FeatureSpec, what: str = "") -> dict[str, np.ndarray]:
     """A raw frame -> the rows signature's inputs, numpy [n] each: categoricals as category text ("" for empty
-    cells), numbers and booleans as float32 with NaN for empty cells (the cell reading of FeatureSpec.encode; a
-    boolean column's stray text is a BdkError)."""
+    cells), numbers and booleans as float32 with NaN for empty cells. The cells are read and checked as
+    FeatureSpec.encode reads them (`FeatureSpec.check`, `ColumnSpec.read`: BdkError on what it refuses)."""
+    spec.check(df, what)
     names = signature_names(spec)
     out = {}
     for c in spec.columns:
-        col = df[c.name].reset_index(drop=True)
-        if c.kind == "categorical":
-            out[names[c.name]] = np.array(["" if v is None else v for v in as_categories(col)], dtype=object)
-        else:
-            values = as_booleans(col, c.name) if c.kind == "boolean" else as_numbers(col)
-            out[names[c.name]] = values.astype(np.float32)
+        values = c.read(df[c.name].reset_index(drop=True), what)
+        out[names[c.name]] = (np.array(["" if v is None else v for v in values], dtype=object)
+                              if c.kind == "categorical" else values.astype(np.float32))
     return out

@@ -181,31 +181,38 @@ class ColumnSpec:
         return cls(d["name"], d["kind"], float(d.get("fill", 0.0)), bool(d.get("indicator", False)),
                    tuple(d.get("vocabulary", ())), tuple(float(f) for f in d.get("frequencies", ())))
 
+    def read(self, col: pd.Series, what: str = "") -> np.ndarray:
+        """[n] raw cells -> their values, checked: categorical [n] object (category names, None for an empty cell),
+        numeric and boolean [n] float64 (NaN for an empty cell). Text in a numeric column, infinities and stray
+        boolean text are a BdkError."""
+        if self.kind == "categorical":
+            return as_categories(col)
+        if self.kind == "boolean":
+            return as_booleans(col, self.name, what)
+        values = as_numbers(col)
+        present = ~missing_mask(col)
+        bad = np.flatnonzero(present & np.isnan(values))
+        if len(bad):
+            raise BdkError(f"{what}numeric feature column {self.name!r} has text {col.iloc[bad[0]]!r} in data row "
+                           f"{bad[0] + 1}; expected a number or an empty cell")
+        inf = np.flatnonzero(np.isinf(values))
+        if len(inf):
+            raise BdkError(f"{what}feature column {self.name!r} has infinite values in data rows {_rows(inf + 1)}; "
+                           "fix or remove those rows")
+        return values
+
     def encode(self, col: pd.Series, what: str = "") -> np.ndarray:
         """[n] raw cells -> [n, width] float32."""
         n = len(col)
+        values = self.read(col, what)
         if self.kind == "categorical":
-            cats = as_categories(col)
             index = {v: i for i, v in enumerate(self.vocabulary)}
             oov = len(self.vocabulary)
             missing_at = index.get(MISSING_CATEGORY, oov)
-            codes = np.fromiter((missing_at if c is None else index.get(c, oov) for c in cats), np.int64, n)
+            codes = np.fromiter((missing_at if c is None else index.get(c, oov) for c in values), np.int64, n)
             out = np.zeros((n, self.width), np.float32)
             out[np.arange(n), codes] = 1.0
             return out
-        if self.kind == "boolean":
-            values = as_booleans(col, self.name, what)
-        else:
-            values = as_numbers(col)
-            present = ~missing_mask(col)
-            bad = np.flatnonzero(present & np.isnan(values))
-            if len(bad):
-                raise BdkError(f"{what}numeric feature column {self.name!r} has text {col.iloc[bad[0]]!r} in data row "
-                               f"{bad[0] + 1}; expected a number or an empty cell")
-            inf = np.flatnonzero(np.isinf(values))
-            if len(inf):
-                raise BdkError(f"{what}feature column {self.name!r} has infinite values in data rows {_rows(inf + 1)}; "
-                               "fix or remove those rows")
         gap = np.isnan(values)
         filled = np.where(gap, self.fill, values).astype(np.float32)
         if self.indicator:
@@ -242,13 +249,12 @@ class FeatureSpec:
             start += c.width
         return out
 
-    def encode(self, df: pd.DataFrame, what: str = "") -> np.ndarray:
-        """A raw frame (the raw columns; others ignored) -> the encoded matrix [n, F] float32."""
+    def check(self, df: pd.DataFrame, what: str = "") -> None:
+        """What every reader of raw rows refuses: lacking feature columns, and (a run trained with --missing refuse)
+        empty cells."""
         lacking = [c for c in self.raw_columns if c not in df.columns]
         if lacking:
             raise BdkError(f"{what}the input lacks feature column(s) {lacking}; the model takes {self.raw_columns}")
-        if not self.columns:
-            return np.zeros((len(df), 0), np.float32)
         if self.missing == "refuse":  # the run refused empty cells: so do its exports' readers
             empty = np.zeros(len(df), bool)
             for c in self.raw_columns:
@@ -256,6 +262,12 @@ class FeatureSpec:
             if empty.any():
                 raise BdkError(f"{what}missing feature values in data rows {_rows(np.flatnonzero(empty) + 1)} (the run "
                                "was trained with --missing refuse); fill them or drop those rows")
+
+    def encode(self, df: pd.DataFrame, what: str = "") -> np.ndarray:
+        """A raw frame (the raw columns; others ignored) -> the encoded matrix [n, F] float32."""
+        self.check(df, what)
+        if not self.columns:
+            return np.zeros((len(df), 0), np.float32)
         return np.concatenate([c.encode(df[c.name], what) for c in self.columns], axis=1).astype(np.float32, copy=False)
 
     def decode(self, x: np.ndarray) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from distill import metrics
+from distill import metrics, schema
 from distill.errors import BdkError
 
 TASKS = ("classification", "regression")
@@ -174,7 +174,7 @@ class Categorical(Task):
     noise_unit: str = "box"  # the recipe validated when classes were min-max scaled (box width = 1 there)
     logit_head: bool = True
     has_classes: bool = True
-    no_label: int = -1  # schema.NO_LABEL
+    no_label: int = schema.NO_LABEL
 
     def head_units(self, num_classes: int) -> int:
         return num_classes

@@ -28,9 +28,9 @@ from typing import Any, Callable
 import numpy as np
 from fastapi import Request  # module level: FastAPI resolves the handlers' (string) annotations here
 
-from distill.errors import BdkError, first_line
-from distill.features import ROWS_SIGNATURE
-from distill.schema import resolve_export
+from distill.errors import BdkError, first_line, read_json
+from distill.features import ROWS_SIGNATURE, from_meta
+from distill.schema import find_dataset_json, resolve_export
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,6 @@ class ServedModel:
 def run_feature_spec(version_dir: Path):
     """The feature specification of the run an export sits in (RUN/<stage>/export/<v>, RUN/student/baseline/export/<v>):
     from RUN/data/dataset.json, so requests may name raw fields; None when there is none (encoded vectors only)."""
-    from distill.errors import read_json
-    from distill.features import from_meta
-    from distill.schema import find_dataset_json
-
     path = find_dataset_json(version_dir)
     if path is None:
         return None
@@ -318,13 +314,28 @@ def raw_input_name(sig: Signature, spec) -> str | None:
     return rows[0]
 
 
-def encode_raw(build, payload, spec) -> np.ndarray:
-    """Named raw fields -> the encoded [batch, F] matrix, or a 400 naming the field."""
+def read_fields(build, payload, spec, convert):
+    """Named raw fields (`build`: distill.features.named_rows or named_columns) -> `convert(raw frame)`, or a 400
+    naming the field."""
     try:
-        frame = build(payload, spec)
-        return spec.encode(frame, "")
+        return convert(build(payload, spec))
     except (ValueError, BdkError) as e:
         raise RequestError(400, str(e)) from None
+
+
+def encode_raw(build, payload, spec) -> np.ndarray:
+    """Named raw fields -> the encoded [batch, F] matrix, or a 400 naming the field."""
+    return read_fields(build, payload, spec, lambda frame: spec.encode(frame, ""))
+
+
+def check_instances(rows: Any, limits: Limits) -> None:
+    """The row format's "instances": a non-empty list of at most `limits.max_batch` rows, else a 400 / 413."""
+    if not isinstance(rows, list):
+        raise RequestError(400, "\"instances\" must be a list with one entry per row")
+    if not rows:
+        raise RequestError(400, "\"instances\" is empty; send at least one row")
+    if len(rows) > limits.max_batch:
+        raise RequestError(413, f"batch of {len(rows)} rows is over the limit of {limits.max_batch}; split the request")
 
 
 def raw_row_inputs(payload, row_format: bool, limits: Limits, spec) -> dict[str, np.ndarray]:
@@ -333,18 +344,13 @@ def raw_row_inputs(payload, row_format: bool, limits: Limits, spec) -> dict[str,
     from distill.encoder import raw_inputs
     from distill.features import named_columns, named_rows
 
-    if row_format and not (isinstance(payload, list) and payload):
-        raise RequestError(400, "\"instances\" must be a non-empty list of objects naming the fields "
-                                f"{spec.raw_columns}")
-    if not row_format and not isinstance(payload, dict):
+    if row_format:
+        check_instances(payload, limits)
+    elif not isinstance(payload, dict):
         raise RequestError(400, f"\"inputs\" must be an object mapping the fields {spec.raw_columns} to lists")
-    rows = len(payload) if row_format else max((len(v) for v in payload.values() if isinstance(v, list)), default=0)
-    if rows > limits.max_batch:
-        raise RequestError(413, f"batch of {rows} rows is over the limit of {limits.max_batch}; split the request")
-    try:
-        return raw_inputs((named_rows if row_format else named_columns)(payload, spec), spec)
-    except (ValueError, BdkError) as e:
-        raise RequestError(400, str(e)) from None
+    elif max((len(v) for v in payload.values() if isinstance(v, list)), default=0) > limits.max_batch:
+        raise RequestError(413, f"batch over the limit of {limits.max_batch} rows; split the request")
+    return read_fields(named_rows if row_format else named_columns, payload, spec, lambda frame: raw_inputs(frame, spec))
 
 
 def _row_columns(rows: Any, sig: Signature, limits: Limits, spec) -> dict[str, Any]:
@@ -354,12 +360,7 @@ def _row_columns(rows: Any, sig: Signature, limits: Limits, spec) -> dict[str, A
         raise RequestError(400, f"signature {sig.name!r} has scalar input(s) {sig.scalar_inputs}, which the row format "
                                 "cannot carry (every input shares dimension 0): use the columnar format, e.g. "
                                 f"{{\"signature_name\": \"{sig.name}\", \"inputs\": {{{', '.join(repr(n).replace(chr(39), chr(34)) + ': ...' for n in names)}}}}}")
-    if not isinstance(rows, list):
-        raise RequestError(400, "\"instances\" must be a list with one entry per row")
-    if not rows:
-        raise RequestError(400, "\"instances\" is empty; send at least one row")
-    if len(rows) > limits.max_batch:
-        raise RequestError(413, f"batch of {len(rows)} rows is over the limit of {limits.max_batch}; split the request")
+    check_instances(rows, limits)
     raw = raw_input_name(sig, spec)
     if isinstance(rows[0], dict) and raw is not None and raw not in rows[0]:  # named raw fields per row
         from distill.features import named_rows

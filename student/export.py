@@ -13,7 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from distill import tasks
-from distill.encoder import ROWS_SIGNATURE, RowEncoder, rows_function
+from distill.encoder import RowEncoder, rows_function
+from distill.features import ROWS_SIGNATURE
 from student.uncertainty import HEADS
 from distill.savedmodel import Untracked, stabilise_fingerprint
 

@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from distill import tasks
-from distill.encoder import ROWS_SIGNATURE, RowEncoder, rows_function
+from distill.encoder import RowEncoder, rows_function
+from distill.features import ROWS_SIGNATURE
 from distill.savedmodel import Untracked, stabilise_fingerprint
 
 SERVING_SAMPLES = 10

@@ -75,3 +75,20 @@ def test_far_shell_rows_of_a_mixed_table_are_valid_encodings_far_in_their_number
     cut = spec.encoded_names.index(f"cut={OOV}")
     assert 0.05 < x[:, cut].mean() < 0.4  # unseen categories among them (1 in 5 of the 4 + 1 levels)
     np.testing.assert_array_equal(x, far_uniform(ds, 300, 0.5, 2.0, seed=3))  # bit-identical under one seed
+
+
+def test_raw_inputs_refuse_what_the_encoding_refuses():
+    """The raw-row signature's inputs are read as the training encoding reads cells: text in a numeric column, a
+    lacking column and (under --missing refuse) an empty cell are errors, not silently imputed."""
+    from distill.errors import BdkError
+
+    spec, rows = _spec_and_rows()
+    bad = rows.astype(object)
+    bad.loc[2, "depth"] = "deep"
+    for frame, words in ((bad, "has text 'deep'"), (rows.drop(columns=["cut"]), "lacks feature column")):
+        for read in (spec.encode, lambda f: raw_inputs(f, spec)):
+            with pytest.raises(BdkError, match=words):
+                read(frame)
+    refusing = FeatureSpec(spec.columns, missing="refuse")
+    with pytest.raises(BdkError, match="--missing refuse"):
+        raw_inputs(rows, refusing)

@@ -344,6 +344,8 @@ def test_predict_and_serve_take_raw_rows(mixed_run, tmp_path):
         np.testing.assert_allclose(cols["outputs"]["mean"], out["mean"], rtol=1e-5)
         bad = httpx.post(url, json={"signature_name": "serving_rows", "instances": [{"carat": 0.5, "cut": "Ideal"}]})
         assert bad.status_code == 400 and "'depth'" in bad.json()["error"]
+        bad = httpx.post(url, json={"signature_name": "serving_rows", "instances": [{**named[0], "carat": "heavy"}]})
+        assert bad.status_code == 400 and "'carat' has text 'heavy'" in bad.json()["error"]  # not imputed
         encoded = httpx.post(f"{s.url}/v1/models/student:predict",  # the encoded vector still works
                              json={"instances": data.load_from_run(run).feature_spec.encode(rows).tolist()}).json()
         np.testing.assert_allclose([p["mean"] for p in encoded["predictions"]], out["mean"], rtol=1e-5)
@@ -355,7 +357,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from distill import data
-from distill.encoder import ROWS_SIGNATURE, raw_inputs
+from distill.encoder import raw_inputs
+from distill.features import ROWS_SIGNATURE
 run = sys.argv[1]
 spec = data.load_from_run(run).feature_spec
 rows = pd.read_json(io.StringIO(sys.argv[2]), orient="records")
