@@ -285,13 +285,14 @@ def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports:
 def score_all(cfg: EvalConfig, ds: data_lib.Dataset, task, preds: dict) -> dict:
     """Metrics with bootstrap intervals per model and split, agreement by region, OOD AUROCs."""
     out: dict = {}
+    # The epistemic summary of the models that estimate it; the baselines get its keys, empty.
+    epistemic = {m: task.uncertainty_summary(preds[m]["test"]) for m in ("teacher", "student")}
     for m in MODELS:
         out[m] = {}
         for split in ("test", "val"):
             resamples = max(100, min(cfg.bootstrap, cfg.bootstrap_rows // max(len(ds[split]), 1)))
             out[m].update(task.metrics_with_intervals(ds[split].y, preds[m][split], split, resamples, cfg.seed))
-        summary = task.uncertainty_summary(preds[m]["test"]) if m in ("teacher", "student") else {}
-        out[m].update(summary or {k: None for k in task.uncertainty_summary(preds["teacher"]["test"])})
+        out[m].update(epistemic.get(m) or dict.fromkeys(epistemic["teacher"]))
     out["agreement"], out["epistemic_tracking"], out["regions"] = trust_by_region(task, preds)
     total = task.total_output
     ood = {f"{m}/{total}_auroc": metrics.auroc(preds[m]["test"][total], preds[m]["ood"][total]) for m in MODELS}
