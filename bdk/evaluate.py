@@ -102,8 +102,8 @@ class Exports:
         features = tf.constant(x)
         if name == "teacher":
             sig = self.models[name].signatures
-            if "predictive_seeded" in sig:
-                out = sig["predictive_seeded"](features=features, num_samples=tf.constant(self.samples),
+            if schema.SEEDED_SIGNATURE in sig:
+                out = sig[schema.SEEDED_SIGNATURE](features=features, num_samples=tf.constant(self.samples),
                                                seed=tf.constant(self.seed, tf.int64))
             else:  # an export made before seeded signatures existed
                 out = sig["predictive"](features=features, num_samples=tf.constant(self.samples))
@@ -124,9 +124,9 @@ class Exports:
         shape = self.input_shape or (int(fn.structured_input_signature[1]["features"].shape[1]),)
         flops = _flops_per_row(run)
         cost_batch = COST_BATCH if len(shape) == 1 else SEQUENCE_COST_BATCH
-        teacher_s = (lambda x: sig("teacher")["predictive_seeded"](features=x, num_samples=tf.constant(self.samples),
+        teacher_s = (lambda x: sig("teacher")[schema.SEEDED_SIGNATURE](features=x, num_samples=tf.constant(self.samples),
                                                                    seed=tf.constant(self.seed, tf.int64))) \
-            if "predictive_seeded" in sig("teacher") else None
+            if schema.SEEDED_SIGNATURE in sig("teacher") else None
         servers = {"teacher": (lambda x: sig("teacher")["serving_default"](features=x), serving_samples),
                    f"teacher S={self.samples}": (teacher_s, self.samples),
                    "student": (lambda x: fn(features=x), None),

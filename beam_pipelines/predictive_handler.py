@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.utils import shared
 
-PREDICTIVE_SIGNATURE = "predictive_seeded"
+PREDICTIVE_SIGNATURE = "predictive_seeded"  # distill.schema.SEEDED_SIGNATURE: written here, workers import no distill
 SHARD_SUFFIX = ".parquet"
 
 

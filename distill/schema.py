@@ -16,6 +16,7 @@ from pathlib import Path
 from distill.errors import BdkError
 
 EXPORT_VERSION = "1"  # TF Serving wants base_path/<integer version>/saved_model.pb
+SEEDED_SIGNATURE = "predictive_seeded"  # a teacher export's predictive at S draws from a seed (teacher.export)
 
 # Sources of transfer-set rows (stage 2).
 SOURCES = ("train", "perturbed", "interpolated", "uniform", "shell", "unlabeled")

@@ -20,10 +20,9 @@ import pandas as pd
 
 from distill import features as features_lib
 from distill import schema
-from distill.schema import find_dataset_json, resolve_export
+from distill.schema import SEEDED_SIGNATURE, find_dataset_json, resolve_export
 from distill.errors import BdkError, first_line, read_json
 
-SEEDED_SIGNATURE = "predictive_seeded"  # a teacher export's predictive at S draws from a seed (teacher.export)
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from distill import tasks
+from distill import schema, tasks
 from distill.encoder import RowEncoder, rows_function
 from distill.features import ROWS_SIGNATURE
 from distill.savedmodel import Untracked, stabilise_fingerprint
@@ -243,7 +243,7 @@ class MonteCarloModule(tf.Module):
         tf.saved_model.save(self, str(path), signatures={
             "serving_default": self.serve.get_concrete_function(),
             "predictive": self.predictive.get_concrete_function(),
-            "predictive_seeded": self.predictive_seeded.get_concrete_function(),
+            schema.SEEDED_SIGNATURE: self.predictive_seeded.get_concrete_function(),
             "sample": self.sample.get_concrete_function(),
             "sample_seeded": self.sample_seeded.get_concrete_function(),
             **({ROWS_SIGNATURE: self.serve_rows.get_concrete_function()} if self.serve_rows else {}),

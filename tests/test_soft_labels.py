@@ -467,3 +467,11 @@ def test_too_few_samples_fails_fast_in_a_real_process(teacher_run):
     assert done.stderr.strip().splitlines() == ["error: --samples must be at least 2 (the variance needs two draws), got 1"]
     assert not (teacher_run / "soft_labels").exists()
     assert time.time() - started < 30  # refused before Beam and TensorFlow load
+
+
+def test_the_workers_signature_name_is_the_exports():
+    """predictive_handler keeps its own copy of the name (its workers import no distill): it must be the export's."""
+    from beam_pipelines.predictive_handler import PREDICTIVE_SIGNATURE
+    from distill.schema import SEEDED_SIGNATURE
+
+    assert PREDICTIVE_SIGNATURE == SEEDED_SIGNATURE
