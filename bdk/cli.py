@@ -471,10 +471,10 @@ def beam_options(args: list[str]) -> list[str]:
 
 
 def _kind(kind: Optional[str], data_cfg) -> str:
-    """--kind, by default the Flipout teacher for tables and the Bayesian GRU for sequences."""
-    from distill.sequences import is_sequence_source
+    """--kind, by default the inputs' teacher (distill.inputs: Flipout for tables, the Bayesian GRU for sequences)."""
+    from distill.inputs import kind_of_source
 
-    return kind or ("brnn" if is_sequence_source(data_cfg.dataset, data_cfg.series_column) else "flipout")
+    return kind or kind_of_source(data_cfg.dataset, data_cfg.series_column).default_teacher
 
 
 def _kl(text: Optional[str]) -> dict:

@@ -15,7 +15,7 @@ import pandas as pd
 from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
-from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, far_uniform
+from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS
 
 
 @dataclass(frozen=True)
@@ -38,27 +38,26 @@ from distill.training import in_chunks
 
 
 def ood_inputs(cfg: EvalConfig, ds: data_lib.Dataset) -> np.ndarray:
-    """The OOD rows (raw, flat): the teacher's feature columns of `cfg.ood_file` (tables with text columns: their raw
-    columns, encoded as in training, or the encoded ones; sequences: a long table with its channels), else far-away uniform inputs (sequences: the test sequences switching to an unseen regime halfway,
-    distill.sequences.shifted_regime)."""
-    if ds.sequence_shape:
-        from distill import sequences
-
-        if cfg.ood_file is None:
-            return ds.denormalise(sequences.shifted_regime(ds.scaled("test"), np.random.default_rng(cfg.seed)))
-        _, x = sequences.run_sequences(data_lib.read_table(cfg.ood_file), ds.feature_names, ds.label_column,
-                                       ds.series_column, ds.time_column, f"OOD file {cfg.ood_file}")
-        return x.reshape(len(x), -1)
+    """The OOD examples (raw, flat): those of `cfg.ood_file` (tables: the teacher's raw columns, encoded as in
+    training, or its encoded ones; sequences: a long table with its channels), else the inputs' default OOD set
+    (distill.inputs: far-away uniform rows for a table, a shifted regime for sequences)."""
     if cfg.ood_file is None:
-        return far_uniform(ds, cfg.ood_rows, cfg.ood_inner, cfg.ood_outer, cfg.seed)
-    table = data_lib.read_table(cfg.ood_file)
+        return ds.inputs.default_ood(ds, cfg.ood_rows, cfg.ood_inner, cfg.ood_outer, cfg.seed)
+    what = f"OOD file {cfg.ood_file}"
+    return ds.inputs.read(data_lib.read_table(cfg.ood_file), what,
+                          lambda table: (None, _ood_rows(table, ds, what), None, None), label_column=ds.label_column)[1]
+
+
+def _ood_rows(table: pd.DataFrame, ds: data_lib.Dataset, what: str) -> np.ndarray:
+    """A table's OOD rows -> raw x [n, F]: its raw columns encoded as in training, or the encoded ones (rows with a
+    non-finite value dropped)."""
     spec = ds.feature_spec
     if spec is not None and not spec.is_identity and all(c in table.columns for c in spec.raw_columns):
-        return spec.encode(table, f"OOD file {cfg.ood_file}: ")  # raw rows: text and empty cells, encoded as in training
+        return spec.encode(table, f"{what}: ")  # raw rows: text and empty cells, encoded as in training
     missing = [c for c in ds.feature_names if c not in table.columns]
     if missing:
         wanted = spec.raw_columns if spec is not None else ds.feature_names
-        raise BdkError(f"OOD file {cfg.ood_file} lacks the teacher's feature columns {missing[:5]}; give it the columns "
+        raise BdkError(f"{what} lacks the teacher's feature columns {missing[:5]}; give it the columns "
                        f"{wanted[:8]}{' ...' if len(wanted) > 8 else ''}")
     x = table[ds.feature_names].to_numpy(np.float32)
     return x[np.isfinite(x).all(axis=1)]
@@ -229,15 +228,16 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
 
     steps = tqdm(total=5, desc="evaluate", unit="step", disable=None if progress else True, leave=False)
     steps.set_postfix_str("loading exports")
-    exports = Exports(run, cfg.samples, task, cfg.seed, ds.sequence_shape)
+    exports = Exports(run, cfg.samples, task, cfg.seed, ds.input_shape)
     steps.update()
     steps.set_postfix_str("predicting")
     inputs = {"val": ds["val"].x, "test": ds["test"].x, "ood": ood_inputs(cfg, ds)}
     preds, temperature = predict_all(cfg, run, ds, task, exports, inputs)
     steps.update()
     steps.set_postfix_str("bootstrap intervals")
-    out: dict = {"task": ds.task, "baseline_ts_temperature": temperature, **score_all(cfg, ds, task, preds)}
-    if ds.sequence_shape:
+    out: dict = {"task": ds.task, "ood_set": ds.inputs.ood_name, "baseline_ts_temperature": temperature,
+                 **score_all(cfg, ds, task, preds)}
+    if ds.inputs.over_time:
         out["over_time"] = epistemic_over_time(exports, ds.normalise(inputs["test"]), ds.normalise(inputs["ood"]), ds)
     steps.update()
     steps.set_postfix_str("latency")
@@ -311,7 +311,7 @@ def epistemic_over_time(exports: Exports, test: np.ndarray, ood: np.ndarray, ds:
     """Sequences: the mean epistemic score of teacher and student on prefixes x[:, :t] of the test and the OOD
     sequences (the first OVER_TIME_ROWS of each), at OVER_TIME_POINTS lengths t: how the uncertainty builds up as
     the hidden state reads the sequence (the OOD ones switch regime halfway). Inputs normalised [n, T, C]."""
-    length = ds.sequence_shape[0]
+    length = ds.input_shape[0]
     steps = sorted({int(t) for t in np.linspace(1, length, OVER_TIME_POINTS).round()})
     out = {"steps": steps}
     for name, z in (("test", test), ("ood", ood)):

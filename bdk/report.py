@@ -87,10 +87,9 @@ def figure_teacher_training(path: Path, history: pd.DataFrame, kind: str = "flip
     plt.close(fig)
 
 
-def ood_label(cfg, sequences: bool = False) -> str:
-    if cfg.ood_file:
-        return f"OOD ({Path(cfg.ood_file).name})"
-    return "OOD (shifted regime)" if sequences else "OOD (far-away uniform)"
+def ood_label(cfg, default_set: str = "far-away uniform") -> str:
+    """The OOD set's name: the given file's, else the inputs' default set (distill.inputs: `ood_name`)."""
+    return f"OOD ({Path(cfg.ood_file).name if cfg.ood_file else default_set})"
 
 
 def figure_over_time(path: Path, over_time: dict) -> None:
@@ -220,10 +219,10 @@ def _ood_and_tail_sections(out: dict, task) -> list[str]:
     o, total, epistemic = out["ood"], task.total_output, task.epistemic_output
     by = {"entropy": "entropy", "variance": "predictive variance"}[total]
     name = epistemic.replace("_", " ")
-    sequences = "over_time" in out
     over_time = ["The epistemic score on prefixes of the sequences (the shifted ones switch regime halfway):", "",
-                 "![epistemic over time](epistemic_over_time.png)", ""] if sequences else []
-    return ["", f"## Out-of-distribution detection (test vs {ood_label(out['config'], sequences)[5:-1]} inputs)", "",
+                 "![epistemic over time](epistemic_over_time.png)", ""] if "over_time" in out else []
+    ood = ood_label(out["config"], out.get("ood_set", "far-away uniform"))[5:-1]
+    return ["", f"## Out-of-distribution detection (test vs {ood} inputs)", "",
             f"| model | AUROC by {by} | AUROC by epistemic score |", "|---|---|---|",
             f"| teacher | {o[f'teacher/{total}_auroc']:.3f} | {o[f'teacher/{epistemic}_auroc']:.3f} ({name}) |",
             f"| student | {o[f'student/{total}_auroc']:.3f} | {o['student/epistemic_auroc']:.3f} (its epistemic output) |",
@@ -240,7 +239,7 @@ def write(out_dir: Path, run: Path, ds, preds, out: dict) -> None:
     task = tasks.get(ds.task)
     kind = read_json(schema.teacher_dir(run) / "config.json")["teacher"].get("kind", "flipout")
     figure_teacher_training(out_dir / "teacher_training.png", pd.read_csv(schema.teacher_dir(run) / "history.csv"), kind)
-    figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds, ood_label(out["config"], ds.sequence_shape is not None),
+    figure_uncertainty(out_dir / "uncertainty_test_vs_ood.png", preds, ood_label(out["config"], ds.inputs.ood_name),
                        task.total_output)
     if "over_time" in out:
         figure_over_time(out_dir / "epistemic_over_time.png", out["over_time"])

@@ -45,6 +45,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pipelines import predictive_handler
 from beam_pipelines.predictive_handler import SHARD_SUFFIX, LabelRowGroups, PredictiveModelHandler
 from beam_pipelines.workers import workers_die_with_job
+from distill import inputs as inputs_lib
 from distill import schema, tasks
 from distill.errors import BdkError
 from distill.transfer import SoftLabelConfig, export_fingerprint, soft_label_arrow_schema
@@ -263,7 +264,7 @@ def run_job(args: JobConfig, test_pipeline: beam.Pipeline | None = None) -> dict
     meta = _read_json(args.dataset_json)
     features, classes = list(meta["feature_names"]), list(meta.get("class_names", []))
     task = tasks.get(meta.get("task", "classification"))
-    shape = meta.get("sequence_shape")  # sequences: the export takes [B, T, C]
+    shape = inputs_lib.from_meta(meta).shape  # one example: (F,), or (T, C) for sequences (distill.inputs)
     check_export(args.export, features, classes, task, shape)
     fingerprint = export_fingerprint(args.export)
 

@@ -72,7 +72,7 @@ def measure_latency(datasets: list[str], seeds: int, out: Path) -> None:
                 run = out / "runs" / d / f"seed{s}" / net
                 if (schema.report_dir(run) / "metrics.json").exists():
                     ds = data_lib.load_from_run(run)
-                    exports = Exports(run, 10, tasks.get(ds.task), input_shape=ds.sequence_shape)
+                    exports = Exports(run, 10, tasks.get(ds.task), input_shape=ds.input_shape)
                     serving = read_json(schema.teacher_dir(run) / "config.json")["teacher"].get("serving_samples", 10)
                     cost = exports.cost(run, LATENCY_CALLS, serving)
                     (schema.report_dir(run) / "latency.json").write_text(json.dumps(cost, indent=2))

@@ -21,9 +21,11 @@ import numpy as np
 import pandas as pd
 
 from distill import features as features_lib
+from distill import inputs as inputs_lib
 from distill import schema, tasks
 from distill.errors import BdkError, first_line, read_json, write_json
 from distill.features import FeatureSpec
+from distill.inputs import Inputs, SequenceInputs, TableInputs, kind_of_source
 
 log = logging.getLogger(__name__)
 
@@ -150,22 +152,20 @@ class Dataset:
     target_scaler: Normaliser | None = None  # regression target; None for classes
     splits: dict[str, Split] = field(default_factory=dict)
     source: str = ""
-    # Sequences: (T, C); the features are the flattened series (distill.sequences.flat_names) and the normaliser is
-    # per channel. None for a table.
-    sequence_shape: tuple[int, int] | None = None
-    # Sequences: the long table's series id and time columns as the run was given them (None: the defaults,
-    # distill.sequences.SERIES_COLUMNS / TIME_COLUMNS); new sequences (predict, unlabeled, OOD) are read with them.
-    series_column: str | None = None
-    time_column: str | None = None
+    inputs: Inputs | None = None  # distill.inputs: a table row (the default) or a sequence
     # Tables: the raw columns, their kinds and the train-fitted encoding (distill.features); feature_names are its
     # encoded names. None for sequences and for run folders made before it.
     feature_spec: FeatureSpec | None = None
     task_note: str = ""  # how the task was inferred, when it was (for the user)
 
+    def __post_init__(self):
+        if self.inputs is None:
+            self.inputs = TableInputs(len(self.feature_names))
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         """What the models take per example: (F,) for a table, (T, C) for sequences."""
-        return tuple(self.sequence_shape) if self.sequence_shape else (self.num_features,)
+        return self.inputs.shape
 
     def raw(self, name: str) -> np.ndarray:
         """A split's raw model inputs [n, *input_shape] (what the exports take)."""
@@ -480,19 +480,24 @@ def build_sequence_dataset(ids: np.ndarray, x: np.ndarray, labels: pd.Series, ch
     parts = split_indices(n, y, cfg)
     splits = {name: Split(ids[i], flat[i], y[i]) for name, i in zip(SPLITS, parts)}
     scaler = Normaliser.fit(splits["train"].x.reshape(-1, c), "standard")  # per channel, over every time step
-    return Dataset("classification", flat_names(channels, length), classes, label, scaler, None, splits,
-                   source=cfg.dataset, sequence_shape=(length, c), series_column=cfg.series_column,
-                   time_column=cfg.time_column)
+    names = flat_names(channels, length)
+    return Dataset("classification", names, classes, label, scaler, None, splits, source=cfg.dataset,
+                   inputs=SequenceInputs(length, c, tuple(names), cfg.series_column, cfg.time_column))
 
 
 def load(cfg: DataConfig) -> Dataset:
+    return LOADERS[kind_of_source(cfg.dataset, cfg.series_column).kind](cfg)
+
+
+def load_sequences(cfg: DataConfig) -> Dataset:
     from distill import sequences
 
-    if sequences.is_sequence_source(cfg.dataset, cfg.series_column):
-        label = cfg.label_column or {"italy_power": "season"}.get(cfg.dataset, "label")
-        ids, x, labels, channels = sequences.read_sequences(cfg.dataset, label, cfg.series_column, cfg.time_column)
-        return build_sequence_dataset(ids, x, labels, channels, replace(cfg, label_column=label))
-    return build_dataset(read_table(cfg.dataset), cfg)
+    label = cfg.label_column or {"italy_power": "season"}.get(cfg.dataset, "label")
+    ids, x, labels, channels = sequences.read_sequences(cfg.dataset, label, cfg.series_column, cfg.time_column)
+    return build_sequence_dataset(ids, x, labels, channels, replace(cfg, label_column=label))
+
+
+LOADERS = {"table": lambda cfg: build_dataset(read_table(cfg.dataset), cfg), "sequence": load_sequences}
 
 
 # ---------------------------------------------------------------- the run folder
@@ -506,8 +511,7 @@ def save(ds: Dataset, out: Path) -> None:
         "task": ds.task, "source": ds.source, "label_column": ds.label_column, "feature_names": ds.feature_names,
         "class_names": ds.class_names, "scaler": ds.scaler.to_json(),
         "target_scaler": ds.target_scaler.to_json() if ds.target_scaler else None,
-        **({"sequence_shape": list(ds.sequence_shape), "series_column": ds.series_column,
-            "time_column": ds.time_column} if ds.sequence_shape else {}),
+        **ds.inputs.meta(),
         # the exports take the ENCODED vector (encoded_features, = feature_names); raw rows go through feature_spec
         **({"raw_columns": ds.feature_spec.raw_columns, "encoded_features": ds.feature_names,
             "feature_spec": ds.feature_spec.to_json()} if ds.feature_spec else {}),
@@ -553,10 +557,8 @@ def load_from_run(run: Path) -> Dataset:
                              r.column("label").to_numpy(zero_copy_only=False).astype(dtype))
         del r
     target = Normaliser.from_json(meta["target_scaler"]) if meta["target_scaler"] else None
-    shape = tuple(meta["sequence_shape"]) if meta.get("sequence_shape") else None
     return Dataset(meta["task"], feats, meta["class_names"], meta["label_column"], Normaliser.from_json(meta["scaler"]),
-                   target, splits, source=meta["source"], sequence_shape=shape,
-                   series_column=meta.get("series_column"), time_column=meta.get("time_column"),
+                   target, splits, source=meta["source"], inputs=inputs_lib.from_meta(meta),
                    feature_spec=feature_spec(meta))
 
 

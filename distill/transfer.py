@@ -144,12 +144,12 @@ def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     df = read_table(str(path))
     if len(df) == 0:
         raise BdkError(f"unlabeled file {path} has no rows")
-    if ds.sequence_shape:  # sequences: a long table with the run's channels (a label column is ignored)
-        from distill.sequences import run_sequences
+    return ds.inputs.read(df, f"unlabeled file {path}", lambda table: (*_unlabeled_rows(table, ds, path), None, None),
+                          label_column=ds.label_column)[:2]
 
-        ids, x = run_sequences(df, ds.feature_names, ds.label_column, ds.series_column, ds.time_column,
-                               f"unlabeled file {path}")
-        return ids, x.reshape(len(x), -1)
+
+def _unlabeled_rows(df: pd.DataFrame, ds: Dataset, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A table's unlabeled rows -> (ids [n] str, raw x [n, F] float32), its columns checked against the teacher's."""
     if ds.feature_spec is not None and not ds.feature_spec.is_identity:  # raw columns through the run's encoding
         raw = ds.feature_spec.raw_columns
         id_col = next((c for c in schema.ID_COLUMNS if c in df.columns and c not in raw), None)
@@ -403,11 +403,7 @@ def _perturbed(cfg: TransferConfig, ds: Dataset, task, z: np.ndarray, lo: np.nda
         eps = rng.standard_normal((len(pairs), f))
     rows, copies = pairs // max(k, 1), pairs % max(k, 1)  # [P] each
     base = z[rows]  # [P, F]
-    if ds.sequence_shape:  # sequences: a small warp of each copy's time axis before the noise
-        from distill.sequences import time_warp
-
-        base = time_warp(base.reshape(len(rows), *ds.sequence_shape), cfg.time_warp * scales[copies],
-                         rng).reshape(len(rows), -1)
+    base = ds.inputs.warp(base, cfg.time_warp * scales[copies], rng)  # sequences: each copy's time axis warped a little
     return (base + (scales[copies, None] * unit[None, :]) * eps).astype(np.float32), rows, copies
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from distill import features as features_lib
+from distill import inputs as inputs_lib
 from distill import schema
 from distill.schema import SEEDED_SIGNATURE, find_dataset_json, resolve_export
 from distill.errors import BdkError, first_line, read_json
@@ -132,16 +133,17 @@ def write_table(df: pd.DataFrame, out: Path) -> None:
 
 def _input_rows(df: pd.DataFrame, meta: dict, input_path: Path, id_column: str | None, time_column: str | None):
     """The table's rows as the export takes them: (ids [N], x [N, F] or [N, T, C], the id column or None, the features
-    (names, or the sequences' channel count))."""
-    if meta.get("sequence_shape"):  # sequences: a long table (series, time, the run's channels; a label is ignored)
-        from distill.sequences import run_sequences, shape_from_names
+    (names, or the sequences' channel count)). Sequences (distill.inputs): a long table (series, time, the run's
+    channels; a label is ignored), `id_column` its series column and `time_column` its time column (default: the
+    run's), any length."""
+    return inputs_lib.from_meta(meta).read(df, str(input_path), lambda table: _table_rows(table, meta, input_path, id_column),
+                                           label_column=meta.get("label_column"), series_column=id_column,
+                                           time_column=time_column, same_length=False, column_flags=True)
 
-        series = id_column or meta.get("series_column")  # the run's series and time columns unless given
-        ids, x = run_sequences(df, meta["feature_names"], meta.get("label_column"), series,
-                               time_column or meta.get("time_column"), str(input_path), same_length=False,
-                               column_flags=True)  # [N, T, C]
-        return ids, x, series or "series", shape_from_names(meta["feature_names"])[1]
-    if features_lib.from_meta(meta) is not None:  # a table run: raw columns through the run's recorded encoding
+
+def _table_rows(df: pd.DataFrame, meta: dict, input_path: Path, id_column: str | None):
+    """A table's rows: raw columns through the run's recorded encoding, or its numeric feature columns."""
+    if features_lib.from_meta(meta) is not None:
         spec = features_lib.from_meta(meta)
         id_col, features = pick_raw_columns(df, id_column, spec)
         x = spec.encode(df, f"{input_path}: ")  # [N, F encoded]: what the export takes

@@ -38,6 +38,8 @@ MONITORS = ("transfer", "labels")
 # for classes (the sequence benchmark's setting; the sweep above covered tabular students only).
 SEQUENCE_DEFAULTS = {"classification": dict(hidden=(32, 32, 32), learning_rate=1e-2),
                      "regression": dict(hidden=(32, 32, 32))}
+INPUT_DEFAULTS = {"table": {}, "sequence": SEQUENCE_DEFAULTS}  # per kind of input (distill.inputs), over TASK_DEFAULTS
+SEARCHED_INPUTS = ("table",)  # --hidden auto searches dense students only
 HIDDEN_SEARCH = ((32,), (64,), (128,), (32, 32), (64, 64), (128, 128), (256, 256))
 UNCERTAINTY = tuple(HEADS)  # student.uncertainty
 
@@ -107,12 +109,13 @@ class StudentConfig:
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise BdkError(f"{name} must be > 0, got {getattr(self, name)}")
 
-    def resolved(self, task: str, sequences: bool = False, teacher_hidden: tuple[int, ...] | None = None) -> "StudentConfig":
-        """Task defaults filled in; tables without --hidden take the teacher's widths (`teacher_hidden`)."""
-        defaults = {**TASK_DEFAULTS[task], **(SEQUENCE_DEFAULTS[task] if sequences else {})}
-        if not sequences and "hidden" not in defaults:
+    def resolved(self, task: str, inputs: str = "table", teacher_hidden: tuple[int, ...] | None = None) -> "StudentConfig":
+        """Task and input-kind (distill.inputs) defaults filled in; dense students without --hidden take the teacher's
+        widths (`teacher_hidden`)."""
+        defaults = {**TASK_DEFAULTS[task], **INPUT_DEFAULTS[inputs].get(task, {})}
+        if "hidden" not in defaults:
             defaults["hidden"] = tuple(teacher_hidden) if teacher_hidden else FALLBACK_HIDDEN
-        if sequences and self.hidden_search:
+        if self.hidden_search and inputs not in SEARCHED_INPUTS:
             raise BdkError("--hidden auto searches dense students; for sequences pass the widths (e.g. --hidden 32,32,32)")
         if self.uncertainty is not None and HEADS[self.uncertainty].needs_classes and not tasks.get(task).has_classes:
             raise BdkError("the Dirichlet student needs classes; use uncertainty `regressor` for regression")

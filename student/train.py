@@ -167,11 +167,12 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     if not (schema.teacher_dir(run) / "metrics.json").exists():
         raise BdkError(f"{run} has no teacher; run `bdk teacher --out {run}` first")
     teacher_hidden = read_json(schema.teacher_dir(run) / "config.json").get("teacher", {}).get("hidden")
-    cfg = cfg.resolved(ds.task, ds.sequence_shape is not None, teacher_hidden)
+    cfg = cfg.resolved(ds.task, ds.inputs.kind, teacher_hidden)
     shards, manifest, _, _ = soft_label_shards(run)
     tfk.utils.set_random_seed(cfg.seed)
     units = task.head_units(ds.num_classes)
-    draw_flops = None if ds.sequence_shape else teacher_draw_flops(teacher_hidden, ds.num_features, units)
+    dense = ds.inputs.dense_features  # [F] for a dense student; None: networks whose cost is not counted
+    draw_flops = dense and teacher_draw_flops(teacher_hidden, dense, units)
 
     with _scratch(run) as scratch:
         rows = _stream_rows(cfg, run, ds, task, shards, manifest, scratch)
@@ -196,8 +197,8 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         "stopped_by": "early stopping" if student.result.stopped_early else "budget",
         "improving_at_cap": student.result.improving_at_cap,
         "baseline_improving_at_cap": baseline.result.improving_at_cap,
-        "warnings": notes, "parameters": student_parameters(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
-        "flops_per_row": student_flops(ds.num_features, units, cfg.hidden) if not ds.sequence_shape else None,
+        "warnings": notes, "parameters": dense and student_parameters(dense, units, cfg.hidden),
+        "flops_per_row": dense and student_flops(dense, units, cfg.hidden),
         "teacher_draw_flops_per_row": draw_flops,
         "monitor": cfg.monitor, "held_out_rows": n_held, "hidden": list(cfg.hidden),
         **({"hidden_search": student.search} if student.search else {}), "uncertainty": cfg.uncertainty,
@@ -235,7 +236,7 @@ def _stream_rows(cfg: StudentConfig, run: Path, ds, task, shards, manifest, scra
 
     rows = TransferRows.write(shards, row_arrays, int(manifest.get("rows") or 0),
                               cfg.holdout if cfg.monitor == "transfer" else None, Path(scratch),
-                              (ds.num_features,) if not ds.sequence_shape else tuple(ds.sequence_shape),
+                              ds.input_shape,
                               task.soft_target_width(ds.num_classes), task.label_dtype(),
                               center_scores=HEADS[cfg.uncertainty].center_scores, seed=cfg.seed)
     if not rows.fit_rows:
@@ -244,11 +245,15 @@ def _stream_rows(cfg: StudentConfig, run: Path, ds, task, shards, manifest, scra
 
 
 def _network(cfg: StudentConfig, ds, task, hidden, **kwargs) -> tfk.Model:
-    """The student's network (or the baseline's: the same architecture) for these hidden widths."""
-    units = task.head_units(ds.num_classes)
-    if ds.sequence_shape:
-        return build_sequence_student(ds.sequence_shape[1], units, hidden, cfg.sequence_net, **kwargs)
-    return build_student(ds.num_features, units, hidden, epistemic_body_gradient=cfg.epistemic_body_gradient, **kwargs)
+    """The student's network (or the baseline's: the same architecture) for these hidden widths and the inputs."""
+    return NETWORKS[ds.inputs.kind](cfg, ds.input_shape[-1], task.head_units(ds.num_classes), hidden, **kwargs)
+
+
+NETWORKS = {  # per kind of input (distill.inputs): (cfg, the last input axis F or C, head units, hidden) -> model
+    "table": lambda cfg, f, units, hidden, **kw: build_student(f, units, hidden,
+                                                             epistemic_body_gradient=cfg.epistemic_body_gradient, **kw),
+    "sequence": lambda cfg, c, units, hidden, **kw: build_sequence_student(c, units, hidden, cfg.sequence_net, **kw),
+}
 
 
 def _train_student(cfg: StudentConfig, ds, task, rows: TransferRows, draw_flops, progress: bool
@@ -303,7 +308,7 @@ def _modules(cfg: StudentConfig, ds, task, student: tfk.Model, baseline: tfk.Mod
              epistemic_scale: float) -> dict[str, StudentModule]:
     """The student and baseline SavedModel modules (raw features in; the baseline has no epistemic estimate)."""
     units_args = (ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale)
-    shape = (None, ds.sequence_shape[1]) if ds.sequence_shape else None  # sequences of any length
+    shape = ds.inputs.signature_shape  # sequences of any length
     return {"student": StudentModule(task, student, *units_args, epistemic_scale=epistemic_scale,
                                      epistemic_shift=epistemic_shift, uncertainty=cfg.uncertainty, input_shape=shape,
                                      feature_spec=ds.feature_spec),
@@ -341,7 +346,7 @@ def _publish(cfg: StudentConfig, run: Path, ds, manifest: dict, student: _Traine
         modules["student"].save(tmp / "export" / schema.EXPORT_VERSION)
         modules["baseline"].save(tmp / "baseline" / "export" / schema.EXPORT_VERSION)
         # A recurrent student of any sequence length has dynamic TensorList ops that TFLite's builtins cannot lower.
-        recurrent = ds.sequence_shape is not None and cfg.sequence_net == "gru"
+        recurrent = any(isinstance(layer, tfk.layers.RNN) for layer in student.model.layers)
         if recurrent and cfg.tflite:
             summary["tflite"] = "skipped: the GRU student takes sequences of any length, which TFLite cannot lower"
         if not failures and cfg.tflite and not recurrent:

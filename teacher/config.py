@@ -126,13 +126,11 @@ class TeacherConfig:
         return replace(self, **{f.name: defaults[f.name] for f in fields(self)
                                 if getattr(self, f.name) is None and f.name in defaults})
 
-    def check_data(self, sequences: bool) -> None:
-        """A recurrent family needs sequences and the others tables: one clear error before training."""
-        if sequences and self.kind not in SEQUENCE_KINDS:
-            raise BdkError(f"the dataset holds sequences; the {self.kind} teacher takes tables: pass --kind brnn")
-        if not sequences and self.kind in SEQUENCE_KINDS:
-            raise BdkError(f"the {self.kind} teacher takes sequences [time, channels]; pass a long-format table with "
-                           "--series-column (and --time-column), an .npz, or a bundled sequence set (italy_power, regimes)")
+    def check_data(self, inputs) -> None:
+        """A recurrent family needs sequences and the others tables (distill.inputs): one clear error before training."""
+        from distill.inputs import check_kind
+
+        check_kind(inputs, "sequence" if self.kind in SEQUENCE_KINDS else "table", self.kind)
 
     def max_epochs(self, n_train: int) -> int:
         """The budget in epochs for `n_train` rows (a resolved config)."""

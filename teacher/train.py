@@ -106,9 +106,8 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
     units = task.head_units(ds.num_classes)
 
     def module(sampler, models, per_row=None, forward=None):
-        shape = (None, ds.sequence_shape[1]) if ds.sequence_shape else None  # sequences of any length
         return MonteCarloModule(task, sampler, models, ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale,
-                                cfg.serving_samples, per_row, shape, forward, ds.feature_spec)
+                                cfg.serving_samples, per_row, ds.inputs.signature_shape, forward, ds.feature_spec)
 
     if cfg.kind == "ensemble":
         members, histories, best = [], [], []
@@ -129,7 +128,7 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
         history = pd.concat([result.history.assign(phase="train"), swa], ignore_index=True)
         return module(swag_sampler(moments), [moments]), history, result.best_epoch
     if cfg.kind == "brnn":
-        model = build_brnn(ds.sequence_shape[1], units, len(ds["train"]), cfg.hidden, cfg.kl_weight, cfg.prior_scale,
+        model = build_brnn(ds.input_shape[-1], units, len(ds["train"]), cfg.hidden, cfg.kl_weight, cfg.prior_scale,
                            cfg.posterior_scale_init, cfg.prior, cfg.seed)
         mc = module(brnn_sampler(model), [model], forward=(recurrent.forward_batched, recurrent.forward_one))
     elif cfg.kind == "mc-dropout":
@@ -180,7 +179,7 @@ def _predict_splits(cfg: TeacherConfig, task: tasks.Task, module: MonteCarloModu
         if task.metrics_need_draws:  # e.g. the mixture NLL needs every draw's parameters
             samples[split] = in_chunks(lambda x: module.sample_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
                                        ds.raw(split), axis=1)
-    if not ds.sequence_shape:  # does it say "I don't know" off the data? Validation rows vs a validation shell
+    if ds.inputs.has_shell:  # does it say "I don't know" off the data? Validation rows vs a validation shell
         shell = far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)
         summaries["val_shell"] = in_chunks(predictive, shell)
     return summaries, samples
@@ -228,7 +227,7 @@ def _write_teacher(run: Path, cfg: TeacherConfig, ds: data_lib.Dataset, device: 
 
 def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress: bool = True) -> dict:
     """Train, evaluate and export; write RUN/teacher atomically. Returns the metrics summary."""
-    cfg.check_data(ds.sequence_shape is not None)
+    cfg.check_data(ds.inputs)
     cfg = cfg.resolved(ds.task, len(ds["train"]))
     task = tasks.get(ds.task)
     tfk.utils.set_random_seed(cfg.seed)

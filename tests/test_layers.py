@@ -46,3 +46,36 @@ def test_the_check_sees_upward_and_sideways_imports(tmp_path):
 @pytest.mark.parametrize("package", sorted(LAYERS))
 def test_every_layer_is_a_package(package):
     assert (ROOT / package / "__init__.py").is_file()
+
+
+# Per-task and per-input behaviour lives on its object (distill/tasks.py, distill/inputs.py): a branch on a task's
+# name or on the input kind anywhere else is the start of a parallel code path.
+BRANCHES = (r"task(\.name)?\s*[!=]=", r"[!=]=\s*[\"'](classification|regression|dirichlet|table|sequence)[\"']",
+            r"\bsequence_shape\b", r"\bis_sequence\w*\(", r"\.kind\s*[!=]=\s*[\"'](table|sequence)")
+OWNERS = {"distill/tasks.py", "distill/inputs.py", "distill/sequences.py"}
+
+
+def branches(root: Path) -> list[str]:
+    import re
+
+    pattern = re.compile("|".join(BRANCHES))
+    found = []
+    for package in LAYERS:
+        for path in sorted((root / package).rglob("*.py")):
+            rel = str(path.relative_to(root))
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if rel not in OWNERS and pattern.search(line.split("#")[0]):
+                    found.append(f"{rel}:{i}: {line.strip()}")
+    return found
+
+
+def test_no_task_or_input_branches_outside_their_objects():
+    assert branches(ROOT) == []
+
+
+def test_the_branch_check_sees_them(tmp_path):
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "m.py").write_text('if ds.sequence_shape:\n    pass\nok = 1  # task == "x" in a comment\n'
+                                                'if cfg.task == "regression": pass\n')
+    assert branches(tmp_path) == ["student/m.py:1: if ds.sequence_shape:",
+                                  'student/m.py:4: if cfg.task == "regression": pass']

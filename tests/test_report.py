@@ -10,6 +10,7 @@ from bdk import report
 from bdk.evaluate import EvalConfig, score_all
 from bdk.report import MODELS
 from distill import schema, tasks
+from distill.inputs import SequenceInputs, TableInputs
 from tests.test_evaluate import class_dataset, class_preds, regression_dataset, regression_preds
 
 COST = {"teacher": {"latency_ms_p50": 2.0, "latency_ms_p95": 3.0, "rows_per_s_batch1": 500.0,
@@ -153,8 +154,8 @@ def test_cost_section():
     assert "Student TFLite file: 4,096 bytes" in "\n".join(report._cost_section({"cost": tflite}))
 
 
-@pytest.mark.parametrize("ood_file, sequences, label", [(None, False, "OOD (far-away uniform)"),
-                                                        (None, True, "OOD (shifted regime)"),
-                                                        ("/data/real_ood.parquet", False, "OOD (real_ood.parquet)")])
-def test_ood_label(ood_file, sequences, label):
-    assert report.ood_label(EvalConfig(ood_file=ood_file), sequences) == label
+@pytest.mark.parametrize("ood_file, inputs, label", [
+    (None, TableInputs(4), "OOD (far-away uniform)"), (None, SequenceInputs(24, 1, ()), "OOD (shifted regime)"),
+    ("/data/real_ood.parquet", SequenceInputs(24, 1, ()), "OOD (real_ood.parquet)")])
+def test_ood_label(ood_file, inputs, label):
+    assert report.ood_label(EvalConfig(ood_file=ood_file), inputs.ood_name) == label

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bdk.cli import app
+from distill.inputs import SequenceInputs, TableInputs
 
 LENGTH, CHANNELS = 12, 2
 
@@ -157,7 +158,7 @@ def test_new_sequences_are_read_with_the_runs_columns_and_without_its_label(tmp_
     meta = json.loads((tmp_path / "run" / "data" / "dataset.json").read_text())
     assert (meta["series_column"], meta["time_column"]) == ("sid", "hour")
     ds = data.load_from_run(tmp_path / "run")
-    assert (ds.series_column, ds.time_column) == ("sid", "hour")
+    assert (ds.inputs.series_column, ds.inputs.time_column) == ("sid", "hour")
     new = tiny_sequences(5, seed=2)[0]
     long_frame(new, np.arange(5) % 2).rename(columns=rename).to_csv(tmp_path / "new.csv", index=False)  # labelled
     ids, got = read_unlabeled(str(tmp_path / "new.csv"), ds)
@@ -180,7 +181,7 @@ def test_new_sequences_are_read_with_the_runs_columns_and_without_its_label(tmp_
     for key in ("series_column", "time_column"):
         del meta[key]
     (tmp_path / "run" / "data" / "dataset.json").write_text(json.dumps(meta))
-    assert data.load_from_run(tmp_path / "run").time_column is None
+    assert data.load_from_run(tmp_path / "run").inputs.time_column is None
 
 
 def test_wrong_channel_count_and_kind_mismatch_are_refused(tmp_path):
@@ -194,9 +195,11 @@ def test_wrong_channel_count_and_kind_mismatch_are_refused(tmp_path):
     with pytest.raises(BdkError, match="unexpected \\['b'\\]"):
         from_long_table(long_frame(x, y), "label", None, None, channels=["a"])
     with pytest.raises(BdkError, match="pass --kind brnn"):
-        TeacherConfig(kind="flipout").check_data(sequences=True)
+        TeacherConfig(kind="flipout").check_data(SequenceInputs(24, 2, ()))
     with pytest.raises(BdkError, match="takes sequences"):
-        TeacherConfig(kind="brnn").check_data(sequences=False)
+        TeacherConfig(kind="brnn").check_data(TableInputs(48))
+    TeacherConfig(kind="brnn").check_data(SequenceInputs(24, 2, ()))  # the right kind passes
+    TeacherConfig(kind="flipout").check_data(TableInputs(48))
 
 
 def test_time_warp_keeps_the_ends_and_zero_strength_is_the_identity():

@@ -98,7 +98,7 @@ def test_config_defaults_by_task_and_validation():
     assert r.hidden == (50, 20) and r.learning_rate == TASK_DEFAULTS["classification"]["learning_rate"]
     assert cfg.resolved("classification").hidden == FALLBACK_HIDDEN  # a teacher without dense widths
     assert cfg.resolved("regression", teacher_hidden=[50]).hidden == TASK_DEFAULTS["regression"]["hidden"]
-    assert cfg.resolved("classification", sequences=True, teacher_hidden=[7]).hidden == (32, 32, 32)  # sequences' own
+    assert cfg.resolved("classification", "sequence", teacher_hidden=[7]).hidden == (32, 32, 32)  # sequences' own
     assert StudentConfig(hidden=(7,)).resolved("regression", teacher_hidden=[50]).hidden == (7,)  # given values win
     with pytest.raises(BdkError, match="monitor"):
         StudentConfig(monitor="loss")
