@@ -76,6 +76,26 @@ def posterior_stats_reader(model: tfk.Model):
     return stats
 
 
+def prior_where_unseen(model: tfk.Model, columns, prior: str) -> None:
+    """Set the first layer's kernel rows that read `columns` (inputs constant over the train split: an unseen
+    category's <oov> column, a missing indicator never set) to the prior, N(0, s^2). No likelihood term reaches those
+    weights, so their exact posterior, tempered or not, is the prior; training only pulls them there through the KL,
+    and early stopping keeps them near their small initial scale, so an input the data never varied would answer
+    as confidently as a seen one. s is the layer's prior scale (empirical Bayes: its KL-optimal scale)."""
+    import numpy as np
+
+    layer = model.layers[0]
+    if not len(columns) or not isinstance(layer, tfp.layers.DenseFlipout):
+        return
+    q = layer.kernel_posterior.distribution  # Normal, loc and scale [F, H]
+    s = (posterior_stats(model)["prior_scale_0"] if prior == "empirical_bayes"
+         else float(tf.reduce_max(layer.kernel_prior.distribution.scale)))
+    rows = np.asarray(columns)
+    loc, raw = q.loc.numpy(), q.scale.pretransformed_input.numpy()  # raw: the untransformed scales (softplus)
+    loc[rows], raw[rows] = 0.0, tfp.math.softplus_inverse(np.float32(s)).numpy()
+    q.loc.assign(loc), q.scale.pretransformed_input.assign(raw)
+
+
 def posterior_stats(model: tfk.Model) -> dict[str, float]:
     """`posterior_stats_reader(model)()`, once."""
     return posterior_stats_reader(model)()

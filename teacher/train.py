@@ -23,7 +23,8 @@ from distill.training import FitResult, fit, graph_epoch, in_chunks
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, far_uniform
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
-from teacher.model import build_flipout, build_mlp, dense_layers, noise_contrastive_prior, posterior_stats_reader
+from teacher.model import (build_flipout, build_mlp, dense_layers, noise_contrastive_prior, posterior_stats_reader,
+                           prior_where_unseen)
 from teacher.recurrent import brnn_sampler, build_brnn
 from teacher.swag import SwagCollector, swag_sampler
 from teacher import recurrent
@@ -139,6 +140,8 @@ def build_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = Tru
                               cfg.posterior_scale_init, cfg.prior, cfg.seed)
         mc = module(flipout_sampler(dense_layers(model)), [model], flipout_per_row(dense_layers(model)))
     result = _fit_member(cfg, task, model, mc, ds, cfg.val_samples, progress, f"teacher ({cfg.kind})", cfg.seed)
+    lo, hi = ds.box()  # [F] each: the train split's range per (normalised) column
+    prior_where_unseen(model, np.flatnonzero(lo == hi), cfg.prior)
     return mc, result.history, result.best_epoch
 
 

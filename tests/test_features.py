@@ -392,9 +392,6 @@ def test_every_export_answers_raw_rows_in_a_fresh_interpreter(mixed_run):
     assert out["student"]["mean"][2] != pytest.approx(out["student"]["mean"][3], abs=1e-6)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 25 goal not met: the teacher's weights on the <oov> column (constant 0 "
-                   "in train) keep their initial small posterior scale, so an unseen category's epistemic variance "
-                   "equals a seen one's (docs/tables.md)")
 def test_an_unseen_category_is_more_uncertain_for_a_regression_teacher(mixed_run):
     import tensorflow as tf
 
@@ -409,7 +406,7 @@ def test_an_unseen_category_is_more_uncertain_for_a_regression_teacher(mixed_run
         out = teacher.signatures["predictive_seeded"](features=tf.constant(x), num_samples=tf.constant(100),
                                                       seed=tf.constant(0, tf.int64))
         epistemic[cut] = float(np.mean(out["epistemic_variance"].numpy()))
-    assert epistemic["never-seen"] > epistemic["Ideal"], epistemic
+    assert epistemic["never-seen"] > 10 * epistemic["Ideal"], epistemic  # the <oov> weights are at their prior
 
 
 @pytest.fixture(scope="module")

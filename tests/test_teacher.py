@@ -338,3 +338,18 @@ def test_ensemble_sampler_is_the_exact_ensemble_mean(iris):
     np.testing.assert_allclose(out["probs"].numpy(), each.mean(0), atol=1e-6)
     np.testing.assert_allclose(out["mutual_information"].numpy(), summary_np(each)["mi"], atol=1e-5)
     assert out["mutual_information"].numpy().max() > 1e-3  # independently initialised members disagree
+
+
+@pytest.mark.parametrize("prior", ["normal", "empirical_bayes"])
+def test_weights_reading_a_column_constant_in_training_get_their_prior(prior):
+    from teacher.model import build_flipout, posterior_stats, prior_where_unseen
+
+    model = build_flipout(4, 3, 100, (8,), prior_scale=0.5, posterior_scale_init=-6.0, prior=prior, seed=1)
+    q = model.layers[0].kernel_posterior.distribution
+    loc, scale = q.loc.numpy().copy(), q.scale.numpy().copy()  # [4, 8]
+    expected = posterior_stats(model)["prior_scale_0"] if prior == "empirical_bayes" else 0.5
+    prior_where_unseen(model, [2], prior)
+    assert np.all(q.loc.numpy()[2] == 0) and np.allclose(q.scale.numpy()[2], expected, rtol=1e-5)
+    keep = [0, 1, 3]
+    assert np.array_equal(q.loc.numpy()[keep], loc[keep]) and np.array_equal(q.scale.numpy()[keep], scale[keep])
+    assert scale[2].max() < 0.01  # it started far below the prior
