@@ -8,7 +8,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -43,6 +43,24 @@ INTERPOLATION_SHARE_HELP = ("Interpolated points as a share of the training rows
 INTERPOLATION_PAIRS_HELP = ("Interpolation pairs: random (half of one class, half of any; the default) or neighbour (a row "
                             "and one of its nearest training rows in the normalised space).")
 MAX_CATEGORIES_HELP = "A categorical column with more distinct train values than this is refused (drop or hash it)."
+
+
+# The options several commands share, each declared once (typer reads the Annotated metadata).
+DatasetOption = Annotated[Optional[str], typer.Option(help=DATASET_HELP)]
+TaskOption = Annotated[Optional[str], typer.Option(help=TASK_HELP)]
+KindOption = Annotated[Optional[str], typer.Option(help=KIND_HELP)]
+SeriesOption = Annotated[Optional[str], typer.Option(help=SERIES_HELP)]
+TimeOption = Annotated[Optional[str], typer.Option(help="Sequences: the long table's time column (default: time).")]
+LabelOption = Annotated[Optional[str], typer.Option(help=LABEL_HELP)]
+IdOption = Annotated[Optional[str], typer.Option(help=ID_HELP)]
+MissingOption = Annotated[Optional[str], typer.Option(help=MISSING_HELP)]
+DropMissingOption = Annotated[bool, typer.Option(help=DROP_MISSING_HELP)]
+CategoricalOption = Annotated[Optional[str], typer.Option(help=CATEGORICAL_HELP)]
+NumericOption = Annotated[Optional[str], typer.Option(help=NUMERIC_HELP)]
+MaxCategoriesOption = Annotated[Optional[int], typer.Option(min=2, help=MAX_CATEGORIES_HELP)]
+SeedOption = Annotated[Optional[int], typer.Option(help="Seed of splits, initialisers and draws (default 0).")]
+NewRunOption = Annotated[Path, typer.Option("--out", help="Run folder to create.")]
+OverwriteRunOption = Annotated[bool, typer.Option(help="Replace an existing run folder.")]
 
 
 @app.callback()
@@ -80,25 +98,26 @@ def summary_table(title: str, rows: dict) -> None:
 
 NCP_HELP = ("Flipout classifier: weight of the noise-contrastive prior (logits ~ N(0, 3^2) across weight draws on "
             "training rows pushed off the data); 0 turns it off; default by task.")
+NcpOption = Annotated[Optional[float], typer.Option(min=0.0, help=NCP_HELP)]
 
 
 @app.command()
 @user_errors
 def teacher(
-    out: Path = typer.Option(..., "--out", help="Run folder to create."),
-    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
-    task: Optional[str] = typer.Option(None, help=TASK_HELP),
-    kind: Optional[str] = typer.Option(None, help=KIND_HELP),
-    series_column: Optional[str] = typer.Option(None, help=SERIES_HELP),
-    time_column: Optional[str] = typer.Option(None, help="Sequences: the long table's time column (default: time)."),
+    out: NewRunOption,
+    dataset: DatasetOption = None,
+    task: TaskOption = None,
+    kind: KindOption = None,
+    series_column: SeriesOption = None,
+    time_column: TimeOption = None,
     members: Optional[int] = typer.Option(None, min=2, help="Ensemble size (--kind ensemble; default 5)."),
-    label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    missing: Optional[str] = typer.Option(None, help=MISSING_HELP),
-    drop_missing: bool = typer.Option(False, help=DROP_MISSING_HELP),
-    categorical: Optional[str] = typer.Option(None, help=CATEGORICAL_HELP),
-    numeric: Optional[str] = typer.Option(None, help=NUMERIC_HELP),
-    max_categories: Optional[int] = typer.Option(None, min=2, help=MAX_CATEGORIES_HELP),
+    label_column: LabelOption = None,
+    id_column: IdOption = None,
+    missing: MissingOption = None,
+    drop_missing: DropMissingOption = False,
+    categorical: CategoricalOption = None,
+    numeric: NumericOption = None,
+    max_categories: MaxCategoriesOption = None,
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum epochs (early stopping on the validation NLL); default by task."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Default by task."),
     samples: Optional[int] = typer.Option(None, min=2, help="Monte Carlo weight draws for the evaluation (default 100)."),
@@ -106,9 +125,9 @@ def teacher(
                                             "(the best validation NLL of 0.01, 0.03, 0.1); default by task."),
     learning_rate: Optional[float] = typer.Option(None, min=0.0, help="Adam's; default by task."),
     patience: Optional[int] = typer.Option(None, min=1, help="Default by task."),
-    ncp_weight: Optional[float] = typer.Option(None, min=0.0, help=NCP_HELP),
-    seed: Optional[int] = typer.Option(None, help="Seed of splits, initialisers and draws (default 0)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
+    ncp_weight: NcpOption = None,
+    seed: SeedOption = None,
+    overwrite: OverwriteRunOption = False,
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Stage 1: train the teacher (Flipout BNN, deep ensemble or MC dropout), evaluate by Monte Carlo, export."""
@@ -208,7 +227,7 @@ def student(
     gate_ece_margin: Optional[float] = typer.Option(None, help="Allowed excess of student over teacher validation ECE (default 0.05)."),
     gate: bool = typer.Option(True, help="Refuse to publish a student worse calibrated than its teacher by more than "
                               "the margins (--no-gate publishes it anyway; the report still compares them)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of splits, initialisers and draws (default 0)."),
+    seed: SeedOption = None,
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Stage 3: distil the compact student (and a hard-label baseline) from the soft labels; gate; export."""
@@ -230,7 +249,7 @@ def student(
 def evaluate(
     run: Path = typer.Option(..., "--run", help="Run folder with teacher, soft labels and student."),
     samples: Optional[int] = typer.Option(None, min=2, help="Teacher weight draws (default 100)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of splits, initialisers and draws (default 0)."),
+    seed: SeedOption = None,
     progress: bool = typer.Option(True, help="Show progress."),
 ):
     """Compare calibration of teacher, student and baseline; write RUN/report (metrics, figures, report.md)."""
@@ -246,22 +265,22 @@ def evaluate(
 @user_errors
 def run_pipeline(
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", help="Run folder to create."),
-    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
-    task: Optional[str] = typer.Option(None, help=TASK_HELP),
-    label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    missing: Optional[str] = typer.Option(None, help=MISSING_HELP),
-    drop_missing: bool = typer.Option(False, help=DROP_MISSING_HELP),
-    categorical: Optional[str] = typer.Option(None, help=CATEGORICAL_HELP),
-    numeric: Optional[str] = typer.Option(None, help=NUMERIC_HELP),
-    max_categories: Optional[int] = typer.Option(None, min=2, help=MAX_CATEGORIES_HELP),
-    kind: Optional[str] = typer.Option(None, help=KIND_HELP),
-    series_column: Optional[str] = typer.Option(None, help=SERIES_HELP),
-    time_column: Optional[str] = typer.Option(None, help="Sequences: the long table's time column (default: time)."),
+    out: NewRunOption,
+    dataset: DatasetOption = None,
+    task: TaskOption = None,
+    label_column: LabelOption = None,
+    id_column: IdOption = None,
+    missing: MissingOption = None,
+    drop_missing: DropMissingOption = False,
+    categorical: CategoricalOption = None,
+    numeric: NumericOption = None,
+    max_categories: MaxCategoriesOption = None,
+    kind: KindOption = None,
+    series_column: SeriesOption = None,
+    time_column: TimeOption = None,
     epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs; default by task."),
     kl_weight: Optional[str] = typer.Option(None, help="Teacher's KL weight, or `auto`; default by task."),
-    ncp_weight: Optional[float] = typer.Option(None, min=0.0, help=NCP_HELP),
+    ncp_weight: NcpOption = None,
     samples: Optional[int] = typer.Option(None, min=2, help="Teacher weight draws for evaluation and soft labels (default 100)."),
     perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 10)."),
     noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated (default 0.05,0.2,0.5)."),
@@ -281,8 +300,8 @@ def run_pipeline(
                                          "teacher's widths (one teacher draw's cost per row)."),
     sequence_net: Optional[str] = typer.Option(None, help=SEQUENCE_NET_HELP),
     gate: bool = typer.Option(True, help="Refuse to publish a student worse calibrated than its teacher (see `bdk student`)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of splits, initialisers and draws (default 0)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
+    seed: SeedOption = None,
+    overwrite: OverwriteRunOption = False,
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """All stages: teacher -> soft labels (Beam) -> student -> evaluation, into one run folder. Beam options after --."""
@@ -328,9 +347,9 @@ def _study(dataset: Optional[str], label_column: Optional[str], epochs: Optional
 @user_errors
 def experiment_kl_weight(
     out: Path = typer.Option(Path("experiments/kl-weight"), "--out", help="Report folder (replaced)."),
-    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
-    label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    dataset: DatasetOption = None,
+    label_column: LabelOption = None,
+    id_column: IdOption = None,
     weights: str = typer.Option("0.01,0.03,0.1,0.25,1,4", help="KL weights, comma-separated (default: the temperatures "
                                 "--kl-weight auto chooses from, and the design's 0.25, 1, 4)."),
     seeds: int = typer.Option(5, min=1, help="Seeds per weight (each its own split)."),
@@ -354,9 +373,9 @@ def experiment_kl_weight(
 @user_errors
 def experiment_teachers(
     out: Path = typer.Option(Path("experiments/teachers"), "--out", help="Report folder (replaced)."),
-    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
-    label_column: Optional[str] = typer.Option(None, help=LABEL_HELP),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    dataset: DatasetOption = None,
+    label_column: LabelOption = None,
+    id_column: IdOption = None,
     epochs: Optional[int] = typer.Option(None, min=1), samples: Optional[int] = typer.Option(None, min=2),
     uniform: Optional[int] = typer.Option(None, min=0), student_epochs: Optional[int] = typer.Option(None, min=1),
     progress: bool = typer.Option(True),
