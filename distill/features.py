@@ -263,6 +263,13 @@ class FeatureSpec:
                 raise BdkError(f"{what}missing feature values in data rows {_rows(np.flatnonzero(empty) + 1)} (the run "
                                "was trained with --missing refuse); fill them or drop those rows")
 
+    def read(self, df: pd.DataFrame, what: str = "") -> pd.DataFrame:
+        """A raw frame -> its raw columns' values, checked (`check`, `ColumnSpec.read`): categoricals object (category
+        names, None for an empty cell), numbers and booleans float64 (NaN for an empty cell). `decode` gives the same
+        form."""
+        self.check(df, what)
+        return raw_frame({c.name: c.read(df[c.name].reset_index(drop=True), what) for c in self.columns}, len(df))
+
     def encode(self, df: pd.DataFrame, what: str = "") -> np.ndarray:
         """A raw frame (the raw columns; others ignored) -> the encoded matrix [n, F] float32."""
         self.check(df, what)
@@ -271,9 +278,9 @@ class FeatureSpec:
         return np.concatenate([c.encode(df[c.name], what) for c in self.columns], axis=1).astype(np.float32, copy=False)
 
     def decode(self, x: np.ndarray) -> pd.DataFrame:
-        """The encoded matrix [n, F] -> raw columns (categorical: the block's largest entry, None for <missing>,
-        `<oov>` for the bucket; numeric/boolean: the value, NaN where the indicator is set): encode's inverse on
-        encoded rows."""
+        """The encoded matrix [n, F] -> raw columns in `read`'s form (categorical: the block's largest entry, None for
+        <missing>, `<oov>` for the bucket, a value outside the vocabulary; numeric/boolean: the value, NaN where the
+        indicator is set): encode's inverse on encoded rows."""
         x = np.asarray(x, np.float32)
         out = {}
         for c, at in self.blocks():
@@ -286,7 +293,7 @@ class FeatureSpec:
                 if c.indicator:
                     values = np.where(block[:, 1] > 0.5, np.nan, values)
                 out[c.name] = values
-        return pd.DataFrame(out, index=range(len(x)))
+        return raw_frame(out, len(x))
 
     def to_json(self) -> dict:
         return {"missing": self.missing, "columns": [c.to_json() for c in self.columns]}
@@ -320,6 +327,13 @@ class FeatureSpec:
             col = (train[name] if rows is None else train[name].iloc[rows]).reset_index(drop=True)
             specs.append(_fit_column(col, name, _kind(col, name, categorical, numeric, integer_codes), max_categories))
         return cls(tuple(specs), missing)
+
+
+def raw_frame(columns: dict[str, np.ndarray], rows: int) -> pd.DataFrame:
+    """Raw column values -> a frame that keeps categoricals as object (None for an empty cell; pandas would make
+    text columns strings with NaN)."""
+    return pd.DataFrame({name: pd.Series(v, dtype=object if v.dtype == object else v.dtype) for name, v in columns.items()},
+                        index=range(rows))
 
 
 def check_overrides(columns: list[str], categorical: tuple[str, ...], numeric: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ from distill.errors import BdkError
 
 EXPORT_VERSION = "1"  # TF Serving wants base_path/<integer version>/saved_model.pb
 SEEDED_SIGNATURE = "predictive_seeded"  # a teacher export's predictive at S draws from a seed (teacher.export)
+SEEDED_ROWS_SIGNATURE = "predictive_seeded_rows"  # the same on raw columns (tables whose feature specification encodes)
 
 # Sources of transfer-set rows (stage 2).
 SOURCES = ("train", "perturbed", "interpolated", "uniform", "shell", "unlabeled")
