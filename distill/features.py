@@ -18,9 +18,12 @@ the train split had any; otherwise they take the out-of-vocabulary bucket).
 Encoding (fitted on the train split only) turns a raw frame into the numeric matrix the networks take: numeric and
 boolean columns as one value (plus the indicator), categoricals one-hot over the train vocabulary plus one
 out-of-vocabulary bucket (`cut=Ideal`, ..., `cut=<oov>`). The encoded names are the dataset's `feature_names`; the
-SavedModel exports take that ENCODED vector (the z-scores are inside them, the encoding is not): `bdk predict`,
-`bdk serve` and the `--unlabeled` rows apply this encoding, read from RUN/data/dataset.json (`feature_spec`), with
-numpy and pandas only. A table of numeric columns without missing cells encodes to itself.
+SavedModel exports' `features` signatures take that ENCODED vector (the z-scores are inside them; `serving_rows` and
+the teacher's `predictive_seeded_rows` encode raw rows in their graph, distill.encoder): `bdk predict`, `bdk serve`
+and the student and evaluation reading the raw columns of the soft labels (distill.transfer.encoded_inputs) apply this
+encoding, read from RUN/data/dataset.json (`feature_spec`), with numpy and pandas only; `decode` is its inverse, which
+turns the generated transfer rows into raw columns. A table of numeric columns without missing cells encodes to
+itself.
 """
 from __future__ import annotations
 

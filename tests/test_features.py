@@ -252,6 +252,22 @@ def test_raw_transfer_rows_decode_and_encode_back_exactly(tmp_path):
     np.testing.assert_array_equal(encoded_inputs(stored.to_pandas(), ds), z)
 
 
+def test_unlabeled_raw_rows_are_stored_as_the_user_wrote_them(tmp_path):
+    from distill.transfer import TransferConfig, build_transfer_set, encoded_inputs
+
+    ds = data.build_dataset(mixed_frame(600), data.DataConfig(dataset="mixed.csv", label_column="price"))
+    rows = pd.DataFrame({"key": ["a", "b"], "carat": [0.5, None], "cut": [" Astonishing", "Ideal"], "depth": [60, 61],
+                         "flag": ["yes", None]})
+    rows.rename(columns={"key": "id"}).to_csv(tmp_path / "extra.csv", index=False)
+    t = build_transfer_set(TransferConfig(perturbations=1, interpolations=0, uniform=0, shell=0,
+                                          unlabeled=str(tmp_path / "extra.csv")), ds)
+    mine = t[t["source"] == "unlabeled"]
+    assert mine["id"].tolist() == ["unlabeled:a", "unlabeled:b"]
+    assert mine["cut"].tolist() == ["Astonishing", "Ideal"]  # an unseen value kept (stripped, as the encoding reads it)
+    assert mine["flag"].tolist()[0] == 1.0 and np.isnan(mine["flag"].tolist()[1])
+    np.testing.assert_array_equal(encoded_inputs(mine, ds), ds.feature_spec.encode(rows))  # the bucket, the fills
+
+
 # ---------------------------------------------------------------- the CLI: flags, the task note
 
 
