@@ -593,3 +593,25 @@ def test_the_student_reads_raw_soft_labels_as_the_encoded_rows(penguins_labelled
         return a[np.lexsort(a.T[::-1])]
 
     np.testing.assert_array_equal(ordered(got), ordered(want))
+
+
+def test_bdk_serve_answers_the_seeded_rows_signature(penguins_labelled):
+    """`predictive_seeded_rows` over REST: named raw fields plus num_samples and seed (columnar format)."""
+    import httpx
+    import pandas as pd
+
+    from serving.server import BackgroundServer, create_app
+
+    run = penguins_labelled
+    cols = {"island": ["Dream", "Anvers"], "bill_length_mm": [39.0, None], "bill_depth_mm": [18.0, 18.0],
+            "flipper_length_mm": [190.0, 190.0], "body_mass_g": [3600.0, 3600.0], "sex": ["male", None],
+            "year": ["2008", 2007]}
+    url = "/v1/models/teacher:predict"
+    with BackgroundServer(create_app(run / "teacher" / "export", "teacher")) as s:
+        ok = httpx.post(s.url + url, json={"signature_name": schema.SEEDED_ROWS_SIGNATURE,
+                                           "inputs": {**cols, "num_samples": S, "seed": 3}})
+        lacking = httpx.post(s.url + url, json={"signature_name": schema.SEEDED_ROWS_SIGNATURE, "inputs": cols})
+    assert ok.status_code == 200, ok.text
+    want = _seeded_on_encoded(run, pd.DataFrame(cols), {"num_samples": S, "seed": 3})
+    np.testing.assert_array_equal(np.array(ok.json()["outputs"]["probs"], np.float32), want["probs"])
+    assert lacking.status_code == 400 and "lacks the signature input" in lacking.json()["error"]
