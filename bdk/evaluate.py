@@ -262,13 +262,13 @@ def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports:
     """Every model's outputs on every input set: model -> input set -> outputs, plus the baseline's validation-fitted
     temperature. `inputs` (val, test, ood) gains the transfer regions' rows, where the teacher's side is its soft
     labels (what the student matched)."""
-    from distill.transfer import output_arrays, sample_soft_labels
+    from distill.transfer import encoded_inputs, output_arrays, sample_soft_labels
 
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}
     # source -> its rows of the soft labels, at most cfg.region_rows (a uniform draw, in file order), shard by shard
     regions = sample_soft_labels(run, TRANSFER_REGIONS, cfg.region_rows, cfg.seed)
     for src in TRANSFER_REGIONS:
-        inputs[src] = regions[src][ds.feature_names].to_numpy(np.float32)
+        inputs[src] = encoded_inputs(regions[src], ds)
     for m in EXPORTED:
         for name, x in inputs.items():
             if len(x) and (m == "student" or name not in TRANSFER_REGIONS):  # teacher: soft labels there

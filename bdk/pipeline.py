@@ -118,7 +118,7 @@ def soft_labels_stage(cfg, run: Path, beam_args: Sequence[str] = (), progress: b
 
 def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Path:
     from distill import tasks
-    from distill.transfer import build_transfer_set, write_transfer_set
+    from distill.transfer import build_transfer_set, feature_fields, write_transfer_set
 
     ds = data_lib.load_from_run(run)
     export = schema.teacher_export(run).resolve()
@@ -134,7 +134,8 @@ def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Pa
     message = f"labelling {len(table)} rows with {cfg.num_samples} teacher draws each (Beam)"
     with atomic_dir(schema.soft_labels_dir(run), overwrite=True) as tmp, \
             (status(message) if status else contextlib.nullcontext()):
-        write_transfer_set(table, tmp / schema.TRANSFER_FILE, ds.feature_names, tasks.get(ds.task), cfg.batch_size)
+        write_transfer_set(table, tmp / schema.TRANSFER_FILE, feature_fields(ds.feature_names, ds.feature_spec),
+                           tasks.get(ds.task), cfg.batch_size)
         write_json(tmp / "config.json", {"soft_labels": cfg, "beam_args": list(beam_args)})
         try:
             job.run_job(job.JobConfig(str(tmp / schema.TRANSFER_FILE), str(export),

@@ -11,7 +11,9 @@ tf.saved_model.load.
 
 Rows stay columnar end to end: a row group of the transfer set is read as one Arrow table, one
 `predictive_seeded` call labels it, and the result, the same table with the outputs appended, is
-written as one Parquet shard.
+written as one Parquet shard. A table whose feature specification encodes (text, booleans, empty cells) is stored
+with its raw columns, and the export's `predictive_seeded_rows` signature takes them (one input per raw column:
+strings, NaN for an empty cell) and encodes them in its graph, as at serving time: the strings go through unchanged.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.utils import shared
 
 PREDICTIVE_SIGNATURE = "predictive_seeded"  # distill.schema.SEEDED_SIGNATURE: written here, workers import no distill
+ROWS_SIGNATURE = "predictive_seeded_rows"  # distill.schema.SEEDED_ROWS_SIGNATURE: raw columns in (tables that encode)
 SHARD_SUFFIX = ".parquet"
 
 
@@ -38,11 +41,14 @@ class PredictiveModelHandler(ModelHandler[Any, PredictionResult, Any]):
     the handler also works under RunInference.
 
     `output_names` picks the signature's outputs to keep (the task's outputs, distill.tasks); `input_shape` reshapes the
-    feature columns for an export that takes sequences.
+    feature columns for an export that takes sequences; `raw_inputs` ({raw column: its signature input}) calls
+    `predictive_seeded_rows` on the raw columns instead (string columns as text with "" for a null, the others float32
+    with NaN for a null).
     """
 
     def __init__(self, export_path: str, feature_names: Sequence[str], num_samples: int, seed: int,
-                 output_names: Sequence[str], input_shape: Optional[Sequence[int]] = None):
+                 output_names: Sequence[str], input_shape: Optional[Sequence[int]] = None,
+                 raw_inputs: Optional[dict[str, str]] = None):
         super().__init__(min_batch_size=1, max_batch_size=1)  # an element is already a batch (a row group)
         self.export_path = str(export_path)
         self.feature_names = tuple(feature_names)
@@ -51,6 +57,8 @@ class PredictiveModelHandler(ModelHandler[Any, PredictionResult, Any]):
         self.output_names = tuple(output_names)
         # One example's shape for the export, when not flat [F]: sequences (T, C), stored flattened time major.
         self.input_shape = tuple(input_shape) if input_shape else None
+        self.raw_inputs = dict(raw_inputs) if raw_inputs else None
+        self.signature = ROWS_SIGNATURE if self.raw_inputs else PREDICTIVE_SIGNATURE
 
     def set_environment_vars(self) -> None:
         """Runs on the worker before the model loads."""
@@ -69,14 +77,30 @@ class PredictiveModelHandler(ModelHandler[Any, PredictionResult, Any]):
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         import tensorflow as tf
 
-        fn = model.signatures[PREDICTIVE_SIGNATURE]
+        fn = model.signatures[self.signature]
         for table in batch:
-            x = np.stack([table.column(f).to_numpy().astype(np.float32, copy=False) for f in self.feature_names], axis=1)
-            if self.input_shape:
-                x = x.reshape(len(x), *self.input_shape)  # [B, T, C]
-            out = fn(features=tf.constant(x), num_samples=tf.constant(self.num_samples, tf.int32),
-                     seed=tf.constant(self.seed, tf.int64))  # [B, F] -> {name: [B] or [B, C]}
+            out = fn(**self.signature_inputs(table), num_samples=tf.constant(self.num_samples, tf.int32),
+                     seed=tf.constant(self.seed, tf.int64))  # [B, F] or raw columns [B] -> {name: [B] or [B, C]}
             yield PredictionResult(table, {k: out[k].numpy() for k in self.output_names}, self.export_path)
+
+    def signature_inputs(self, table) -> dict[str, Any]:
+        """An Arrow table of transfer rows -> the signature's inputs: `features` [B, F] (or [B, T, C]) float32, or one
+        [B] tensor per raw column (`raw_inputs`)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import tensorflow as tf
+
+        if not self.raw_inputs:
+            x = np.stack([table.column(f).to_numpy().astype(np.float32, copy=False) for f in self.feature_names], axis=1)
+            return {"features": tf.constant(x.reshape(len(x), *self.input_shape) if self.input_shape else x)}
+        out = {}
+        for column, name in self.raw_inputs.items():
+            values = table.column(column)
+            if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+                out[name] = tf.constant(pc.fill_null(values, "").to_numpy(zero_copy_only=False).astype(object), tf.string)
+            else:  # numbers and booleans: float32, NaN for an empty cell
+                out[name] = tf.constant(pc.cast(values, pa.float32()).to_numpy(zero_copy_only=False), tf.float32)
+        return out
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return sum(t.nbytes for t in batch)
@@ -87,6 +111,16 @@ class PredictiveModelHandler(ModelHandler[Any, PredictionResult, Any]):
 
 def _quiet_resource_warning(record) -> bool:
     return "Resource module is not available" not in str(record.msg)
+
+
+def conform(table, arrow_schema, output_names: Sequence[str]):
+    """A row group of the transfer set -> its columns of `arrow_schema` (the schema's fields other than the outputs and
+    num_samples), in the schema's types: a raw table of the user's own is read as the job's own (integer codes as
+    text, numbers as float32); a no-op on the transfer sets `bdk soft-labels` writes."""
+    import pyarrow as pa
+
+    fields = [f for f in arrow_schema if f.name not in output_names and f.name != "num_samples"]
+    return pa.Table.from_arrays([table.column(f.name).cast(f.type) for f in fields], schema=pa.schema(fields))
 
 
 def to_soft_label_table(result: PredictionResult, num_samples: int, arrow_schema):
@@ -136,6 +170,7 @@ class LabelRowGroups(beam.DoFn):
 
         with FileSystems.open(self.transfer, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
             table = pq.ParquetFile(fh).read_row_group(index)  # [B rows] x transfer columns
+        table = conform(table, self.arrow_schema, self.handler.output_names)
         (result,) = self.handler.run_inference([table], self.model)  # one predictive_seeded call on [B, F]
         labelled = to_soft_label_table(result, self.handler.num_samples, self.arrow_schema)
         path = shard_path(self.output_prefix, index, self.num_row_groups)

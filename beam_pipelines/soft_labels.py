@@ -48,7 +48,8 @@ from beam_pipelines.workers import workers_die_with_job
 from distill import inputs as inputs_lib
 from distill import schema, tasks
 from distill.errors import BdkError
-from distill.transfer import SoftLabelConfig, export_fingerprint, soft_label_arrow_schema
+from distill.features import from_meta
+from distill.transfer import SoftLabelConfig, encoding_spec, export_fingerprint, feature_fields, soft_label_arrow_schema
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,17 @@ def _dask_options_class():
     return DaskOptions
 
 
-def _num_row_groups(path: str) -> int:
+def _num_row_groups(path: str, arrow_schema, output_names) -> int:
+    """The transfer file's row groups; a file lacking one of the job's transfer columns is a BdkError naming them."""
     import pyarrow.parquet as pq
 
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-        return pq.ParquetFile(fh).metadata.num_row_groups
+        parquet = pq.ParquetFile(fh)
+        wanted = [f.name for f in arrow_schema if f.name not in output_names and f.name != "num_samples"]
+        lacking = [c for c in wanted if c not in parquet.schema_arrow.names]
+        if lacking:
+            raise BdkError(f"transfer file {path} lacks the column(s) {lacking}; it needs {wanted}")
+        return parquet.metadata.num_row_groups
 
 
 def _close_dask_client(result) -> None:
@@ -194,32 +201,44 @@ def _check_written(shards: list[str], transfer: str) -> tuple[int, dict[str, int
     return n, per_source
 
 
-def check_export(export: str, feature_names: list[str], class_names: list[str], task: tasks.Task,
-                 input_shape: Sequence[int] | None = None) -> None:
-    """Load the export on the launcher and call its predictive once: a bad export is one clear error
-    here rather than a worker traceback. Costs one TensorFlow start on the launcher."""
+def check_export(export: str, handler: PredictiveModelHandler, arrow_schema, class_names: list[str],
+                 task: tasks.Task) -> None:
+    """Load the export on the launcher and call the handler's signature once on a row of empty cells: a bad export is
+    one clear error here rather than a worker traceback. Costs one TensorFlow start on the launcher."""
+    import pyarrow as pa
     import tensorflow as tf
 
     hint = "retrain it with `bdk teacher --out RUN --overwrite`"
+    inputs = (f"the raw columns {list(handler.raw_inputs)}" if handler.raw_inputs
+              else f"{len(handler.feature_names)} features")
     try:
         model = tf.saved_model.load(export)
     except Exception as e:  # OSError, DecodeError, ValueError...: all mean "not a loadable SavedModel"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise BdkError(f"teacher export {export} cannot be loaded ({type(e).__name__}: {first}); {hint}") from None
-    fn = model.signatures.get(predictive_handler.PREDICTIVE_SIGNATURE)
+    fn = model.signatures.get(handler.signature)
     if fn is None:
-        raise BdkError(f"teacher export {export} has no `{predictive_handler.PREDICTIVE_SIGNATURE}` signature (it has "
+        raise BdkError(f"teacher export {export} has no `{handler.signature}` signature (it has "
                        f"{sorted(model.signatures)}); {hint}")
+    empty = pa.table({f.name: pa.nulls(1, f.type) for f in arrow_schema})  # one row of empty cells
     try:
-        out = fn(features=tf.zeros([1, *(input_shape or [len(feature_names)])]), num_samples=tf.constant(2, tf.int32),
-                 seed=tf.constant(0, tf.int64))
+        out = fn(**handler.signature_inputs(empty), num_samples=tf.constant(2, tf.int32), seed=tf.constant(0, tf.int64))
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise BdkError(f"teacher export {export} does not take {len(feature_names)} features ({first}); {hint}") from None
+        raise BdkError(f"teacher export {export} does not take {inputs} ({first}); {hint}") from None
     shapes = {k: (1, len(class_names)) if k in task.vector_outputs else (1,) for k in task.outputs}
     if any(k not in out or tuple(out[k].shape) != shape for k, shape in shapes.items()):
         raise BdkError(f"teacher export {export} gives outputs { {k: tuple(v.shape) for k, v in out.items()} }, expected "
                        f"{shapes} for {task.name}; {hint}")
+
+
+def _raw_inputs(spec) -> dict[str, str] | None:
+    """{raw column: its input of the export's `predictive_seeded_rows`} for a table that encodes, else None."""
+    if spec is None:
+        return None
+    from distill.encoder import signature_names
+
+    return signature_names(spec)
 
 
 def _shard_glob(output: str) -> str:
@@ -265,15 +284,17 @@ def run_job(args: JobConfig, test_pipeline: beam.Pipeline | None = None) -> dict
     features, classes = list(meta["feature_names"]), list(meta.get("class_names", []))
     task = tasks.get(meta.get("task", "classification"))
     shape = inputs_lib.from_meta(meta).shape  # one example: (F,), or (T, C) for sequences (distill.inputs)
-    check_export(args.export, features, classes, task, shape)
+    spec = encoding_spec(from_meta(meta))  # a table that encodes: raw columns through the export's rows signature
+    arrow_schema = soft_label_arrow_schema(feature_fields(features, spec), task)
+    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.seed, output_names=task.outputs,
+                                     input_shape=shape, raw_inputs=_raw_inputs(spec))
+    row_groups = _num_row_groups(args.transfer, arrow_schema, task.outputs)
+    check_export(args.export, handler, arrow_schema, classes, task)
     fingerprint = export_fingerprint(args.export)
 
-    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.seed, output_names=task.outputs,
-                                     input_shape=shape)
-    arrow_schema = soft_label_arrow_schema(features, task)
     pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
     _ = pipeline | "SoftLabels" >> SoftLabelJob(args.transfer, handler, FileSystems.join(output, schema.SOFT_LABEL_PREFIX),
-                                                _num_row_groups(args.transfer), arrow_schema)
+                                                row_groups, arrow_schema)
     seconds, options, runner = _run_pipeline(pipeline)
 
     shards = sorted(m.path for m in FileSystems.match([shard_glob])[0].metadata_list)

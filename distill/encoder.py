@@ -89,12 +89,8 @@ def rows_function(encoder: RowEncoder, serve) -> tf.function:
 def raw_inputs(df, spec: FeatureSpec, what: str = "") -> dict[str, np.ndarray]:
     """A raw frame -> the rows signature's inputs, numpy [n] each: categoricals as category text ("" for empty
     cells), numbers and booleans as float32 with NaN for empty cells. The cells are read and checked as
-    FeatureSpec.encode reads them (`FeatureSpec.check`, `ColumnSpec.read`: BdkError on what it refuses)."""
-    spec.check(df, what)
+    FeatureSpec.encode reads them (`FeatureSpec.read`: BdkError on what it refuses)."""
+    values = spec.read(df, what)
     names = signature_names(spec)
-    out = {}
-    for c in spec.columns:
-        values = c.read(df[c.name].reset_index(drop=True), what)
-        out[names[c.name]] = (np.array(["" if v is None else v for v in values], dtype=object)
-                              if c.kind == "categorical" else values.astype(np.float32))
-    return out
+    return {names[c.name]: (np.array(["" if v is None else v for v in values[c.name]], dtype=object)
+                            if c.kind == "categorical" else values[c.name].to_numpy(np.float32)) for c in spec.columns}

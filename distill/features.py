@@ -18,9 +18,12 @@ the train split had any; otherwise they take the out-of-vocabulary bucket).
 Encoding (fitted on the train split only) turns a raw frame into the numeric matrix the networks take: numeric and
 boolean columns as one value (plus the indicator), categoricals one-hot over the train vocabulary plus one
 out-of-vocabulary bucket (`cut=Ideal`, ..., `cut=<oov>`). The encoded names are the dataset's `feature_names`; the
-SavedModel exports take that ENCODED vector (the z-scores are inside them, the encoding is not): `bdk predict`,
-`bdk serve` and the `--unlabeled` rows apply this encoding, read from RUN/data/dataset.json (`feature_spec`), with
-numpy and pandas only. A table of numeric columns without missing cells encodes to itself.
+SavedModel exports' `features` signatures take that ENCODED vector (the z-scores are inside them; `serving_rows` and
+the teacher's `predictive_seeded_rows` encode raw rows in their graph, distill.encoder): `bdk predict`, `bdk serve`
+and the student and evaluation reading the raw columns of the soft labels (distill.transfer.encoded_inputs) apply this
+encoding, read from RUN/data/dataset.json (`feature_spec`), with numpy and pandas only; `decode` is its inverse, which
+turns the generated transfer rows into raw columns. A table of numeric columns without missing cells encodes to
+itself.
 """
 from __future__ import annotations
 
@@ -263,6 +266,13 @@ class FeatureSpec:
                 raise BdkError(f"{what}missing feature values in data rows {_rows(np.flatnonzero(empty) + 1)} (the run "
                                "was trained with --missing refuse); fill them or drop those rows")
 
+    def read(self, df: pd.DataFrame, what: str = "") -> pd.DataFrame:
+        """A raw frame -> its raw columns' values, checked (`check`, `ColumnSpec.read`): categoricals object (category
+        names, None for an empty cell), numbers and booleans float64 (NaN for an empty cell). `decode` gives the same
+        form."""
+        self.check(df, what)
+        return raw_frame({c.name: c.read(df[c.name].reset_index(drop=True), what) for c in self.columns}, len(df))
+
     def encode(self, df: pd.DataFrame, what: str = "") -> np.ndarray:
         """A raw frame (the raw columns; others ignored) -> the encoded matrix [n, F] float32."""
         self.check(df, what)
@@ -271,9 +281,9 @@ class FeatureSpec:
         return np.concatenate([c.encode(df[c.name], what) for c in self.columns], axis=1).astype(np.float32, copy=False)
 
     def decode(self, x: np.ndarray) -> pd.DataFrame:
-        """The encoded matrix [n, F] -> raw columns (categorical: the block's largest entry, None for <missing>,
-        `<oov>` for the bucket; numeric/boolean: the value, NaN where the indicator is set): encode's inverse on
-        encoded rows."""
+        """The encoded matrix [n, F] -> raw columns in `read`'s form (categorical: the block's largest entry, None for
+        <missing>, `<oov>` for the bucket, a value outside the vocabulary; numeric/boolean: the value, NaN where the
+        indicator is set): encode's inverse on encoded rows."""
         x = np.asarray(x, np.float32)
         out = {}
         for c, at in self.blocks():
@@ -286,7 +296,7 @@ class FeatureSpec:
                 if c.indicator:
                     values = np.where(block[:, 1] > 0.5, np.nan, values)
                 out[c.name] = values
-        return pd.DataFrame(out, index=range(len(x)))
+        return raw_frame(out, len(x))
 
     def to_json(self) -> dict:
         return {"missing": self.missing, "columns": [c.to_json() for c in self.columns]}
@@ -320,6 +330,13 @@ class FeatureSpec:
             col = (train[name] if rows is None else train[name].iloc[rows]).reset_index(drop=True)
             specs.append(_fit_column(col, name, _kind(col, name, categorical, numeric, integer_codes), max_categories))
         return cls(tuple(specs), missing)
+
+
+def raw_frame(columns: dict[str, np.ndarray], rows: int) -> pd.DataFrame:
+    """Raw column values -> a frame that keeps categoricals as object (None for an empty cell; pandas would make
+    text columns strings with NaN)."""
+    return pd.DataFrame({name: pd.Series(v, dtype=object if v.dtype == object else v.dtype) for name, v in columns.items()},
+                        index=range(rows))
 
 
 def check_overrides(columns: list[str], categorical: tuple[str, ...], numeric: tuple[str, ...]) -> None:

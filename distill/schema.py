@@ -17,6 +17,7 @@ from distill.errors import BdkError
 
 EXPORT_VERSION = "1"  # TF Serving wants base_path/<integer version>/saved_model.pb
 SEEDED_SIGNATURE = "predictive_seeded"  # a teacher export's predictive at S draws from a seed (teacher.export)
+SEEDED_ROWS_SIGNATURE = "predictive_seeded_rows"  # the same on raw columns (tables whose feature specification encodes)
 
 # Sources of transfer-set rows (stage 2).
 SOURCES = ("train", "perturbed", "interpolated", "uniform", "shell", "unlabeled")
@@ -57,8 +58,9 @@ def report_dir(run: Path) -> Path:
 
 
 # ---------------------------------------------------------------- stage 2: transfer set and soft labels
-# RUN/soft_labels/transfer.parquet has TRANSFER_KEYS then the raw feature columns (named as in
-# dataset.json); the teacher's shards (part-*.parquet) add the task's predictive outputs
+# RUN/soft_labels/transfer.parquet has TRANSFER_KEYS then the raw feature columns (distill.transfer.feature_fields:
+# dataset.json's feature_names, or its raw_columns for a table that encodes); the teacher's shards (part-*.parquet) add
+# the task's predictive outputs
 # (distill.tasks: Task.outputs) and num_samples after them.
 TRANSFER_FILE = "transfer.parquet"
 SOFT_LABEL_PREFIX = "part"  # shards: part-00000-of-00002.parquet

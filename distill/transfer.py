@@ -36,7 +36,13 @@ Sequences (distill.sequences) are flattened rows here (time major); their pertur
 (`time_warp` times the copy's noise std: a smooth monotone resampling of the time axis) before the noise, and the
 other sources work on the flattened normalised series unchanged (interpolations are mixups of whole sequences).
 No validation or test row is ever in the transfer set (every generated point derives from train rows).
-Rows are stored with RAW features (the teacher export scales them itself), ids stable across runs.
+Rows are stored with RAW features (the teacher export scales them itself), ids stable across runs. A table whose feature
+specification encodes (text, booleans, empty cells: distill.features) stores its raw columns as users have them
+(`feature_fields`: text as strings, booleans as bools, numbers as float32, an empty cell as null): the generated rows,
+made in the encoded space, are decoded (`FeatureSpec.decode`: a one-hot block to its category, the out-of-vocabulary
+bucket to `<oov>`, a set missing indicator to an empty cell), and the exports encode them again inside the graph (the
+Beam job) or `encoded_inputs` with the same FeatureSpec (the student, the evaluation): encode(decode(x)) == x on every
+generated row, bit for bit. Numbers-only tables and sequences store their (encoded = raw) float32 features as before.
 
 `soft_label_shards` (shard by shard) and `read_soft_labels` (one frame) are how later stages get the Beam job's output: they refuse soft labels that no
 longer belong to the run (teacher retrained, classes or features changed).
@@ -53,6 +59,7 @@ import pandas as pd
 from distill import schema, tasks
 from distill.data import Dataset, _row_list, read_table
 from distill.errors import BdkError, read_json
+from distill.features import from_meta
 
 NOISE_UNITS = ("box", "std", "neighbour")
 # Copy j's noise scale by unit: box widths and stds per feature; for "neighbour", multiples of the median distance
@@ -139,8 +146,9 @@ def check_feature_names(feature_names: list[str], task: tasks.Task) -> None:
                        "rename them in the dataset and retrain the teacher")
 
 
-def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """A user table of extra inputs -> (ids [n] str, raw x [n, F] float32), checked against the teacher."""
+def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray | pd.DataFrame]:
+    """A user table of extra inputs -> (ids [n] str, raw x [n, F] float32), checked against the teacher; a table with
+    an encoding feature specification: (ids, its raw columns as read, `FeatureSpec.read`)."""
     df = read_table(str(path))
     if len(df) == 0:
         raise BdkError(f"unlabeled file {path} has no rows")
@@ -158,7 +166,7 @@ def _unlabeled_rows(df: pd.DataFrame, ds: Dataset, path: str) -> tuple[np.ndarra
         if missing or extra:
             raise BdkError(f"unlabeled file {path}: its columns do not match the teacher's raw features "
                            f"(missing {missing}, unexpected {extra}); it needs exactly {raw}, plus an optional id column")
-        x = ds.feature_spec.encode(df, f"unlabeled file {path}: ")
+        x = ds.feature_spec.read(df, f"unlabeled file {path}: ")
         ids = (df[id_col].astype(str) if id_col else pd.Series(np.arange(1, len(df) + 1)).astype(str)).to_numpy()
         if len(set(ids)) != len(ids):
             raise BdkError(f"unlabeled file {path}: id column {id_col!r} has duplicate values; ids must be unique")
@@ -343,9 +351,20 @@ def respect_kinds(x: np.ndarray, spec, train_x: np.ndarray, rng: np.random.Gener
 
 
 def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
-    """The transfer set as a table: TRANSFER_KEYS then the raw features (see the module docstring)."""
+    """The transfer set as a table: TRANSFER_KEYS then the stored features (`feature_fields`; see the module
+    docstring)."""
     task = tasks.get(ds.task)
-    check_feature_names(ds.feature_names, task)
+    check_feature_names([f.name for f in feature_fields(ds.feature_names, ds.feature_spec)], task)
+    parts = generated_parts(cfg, ds, task)
+    if cfg.unlabeled:
+        ids, x = read_unlabeled(cfg.unlabeled, ds)
+        parts.append((np.char.add("unlabeled:", ids), "unlabeled", np.full(len(ids), task.no_label), x))
+    return _table(parts, ds, task)
+
+
+def generated_parts(cfg: TransferConfig, ds: Dataset, task: tasks.Task) -> list[tuple]:
+    """The train rows and the generated sources, each (ids [n], source, labels [n], encoded rows [n, F] in raw units):
+    made in the encoded space, valid encodings of the feature specification (`respect_kinds`)."""
     train = ds["train"]
     z = ds.scaled("train").reshape(len(train), -1)  # [n, F] normalised (sequences: flattened, time major)
     n, f = z.shape
@@ -379,10 +398,7 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
         (np.array([f"uniform:{i}" for i in range(n_uniform)], dtype=str), "uniform", np.full(n_uniform, none), box_x),
         (np.array([f"shell:{i}" for i in range(n_shell)], dtype=str), "shell", np.full(n_shell, none), shell_x),
     ]
-    if cfg.unlabeled:
-        ids, x = read_unlabeled(cfg.unlabeled, ds)
-        parts.append((np.char.add("unlabeled:", ids), "unlabeled", np.full(len(ids), none), x))
-    return _table(parts, ds.feature_names, task)
+    return parts
 
 
 def _perturbed(cfg: TransferConfig, ds: Dataset, task, z: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -422,11 +438,18 @@ def _interpolated(cfg: TransferConfig, task, y: np.ndarray, z: np.ndarray, m: in
     return lam * z[a] + (1 - lam) * z[b], a, b, lam
 
 
-def _table(parts: list, feature_names: list[str], task) -> pd.DataFrame:
-    """(ids, source, labels, raw rows) per source -> one frame: id, source, label, then the features."""
+def _table(parts: list, ds: Dataset, task) -> pd.DataFrame:
+    """(ids, source, labels, rows) per source -> one frame: id, source, label, then the stored features
+    (`feature_fields`): rows are encoded [n, F] (decoded for a table whose specification encodes) or raw frames."""
     frames = []
+    spec = encoding_spec(ds.feature_spec)
     for ids, source, labels, x in parts:
-        frame = pd.DataFrame(np.asarray(x, np.float32).reshape(len(ids), len(feature_names)), columns=feature_names)
+        if isinstance(x, pd.DataFrame):  # raw columns as read (unlabeled rows of a table with an encoding)
+            frame = x.reset_index(drop=True)
+        elif spec is not None:
+            frame = spec.decode(x)
+        else:
+            frame = pd.DataFrame(np.asarray(x, np.float32).reshape(len(ids), ds.num_features), columns=ds.feature_names)
         frame.insert(0, "id", pd.array(ids, dtype=object))
         frame.insert(1, "source", source)
         frame.insert(2, "label", np.asarray(labels, task.label_dtype()))
@@ -436,12 +459,55 @@ def _table(parts: list, feature_names: list[str], task) -> pd.DataFrame:
     return table
 
 
-def transfer_arrow_schema(feature_names: list[str], task: tasks.Task):
+RAW_ARROW_TYPES = {"categorical": "string", "boolean": "bool", "numeric": "float32"}  # a raw column's stored type
+
+
+def encoding_spec(spec):
+    """The feature specification when it encodes (text, booleans or missing indicators), else None: then the stored
+    features are the encoded ones, which are the raw ones (numbers-only tables) or flattened sequences."""
+    return spec if spec is not None and not spec.is_identity else None
+
+
+def feature_fields(feature_names: list[str], spec=None) -> list:
+    """The input columns of the transfer set and the soft labels, as Arrow fields: the raw columns of a table whose
+    feature specification encodes (text as string, booleans as bool, numbers as float32; an empty cell is null), else
+    `feature_names` as float32."""
+    import pyarrow as pa
+
+    spec = encoding_spec(spec)
+    if spec is None:
+        return [pa.field(name, pa.float32()) for name in feature_names]
+    return [pa.field(c.name, pa.type_for_alias(RAW_ARROW_TYPES[c.kind])) for c in spec.columns]
+
+
+def meta_fields(meta: dict) -> list:
+    """`feature_fields` of a run from its dataset.json."""
+    return feature_fields(meta["feature_names"], from_meta(meta))
+
+
+def _fields(features: list) -> list:
+    """Feature names (float32) or Arrow fields -> Arrow fields."""
+    import pyarrow as pa
+
+    return [f if isinstance(f, pa.Field) else pa.field(f, pa.float32()) for f in features]
+
+
+def encoded_inputs(frame: pd.DataFrame, ds: Dataset) -> np.ndarray:
+    """Transfer or soft-label rows (a frame with the stored features, `feature_fields`) -> the encoded inputs [n, F]
+    float32 that the exports' `features` take: the run's FeatureSpec encodes raw columns (the one encoder of the
+    dataset, `bdk predict` and `--unlabeled`)."""
+    spec = encoding_spec(ds.feature_spec)
+    if spec is None:
+        return frame[ds.feature_names].to_numpy(np.float32)
+    return spec.encode(frame, "soft labels: ")
+
+
+def transfer_arrow_schema(features: list, task: tasks.Task):
+    """id, source, label, then the features: names (float32) or Arrow fields (`feature_fields`)."""
     import pyarrow as pa
 
     label = pa.int64() if task.label_dtype() is np.int64 else pa.float32()
-    return pa.schema([("id", pa.string()), ("source", pa.string()), ("label", label)]
-                     + [(name, pa.float32()) for name in feature_names])
+    return pa.schema([("id", pa.string()), ("source", pa.string()), ("label", label)] + _fields(features))
 
 
 def output_arrays(soft: pd.DataFrame, task: tasks.Task) -> dict[str, np.ndarray]:
@@ -449,25 +515,26 @@ def output_arrays(soft: pd.DataFrame, task: tasks.Task) -> dict[str, np.ndarray]
     return {k: np.stack(soft[k].to_numpy()) if k in task.vector_outputs else soft[k].to_numpy() for k in task.outputs}
 
 
-def soft_label_arrow_schema(feature_names: list[str], task: tasks.Task):
+def soft_label_arrow_schema(features: list, task: tasks.Task):
     """The soft-label shards' schema: the transfer columns, then the teacher's predictive for S draws
     (the task's outputs: list<float> [C] for vector outputs, float otherwise) and num_samples."""
     import pyarrow as pa
 
     outputs = [pa.field(name, pa.list_(pa.float32()) if name in task.vector_outputs else pa.float32())
                for name in task.outputs]
-    return pa.schema(list(transfer_arrow_schema(feature_names, task)) + outputs + [pa.field("num_samples", pa.int32())])
+    return pa.schema(list(transfer_arrow_schema(features, task)) + outputs + [pa.field("num_samples", pa.int32())])
 
 
-def write_transfer_set(table: pd.DataFrame, path: Path, feature_names: list[str], task: tasks.Task,
+def write_transfer_set(table: pd.DataFrame, path: Path, features: list, task: tasks.Task,
                        row_group_rows: int = ROW_GROUP_ROWS) -> Path:
     """Parquet in row groups of `row_group_rows` (the Beam job's batch: it reads one row group per
-    batch), so parallel runners read it in parallel splits."""
+    batch), so parallel runners read it in parallel splits. `features`: names (float32) or `feature_fields`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    arrow = pa.Table.from_pandas(table[schema.transfer_columns(feature_names)],
-                                 schema=transfer_arrow_schema(feature_names, task), preserve_index=False)
+    fields = _fields(features)
+    arrow = pa.Table.from_pandas(table[schema.transfer_columns([f.name for f in fields])],
+                                 schema=transfer_arrow_schema(fields, task), preserve_index=False)
     pq.write_table(arrow, str(path), row_group_size=row_group_rows)
     return Path(path)
 
@@ -541,7 +608,7 @@ def soft_label_shards(run: Path):
     if missing:
         raise BdkError(f"soft-label shards {missing} listed in {schema.soft_labels_manifest(run)} are missing; {again}")
     task = tasks.get(meta.get("task", "classification"))
-    columns = schema.soft_label_columns(meta["feature_names"], task.outputs)
+    columns = schema.soft_label_columns([f.name for f in meta_fields(meta)], task.outputs)
     transfer = pq.ParquetFile(out / schema.TRANSFER_FILE)
     if transfer.num_row_groups != len(shards):
         raise BdkError(f"soft labels in {out} do not match its transfer set row for row; {again}")
@@ -618,7 +685,7 @@ def _soft_label_frame(tables: list, run: Path, task: tasks.Task, num_classes: in
 
     if not tables:
         meta = read_json(schema.data_dir(Path(run)) / "dataset.json")
-        tables = [soft_label_arrow_schema(meta["feature_names"], task).empty_table()]
+        tables = [soft_label_arrow_schema(meta_fields(meta), task).empty_table()]
     table = pa.concat_tables(tables)
     df = table.drop_columns(list(task.vector_outputs)).to_pandas()
     for name, matrix in shard_arrays(table, task, num_classes).items():

@@ -30,6 +30,9 @@ from fastapi import Request  # module level: FastAPI resolves the handlers' (str
 
 from distill.errors import BdkError, first_line, read_json
 from distill.features import ROWS_SIGNATURE, from_meta
+from distill.schema import SEEDED_ROWS_SIGNATURE
+
+RAW_SIGNATURES = (ROWS_SIGNATURE, SEEDED_ROWS_SIGNATURE)  # signatures whose inputs are the raw columns (distill.encoder)
 from distill.schema import find_dataset_json, resolve_export
 
 log = logging.getLogger(__name__)
@@ -353,13 +356,36 @@ def raw_row_inputs(payload, row_format: bool, limits: Limits, spec) -> dict[str,
     return read_fields(named_rows if row_format else named_columns, payload, spec, lambda frame: raw_inputs(frame, spec))
 
 
-def _row_columns(rows: Any, sig: Signature, limits: Limits, spec) -> dict[str, Any]:
-    """The row format's "instances" -> {input name: its values, one per row} (named raw fields encoded by `spec`)."""
-    names = list(sig.inputs)
+def check_no_scalars(sig: Signature) -> None:
+    """The row format cannot carry a signature's scalar inputs: a 400 showing the columnar format."""
     if sig.scalar_inputs:
+        names = list(sig.inputs)
         raise RequestError(400, f"signature {sig.name!r} has scalar input(s) {sig.scalar_inputs}, which the row format "
                                 "cannot carry (every input shares dimension 0): use the columnar format, e.g. "
                                 f"{{\"signature_name\": \"{sig.name}\", \"inputs\": {{{', '.join(repr(n).replace(chr(39), chr(34)) + ': ...' for n in names)}}}}}")
+
+
+def raw_signature_inputs(payload, row_format: bool, sig: Signature, limits: Limits, spec,
+                         may_hold_bool: bool) -> dict[str, np.ndarray]:
+    """`serving_rows` / `predictive_seeded_rows`: the raw fields (raw_row_inputs) plus the signature's scalar inputs
+    (`num_samples`, `seed`: columnar format only), or a 400."""
+    if not sig.scalar_inputs:
+        return raw_row_inputs(payload, row_format, limits, spec)
+    if row_format:
+        check_no_scalars(sig)
+    lacking = [n for n in sig.scalar_inputs if not isinstance(payload, dict) or n not in payload]
+    if lacking:
+        raise RequestError(400, f"\"inputs\" lacks the signature input {lacking[0]!r} (signature {sig.name!r} takes "
+                                f"{sig.scalar_inputs} besides the fields {spec.raw_columns})")
+    fields = {k: v for k, v in payload.items() if k not in sig.scalar_inputs}
+    scalars = {n: to_tensor(n, payload[n], sig.inputs[n], limits, may_hold_bool) for n in sig.scalar_inputs}
+    return {**raw_row_inputs(fields, row_format, limits, spec), **scalars}
+
+
+def _row_columns(rows: Any, sig: Signature, limits: Limits, spec) -> dict[str, Any]:
+    """The row format's "instances" -> {input name: its values, one per row} (named raw fields encoded by `spec`)."""
+    names = list(sig.inputs)
+    check_no_scalars(sig)
     check_instances(rows, limits)
     raw = raw_input_name(sig, spec)
     if isinstance(rows[0], dict) and raw is not None and raw not in rows[0]:  # named raw fields per row
@@ -415,8 +441,9 @@ def parse_predict(request: Any, sig: Signature, limits: Limits, may_hold_bool: b
     if has_rows == has_cols:
         raise RequestError(400, "send exactly one of \"instances\" (row format) or \"inputs\" (columnar format)"
                            if has_rows else "missing \"instances\" or \"inputs\" in the request")
-    if spec is not None and sig.name == ROWS_SIGNATURE:
-        return raw_row_inputs(request["instances"] if has_rows else request["inputs"], has_rows, limits, spec), has_rows
+    if spec is not None and sig.name in RAW_SIGNATURES:
+        payload = request["instances"] if has_rows else request["inputs"]
+        return raw_signature_inputs(payload, has_rows, sig, limits, spec, may_hold_bool), has_rows
     if has_rows:
         columns = _row_columns(request["instances"], sig, limits, spec)
     else:

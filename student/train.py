@@ -225,11 +225,13 @@ def _stream_rows(cfg: StudentConfig, run: Path, ds, task, shards, manifest, scra
     """The soft labels shard by shard into bucket files (student.rows: no array of the whole transfer set in memory):
     the fitted rows and the held-out slice, each (x [n, F] normalised, targets [n, K] normalised, labels [n]
     (classes: -1 where none), score [n])."""
-    from distill.transfer import shard_arrays
+    from distill.transfer import encoded_inputs, feature_fields, shard_arrays
+
+    inputs = [f.name for f in feature_fields(ds.feature_names, ds.feature_spec)]  # raw columns of a table that encodes
 
     def row_arrays(table):
         outputs = shard_arrays(table, task, ds.num_classes)
-        x = ds.normalise(np.column_stack([table.column(f).to_numpy() for f in ds.feature_names]))  # [n, *input_shape]
+        x = ds.normalise(encoded_inputs(table.select(inputs).to_pandas(), ds))  # [n, *input_shape]
         targets = task.soft_targets(outputs, ds.target_shift, ds.target_scale)  # [n, K]
         score = HEADS[cfg.uncertainty].scores(outputs, task, ds.num_classes)  # [n] what the epistemic head regresses
         return x, targets, table.column("label").to_numpy(zero_copy_only=False), score

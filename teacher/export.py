@@ -23,6 +23,9 @@ epistemic_variance in the target's units):
 - `sample` / `sample_seeded`: each draw's distribution parameters ([S, batch, ...]).
 - `serving_rows` (tables): `serving_default` on raw rows, one input per raw column (strings for categoricals, NaN
   for empty cells; distill.encoder), so TF Serving's named `instances` work with no client-side encoding.
+- `predictive_seeded_rows` (tables whose feature specification encodes: text, booleans, empty cells):
+  `predictive_seeded` on raw rows (the same inputs as `serving_rows`, plus `num_samples` and `seed`), encoded in the
+  graph: what the Beam job calls on the raw columns of the transfer set.
 Fresh draws come from a stateful random op with no seed attribute (seed = seed2 = 0), which TensorFlow
 seeds from the OS at load: two processes that load one export draw differently.
 """
@@ -35,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from distill import schema, tasks
+from distill.errors import BdkError
 from distill.encoder import RowEncoder, rows_function
 from distill.features import ROWS_SIGNATURE
 from distill.savedmodel import Untracked, stabilise_fingerprint
@@ -154,6 +158,15 @@ def forward_one(x: tf.Tensor, weights: list, i) -> tf.Tensor:
     return h
 
 
+def check_rows_inputs(encoder: RowEncoder) -> None:
+    """`predictive_seeded_rows` takes the raw columns beside `num_samples` and `seed`: a column of either name is a
+    BdkError."""
+    clash = sorted(c for c, name in encoder.names.items() if name in ("num_samples", "seed"))
+    if clash:
+        raise BdkError(f"feature column(s) {clash} take the names of the teacher's num_samples/seed inputs; rename "
+                       "them in the dataset")
+
+
 class MonteCarloModule(tf.Module):
     """Raw features -> the task's posterior predictive over S weight samples (see the module docstring)."""
 
@@ -162,7 +175,8 @@ class MonteCarloModule(tf.Module):
                  per_row=None, input_shape: tuple | None = None, forward: tuple | None = None, feature_spec=None):
         """`input_shape`: one example's (default (F,); sequences (None, C): any length); `forward`: the
         (batched, one-draw) forward functions of the sampler's weights (default the dense network's); `feature_spec`
-        (tables): adds the raw-row signature `serving_rows` (distill.encoder)."""
+        (tables): adds the raw-row signature `serving_rows` (distill.encoder), and `predictive_seeded_rows` when the
+        specification encodes (text, booleans, empty cells)."""
         super().__init__(name="monte_carlo_teacher")
         self.task = task
         self._keras = Untracked(list(models))
@@ -192,6 +206,11 @@ class MonteCarloModule(tf.Module):
         self.sample = graph(lambda features, num_samples: self.sample_seeded(features, num_samples, fresh_seed()), feats, count)
         self.encoder = None if feature_spec is None else RowEncoder(feature_spec)
         self.serve_rows = None if self.encoder is None else rows_function(self.encoder, self.serve)
+        self.predictive_seeded_rows = None
+        if feature_spec is not None and not feature_spec.is_identity:  # the Beam job's raw columns (its workers)
+            check_rows_inputs(self.encoder)
+            self.predictive_seeded_rows = graph(lambda rows, num_samples, seed: self.predictive_seeded(
+                self.encoder.encode(rows), num_samples, seed), self.encoder.input_signature(), count, seed)
         # Training-time validation: normalised inputs and outputs, one trace per (rows, S): a fixed validation set
         # with a Python int S takes one evaluation order without graph control flow (a tf.cond costs ~3 ms a call).
         self.predictive_normalised = tf.function(lambda x, num_samples, seed: task.summarize(self.draws(x, num_samples, seed)),
@@ -247,6 +266,8 @@ class MonteCarloModule(tf.Module):
             "sample": self.sample.get_concrete_function(),
             "sample_seeded": self.sample_seeded.get_concrete_function(),
             **({ROWS_SIGNATURE: self.serve_rows.get_concrete_function()} if self.serve_rows else {}),
+            **({schema.SEEDED_ROWS_SIGNATURE: self.predictive_seeded_rows.get_concrete_function()}
+               if self.predictive_seeded_rows else {}),
         })
         stabilise_fingerprint(Path(path))
         return Path(path)

@@ -186,12 +186,15 @@ def test_bad_tables_are_one_line_errors(tmp_path):
 
 @pytest.mark.parametrize("regression", [True, False])
 def test_transfer_set_keeps_categorical_values_in_the_vocabulary(regression):
-    from distill.transfer import KEEP_CATEGORY, PERTURBED_UNSEEN, TransferConfig, build_transfer_set
+    from distill.transfer import KEEP_CATEGORY, PERTURBED_UNSEEN, TransferConfig, build_transfer_set, encoded_inputs
 
     ds = data.build_dataset(mixed_frame(1200, regression=regression),
                             data.DataConfig(dataset="mixed.csv", label_column="price"))
     spec = ds.feature_spec
-    t = build_transfer_set(TransferConfig(perturbations=4, interpolations=400, uniform=400, shell=400), ds)
+    raw = build_transfer_set(TransferConfig(perturbations=4, interpolations=400, uniform=400, shell=400), ds)
+    assert list(raw.columns[3:]) == spec.raw_columns  # the raw columns, encoded as the student reads them:
+    assert set(raw["cut"].dropna()) <= {*spec.columns[1].vocabulary, OOV}
+    t = pd.concat([raw[["id", "source", "label"]], pd.DataFrame(encoded_inputs(raw, ds), columns=ds.feature_names)], axis=1)
     x = t[ds.feature_names].to_numpy()
     cut = next(at for c, at in spec.blocks() if c.name == "cut")
     block = x[:, cut]
@@ -216,6 +219,53 @@ def test_transfer_set_keeps_categorical_values_in_the_vocabulary(regression):
     assert np.allclose(pert.loc[pert["carat_missing"] == 1, "carat"], spec.columns[0].fill)
     # interpolations take one parent's category: one-hot (checked above) and never between two
     assert set(np.unique(t.loc[t["source"] == "interpolated", "cut=Fair"])) <= {0.0, 1.0}
+
+
+def test_raw_transfer_rows_decode_and_encode_back_exactly(tmp_path):
+    """The transfer set stores raw columns: decode(encode(x)) == x on the training rows (numbers to float32), and
+    encode(decode(z)) == z bit for bit on every generated row, through the Parquet file too."""
+    import pyarrow.parquet as pq
+
+    from distill import tasks
+    from distill.transfer import (TransferConfig, build_transfer_set, encoded_inputs, feature_fields, generated_parts,
+                                  write_transfer_set)
+
+    df = mixed_frame(1200)
+    ds = data.build_dataset(df, data.DataConfig(dataset="mixed.csv", label_column="price"))
+    spec, task = ds.feature_spec, tasks.get(ds.task)
+    train = df.set_index("id").loc[ds["train"].ids.astype(int)].reset_index(drop=True)
+    back = spec.decode(spec.encode(train))
+    assert back["cut"].tolist() == [None if pd.isna(v) else v for v in train["cut"]]  # empty cells: None
+    assert back["flag"].tolist() == train["flag"].astype(float).tolist()
+    np.testing.assert_array_equal(back["carat"], train["carat"].astype(np.float32))  # NaN where empty
+    np.testing.assert_array_equal(back["depth"], train["depth"].astype(np.float32))
+    cfg = TransferConfig(perturbations=4, interpolations=400, uniform=400, shell=400)
+    z = np.concatenate([x for *_, x in generated_parts(cfg, ds, task)])  # [N, F] encoded, as generated
+    table = build_transfer_set(cfg, ds)
+    np.testing.assert_array_equal(encoded_inputs(table, ds), z)
+    write_transfer_set(table, tmp_path / "t.parquet", feature_fields(ds.feature_names, spec), task)
+    stored = pq.read_table(tmp_path / "t.parquet")
+    assert {f.name: str(f.type) for f in stored.schema if f.name in spec.raw_columns} == {
+        "carat": "float", "cut": "string", "depth": "float", "flag": "bool"}
+    assert stored.column("cut").null_count == (table["cut"].isna()).sum() > 0  # empty cells are nulls
+    assert {"<oov>", "Ideal"} <= set(stored.column("cut").drop_null().to_pylist())
+    np.testing.assert_array_equal(encoded_inputs(stored.to_pandas(), ds), z)
+
+
+def test_unlabeled_raw_rows_are_stored_as_the_user_wrote_them(tmp_path):
+    from distill.transfer import TransferConfig, build_transfer_set, encoded_inputs
+
+    ds = data.build_dataset(mixed_frame(600), data.DataConfig(dataset="mixed.csv", label_column="price"))
+    rows = pd.DataFrame({"key": ["a", "b"], "carat": [0.5, None], "cut": [" Astonishing", "Ideal"], "depth": [60, 61],
+                         "flag": ["yes", None]})
+    rows.rename(columns={"key": "id"}).to_csv(tmp_path / "extra.csv", index=False)
+    t = build_transfer_set(TransferConfig(perturbations=1, interpolations=0, uniform=0, shell=0,
+                                          unlabeled=str(tmp_path / "extra.csv")), ds)
+    mine = t[t["source"] == "unlabeled"]
+    assert mine["id"].tolist() == ["unlabeled:a", "unlabeled:b"]
+    assert mine["cut"].tolist() == ["Astonishing", "Ideal"]  # an unseen value kept (stripped, as the encoding reads it)
+    assert mine["flag"].tolist()[0] == 1.0 and np.isnan(mine["flag"].tolist()[1])
+    np.testing.assert_array_equal(encoded_inputs(mine, ds), ds.feature_spec.encode(rows))  # the bucket, the fills
 
 
 # ---------------------------------------------------------------- the CLI: flags, the task note

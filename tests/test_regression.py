@@ -192,15 +192,22 @@ def test_regression_soft_labels(regression_run, tmp_path):
 
 
 def test_check_export_refuses_a_teacher_of_another_task(regression_run):
+    from beam_pipelines.predictive_handler import PredictiveModelHandler
     from beam_pipelines.soft_labels import check_export
+    from distill.transfer import soft_label_arrow_schema
 
     export = str(schema.teacher_export(regression_run))
-    check_export(export, ["x1", "x2"], [], REG)  # fine as made
+
+    def check(features, classes, task):
+        handler = PredictiveModelHandler(export, features, 2, 0, task.outputs)
+        check_export(export, handler, soft_label_arrow_schema(features, task), classes, task)
+
+    check(["x1", "x2"], [], REG)  # fine as made
     with pytest.raises(BdkError, match="expected") as e:
-        check_export(export, ["x1", "x2"], ["a", "b"], tasks.get("classification"))
+        check(["x1", "x2"], ["a", "b"], tasks.get("classification"))
     assert "\n" not in str(e.value)
     with pytest.raises(BdkError, match="does not take 3 features"):
-        check_export(export, ["x1", "x2", "x3"], [], REG)
+        check(["x1", "x2", "x3"], [], REG)
 
 
 def test_teacher_export_in_a_fresh_interpreter(regression_run, regression_csv):

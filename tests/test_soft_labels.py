@@ -475,3 +475,143 @@ def test_the_workers_signature_name_is_the_exports():
     from distill.schema import SEEDED_SIGNATURE
 
     assert PREDICTIVE_SIGNATURE == SEEDED_SIGNATURE
+    from beam_pipelines.predictive_handler import ROWS_SIGNATURE
+    from distill.schema import SEEDED_ROWS_SIGNATURE
+
+    assert ROWS_SIGNATURE == SEEDED_ROWS_SIGNATURE
+
+
+# ---------------------------------------------------------------- a table with text columns and empty cells
+
+PENGUINS = Path(__file__).resolve().parents[1] / "data" / "penguins.csv"
+PENGUIN_TRANSFER = dict(perturbations=2, interpolations=100, uniform=100, shell=100)
+
+
+@pytest.fixture(scope="module")
+def penguins_labelled(tmp_path_factory) -> Path:
+    """A short penguins teacher (text columns island, sex, year; empty cells) labelled by the Beam job. Read-only."""
+    from bdk.pipeline import soft_labels_stage, teacher_stage
+    from distill.transfer import SoftLabelConfig, TransferConfig
+    from teacher.config import TeacherConfig
+
+    run = tmp_path_factory.mktemp("penguins") / "run"
+    teacher_stage(data_lib.DataConfig(dataset=str(PENGUINS), label_column="species"),
+                  TeacherConfig(epochs=20, patience=20, eval_samples=10), run, progress=False)
+    soft_labels_stage(SoftLabelConfig(TransferConfig(**PENGUIN_TRANSFER), num_samples=S), run, progress=False)
+    return run
+
+
+def _seeded_on_encoded(run: Path, frame, manifest) -> dict:
+    """The teacher's `predictive_seeded` on the rows encoded in numpy (the path before raw columns)."""
+    import tensorflow as tf
+
+    from distill.transfer import encoded_inputs
+
+    ds = data_lib.load_from_run(run)
+    fn = tf.saved_model.load(str(schema.teacher_export(run))).signatures[schema.SEEDED_SIGNATURE]
+    out = fn(features=tf.constant(encoded_inputs(frame, ds)), num_samples=tf.constant(manifest["num_samples"]),
+             seed=tf.constant(manifest["seed"], tf.int64))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def test_the_beam_job_carries_a_mixed_tables_raw_columns_unchanged(penguins_labelled):
+    import pyarrow.parquet as pq
+
+    run = penguins_labelled
+    ds = data_lib.load_from_run(run)
+    raw = ds.feature_spec.raw_columns
+    transfer = pq.read_table(schema.transfer_path(run))
+    shards = [pq.read_table(p) for p in sorted((run / "soft_labels").glob("part-*.parquet"))]
+    import pyarrow as pa
+
+    labelled = pa.concat_tables(shards)
+    for table in (transfer, labelled):
+        assert {f.name: str(f.type) for f in table.schema if f.name in raw} == {
+            "island": "string", "bill_length_mm": "float", "bill_depth_mm": "float", "flipper_length_mm": "float",
+            "body_mass_g": "float", "sex": "string", "year": "string"}
+    assert labelled.select(["id", "source", *raw]).equals(transfer.select(["id", "source", *raw]))  # unchanged
+    # the training rows are the user's own cells: text as text, NA as null, years as text, numbers to float32
+    train = labelled.filter(pa.compute.equal(labelled.column("source"), "train")).to_pandas()
+    csv = data_lib.read_table(str(PENGUINS)).loc[train["id"].str[len("train:"):].astype(int) - 1].reset_index(drop=True)
+    assert train["island"].tolist() == csv["island"].tolist()
+    assert train["sex"].isna().sum() > 0 and train["sex"].fillna("?").tolist() == csv["sex"].fillna("?").tolist()
+    assert train["year"].tolist() == csv["year"].astype(str).tolist()
+    np.testing.assert_array_equal(train["bill_length_mm"], csv["bill_length_mm"].astype(np.float32))
+    assert "<oov>" in set(labelled.column("island").to_pylist())  # unseen values: the shell's and perturbed rows'
+    # the export encoded them in its graph exactly as numpy does: the soft labels of the encoded path, bit for bit
+    soft, manifest = read_soft_labels(run)
+    want = _seeded_on_encoded(run, soft, manifest)
+    for k in CLS.outputs:
+        np.testing.assert_array_equal(np.stack(soft[k].to_numpy()) if k in CLS.vector_outputs else soft[k].to_numpy(),
+                                      want[k], err_msg=k)
+
+
+def test_a_raw_table_of_the_users_own_goes_through_the_job(penguins_labelled, tmp_path):
+    """The job run directly on the user's cells: integer years, an unseen island, empty cells; strings kept."""
+    import pandas as pd
+
+    from beam_pipelines import soft_labels as job
+
+    run = penguins_labelled
+    rows = data_lib.read_table(str(PENGUINS)).head(12).drop(columns=["species"])
+    rows.loc[0, "island"] = "Anvers"  # not in the vocabulary
+    rows.insert(0, "id", [f"mine:{i}" for i in range(len(rows))])
+    rows.insert(1, "source", "unlabeled")
+    rows.insert(2, "label", -1)
+    assert rows["year"].dtype == np.int64 and rows["sex"].isna().any()
+    rows.to_parquet(tmp_path / "mine.parquet", index=False)
+    args = ["--export", str(schema.teacher_export(run)), "--dataset_json", str(schema.data_dir(run) / "dataset.json"),
+            "--num_samples", str(S)]
+    m = job.run(["--transfer", str(tmp_path / "mine.parquet"), "--output", str(tmp_path / "out"), *args])
+    out = pd.read_parquet(tmp_path / "out" / m["shards"][0])
+    assert out["island"].tolist() == rows["island"].tolist() and out["year"].tolist() == rows["year"].astype(str).tolist()
+    assert out["sex"].isna().tolist() == rows["sex"].isna().tolist()
+    want = _seeded_on_encoded(run, rows, {"num_samples": S, "seed": 0})
+    np.testing.assert_array_equal(np.stack(out["probs"].to_numpy()), want["probs"])
+    with pytest.raises(BdkError, match=r"lacks the column\(s\) \['sex'\]") as e:
+        rows.drop(columns="sex").to_parquet(tmp_path / "no_sex.parquet", index=False)
+        job.run(["--transfer", str(tmp_path / "no_sex.parquet"), "--output", str(tmp_path / "out2"), *args])
+    assert "\n" not in str(e.value)
+
+
+def test_the_student_reads_raw_soft_labels_as_the_encoded_rows(penguins_labelled, tmp_path):
+    """The student encodes the raw columns with the run's FeatureSpec: the same normalised rows as the encoded
+    transfer rows generated (what the soft labels held before)."""
+    from distill.transfer import TransferConfig, generated_parts, soft_label_shards
+    from student.config import StudentConfig
+    from student.train import _stream_rows
+
+    run = penguins_labelled
+    ds = data_lib.load_from_run(run)
+    shards, manifest, task, _ = soft_label_shards(run)
+    rows = _stream_rows(StudentConfig().resolved(ds.task), run, ds, task, shards, manifest, str(tmp_path))
+    got = np.concatenate([rows.all_rows()[0], rows.held_out[0]])
+    z = np.concatenate([x for *_, x in generated_parts(TransferConfig(**PENGUIN_TRANSFER), ds, task)])
+    want = ds.normalise(z)
+
+    def ordered(a):
+        return a[np.lexsort(a.T[::-1])]
+
+    np.testing.assert_array_equal(ordered(got), ordered(want))
+
+
+def test_bdk_serve_answers_the_seeded_rows_signature(penguins_labelled):
+    """`predictive_seeded_rows` over REST: named raw fields plus num_samples and seed (columnar format)."""
+    import httpx
+    import pandas as pd
+
+    from serving.server import BackgroundServer, create_app
+
+    run = penguins_labelled
+    cols = {"island": ["Dream", "Anvers"], "bill_length_mm": [39.0, None], "bill_depth_mm": [18.0, 18.0],
+            "flipper_length_mm": [190.0, 190.0], "body_mass_g": [3600.0, 3600.0], "sex": ["male", None],
+            "year": ["2008", 2007]}
+    url = "/v1/models/teacher:predict"
+    with BackgroundServer(create_app(run / "teacher" / "export", "teacher")) as s:
+        ok = httpx.post(s.url + url, json={"signature_name": schema.SEEDED_ROWS_SIGNATURE,
+                                           "inputs": {**cols, "num_samples": S, "seed": 3}})
+        lacking = httpx.post(s.url + url, json={"signature_name": schema.SEEDED_ROWS_SIGNATURE, "inputs": cols})
+    assert ok.status_code == 200, ok.text
+    want = _seeded_on_encoded(run, pd.DataFrame(cols), {"num_samples": S, "seed": 3})
+    np.testing.assert_array_equal(np.array(ok.json()["outputs"]["probs"], np.float32), want["probs"])
+    assert lacking.status_code == 400 and "lacks the signature input" in lacking.json()["error"]
