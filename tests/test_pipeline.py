@@ -11,18 +11,6 @@ from distill import schema
 from tests import fresh
 from bdk.cli import app
 
-SMALL = ["--epochs", "60", "--samples", "30", "--perturbations", "3", "--uniform", "300", "--interpolations", "100", "--shell", "200", "--student-epochs", "150",
-         "--no-progress"]
-
-
-@pytest.fixture(scope="session")
-def pipeline_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("e2e") / "run"
-    result = CliRunner().invoke(app, ["run", "--out", str(run), *SMALL])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return run
-
-
 def test_run_writes_every_artifact(pipeline_run):
     for path in ["data/dataset.json", "data/split.json", "teacher/history.csv", "teacher/export/1/saved_model.pb",
                  "soft_labels/manifest.json", "student/export/1/saved_model.pb", "student/history.csv",

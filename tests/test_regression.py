@@ -7,7 +7,6 @@ inequalities and standard-error bounds; seeded ones exactly.
 """
 import json
 import math
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import metrics, schema, tasks
-from tests import fresh
 from bdk.cli import app
 from distill.errors import BdkError
 
@@ -201,74 +199,6 @@ def test_check_export_refuses_a_teacher_of_another_task(regression_run):
     assert "\n" not in str(e.value)
     with pytest.raises(BdkError, match="does not take 3 features"):
         check_export(export, ["x1", "x2", "x3"], [], REG)
-
-
-def test_teacher_export_in_a_fresh_interpreter(regression_run, regression_csv):
-    export = schema.teacher_export(regression_run)
-    rows = pd.read_csv(regression_csv)[["x1", "x2"]].head(8)
-    script = textwrap.dedent(f"""
-        import json, numpy as np, tensorflow as tf
-        m = tf.saved_model.load({str(export)!r})
-        x = tf.constant(np.asarray({rows.to_numpy().tolist()!r}, np.float32))
-        a, b = m.signatures["serving_default"](features=x), m.signatures["serving_default"](features=x)
-        p = m.signatures["predictive"](features=x, num_samples=tf.constant(50))
-        s = m.signatures["sample"](features=x, num_samples=tf.constant(6))
-        seeded = [m.signatures["sample_seeded"](features=x, num_samples=tf.constant(6), seed=tf.constant(2, tf.int64))
-                  for _ in range(2)]
-        print(json.dumps({{"signatures": sorted(m.signatures), "outputs": sorted(a), "predictive": sorted(p),
-                          "sample": {{k: list(v.shape) for k, v in s.items()}},
-                          "seeded_same": all(np.array_equal(seeded[0][k].numpy(), seeded[1][k].numpy()) for k in seeded[0]),
-                          **{{k: v.numpy().tolist() for k, v in a.items()}}, "again": b["mean"].numpy().tolist()}}))
-    """)
-    out = fresh.run(script)
-    assert out["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default", "serving_rows"]
-    assert out["outputs"] == out["predictive"] == sorted(REG.outputs)
-    assert out["sample"] == {"mean_samples": [6, 8], "variance_samples": [6, 8]}
-    assert out["seeded_same"]
-    mean, var, epi = (np.array(out[k]) for k in REG.outputs)
-    assert np.all(var >= epi - 1e-5) and np.all(epi >= 0)
-    assert 30 < mean.mean() < 70  # the target's units (around 50), not z-scores
-    assert not np.allclose(mean, out["again"])  # fresh weight draws on every call
-
-
-def test_explicit_weight_sampling_matches_the_keras_layers(regression_run, restore_flipout):
-    """The Gaussian teacher's explicit per-draw weights give each row the predictive of the Keras Flipout model's
-    own forward passes: the mean and the epistemic variance of 2000 draws within Monte Carlo standard errors."""
-    import tensorflow as tf
-    import tf_keras as tfk
-
-    from distill.data import load_from_run
-    from teacher.export import MonteCarloModule, flipout_sampler
-    from teacher.model import dense_layers
-
-    run = regression_run
-    ds = load_from_run(run)
-    model = restore_flipout(run)
-    module = MonteCarloModule(REG, flipout_sampler(dense_layers(model)), [model], ds.scaler.shift, ds.scaler.scale)
-    tfk.utils.set_random_seed(2)
-    x = np.concatenate([ds["test"].x[:4], np.array([[3.0, -3.0], [-4.0, 4.0]], np.float32)])  # in range and far out
-    z = tf.constant(ds.scaler.transform(x))
-    s = 2000
-
-    @tf.function
-    def keras_draws(z):
-        ta = tf.TensorArray(tf.float32, size=s)
-        for i in tf.range(s):
-            ta = ta.write(i, REG.draw_params(model(z)))  # each call: a fresh Flipout draw of every layer
-        return ta.stack()
-
-    def moments(draws):  # [S, B, 2] -> mean, epistemic variance, and their standard errors
-        m = draws[..., 0]
-        dev = (m - m.mean(0)) ** 2
-        return m.mean(0), dev.mean(0), m.std(0) / np.sqrt(s), dev.std(0) / np.sqrt(s)
-
-    ref = moments(keras_draws(z).numpy())
-    explicit = moments(module.sample_seeded(tf.constant(x), s, 5)["mean_samples"].numpy()[..., None])
-    out = {k: v.numpy() for k, v in module.predictive_normalised(z, s, 5).items()}
-    np.testing.assert_allclose(out["mean"], explicit[0], rtol=1e-5, atol=1e-6)
-    assert ref[1].min() > 0 and ref[1][4:].min() > 3 * ref[1][:4].max()  # spread, growing far from the data
-    np.testing.assert_array_less(np.abs(out["mean"] - ref[0]), 5 * np.hypot(ref[2], explicit[2]) + 1e-6)
-    np.testing.assert_array_less(np.abs(out["epistemic_variance"] - ref[1]), 5 * np.hypot(ref[3], explicit[3]) + 1e-9)
 
 
 def test_student_export_is_deterministic(regression_run):
