@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from distill import metrics, schema, tasks
 from bdk.cli import app
-from distill.errors import BdkError
 
 REG = tasks.get("regression")
 TINY = ["--splits", "2", "--epochs", "3", "--student-epochs", "3", "--samples", "10", "--no-progress"]
@@ -148,70 +147,6 @@ def test_regression_run_end_to_end(regression_run, regression_csv):
         assert (schema.report_dir(regression_run) / name).stat().st_size > 0, name
     text = (schema.report_dir(regression_run) / "report.md").read_text()
     assert "Regression of y" in text and "RMSE" in text
-
-
-def test_regression_soft_labels(regression_run, tmp_path):
-    """The run's soft labels came from the Beam job; run it once more directly on a tiny transfer set."""
-    import pyarrow.parquet as pq
-    import tensorflow as tf
-
-    from beam_pipelines import soft_labels as job
-    from distill.transfer import read_soft_labels, write_transfer_set
-
-    run = regression_run
-    features = json.loads((schema.data_dir(run) / "dataset.json").read_text())["feature_names"]
-    df, manifest = read_soft_labels(run)
-    assert list(df.columns) == schema.soft_label_columns(features, REG.outputs)
-    assert manifest["task"] == "regression" and manifest["rows_per_source"] == {"train": 128, "perturbed": 256, "interpolated": 60,
-                                                                                "uniform": 100, "shell": 60}
-    assert (df["variance"] >= df["epistemic_variance"] - 1e-5).all() and (df["epistemic_variance"] >= 0).all()
-    labelled = df.source.isin(["train", "perturbed"])
-    assert df.loc[~labelled, "label"].isna().all() and df.loc[labelled, "label"].notna().all()
-    # each row's soft label is the seeded predictive of its features (in the target's units)
-    export = tf.saved_model.load(str(schema.teacher_export(run)))
-    ref = export.signatures["predictive_seeded"](features=tf.constant(df[features].to_numpy(np.float32)),
-                                                 num_samples=tf.constant(manifest["num_samples"]),
-                                                 seed=tf.constant(manifest["seed"], tf.int64))
-    for k in REG.outputs:
-        np.testing.assert_allclose(df[k].to_numpy(), ref[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
-    train = df[df.source == "train"]
-    assert np.sqrt(((train["mean"] - train["label"]) ** 2).mean()) < 3.0  # target units, near the true targets
-
-    transfer = pd.read_parquet(schema.transfer_path(run)).head(20)
-    write_transfer_set(transfer, tmp_path / "t.parquet", features, REG)
-    m = job.run(["--transfer", str(tmp_path / "t.parquet"), "--export", str(schema.teacher_export(run)),
-                 "--dataset_json", str(schema.data_dir(run) / "dataset.json"), "--output", str(tmp_path / "out"),
-                 "--num_samples", "7", "--runner", "FnApiRunner"])
-    assert m["rows"] == 20 and m["runner"] == "FnApiRunner" and m["task"] == "regression"
-    table = pq.read_table(tmp_path / "out" / m["shards"][0])
-    assert table.column_names == schema.soft_label_columns(features, REG.outputs)
-    assert str(table.schema.field("mean").type) == "float" and str(table.schema.field("label").type) == "float"
-    assert set(table.column("num_samples").to_pylist()) == {7}
-
-
-def test_check_export_refuses_a_teacher_of_another_task(regression_run):
-    from beam_pipelines.soft_labels import check_export
-
-    export = str(schema.teacher_export(regression_run))
-    check_export(export, ["x1", "x2"], [], REG)  # fine as made
-    with pytest.raises(BdkError, match="expected") as e:
-        check_export(export, ["x1", "x2"], ["a", "b"], tasks.get("classification"))
-    assert "\n" not in str(e.value)
-    with pytest.raises(BdkError, match="does not take 3 features"):
-        check_export(export, ["x1", "x2", "x3"], [], REG)
-
-
-def test_student_export_is_deterministic(regression_run):
-    import tensorflow as tf
-
-    run = regression_run
-    m = tf.saved_model.load(str(schema.student_export(run)))
-    features = json.loads((schema.data_dir(run) / "dataset.json").read_text())["feature_names"]
-    x = tf.constant(pd.read_parquet(schema.transfer_path(run))[features].iloc[:16].to_numpy(np.float32))
-    a, b = m.signatures["serving_default"](features=x), m.signatures["serving_default"](features=x)
-    assert sorted(a) == ["epistemic", "mean", "variance"]
-    assert np.array_equal(a["mean"].numpy(), b["mean"].numpy()) and np.all(a["variance"].numpy() > 0)
-    assert np.all(a["epistemic"].numpy() >= 0) and 30 < a["mean"].numpy().mean() < 70
 
 
 # ---------------------------------------------------------------- the UCI study and its report
