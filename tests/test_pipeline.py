@@ -20,6 +20,10 @@ def test_run_writes_every_artifact(pipeline_run):
                  "report/uncertainty_test_vs_ood.png"]:
         assert (pipeline_run / path).exists(), path
     assert not list(pipeline_run.glob(".*tmp*")) and not list(pipeline_run.glob("*/.*tmp*"))
+    # `bdk run`'s student with the default config: monitored on a held-out transfer slice, behind the quality gate
+    student = json.loads((schema.student_dir(pipeline_run) / "metrics.json").read_text())
+    assert student["monitor"] == "transfer" and student["held_out_rows"] > 0
+    assert student["gate"]["on"] is True and student["gate"]["passed"] is True
 
 
 def test_report_metrics(pipeline_run):

@@ -169,9 +169,15 @@ def test_source_sizes_follow_the_share_rule(iris):
     other = build_transfer_set(TransferConfig(**{**cfg.__dict__, "seed": 3}), iris)
     assert not np.allclose(t.loc[t.source == "interpolated", iris.feature_names].to_numpy(),
                            other.loc[other.source == "interpolated", iris.feature_names].to_numpy())
-    # the defaults are today's: random pairs, fixed sizes
-    assert (TransferConfig().interpolation_pairs, TransferConfig().interpolation_share, TransferConfig().uniform_share,
-            TransferConfig().shell_share) == ("random", 0.0, 0.0, 0.0)
+    # by default the sizes are the counts however many training rows (no share), and the pairs random: the default
+    # config's set is the one with random pairs and no shares spelt out, and it differs from the neighbour pairs'
+    sizes = dict(perturbations=0, interpolations=10, uniform=5, shell=7, seed=2)  # every count below n (120 rows)
+    default = build_transfer_set(TransferConfig(**sizes), iris)
+    assert default["source"].value_counts().to_dict() == {"train": n, "interpolated": 10, "uniform": 5, "shell": 7}
+    pd.testing.assert_frame_equal(default, build_transfer_set(TransferConfig(
+        **sizes, interpolation_pairs="random", interpolation_share=0.0, uniform_share=0.0, shell_share=0.0), iris))
+    neighbour = build_transfer_set(TransferConfig(**sizes, interpolation_pairs="neighbour"), iris)
+    assert not np.allclose(default[iris.feature_names].to_numpy(), neighbour[iris.feature_names].to_numpy())
     # interpolation pairs change only the interpolated rows: the other sources keep their rows and ids
     base = dict(perturbations=2, interpolations=50, uniform=20, shell=20, seed=4)
     r = build_transfer_set(TransferConfig(**base), iris)
