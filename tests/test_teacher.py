@@ -77,6 +77,37 @@ def test_training_log_metrics_and_predictions(case, request):
     assert pred.loc[setosa, "mutual_information"].mean() < pred.loc[~setosa, "mutual_information"].mean()
 
 
+FRESH = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+assert not any(k.split(".")[0] in ("distill", "teacher", "student", "beam_pipelines", "bdk") for k in sys.modules)
+x = tf.constant(json.loads(sys.argv[2]), tf.float32)
+first, calls = sys.argv[3], int(sys.argv[4])  # the task's first output (probs or mean); serving calls to average
+serve = m.signatures["serving_default"]
+a, b = serve(features=x), serve(features=x)
+pred = m.signatures["predictive"](features=x, num_samples=tf.constant(10 * calls))
+many = np.mean([serve(features=x)[first].numpy() for _ in range(calls)], axis=0)
+n, seed = tf.constant(50), tf.constant(7, tf.int64)
+seeded = m.signatures["predictive_seeded"](features=x, num_samples=n, seed=seed)
+again = m.signatures["predictive_seeded"](features=x, num_samples=n, seed=seed)
+s = m.signatures["sample"](features=x, num_samples=tf.constant(6))
+ss = [m.signatures["sample_seeded"](features=x, num_samples=tf.constant(6), seed=tf.constant(2, tf.int64)) for _ in "ab"]
+prefix = m.signatures["predictive_seeded"](features=x[:, :5], num_samples=n, seed=seed) if len(x.shape) == 3 else {}
+print(json.dumps({
+    "signatures": sorted(m.signatures), "outputs": sorted(a), "predictive": sorted(pred),
+    "sample": {k: list(v.shape) for k, v in s.items()},
+    "seeded_same": all(np.array_equal(seeded[k].numpy(), again[k].numpy()) for k in seeded)
+                   and all(np.array_equal(ss[0][k].numpy(), ss[1][k].numpy()) for k in ss[0]),
+    "a": {k: v.numpy().tolist() for k, v in a.items()}, "b": {k: v.numpy().tolist() for k, v in b.items()},
+    "ref": {k: v.numpy().tolist() for k, v in pred.items()}, "many": many.tolist(),
+    "seeded": {k: v.numpy().tolist() for k, v in seeded.items()},
+    "prefix": {k: list(v.shape) for k, v in prefix.items()},
+}))
+"""
+
+
 @pytest.fixture
 def export_case(request):
     """(case, its run (a shared fixture), a few raw inputs, their classes or None): Iris rows, rows of the synthetic
