@@ -1,9 +1,9 @@
-"""Regression: the Gaussian task's summary and distillation loss, a whole regression run through the common
-stages (conftest `regression_run`: teacher with the task inferred from a float label, Beam soft labels,
-ungated student, evaluation), the Flipout regression teacher's export in a fresh interpreter and against
-its Keras layers, the Beam job on it, the student's export, and `bdk experiment uci` end to end on two tiny
-splits (one study, shared read-only by the tests below it). Monte Carlo outputs are checked with
-inequalities and standard-error bounds; seeded ones exactly.
+"""Regression's own pieces: the Gaussian task's summary and distillation loss, the regression run's data, student
+and report (conftest `regression_run`: teacher with the task inferred from a float label, Beam soft labels, ungated
+student, evaluation), and `bdk experiment uci` end to end on two tiny splits (one study, shared read-only by the
+tests below it). What every task shares is tested once per unit, parametrised over the tasks: the teacher's log,
+export and weight sampling in test_teacher.py, the soft labels and export checks in test_soft_labels.py, the
+student's export in test_student.py, the transfer set in test_transfer.py.
 """
 import json
 import math
