@@ -1,5 +1,6 @@
-"""Shared fixtures. A small real Iris teacher and a whole small regression run are made once per session and
-reused read-only."""
+"""Shared fixtures. The trained runs (a small real Iris teacher, a whole small regression run, a whole sequence
+run, a whole Iris run) are made once per test session and reused read-only: under pytest-xdist the workers
+share one copy of each (`built_once`), so a test file may use any of them without training it again."""
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -7,14 +8,37 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import fcntl  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
 import distill  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder NAME/run made by `build(path)` once per test session. Under pytest-xdist every worker asks for it:
+    the first builds it under a file lock in the session's shared temporary folder, the others wait for it and
+    reuse it (a failed build leaves no marker, so the next asker builds it again and sees the same failure)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.mktemp(name) / "run"
+        build(path)
+        return path
+    root = tmp_path_factory.getbasetemp().parent / "built-once"  # the session's folder, above the workers' own
+    root.mkdir(exist_ok=True)
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the worker dies)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a half-built one from a failed build
+            folder.mkdir()
+            build(folder / "run")
+            done.touch()
+    return folder / "run"
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +56,8 @@ def teacher_run(tmp_path_factory) -> Path:
     from bdk.pipeline import teacher_stage
     from teacher.config import TeacherConfig
 
-    run = tmp_path_factory.mktemp("shared") / "run"
-    teacher_stage(DataConfig(), TeacherConfig(epochs=60, patience=60, eval_samples=50), run, progress=False)
-    return run
+    return built_once(tmp_path_factory, "teacher", lambda run: teacher_stage(
+        DataConfig(), TeacherConfig(epochs=60, patience=60, eval_samples=50), run, progress=False))
 
 
 REGRESSION_ROWS = 200
@@ -69,13 +92,55 @@ def regression_run(regression_csv, tmp_path_factory) -> Path:
     from student.config import StudentConfig
     from teacher.config import TeacherConfig
 
-    run = tmp_path_factory.mktemp("regression") / "run"
-    teacher_stage(DataConfig(dataset=str(regression_csv), label_column="y"),
-                  TeacherConfig(epochs=60, patience=60, eval_samples=30), run, progress=False)
-    soft_labels_stage(SoftLabelConfig(TransferConfig(perturbations=2, interpolations=60, uniform=100, shell=60), num_samples=20), run, progress=False)
-    student_stage(StudentConfig(gate=False, epochs=150, patience_steps=100_000, baseline_epochs=30), run, progress=False)
-    evaluate_stage(EvalConfig(samples=30, ood_rows=200, bootstrap=100, latency_calls=5), run, progress=False)
-    return run
+    def build(run: Path):
+        teacher_stage(DataConfig(dataset=str(regression_csv), label_column="y"),
+                      TeacherConfig(epochs=60, patience=60, eval_samples=30), run, progress=False)
+        soft_labels_stage(SoftLabelConfig(TransferConfig(perturbations=2, interpolations=60, uniform=100, shell=60),
+                                          num_samples=20), run, progress=False)
+        student_stage(StudentConfig(gate=False, epochs=150, patience_steps=100_000, baseline_epochs=30), run, progress=False)
+        evaluate_stage(EvalConfig(samples=30, ood_rows=200, bootstrap=100, latency_calls=5), run, progress=False)
+
+    return built_once(tmp_path_factory, "regression", build)
+
+
+def cli_run(run: Path, *args):
+    """`bdk run --out RUN ARGS` in process; a failure shows its output."""
+    from typer.testing import CliRunner
+
+    from bdk.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--out", str(run), *map(str, args)])
+    assert result.exit_code == 0, (result.output[-3000:], repr(result.exception))
+
+
+@pytest.fixture(scope="session")
+def sequence_csv(tmp_path_factory) -> Path:
+    """tests/sequence_data.py's 150 oscillators as a long table, rows shuffled (the time column sorts them)."""
+    from sequence_data import long_frame, tiny_sequences
+
+    x, y = tiny_sequences()
+    path = tmp_path_factory.mktemp("sequences") / "oscillators.csv"
+    long_frame(x, y).sample(frac=1.0, random_state=0).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sequence_run(sequence_csv, tmp_path_factory) -> Path:
+    """`bdk run` (Bayesian GRU teacher, soft labels, ungated student, evaluation) on the oscillators. Read-only."""
+    return built_once(tmp_path_factory, "sequences", lambda run: cli_run(
+        run, "--dataset", sequence_csv, "--series-column", "series", "--epochs", "60", "--samples", "20",
+        "--perturbations", "2", "--interpolations", "50", "--uniform", "50", "--shell", "50", "--student-epochs", "15",
+        "--no-gate", "--no-progress"))
+
+
+IRIS_RUN = ["--epochs", "60", "--samples", "30", "--perturbations", "3", "--uniform", "300", "--interpolations", "100",
+            "--shell", "200", "--student-epochs", "150", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory) -> Path:
+    """`bdk run` on Iris with a small config (every stage, the gate on). Read-only: copy it to write into it."""
+    return built_once(tmp_path_factory, "iris-run", lambda run: cli_run(run, *IRIS_RUN))
 
 
 @pytest.fixture(scope="session")

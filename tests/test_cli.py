@@ -19,12 +19,44 @@ def _errors(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error:")]
 
 
-def test_run_and_soft_labels_help_list_the_transfer_options():
-    for command in ("run", "soft-labels"):
+# each transfer option, a value other than its default, and where it lands in the TransferConfig
+TRANSFER_OPTIONS = {"--perturbations": ("3", "perturbations", 3), "--noise": ("0.2,0.4", "noise", (0.2, 0.4)),
+                    "--noise-unit": ("std", "noise_unit", "std"), "--interpolations": ("7", "interpolations", 7),
+                    "--interpolation-share": ("0.5", "interpolation_share", 0.5),
+                    "--interpolation-pairs": ("neighbour", "interpolation_pairs", "neighbour"),
+                    "--uniform": ("9", "uniform", 9), "--uniform-share": ("0.1", "uniform_share", 0.1),
+                    "--shell": ("11", "shell", 11), "--shell-share": ("0.2", "shell_share", 0.2)}
+assert set(TRANSFER_OPTIONS) == set(TRANSFER_FLAGS)
+
+
+def test_run_and_soft_labels_take_every_transfer_option(monkeypatch, tmp_path):
+    """`bdk run` and `bdk soft-labels` list the transfer options in their help and turn each into the TransferConfig
+    (the stages are stopped before any work); each value differs from the default, so a dropped option fails here."""
+    from distill.errors import BdkError
+    from distill.transfer import SoftLabelConfig, TransferConfig
+
+    from bdk import pipeline
+
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(next(a for a in (*args, *kwargs.values()) if isinstance(a, SoftLabelConfig)).transfer)
+        raise BdkError("stopped here")
+
+    monkeypatch.setattr(pipeline, "soft_labels_stage", stop)
+    monkeypatch.setattr(pipeline, "run_all", stop)
+    default = TransferConfig()
+    args = [a for flag, (value, _, _) in TRANSFER_OPTIONS.items() for a in (flag, value)]
+    for command, where in (("run", "--out"), ("soft-labels", "--run")):
         r = CliRunner().invoke(app, [command, "--help"])
         assert r.exit_code == 0, r.output
         for flag in TRANSFER_FLAGS:
             assert f"  {flag} " in r.output, (command, flag)
+        r = CliRunner().invoke(app, [command, where, str(tmp_path / "run"), *args, "--no-progress"])
+        assert _errors(r.output) == ["error: stopped here"], r.output
+        for flag, (_, field, value) in TRANSFER_OPTIONS.items():
+            assert getattr(seen[-1], field) == value != getattr(default, field), (command, flag)
+    assert len(seen) == 2
 
 
 def test_bad_options_are_one_error_line_before_tensorflow_loads(tmp_path):

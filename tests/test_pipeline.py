@@ -1,5 +1,6 @@
 """`bdk run` end to end on Iris with a small config, then each stage rerun alone, the gate and
-the missing-input messages; the student export checked in a fresh interpreter."""
+the missing-input messages (the run: conftest `pipeline_run`; its student export in a fresh interpreter:
+test_student.py)."""
 import json
 import shutil
 
@@ -8,20 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import schema
-from tests import fresh
 from bdk.cli import app
-
-SMALL = ["--epochs", "60", "--samples", "30", "--perturbations", "3", "--uniform", "300", "--interpolations", "100", "--shell", "200", "--student-epochs", "150",
-         "--no-progress"]
-
-
-@pytest.fixture(scope="session")
-def pipeline_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("e2e") / "run"
-    result = CliRunner().invoke(app, ["run", "--out", str(run), *SMALL])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return run
-
 
 def test_run_writes_every_artifact(pipeline_run):
     for path in ["data/dataset.json", "data/split.json", "teacher/history.csv", "teacher/export/1/saved_model.pb",
@@ -32,6 +20,10 @@ def test_run_writes_every_artifact(pipeline_run):
                  "report/uncertainty_test_vs_ood.png"]:
         assert (pipeline_run / path).exists(), path
     assert not list(pipeline_run.glob(".*tmp*")) and not list(pipeline_run.glob("*/.*tmp*"))
+    # `bdk run`'s student with the default config: monitored on a held-out transfer slice, behind the quality gate
+    student = json.loads((schema.student_dir(pipeline_run) / "metrics.json").read_text())
+    assert student["monitor"] == "transfer" and student["held_out_rows"] > 0
+    assert student["gate"]["on"] is True and student["gate"]["passed"] is True
 
 
 def test_report_metrics(pipeline_run):
@@ -54,26 +46,6 @@ def test_report_metrics(pipeline_run):
     report = (pipeline_run / "report" / "report.md").read_text()
     assert "calibration" in report and "![reliability](reliability.png)" in report
     assert "## Where the student is trustworthy" in report and "| far shell (transfer's own draws) | 200 |" in report
-
-
-FRESH = """
-import json, sys
-import numpy as np
-import tensorflow as tf
-m = tf.saved_model.load(sys.argv[1])
-f = m.signatures["serving_default"]
-x = tf.constant(json.loads(sys.argv[2]), tf.float32)
-a, b = f(features=x), f(features=x)
-print(json.dumps({"keys": sorted(a), "same": all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a),
-                  "sum": a["probs"].numpy().sum(-1).tolist(), "epistemic": a["epistemic"].numpy().tolist()}))
-"""
-
-
-def test_student_export_is_deterministic_in_a_fresh_interpreter(pipeline_run):
-    rows = [[5.1, 3.5, 1.4, 0.2], [6.3, 2.8, 5.1, 1.5], [6.0, 2.9, 4.5, 1.5]]
-    r = fresh.run(FRESH, schema.student_export(pipeline_run), json.dumps(rows))
-    assert r["keys"] == ["entropy", "epistemic", "expected_entropy", "mutual_information", "probs"] and r["same"]
-    assert np.allclose(r["sum"], 1, atol=1e-5) and min(r["epistemic"]) >= 0
 
 
 def test_evaluate_reruns_alone(pipeline_run):

@@ -1,13 +1,12 @@
-"""Regression: the Gaussian task's summary and distillation loss, a whole regression run through the common
-stages (conftest `regression_run`: teacher with the task inferred from a float label, Beam soft labels,
-ungated student, evaluation), the Flipout regression teacher's export in a fresh interpreter and against
-its Keras layers, the Beam job on it, the student's export, and `bdk experiment uci` end to end on two tiny
-splits (one study, shared read-only by the tests below it). Monte Carlo outputs are checked with
-inequalities and standard-error bounds; seeded ones exactly.
+"""Regression's own pieces: the Gaussian task's summary and distillation loss, the regression run's data, student
+and report (conftest `regression_run`: teacher with the task inferred from a float label, Beam soft labels, ungated
+student, evaluation), and `bdk experiment uci` end to end on two tiny splits (one study, shared read-only by the
+tests below it). What every task shares is tested once per unit, parametrised over the tasks: the teacher's log,
+export and weight sampling in test_teacher.py, the soft labels and export checks in test_soft_labels.py, the
+student's export in test_student.py, the transfer set in test_transfer.py.
 """
 import json
 import math
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill import metrics, schema, tasks
-from tests import fresh
 from bdk.cli import app
-from distill.errors import BdkError
 
 REG = tasks.get("regression")
 TINY = ["--splits", "2", "--epochs", "3", "--student-epochs", "3", "--samples", "10", "--no-progress"]
@@ -109,23 +106,14 @@ def test_distillation_loss_against_hand_computed_values():
 
 
 def test_regression_run_end_to_end(regression_run, regression_csv):
+    """The regression run's data, student and report (its teacher, soft labels and exports: the task-parametrised
+    tests of test_teacher.py, test_soft_labels.py and test_student.py)."""
     meta = json.loads((schema.data_dir(regression_run) / "dataset.json").read_text())
     assert meta["task"] == "regression" and meta["class_names"] == [] and meta["feature_names"] == ["x1", "x2"]
     assert meta["target_scaler"]["kind"] == "standard" and 45 < meta["target_scaler"]["shift"][0] < 55
     y = pd.read_csv(regression_csv)["y"].to_numpy()
 
-    teacher = json.loads((schema.teacher_dir(regression_run) / "metrics.json").read_text())
-    assert teacher["task"] == "regression" and teacher["kind"] == "flipout"
-    assert teacher["test/rmse"] < 0.4 * y.std()  # it learned y = f(x) (noise sd 1, y's sd about 7)
-    assert 0.7 <= teacher["test/coverage_95"] <= 1.0 and np.isfinite(teacher["test/nll_mixture"])
-    assert 0 < teacher["test/mean_epistemic_share"] < 1
-    h = pd.read_csv(schema.teacher_dir(regression_run) / "history.csv")
-    assert {"train_nll", "kl", "elbo", "val_rmse", "val_nll", "val_coverage_95", "val_epistemic_variance"} <= set(h.columns)
-    assert h["val_nll"].iloc[-5:].mean() < h["val_nll"].iloc[0]
-    pred = pd.read_csv(schema.teacher_dir(regression_run) / "test_predictions.csv")
-    assert list(pred.columns) == ["id", "y", "mean", "variance", "epistemic_variance"]
-    assert (pred["variance"] >= pred["epistemic_variance"]).all() and (pred["epistemic_variance"] > 0).all()
-
+    teacher = json.loads((schema.teacher_dir(regression_run) / "metrics.json").read_text())  # (checked in test_teacher)
     student = json.loads((schema.student_dir(regression_run) / "metrics.json").read_text())
     assert student["task"] == "regression" and student["gate"]["on"] is False
     assert student["student/test/rmse"] < 0.4 * y.std()
@@ -150,145 +138,6 @@ def test_regression_run_end_to_end(regression_run, regression_csv):
         assert (schema.report_dir(regression_run) / name).stat().st_size > 0, name
     text = (schema.report_dir(regression_run) / "report.md").read_text()
     assert "Regression of y" in text and "RMSE" in text
-
-
-def test_regression_soft_labels(regression_run, tmp_path):
-    """The run's soft labels came from the Beam job; run it once more directly on a tiny transfer set."""
-    import pyarrow.parquet as pq
-    import tensorflow as tf
-
-    from beam_pipelines import soft_labels as job
-    from distill.transfer import read_soft_labels, write_transfer_set
-
-    run = regression_run
-    features = json.loads((schema.data_dir(run) / "dataset.json").read_text())["feature_names"]
-    df, manifest = read_soft_labels(run)
-    assert list(df.columns) == schema.soft_label_columns(features, REG.outputs)
-    assert manifest["task"] == "regression" and manifest["rows_per_source"] == {"train": 128, "perturbed": 256, "interpolated": 60,
-                                                                                "uniform": 100, "shell": 60}
-    assert (df["variance"] >= df["epistemic_variance"] - 1e-5).all() and (df["epistemic_variance"] >= 0).all()
-    labelled = df.source.isin(["train", "perturbed"])
-    assert df.loc[~labelled, "label"].isna().all() and df.loc[labelled, "label"].notna().all()
-    # each row's soft label is the seeded predictive of its features (in the target's units)
-    export = tf.saved_model.load(str(schema.teacher_export(run)))
-    ref = export.signatures["predictive_seeded"](features=tf.constant(df[features].to_numpy(np.float32)),
-                                                 num_samples=tf.constant(manifest["num_samples"]),
-                                                 seed=tf.constant(manifest["seed"], tf.int64))
-    for k in REG.outputs:
-        np.testing.assert_allclose(df[k].to_numpy(), ref[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
-    train = df[df.source == "train"]
-    assert np.sqrt(((train["mean"] - train["label"]) ** 2).mean()) < 3.0  # target units, near the true targets
-
-    transfer = pd.read_parquet(schema.transfer_path(run)).head(20)
-    write_transfer_set(transfer, tmp_path / "t.parquet", features, REG)
-    m = job.run(["--transfer", str(tmp_path / "t.parquet"), "--export", str(schema.teacher_export(run)),
-                 "--dataset_json", str(schema.data_dir(run) / "dataset.json"), "--output", str(tmp_path / "out"),
-                 "--num_samples", "7", "--runner", "FnApiRunner"])
-    assert m["rows"] == 20 and m["runner"] == "FnApiRunner" and m["task"] == "regression"
-    table = pq.read_table(tmp_path / "out" / m["shards"][0])
-    assert table.column_names == schema.soft_label_columns(features, REG.outputs)
-    assert str(table.schema.field("mean").type) == "float" and str(table.schema.field("label").type) == "float"
-    assert set(table.column("num_samples").to_pylist()) == {7}
-
-
-def test_check_export_refuses_a_teacher_of_another_task(regression_run):
-    from beam_pipelines.predictive_handler import PredictiveModelHandler
-    from beam_pipelines.soft_labels import check_export
-    from distill.transfer import soft_label_arrow_schema
-
-    export = str(schema.teacher_export(regression_run))
-
-    def check(features, classes, task):
-        handler = PredictiveModelHandler(export, features, 2, 0, task.outputs)
-        check_export(export, handler, soft_label_arrow_schema(features, task), classes, task)
-
-    check(["x1", "x2"], [], REG)  # fine as made
-    with pytest.raises(BdkError, match="expected") as e:
-        check(["x1", "x2"], ["a", "b"], tasks.get("classification"))
-    assert "\n" not in str(e.value)
-    with pytest.raises(BdkError, match="does not take 3 features"):
-        check(["x1", "x2", "x3"], [], REG)
-
-
-def test_teacher_export_in_a_fresh_interpreter(regression_run, regression_csv):
-    export = schema.teacher_export(regression_run)
-    rows = pd.read_csv(regression_csv)[["x1", "x2"]].head(8)
-    script = textwrap.dedent(f"""
-        import json, numpy as np, tensorflow as tf
-        m = tf.saved_model.load({str(export)!r})
-        x = tf.constant(np.asarray({rows.to_numpy().tolist()!r}, np.float32))
-        a, b = m.signatures["serving_default"](features=x), m.signatures["serving_default"](features=x)
-        p = m.signatures["predictive"](features=x, num_samples=tf.constant(50))
-        s = m.signatures["sample"](features=x, num_samples=tf.constant(6))
-        seeded = [m.signatures["sample_seeded"](features=x, num_samples=tf.constant(6), seed=tf.constant(2, tf.int64))
-                  for _ in range(2)]
-        print(json.dumps({{"signatures": sorted(m.signatures), "outputs": sorted(a), "predictive": sorted(p),
-                          "sample": {{k: list(v.shape) for k, v in s.items()}},
-                          "seeded_same": all(np.array_equal(seeded[0][k].numpy(), seeded[1][k].numpy()) for k in seeded[0]),
-                          **{{k: v.numpy().tolist() for k, v in a.items()}}, "again": b["mean"].numpy().tolist()}}))
-    """)
-    out = fresh.run(script)
-    assert out["signatures"] == ["predictive", "predictive_seeded", "sample", "sample_seeded", "serving_default", "serving_rows"]
-    assert out["outputs"] == out["predictive"] == sorted(REG.outputs)
-    assert out["sample"] == {"mean_samples": [6, 8], "variance_samples": [6, 8]}
-    assert out["seeded_same"]
-    mean, var, epi = (np.array(out[k]) for k in REG.outputs)
-    assert np.all(var >= epi - 1e-5) and np.all(epi >= 0)
-    assert 30 < mean.mean() < 70  # the target's units (around 50), not z-scores
-    assert not np.allclose(mean, out["again"])  # fresh weight draws on every call
-
-
-def test_explicit_weight_sampling_matches_the_keras_layers(regression_run, restore_flipout):
-    """The Gaussian teacher's explicit per-draw weights give each row the predictive of the Keras Flipout model's
-    own forward passes: the mean and the epistemic variance of 2000 draws within Monte Carlo standard errors."""
-    import tensorflow as tf
-    import tf_keras as tfk
-
-    from distill.data import load_from_run
-    from teacher.export import MonteCarloModule, flipout_sampler
-    from teacher.model import dense_layers
-
-    run = regression_run
-    ds = load_from_run(run)
-    model = restore_flipout(run)
-    module = MonteCarloModule(REG, flipout_sampler(dense_layers(model)), [model], ds.scaler.shift, ds.scaler.scale)
-    tfk.utils.set_random_seed(2)
-    x = np.concatenate([ds["test"].x[:4], np.array([[3.0, -3.0], [-4.0, 4.0]], np.float32)])  # in range and far out
-    z = tf.constant(ds.scaler.transform(x))
-    s = 2000
-
-    @tf.function
-    def keras_draws(z):
-        ta = tf.TensorArray(tf.float32, size=s)
-        for i in tf.range(s):
-            ta = ta.write(i, REG.draw_params(model(z)))  # each call: a fresh Flipout draw of every layer
-        return ta.stack()
-
-    def moments(draws):  # [S, B, 2] -> mean, epistemic variance, and their standard errors
-        m = draws[..., 0]
-        dev = (m - m.mean(0)) ** 2
-        return m.mean(0), dev.mean(0), m.std(0) / np.sqrt(s), dev.std(0) / np.sqrt(s)
-
-    ref = moments(keras_draws(z).numpy())
-    explicit = moments(module.sample_seeded(tf.constant(x), s, 5)["mean_samples"].numpy()[..., None])
-    out = {k: v.numpy() for k, v in module.predictive_normalised(z, s, 5).items()}
-    np.testing.assert_allclose(out["mean"], explicit[0], rtol=1e-5, atol=1e-6)
-    assert ref[1].min() > 0 and ref[1][4:].min() > 3 * ref[1][:4].max()  # spread, growing far from the data
-    np.testing.assert_array_less(np.abs(out["mean"] - ref[0]), 5 * np.hypot(ref[2], explicit[2]) + 1e-6)
-    np.testing.assert_array_less(np.abs(out["epistemic_variance"] - ref[1]), 5 * np.hypot(ref[3], explicit[3]) + 1e-9)
-
-
-def test_student_export_is_deterministic(regression_run):
-    import tensorflow as tf
-
-    run = regression_run
-    m = tf.saved_model.load(str(schema.student_export(run)))
-    features = json.loads((schema.data_dir(run) / "dataset.json").read_text())["feature_names"]
-    x = tf.constant(pd.read_parquet(schema.transfer_path(run))[features].iloc[:16].to_numpy(np.float32))
-    a, b = m.signatures["serving_default"](features=x), m.signatures["serving_default"](features=x)
-    assert sorted(a) == ["epistemic", "mean", "variance"]
-    assert np.array_equal(a["mean"].numpy(), b["mean"].numpy()) and np.all(a["variance"].numpy() > 0)
-    assert np.all(a["epistemic"].numpy() >= 0) and 30 < a["mean"].numpy().mean() < 70
 
 
 # ---------------------------------------------------------------- the UCI study and its report

@@ -1,10 +1,9 @@
-"""Sequences: the loader and its bad inputs, the Bayesian GRU (one weight draw per sequence, the KL scaling), its
-export in a fresh process, and `bdk run --kind brnn` end to end with `bdk predict` and real HTTP on the results."""
+"""Sequences: the loader and its bad inputs, the Bayesian GRU (one weight draw per sequence, the KL scaling), and
+`bdk run --kind brnn` end to end (conftest `sequence_run`) with `bdk predict` and real HTTP on the results. Its
+export in a fresh interpreter: test_teacher.py, parametrised over the tasks and inputs."""
 import json
 import shutil
-import subprocess
 from dataclasses import replace
-import sys
 
 import httpx
 import numpy as np
@@ -15,8 +14,8 @@ from typer.testing import CliRunner
 
 from bdk.cli import app
 from distill.inputs import SequenceInputs, TableInputs
+from tests.sequence_data import CHANNELS, LENGTH, long_frame, tiny_sequences
 
-LENGTH, CHANNELS = 12, 2
 
 
 def run_cli(args, timeout=None):
@@ -24,35 +23,6 @@ def run_cli(args, timeout=None):
     r = CliRunner().invoke(app, [str(a) for a in args])
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     return type("Result", (), {"returncode": r.exit_code, "stderr": r.stderr, "stdout": r.stdout})
-
-
-def tiny_sequences(n: int = 150, length: int = LENGTH, seed: int = 0):
-    """Two classes of noisy two-channel oscillators (periods 3 and 6): x [n, T, 2], y [n]."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    t = np.arange(length)[None]
-    phase = rng.uniform(0, 2 * np.pi, (n, 1)) + 2 * np.pi * t / np.where(y == 0, 3.0, 6.0)[:, None]
-    x = np.stack([np.sin(phase), np.cos(phase)], -1) + rng.normal(0, 0.2, (n, length, 2))
-    return x.astype(np.float32), y
-
-
-def long_frame(x, y=None, series=None):
-    n, length, c = x.shape
-    df = pd.DataFrame({"series": np.repeat(series if series is not None else [f"s{i}" for i in range(n)], length),
-                       "time": np.tile(np.arange(length), n)})
-    for j, name in enumerate(["a", "b"][:c]):
-        df[name] = x[:, :, j].reshape(-1)
-    if y is not None:
-        df["label"] = np.repeat(np.asarray(["fast", "slow"])[y], length)
-    return df
-
-
-@pytest.fixture(scope="module")
-def sequence_csv(tmp_path_factory):
-    x, y = tiny_sequences()
-    path = tmp_path_factory.mktemp("sequences") / "oscillators.csv"
-    long_frame(x, y).sample(frac=1.0, random_state=0).to_csv(path, index=False)  # rows shuffled: time column sorts them
-    return path
 
 
 # ---------------------------------------------------------------- data
@@ -319,49 +289,14 @@ def test_kl_is_scaled_once_like_the_flipout_teacher(brnn):
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def sequence_run(sequence_csv, tmp_path_factory):
-    run = tmp_path_factory.mktemp("seqrun") / "run"
-    r = run_cli(["run", "--dataset", str(sequence_csv), "--series-column", "series", "--out", str(run), "--epochs", "60",
-                 "--samples", "20", "--perturbations", "2", "--interpolations", "50", "--uniform", "50", "--shell", "50",
-                 "--student-epochs", "15", "--no-gate", "--no-progress"], timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return run
-
-
 def test_brnn_run_end_to_end(sequence_run):
-    from distill.transfer import read_soft_labels
-
-    teacher = json.loads((sequence_run / "teacher" / "metrics.json").read_text())
-    assert teacher["kind"] == "brnn" and teacher["test/accuracy"] > 0.6
-    soft, _ = read_soft_labels(sequence_run)
-    assert set(soft["source"]) >= {"train", "perturbed", "interpolated", "uniform", "shell"}
-    probs = np.stack(soft["probs"].to_numpy())
-    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    """The report's sequence sections (the run's teacher, soft labels and exports: the task-parametrised tests of
+    test_teacher.py, test_soft_labels.py and test_student.py)."""
     report = json.loads((sequence_run / "report" / "metrics.json").read_text())
     over = report["over_time"]
     assert len(over["steps"]) >= 5 and over["steps"][-1] == LENGTH and len(over["teacher/ood"]) == len(over["steps"])
     assert (sequence_run / "report" / "epistemic_over_time.png").stat().st_size > 10_000
     assert "shifted regime" in (sequence_run / "report" / "report.md").read_text()
-
-
-def test_sequence_export_in_a_fresh_process_is_seeded_and_takes_any_length(sequence_run, tmp_path):
-    import tensorflow as tf
-
-    export = sequence_run / "teacher" / "export" / "1"
-    x = tiny_sequences(5, seed=3)[0]
-    np.save(tmp_path / "x.npy", x)
-    code = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); x = np.load(sys.argv[2]);"
-            "f = m.signatures['predictive_seeded'];"
-            "np.save(sys.argv[3], f(features=tf.constant(x), num_samples=tf.constant(8), seed=tf.constant(5, tf.int64))['probs'].numpy());"
-            "print(f(features=tf.constant(x[:, :5]), num_samples=tf.constant(8), seed=tf.constant(5, tf.int64))['probs'].shape)")
-    r = subprocess.run([sys.executable, "-c", code, str(export), str(tmp_path / "x.npy"), str(tmp_path / "p.npy")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "(5, 2)" in r.stdout  # a 5-step prefix works too
-    here = tf.saved_model.load(str(export)).signatures["predictive_seeded"](
-        features=tf.constant(x), num_samples=tf.constant(8), seed=tf.constant(5, tf.int64))["probs"].numpy()
-    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), here)
 
 
 def test_predict_and_http_serving_take_sequences(sequence_run, tmp_path):

@@ -1,5 +1,6 @@
-"""The soft-label Beam job: a fake teacher in a TestPipeline, then the real Iris teacher through the
-CLI on the embedded, multi-process and portable runners; the seed contract (reruns bit-identical, any
+"""The soft-label Beam job: a fake teacher in a TestPipeline, then each task's soft labels against its teacher's
+seeded predictive (Iris through the CLI, the shared regression and sequence runs), the job on a regression transfer
+set, the export checks, the real Iris teacher on the embedded, multi-process and portable runners; the seed contract (reruns bit-identical, any
 batching the same soft labels), atomic reruns, stale-teacher detection and bad input. Monte Carlo
 outputs are compared with a many-draw reference within standard-error bounds; runs with one seed are
 compared exactly.
@@ -198,25 +199,67 @@ def test_batched_predictive_agrees_with_independent_draws(teacher_run):
     np.testing.assert_array_less(np.abs(batched["variance"] - ref["variance"]), 5 * se_var * np.sqrt(1 + calls / big) + 1e-5)
 
 
+@pytest.fixture
+def soft_labelled(request):
+    """(case, a run with soft labels, its transfer-set sizes): the Iris teacher labelled through the CLI (`labelled`),
+    the regression run (conftest `regression_run`: soft_labels_stage) or the sequence run (conftest `sequence_run`)."""
+    case = request.param
+    run, sizes = {"classification": ("labelled", (2, 20, 50, 20)), "regression": ("regression_run", (2, 60, 100, 60)),
+                  "sequence": ("sequence_run", (2, 50, 50, 50))}[case]
+    return case, request.getfixturevalue(run), sizes
+
+
+@pytest.mark.parametrize("soft_labelled", ["classification", "regression", "sequence"], indirect=True)
+def test_each_rows_soft_label_is_the_seeded_predictive_of_its_features(soft_labelled):
+    """The run's soft labels (from the Beam job): one row per transfer row in the task's columns, labels only on the
+    rows that have them, each row's outputs exactly the teacher's seeded predictive of its features (the job's
+    seed fixes the S draws for every row), valid for the task, and near the training labels."""
+    import tensorflow as tf
+
+    case, run, (k, interpolated, uniform, shell) = soft_labelled
+    df, manifest = read_soft_labels(run)
+    ds = data_lib.load_from_run(run)
+    task = tasks.get("regression" if case == "regression" else "classification")
+    n = len(ds["train"])
+    assert manifest["task"] == task.name and manifest["class_names"] == ds.class_names
+    assert manifest["rows_per_source"] == {"train": n, "perturbed": k * n, "interpolated": interpolated,
+                                           "uniform": uniform, "shell": shell}
+    assert list(df.columns) == schema.soft_label_columns(ds.feature_names, task.outputs) and df["id"].is_unique
+    assert (df["num_samples"] == manifest["num_samples"]).all()
+    labelled = df.source.isin(["train", "perturbed"]).to_numpy()
+    has_label = df["label"].notna().to_numpy() if case == "regression" else (df["label"] != schema.NO_LABEL).to_numpy()
+    np.testing.assert_array_equal(has_label, labelled)
+
+    model = tf.saved_model.load(str(schema.teacher_export(run)))
+    x = df[ds.feature_names].to_numpy(np.float32).reshape(-1, *ds.input_shape)  # sequences: [N, T, C] again
+    seeded = model.signatures["predictive_seeded"](features=tf.constant(x), num_samples=tf.constant(manifest["num_samples"]),
+                                                   seed=tf.constant(manifest["seed"], tf.int64))
+    for key in task.outputs:
+        got = stack(df, key) if key in task.vector_outputs else df[key].to_numpy()
+        np.testing.assert_allclose(got, seeded[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+
+    train = df[df.source == "train"]
+    if case == "regression":
+        assert (df["variance"] >= df["epistemic_variance"] - 1e-5).all() and (df["epistemic_variance"] >= 0).all()
+        assert np.sqrt(((train["mean"] - train["label"]) ** 2).mean()) < 3.0  # target units, near the true targets
+    else:
+        np.testing.assert_allclose(stack(df, "probs").sum(1), 1.0, atol=1e-5)
+        assert (stack(df, "variance") >= 0).all() and (df["mutual_information"] >= 0).all()
+        np.testing.assert_allclose(df["entropy"], df["expected_entropy"] + df["mutual_information"], atol=1e-4)
+        assert (stack(train, "probs").argmax(1) == train["label"]).mean() > 0.8  # the teacher learnt the classes
+
+
 def test_cli_end_to_end_on_iris(labelled):
+    """What the CLI adds on Iris (the soft labels themselves: the test above): its manifest and shards, a
+    many-draw reference, its progress lines."""
     import tensorflow as tf
 
     df, manifest = read_soft_labels(labelled)
     ds = data_lib.load_from_run(labelled)
-    n = len(ds["train"])
-    assert manifest["rows_per_source"] == {"train": n, "perturbed": 2 * n, "interpolated": 20, "uniform": 50, "shell": 20}
-    assert list(df.columns) == schema.soft_label_columns(ds.feature_names, CLS.outputs) and df["id"].is_unique
-    assert manifest["num_samples"] == S and (df["num_samples"] == S).all() and manifest["seed"] == 0
-    assert manifest["task"] == "classification"
-    assert manifest["class_names"] == ds.class_names and manifest["runner"] == "FnApiRunner"
+    assert manifest["num_samples"] == S and manifest["seed"] == 0 and manifest["runner"] == "FnApiRunner"
     out = labelled / "soft_labels"
     assert sorted(p.name for p in out.glob("part-*")) == sorted(manifest["shards"])
-    probs, var = stack(df, "probs"), stack(df, "variance")  # [N, C]
-    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
-    assert (var >= 0).all() and (df["mutual_information"] >= 0).all()
-    np.testing.assert_allclose(df["entropy"], df["expected_entropy"] + df["mutual_information"], atol=1e-4)
-    train = df[df.source == "train"]
-    assert (stack(train, "probs").argmax(1) == train["label"]).mean() > 0.8  # the teacher learnt Iris
+    probs = stack(df, "probs")  # [N, C]
 
     # Each row got the teacher's predictive for ITS features: compare with an in-process many-draw reference.
     model = tf.saved_model.load(str(schema.teacher_export(labelled)))
@@ -224,15 +267,53 @@ def test_cli_end_to_end_on_iris(labelled):
     ref = model.signatures["predictive"](features=x, num_samples=tf.constant(500))
     ref_p, ref_v = ref["probs"].numpy(), ref["variance"].numpy()
     np.testing.assert_array_less(np.abs(probs - ref_p), 6 * np.sqrt(ref_v / S + ref_v / 500) + 0.01)
-    # and it is exactly the seeded predictive: the job's seed fixed the teacher's S draws for every row
-    seeded = model.signatures["predictive_seeded"](features=x, num_samples=tf.constant(S),
-                                                   seed=tf.constant(manifest["seed"], tf.int64))
-    for k in CLS.outputs:
-        got = stack(df, k) if k in CLS.vector_outputs else df[k].to_numpy()
-        np.testing.assert_allclose(got, seeded[k].numpy(), rtol=1e-6, atol=1e-7, err_msg=k)
 
     text = (labelled / "cli_output.txt").read_text()
     assert "rows/uniform" in text and "rows/s" in text and "soft labels:" in text
+
+
+def test_the_job_on_a_regression_transfer_set(regression_run, tmp_path):
+    """The Beam job run directly on a few rows of a regression transfer set: float targets and outputs."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from beam_pipelines import soft_labels as job
+    from distill.transfer import write_transfer_set
+
+    run, reg = regression_run, tasks.get("regression")
+    features = data_lib.load_from_run(run).feature_names
+    transfer = pd.read_parquet(schema.transfer_path(run)).head(20)
+    write_transfer_set(transfer, tmp_path / "t.parquet", features, reg)
+    m = job.run(["--transfer", str(tmp_path / "t.parquet"), "--export", str(schema.teacher_export(run)),
+                 "--dataset_json", str(schema.data_dir(run) / "dataset.json"), "--output", str(tmp_path / "out"),
+                 "--num_samples", "7", "--runner", "FnApiRunner"])
+    assert m["rows"] == 20 and m["runner"] == "FnApiRunner" and m["task"] == "regression"
+    table = pq.read_table(tmp_path / "out" / m["shards"][0])
+    assert table.column_names == schema.soft_label_columns(features, reg.outputs)
+    assert str(table.schema.field("mean").type) == "float" and str(table.schema.field("label").type) == "float"
+    assert set(table.column("num_samples").to_pylist()) == {7}
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_check_export_refuses_a_teacher_of_another_task(task, request):
+    from beam_pipelines.predictive_handler import PredictiveModelHandler
+    from beam_pipelines.soft_labels import check_export
+    from distill.transfer import soft_label_arrow_schema
+
+    run = request.getfixturevalue("teacher_run" if task == "classification" else "regression_run")
+    ds = data_lib.load_from_run(run)
+    export, other = str(schema.teacher_export(run)), "regression" if task == "classification" else "classification"
+
+    def check(features, classes, t):
+        handler = PredictiveModelHandler(export, features, 2, 0, t.outputs)
+        check_export(export, handler, soft_label_arrow_schema(features, t), classes, t)
+
+    check(ds.feature_names, ds.class_names, tasks.get(task))  # fine as made
+    with pytest.raises(BdkError, match="expected") as e:
+        check(ds.feature_names, ["a", "b"] if other == "classification" else [], tasks.get(other))
+    assert "\n" not in str(e.value)
+    with pytest.raises(BdkError, match=f"does not take {len(ds.feature_names) + 1} features"):
+        check([*ds.feature_names, "extra"], ds.class_names, tasks.get(task))
 
 
 def test_rerun_replaces_the_output_atomically(copy_labelled):

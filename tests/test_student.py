@@ -1,5 +1,6 @@
 """Stage 3 pieces: the classification distillation loss against hand-computed values (the Gaussian one is in
-test_regression.py), the student's heads and export (target units), its config, the gate."""
+test_regression.py), the student's heads and export (target units), its config, the gate, and the trained
+students of the shared Iris, regression and sequence runs in a fresh interpreter."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +13,7 @@ from student.model import build_student
 from student import dirichlet
 from student.rows import holdout_mask
 from student.train import check_gate
+from tests import fresh
 
 CLS, REG = tasks.get("classification"), tasks.get("regression")
 
@@ -92,8 +94,8 @@ def test_student_export_answers_in_the_targets_units(task, tmp_path):
 
 
 def test_config_defaults_by_task_and_validation():
-    cfg = StudentConfig()
-    assert cfg.hidden is None and cfg.monitor == "transfer" and cfg.gate
+    cfg = StudentConfig()  # unset widths come from the task and the teacher (below); the default monitor and gate
+    # as a trained student records them: test_pipeline.py::test_run_writes_every_artifact
     r = cfg.resolved("classification", teacher_hidden=[50, 20])  # classes: the teacher's widths, one draw's cost
     assert r.hidden == (50, 20) and r.learning_rate == TASK_DEFAULTS["classification"]["learning_rate"]
     assert cfg.resolved("classification").hidden == FALLBACK_HIDDEN  # a teacher without dense widths
@@ -236,3 +238,58 @@ def test_cap_warning_fires_only_while_still_improving():
     assert not flat.improving_at_cap and flat.cap_note("the student", "7 epochs") is None
     early = run([1, 2, 3, 4], epochs=10, patience=3)
     assert early.stopped_early and not early.improving_at_cap
+
+
+# ---------------------------------------------------------------- the trained students of the shared runs
+
+STUDENT_FRESH = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+out = {}
+for case, export, rows in json.loads(sys.argv[1]):
+    f = tf.saved_model.load(export).signatures["serving_default"]
+    x = tf.constant(rows, tf.float32)
+    a, b = f(features=x), f(features=x)
+    out[case] = {"same": all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a),
+                 **{k: v.numpy().tolist() for k, v in a.items()}}
+assert not any(k.split(".")[0] in ("distill", "teacher", "student", "bdk") for k in sys.modules)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def student_answers(pipeline_run, regression_run, sequence_run):
+    """The published students of the shared Iris, regression and sequence runs (conftest), each called twice on a few
+    raw inputs in one fresh interpreter without the project (one TensorFlow start for the three)."""
+    import json
+
+    import pandas as pd
+
+    from distill import schema
+    from tests.sequence_data import tiny_sequences
+
+    features = json.loads((schema.data_dir(regression_run) / "dataset.json").read_text())["feature_names"]
+    inputs = {"classification": (pipeline_run, [[5.1, 3.5, 1.4, 0.2], [6.3, 2.8, 5.1, 1.5], [6.0, 2.9, 4.5, 1.5]]),
+              "regression": (regression_run, pd.read_parquet(schema.transfer_path(regression_run))[features]
+                             .iloc[:16].to_numpy(np.float32).tolist()),
+              "sequence": (sequence_run, tiny_sequences(4, seed=5)[0].tolist())}
+    return fresh.run(STUDENT_FRESH, json.dumps([[case, str(schema.student_export(run)), rows]
+                                                for case, (run, rows) in inputs.items()]))
+
+
+@pytest.mark.parametrize("case", ["classification", "regression", "sequence"])
+def test_student_export_is_deterministic_in_a_fresh_interpreter(case, student_answers):
+    """A trained student's export answers without the project, in the task's outputs and units, the same bits on
+    every call (no sampling: one forward pass)."""
+    r = student_answers[case]
+    assert r.pop("same")
+    out = {k: np.array(v) for k, v in r.items()}
+    assert (out["epistemic"] >= 0).all()
+    if case == "regression":
+        assert sorted(out) == ["epistemic", "mean", "variance"] and len(out["mean"]) == 16
+        assert (out["variance"] > 0).all() and 30 < out["mean"].mean() < 70  # the target's units (around 50)
+    else:  # the Dirichlet student
+        assert sorted(out) == ["entropy", "epistemic", "expected_entropy", "mutual_information", "probs"]
+        assert out["probs"].shape == ((3, 3) if case == "classification" else (4, 2))
+        np.testing.assert_allclose(out["probs"].sum(-1), 1, atol=1e-5)

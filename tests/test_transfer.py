@@ -23,26 +23,42 @@ def boston():
     return data.load(data.DataConfig(dataset="boston", test_fraction=0.1, val_fraction=0.1, seed=0))
 
 
-def test_rows_ids_labels_and_sources(iris):
-    cfg = TransferConfig(perturbations=3, interpolations=300, uniform=500, shell=400, seed=1)
-    t = build_transfer_set(cfg, iris)
-    train = iris["train"]
+@pytest.fixture
+def table(request):
+    """The task's table: Iris (classification) or Boston (regression, `boston`)."""
+    return request.getfixturevalue("iris" if request.param == "classification" else "boston")
+
+
+@pytest.mark.parametrize("table", ["classification", "regression"], indirect=True)
+def test_rows_ids_labels_and_sources(table):
+    """One row per training row and per source point, unique ids, the training rows as they are, perturbed copies
+    with their origin's label, and no label (the task's NO_LABEL: -1 for classes, NaN for targets) elsewhere."""
+    ds = table
+    regression = ds.task == "regression"
+    k, sizes = (2, {"interpolated": 100, "uniform": 300}) if regression else \
+        (3, {"interpolated": 300, "uniform": 500, "shell": 400})
+    t = build_transfer_set(TransferConfig(perturbations=k, interpolations=sizes["interpolated"], uniform=sizes["uniform"],
+                                          shell=sizes.get("shell", 0), seed=0 if regression else 1), ds)
+    train = ds["train"]
     n = len(train)
-    assert list(t.columns) == schema.transfer_columns(iris.feature_names)
-    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": 3 * n, "interpolated": 300, "uniform": 500,
-                                                    "shell": 400}
+    assert list(t.columns) == schema.transfer_columns(ds.feature_names)
+    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": k * n, **sizes}
     assert t["id"].is_unique
     rows = t.set_index("id")
     first = train.ids[0]
     assert rows.loc[f"train:{first}", "label"] == train.y[0]
-    np.testing.assert_array_equal(rows.loc[f"train:{first}", iris.feature_names].to_numpy(np.float32), train.x[0])
-    # perturbed copies keep their origin's label; uniform rows have none
-    for k in range(3):
-        assert rows.loc[f"perturbed:{first}:{k}", "label"] == train.y[0]
-    for source in ("interpolated", "uniform", "shell"):
-        assert (t.loc[t.source == source, "label"] == schema.NO_LABEL).all()
+    np.testing.assert_array_equal(rows.loc[f"train:{first}", ds.feature_names].to_numpy(np.float32), train.x[0])
+    np.testing.assert_array_equal(t.loc[t.source == "train", "label"].to_numpy(), train.y)  # in their own units
+    for c in range(k):  # perturbed copies keep their origin's label
+        assert rows.loc[f"perturbed:{first}:{c}", "label"] == train.y[0]
+    for source in sizes:  # the points between and around the data have none
+        labels = t.loc[t.source == source, "label"]
+        assert (labels.isna() if regression else labels == schema.NO_LABEL).all(), source
         assert list(t.loc[t.source == source, "id"][:2]) == [f"{source}:0", f"{source}:1"]
-    assert set(t.loc[t.source == "train", "label"]) == set(range(iris.num_classes))
+    if regression:
+        assert t["label"].dtype == np.float32
+    else:
+        assert set(t.loc[t.source == "train", "label"]) == set(range(ds.num_classes))
 
 
 def test_no_validation_or_test_row_is_in_the_transfer_set(iris):
@@ -169,9 +185,15 @@ def test_source_sizes_follow_the_share_rule(iris):
     other = build_transfer_set(TransferConfig(**{**cfg.__dict__, "seed": 3}), iris)
     assert not np.allclose(t.loc[t.source == "interpolated", iris.feature_names].to_numpy(),
                            other.loc[other.source == "interpolated", iris.feature_names].to_numpy())
-    # the defaults are today's: random pairs, fixed sizes
-    assert (TransferConfig().interpolation_pairs, TransferConfig().interpolation_share, TransferConfig().uniform_share,
-            TransferConfig().shell_share) == ("random", 0.0, 0.0, 0.0)
+    # by default the sizes are the counts however many training rows (no share), and the pairs random: the default
+    # config's set is the one with random pairs and no shares spelt out, and it differs from the neighbour pairs'
+    sizes = dict(perturbations=0, interpolations=10, uniform=5, shell=7, seed=2)  # every count below n (120 rows)
+    default = build_transfer_set(TransferConfig(**sizes), iris)
+    assert default["source"].value_counts().to_dict() == {"train": n, "interpolated": 10, "uniform": 5, "shell": 7}
+    pd.testing.assert_frame_equal(default, build_transfer_set(TransferConfig(
+        **sizes, interpolation_pairs="random", interpolation_share=0.0, uniform_share=0.0, shell_share=0.0), iris))
+    neighbour = build_transfer_set(TransferConfig(**sizes, interpolation_pairs="neighbour"), iris)
+    assert not np.allclose(default[iris.feature_names].to_numpy(), neighbour[iris.feature_names].to_numpy())
     # interpolation pairs change only the interpolated rows: the other sources keep their rows and ids
     base = dict(perturbations=2, interpolations=50, uniform=20, shell=20, seed=4)
     r = build_transfer_set(TransferConfig(**base), iris)
@@ -204,18 +226,21 @@ def test_far_shell_lies_between_the_inner_and_outer_boxes(iris):
     assert not (x[:, None, :] == ood[None]).all(-1).any()
 
 
-def test_noise_is_gaussian_in_box_widths_and_uniform_covers_the_widened_box(iris):
-    cfg = TransferConfig(perturbations=4, noise=0.05, uniform=500, margin=0.1)
-    t = build_transfer_set(cfg, iris)
-    train = iris["train"]
-    lo, hi = iris.box()
-    pert = iris.scaler.transform(t.loc[t.source == "perturbed", iris.feature_names].to_numpy())  # [n*K, F]
-    origin = np.repeat(iris.scaler.transform(train.x), 4, axis=0)  # same order: origin-major
-    noise = ((pert - origin) / (hi - lo)).ravel()
+@pytest.mark.parametrize("table", ["classification", "regression"], indirect=True)
+def test_noise_is_gaussian_in_the_tasks_unit_and_uniform_covers_the_widened_box(table):
+    """Perturbed copies: Gaussian noise of the given std in the task's default unit (box widths for classes, each
+    feature's z-score for regression); uniform points fill the training box widened by the margin, beyond the data."""
+    ds = table
+    t = build_transfer_set(TransferConfig(perturbations=4, noise=0.05, uniform=500, margin=0.1), ds)
+    lo, hi = ds.box()
+    unit = 1.0 if ds.task == "regression" else hi - lo
+    pert = ds.scaler.transform(t.loc[t.source == "perturbed", ds.feature_names].to_numpy())  # [n*K, F]
+    origin = np.repeat(ds.scaled("train"), 4, axis=0)  # same order: origin-major
+    noise = ((pert - origin) / unit).ravel()
     se = 0.05 / np.sqrt(2 * len(noise))  # standard error of a Gaussian std estimate
     assert abs(noise.std() - 0.05) < 5 * se
     assert abs(noise.mean()) < 5 * 0.05 / np.sqrt(len(noise))
-    box = (iris.scaler.transform(t.loc[t.source == "uniform", iris.feature_names].to_numpy()) - lo) / (hi - lo)
+    box = (ds.scaler.transform(t.loc[t.source == "uniform", ds.feature_names].to_numpy()) - lo) / (hi - lo)
     assert box.min() >= -0.1 - 1e-5 and box.max() <= 1.1 + 1e-5
     assert (box.min(axis=0) < 0).all() and (box.max(axis=0) > 1).all()  # beyond the data, on every feature
 
@@ -299,52 +324,25 @@ def test_feature_names_may_not_clash_with_soft_label_columns(tmp_path):
         build_transfer_set(TransferConfig(), ds)
 
 
-def test_parquet_schema_and_row_groups(iris, tmp_path):
-    t = build_transfer_set(TransferConfig(perturbations=1, uniform=40_000), iris)
-    write_transfer_set(t, tmp_path / "t.parquet", iris.feature_names, tasks.get("classification"), row_group_rows=16_384)
+@pytest.mark.parametrize("table", ["classification", "regression"], indirect=True)
+def test_parquet_schema_and_row_groups(table, tmp_path):
+    ds = table
+    task = tasks.get(ds.task)
+    t = build_transfer_set(TransferConfig(perturbations=1, uniform=40_000), ds)
+    write_transfer_set(t, tmp_path / "t.parquet", ds.feature_names, task, row_group_rows=16_384)
     f = pq.ParquetFile(tmp_path / "t.parquet")
     assert f.metadata.num_row_groups == -(-len(t) // 16_384) >= 3  # so a parallel runner can split the read
     types = {field.name: str(field.type) for field in f.schema_arrow}
-    assert types == {"id": "string", "source": "string", "label": "int64", **{n: "float" for n in iris.feature_names}}
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), t, check_dtype=False)
+    label = "float" if ds.task == "regression" else "int64"  # targets in their units; class indices
+    assert types == {"id": "string", "source": "string", "label": label, **{n: "float" for n in ds.feature_names}}
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(back, t, check_dtype=False)
+    if ds.task == "regression":  # no target: NaN, kept
+        assert back["label"].isna().sum() == (~t.source.isin(["train", "perturbed"])).sum() > 40_000
     # the row group size is the Beam job's batch: a small one gives many groups of that size
-    write_transfer_set(t.head(100), tmp_path / "small.parquet", iris.feature_names, tasks.get("classification"),
-                       row_group_rows=32)
+    write_transfer_set(t.head(100), tmp_path / "small.parquet", ds.feature_names, task, row_group_rows=32)
     f = pq.ParquetFile(tmp_path / "small.parquet")
     assert [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)] == [32, 32, 32, 4]
-
-
-def test_regression_transfer_set(boston, tmp_path):
-    cfg = TransferConfig(perturbations=2, noise=0.05, interpolations=100, uniform=300, shell=0, seed=0)
-    t = build_transfer_set(cfg, boston)
-    n = len(boston["train"])
-    assert list(t.columns) == schema.transfer_columns(boston.feature_names) and t["id"].is_unique
-    assert t["source"].value_counts().to_dict() == {"train": n, "perturbed": 2 * n, "interpolated": 100, "uniform": 300}
-    assert t.loc[t.source == "interpolated", "label"].isna().all()
-    assert t["label"].dtype == np.float32
-    train = t[t.source == "train"]
-    np.testing.assert_array_equal(train["label"].to_numpy(), boston["train"].y)  # targets in their own units
-    rows = t.set_index("id")
-    first = boston["train"].ids[0]
-    assert rows.loc[f"perturbed:{first}:1", "label"] == boston["train"].y[0]
-    assert t.loc[t.source == "uniform", "label"].isna().all()  # no target: NaN, not NO_LABEL
-    # the noise is in z-score units of each feature
-    pert = boston.scaler.transform(t.loc[t.source == "perturbed", boston.feature_names].to_numpy())
-    noise = (pert - np.repeat(boston.scaled("train"), 2, axis=0)).ravel()
-    assert abs(noise.std() - 0.05) < 5 * 0.05 / np.sqrt(2 * len(noise))
-    box = boston.scaler.transform(t.loc[t.source == "uniform", boston.feature_names].to_numpy())
-    lo, hi = boston.box()
-    width = hi - lo
-    assert (box >= lo - 0.1 * width - 1e-4).all() and (box <= hi + 0.1 * width + 1e-4).all()
-    assert (box.min(0) < lo).all() and (box.max(0) > hi).all()
-
-    task = tasks.get("regression")
-    write_transfer_set(t, tmp_path / "t.parquet", boston.feature_names, task)
-    types = {field.name: str(field.type) for field in pq.ParquetFile(tmp_path / "t.parquet").schema_arrow}
-    assert types == {"id": "string", "source": "string", "label": "float", **{f: "float" for f in boston.feature_names}}
-    back = pd.read_parquet(tmp_path / "t.parquet")
-    assert back["label"].isna().sum() == 400
-    pd.testing.assert_frame_equal(back, t, check_dtype=False)
 
 
 def test_arrow_schemas_follow_the_task():
