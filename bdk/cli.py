@@ -198,7 +198,7 @@ def soft_labels(
                                     interpolation_neighbours=interpolation_neighbours, uniform=uniform,
                                     uniform_share=uniform_share, margin=margin, shell=shell, shell_share=shell_share,
                                     shell_inner=shell_inner, shell_outer=shell_outer,
-                                    unlabeled=unlabeled, seed=seed), **_given(num_samples=samples, batch_size=batch_size))
+                                    unlabeled=unlabeled, seed=seed), **_given(samples=samples, batch_size=batch_size))
     out = soft_labels_stage(cfg, run, beam_options(ctx.args), progress=progress)
     from distill.errors import read_json
 
@@ -338,7 +338,7 @@ def _study(dataset: Optional[str], label_column: Optional[str], epochs: Optional
     base = StudyConfig()
     return replace(base, data=_data_config(dataset=dataset, label_column=label_column, id_column=id_column),
                    teacher=replace(base.teacher, **_given(epochs=epochs, eval_samples=samples)),
-                   soft_labels=replace(base.soft_labels, transfer=_transfer(uniform=uniform), **_given(num_samples=samples)),
+                   soft_labels=replace(base.soft_labels, transfer=_transfer(uniform=uniform), **_given(samples=samples)),
                    student=replace(base.student, **_given(epochs=student_epochs)),
                    evaluation=replace(base.evaluation, **_given(samples=samples)))
 
@@ -532,7 +532,7 @@ def _run_configs(dataset, task, label_column, id_column, missing, drop_missing, 
                                          interpolations=interpolations, interpolation_share=interpolation_share,
                                          interpolation_pairs=interpolation_pairs, uniform=uniform,
                                          uniform_share=uniform_share, shell=shell, shell_share=shell_share, seed=seed),
-                               **_given(num_samples=samples))
+                               **_given(samples=samples))
     student_cfg = StudentConfig(**_hidden(hidden), **_given(epochs=student_epochs, gate=gate, sequence_net=sequence_net,
                                                             seed=seed))
     return data_cfg, teacher_cfg, soft_cfg, student_cfg, EvalConfig(**_given(samples=samples, seed=seed))

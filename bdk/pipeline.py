@@ -131,7 +131,7 @@ def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Pa
     from beam_pipelines import soft_labels as job
 
     status = Console(stderr=True).status if progress else None
-    message = f"labelling {len(table)} rows with {cfg.num_samples} teacher draws each (Beam)"
+    message = f"labelling {len(table)} rows with {cfg.samples} teacher draws each (Beam)"
     with atomic_dir(schema.soft_labels_dir(run), overwrite=True) as tmp, \
             (status(message) if status else contextlib.nullcontext()):
         write_transfer_set(table, tmp / schema.TRANSFER_FILE, feature_fields(ds.feature_names, ds.feature_spec),
@@ -139,7 +139,7 @@ def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Pa
         write_json(tmp / "config.json", {"soft_labels": cfg, "beam_args": list(beam_args)})
         try:
             job.run_job(job.JobConfig(str(tmp / schema.TRANSFER_FILE), str(export),
-                                      str(schema.data_dir(run).resolve() / "dataset.json"), str(tmp), cfg.num_samples,
+                                      str(schema.data_dir(run).resolve() / "dataset.json"), str(tmp), cfg.samples,
                                       cfg.transfer.seed, tuple(beam_args)))
         except ValueError as e:  # Beam rejects pipeline options (e.g. an unknown runner) with ValueError
             raise BdkError(f"the Beam job did not start: {first_line(e)}; check the Beam options after `--`") from None

@@ -22,7 +22,7 @@ task per row group unless --dask_npartitions/--dask_partition_size say otherwise
 with gs:// paths (workers need only apache-beam and tensorflow, see beam_pipelines/predictive_handler.py).
 
     python -m beam_pipelines.soft_labels --transfer T.parquet --export EXPORT --dataset_json D.json \\
-        --output DIR [--num_samples 100 --seed 0] [Beam pipeline options]
+        --output DIR [--samples 100 --seed 0] [Beam pipeline options]
 
 `bdk soft-labels` (bdk.pipeline.soft_labels_stage) builds the transfer set and calls `run_job`
 into a temporary folder that replaces RUN/soft_labels on success.
@@ -92,7 +92,7 @@ class JobConfig:
     export: str  # teacher SavedModel folder with a `predictive_seeded` signature
     dataset_json: str  # RUN/data/dataset.json: feature and class names, the task
     output: str  # empty or new folder for the shards and manifest.json
-    num_samples: int = SoftLabelConfig.num_samples  # S weight draws per row
+    samples: int = SoftLabelConfig.samples  # S weight draws per row
     seed: int = 0  # seed of the teacher's weight draws (the same for every row), recorded in the manifest
     beam_args: tuple[str, ...] = ()  # Beam's pipeline options (runner, workers, ...)
 
@@ -105,11 +105,11 @@ def parse_args(argv: Sequence[str] | None) -> JobConfig:
     parser.add_argument("--dataset_json", required=True,
                         help="RUN/data/dataset.json (feature and class names; `task: regression` for a regression teacher).")
     parser.add_argument("--output", required=True, help="Empty or new folder for the shards and manifest.json.")
-    parser.add_argument("--num_samples", type=int, default=JobConfig.num_samples, help="Weight draws per row (S >= 2).")
+    parser.add_argument("--samples", "--num_samples", dest="samples", type=int, default=JobConfig.samples, help="Weight draws per row (S >= 2).")
     parser.add_argument("--seed", type=int, default=JobConfig.seed,
                         help="Seed of the teacher's weight draws (the same for every row), recorded in the manifest.")
     args, beam_args = parser.parse_known_args(argv)
-    return JobConfig(args.transfer, args.export, args.dataset_json, args.output, args.num_samples, args.seed,
+    return JobConfig(args.transfer, args.export, args.dataset_json, args.output, args.samples, args.seed,
                      tuple(beam_args))
 
 
@@ -276,8 +276,8 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
 def run_job(args: JobConfig, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the job, check its output against the transfer set, write manifest.json. Returns the manifest."""
     beam_args = list(args.beam_args)
-    if args.num_samples < 2:
-        raise BdkError(f"--num_samples must be at least 2 (the variance needs two draws), got {args.num_samples}")
+    if args.samples < 2:
+        raise BdkError(f"--samples must be at least 2 (the variance needs two draws), got {args.samples}")
     output = args.output.rstrip("/")
     shard_glob = _shard_glob(output)
     meta = _read_json(args.dataset_json)
@@ -286,7 +286,7 @@ def run_job(args: JobConfig, test_pipeline: beam.Pipeline | None = None) -> dict
     shape = inputs_lib.from_meta(meta).shape  # one example: (F,), or (T, C) for sequences (distill.inputs)
     spec = encoding_spec(from_meta(meta))  # a table that encodes: raw columns through the export's rows signature
     arrow_schema = soft_label_arrow_schema(feature_fields(features, spec), task)
-    handler = PredictiveModelHandler(args.export, features, args.num_samples, args.seed, output_names=task.outputs,
+    handler = PredictiveModelHandler(args.export, features, args.samples, args.seed, output_names=task.outputs,
                                      input_shape=shape, raw_inputs=_raw_inputs(spec))
     row_groups = _num_row_groups(args.transfer, arrow_schema, task.outputs)
     check_export(args.export, handler, arrow_schema, classes, task)
@@ -303,7 +303,7 @@ def run_job(args: JobConfig, test_pipeline: beam.Pipeline | None = None) -> dict
     manifest = {
         "teacher_export": args.export,
         "teacher_fingerprint": fingerprint,
-        "num_samples": args.num_samples,
+        "num_samples": args.samples,
         "seed": args.seed,
         "rows": n,
         "rows_per_source": rows_per_source,

@@ -240,7 +240,7 @@ def child_beam(run: Path, transfer: Path, out: Path, samples: int, seed: int, be
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     m = soft_labels.run(["--transfer", str(transfer), "--export", str(schema.teacher_export(run).resolve()),
                          "--dataset_json", str(schema.data_dir(run) / "dataset.json"), "--output", str(out),
-                         "--num_samples", str(samples), "--seed", str(seed), *beam_args])
+                         "--samples", str(samples), "--seed", str(seed), *beam_args])
     # Count what run() adds around the job too (export check, read-back of the shards, manifest).
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     return {"rows": m["rows"], "seconds": seconds, "cpu": cpu, "job_seconds": m["job_seconds"],

@@ -124,12 +124,12 @@ class SoftLabelConfig:
     """Stage 2 as a whole: the transfer set plus how the Beam job samples the teacher."""
 
     transfer: TransferConfig = field(default_factory=TransferConfig)
-    num_samples: int = 100  # S independent weight draws per row
+    samples: int = 100  # S independent weight draws per row
     batch_size: int = 16_384  # rows per `predictive` call (the transfer set's row groups): bench/bench_soft_labels.py
 
     def __post_init__(self):
-        if self.num_samples < 2:
-            raise BdkError(f"--samples must be at least 2 (the variance needs two draws), got {self.num_samples}")
+        if self.samples < 2:
+            raise BdkError(f"--samples must be at least 2 (the variance needs two draws), got {self.samples}")
         if self.batch_size < 1:
             raise BdkError(f"--batch-size must be >= 1, got {self.batch_size}")
 

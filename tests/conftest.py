@@ -96,7 +96,7 @@ def regression_run(regression_csv, tmp_path_factory) -> Path:
         teacher_stage(DataConfig(dataset=str(regression_csv), label_column="y"),
                       TeacherConfig(epochs=60, patience=60, eval_samples=30), run, progress=False)
         soft_labels_stage(SoftLabelConfig(TransferConfig(perturbations=2, interpolations=60, uniform=100, shell=60),
-                                          num_samples=20), run, progress=False)
+                                          samples=20), run, progress=False)
         student_stage(StudentConfig(gate=False, epochs=150, patience_steps=100_000, baseline_epochs=30), run, progress=False)
         evaluate_stage(EvalConfig(samples=30, ood_rows=200, bootstrap=100, latency_calls=5), run, progress=False)
 

@@ -13,7 +13,7 @@ def tiny():
 
     return BenchmarkConfig(datasets=("iris",), seeds=1, kinds=("flipout",), teacher=TeacherConfig(epochs=4, members=2, eval_samples=10),
                            student=StudentConfig(gate=False, tflite=False, epochs=4, baseline_epochs=4),
-                           soft_labels=SoftLabelConfig(TransferConfig(uniform=50, perturbations=1, interpolations=30, shell=30), num_samples=10),
+                           soft_labels=SoftLabelConfig(TransferConfig(uniform=50, perturbations=1, interpolations=30, shell=30), samples=10),
                            evaluation=EvalConfig(samples=10, bootstrap=50, latency_calls=3), ablation=False,
                            doubling=False, student_ablation=False)
 

@@ -14,7 +14,7 @@ from distill.transfer import SoftLabelConfig, TransferConfig
 def _tiny(**teacher):
     base = StudyConfig()
     return replace(base, teacher=replace(base.teacher, epochs=8, eval_samples=10, **teacher),
-                   soft_labels=SoftLabelConfig(transfer=TransferConfig(perturbations=1, interpolations=20, uniform=30, shell=20), num_samples=10),
+                   soft_labels=SoftLabelConfig(transfer=TransferConfig(perturbations=1, interpolations=20, uniform=30, shell=20), samples=10),
                    student=replace(base.student, epochs=5, baseline_epochs=5),
                    evaluation=replace(base.evaluation, samples=10, bootstrap=50, latency_calls=5, ood_rows=50))
 

@@ -340,7 +340,7 @@ def mixed_run(tmp_path_factory):
     s = run_all(data.DataConfig(dataset=str(root / "mixed.csv"), label_column="price"),
                 TeacherConfig(epochs=60, patience=60, eval_samples=30),
                 SoftLabelConfig(TransferConfig(perturbations=2, interpolations=300, uniform=300, shell=300),
-                                num_samples=20),
+                                samples=20),
                 StudentConfig(gate=False, epochs=40, patience_steps=100_000, baseline_epochs=20),
                 EvalConfig(samples=30, ood_rows=200, bootstrap=100, latency_calls=5), run, progress=False)
     return root, run, s

@@ -286,7 +286,7 @@ def test_the_job_on_a_regression_transfer_set(regression_run, tmp_path):
     write_transfer_set(transfer, tmp_path / "t.parquet", features, reg)
     m = job.run(["--transfer", str(tmp_path / "t.parquet"), "--export", str(schema.teacher_export(run)),
                  "--dataset_json", str(schema.data_dir(run) / "dataset.json"), "--output", str(tmp_path / "out"),
-                 "--num_samples", "7", "--runner", "FnApiRunner"])
+                 "--samples", "7", "--runner", "FnApiRunner"])
     assert m["rows"] == 20 and m["runner"] == "FnApiRunner" and m["task"] == "regression"
     table = pq.read_table(tmp_path / "out" / m["shards"][0])
     assert table.column_names == schema.soft_label_columns(features, reg.outputs)
@@ -441,7 +441,7 @@ def test_the_seed_fixes_the_soft_labels_whatever_the_batching(labelled, tmp_path
             path = write_transfer_set(transfer, tmp_path / f"{name}.parquet", ds.feature_names, CLS, row_group_rows)
         m = job.run(["--transfer", str(path), "--export", str(schema.teacher_export(labelled)),
                      "--dataset_json", str(schema.data_dir(labelled) / "dataset.json"), "--output", str(tmp_path / name),
-                     "--num_samples", str(S), "--seed", str(seed)])
+                     "--samples", str(S), "--seed", str(seed)])
         assert m["rows"] == len(transfer) and m["seed"] == seed
         return m, read_shards(tmp_path / name)
 
@@ -578,7 +578,7 @@ def penguins_labelled(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("penguins") / "run"
     teacher_stage(data_lib.DataConfig(dataset=str(PENGUINS), label_column="species"),
                   TeacherConfig(epochs=20, patience=20, eval_samples=10), run, progress=False)
-    soft_labels_stage(SoftLabelConfig(TransferConfig(**PENGUIN_TRANSFER), num_samples=S), run, progress=False)
+    soft_labels_stage(SoftLabelConfig(TransferConfig(**PENGUIN_TRANSFER), samples=S), run, progress=False)
     return run
 
 
@@ -642,7 +642,7 @@ def test_a_raw_table_of_the_users_own_goes_through_the_job(penguins_labelled, tm
     assert rows["year"].dtype == np.int64 and rows["sex"].isna().any()
     rows.to_parquet(tmp_path / "mine.parquet", index=False)
     args = ["--export", str(schema.teacher_export(run)), "--dataset_json", str(schema.data_dir(run) / "dataset.json"),
-            "--num_samples", str(S)]
+            "--samples", str(S)]
     m = job.run(["--transfer", str(tmp_path / "mine.parquet"), "--output", str(tmp_path / "out"), *args])
     out = pd.read_parquet(tmp_path / "out" / m["shards"][0])
     assert out["island"].tolist() == rows["island"].tolist() and out["year"].tolist() == rows["year"].astype(str).tolist()

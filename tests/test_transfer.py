@@ -291,7 +291,7 @@ def test_unlabeled_nan_rows_are_named(iris, tmp_path):
 
 def test_config_validation():
     with pytest.raises(BdkError, match="at least 2"):
-        SoftLabelConfig(num_samples=1)
+        SoftLabelConfig(samples=1)
     with pytest.raises(BdkError, match="perturbations"):
         TransferConfig(perturbations=-1)
     with pytest.raises(BdkError, match="noise"):

@@ -67,7 +67,7 @@ def study_config(dataset: str, seed: int = 0, epochs: int | None = None, kl_weig
     teacher = {k: v for k, v in (("epochs", epochs), ("kl_weight", kl_weight), ("eval_samples", samples)) if v is not None}
     return replace(base, dataset=dataset, seed=seed, teacher=replace(base.teacher, **teacher),
                    student=replace(base.student, **({"epochs": student_epochs} if student_epochs is not None else {})),
-                   soft_labels=replace(base.soft_labels, num_samples=samples or base.soft_labels.num_samples))
+                   soft_labels=replace(base.soft_labels, samples=samples or base.soft_labels.samples))
 
 
 def run_split(cfg: UciStudyConfig, index: int, run: Path) -> dict:
@@ -187,7 +187,7 @@ def report_markdown(cfg: UciStudyConfig, summary: dict) -> str:
         f"{_pm(summary['teacher/epochs_run'], 0)}, best epoch {_pm(summary['teacher/best_epoch'], 0)}).",
         f"- Soft labels: the Beam job (FnApiRunner, in-process) on the teacher's training inputs plus "
         f"{cfg.soft_labels.transfer.perturbations} copies each with N(0, {cfg.soft_labels.transfer.noise[0]:g}²) noise in the "
-        f"normalised input space; {cfg.soft_labels.num_samples} draws per row.",
+        f"normalised input space; {cfg.soft_labels.samples} draws per row.",
         f"- Student: deterministic MLP {list(s.hidden)} with a mean and a softplus variance output, loss "
         "0.5·[log s² + (var_t + (μ_t − μ_s)²)/s²] (expected Gaussian NLL under the teacher's predictive), Adam "
         f"{s.learning_rate:g} decayed along a cosine, batch {s.batch_size} (more on large transfer sets), up to {s.epochs} "
