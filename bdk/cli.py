@@ -61,6 +61,12 @@ MaxCategoriesOption = Annotated[Optional[int], typer.Option(min=2, help=MAX_CATE
 SeedOption = Annotated[Optional[int], typer.Option(help="Seed of splits, initialisers and draws (default 0).")]
 NewRunOption = Annotated[Path, typer.Option("--out", help="Run folder to create.")]
 OverwriteRunOption = Annotated[bool, typer.Option(help="Replace an existing run folder.")]
+ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
+# The studies' small-budget overrides (each run of a study takes them).
+StudyEpochsOption = Annotated[Optional[int], typer.Option(min=1, help="Teachers' maximum epochs; default by task.")]
+StudySamplesOption = Annotated[Optional[int], typer.Option(min=2, help="Teacher weight draws (default 100).")]
+StudyUniformOption = Annotated[Optional[int], typer.Option(min=0, help="Uniform transfer points (default 2000).")]
+StudyStudentEpochsOption = Annotated[Optional[int], typer.Option(min=1, help="Students' maximum epochs (default 300).")]
 
 
 @app.callback()
@@ -353,9 +359,8 @@ def experiment_kl_weight(
     weights: str = typer.Option("0.01,0.03,0.1,0.25,1,4", help="KL weights, comma-separated (default: the temperatures "
                                 "--kl-weight auto chooses from, and the design's 0.25, 1, 4)."),
     seeds: int = typer.Option(5, min=1, help="Seeds per weight (each its own split)."),
-    epochs: Optional[int] = typer.Option(None, min=1), samples: Optional[int] = typer.Option(None, min=2),
-    uniform: Optional[int] = typer.Option(None, min=0), student_epochs: Optional[int] = typer.Option(None, min=1),
-    progress: bool = typer.Option(True),
+    epochs: StudyEpochsOption = None, samples: StudySamplesOption = None, uniform: StudyUniformOption = None,
+    student_epochs: StudyStudentEpochsOption = None, progress: ProgressOption = True,
 ):
     """Flipout teachers (and students) at several KL weights over seeds; reliability bands and a verdict."""
     try:  # before the study's imports (TensorFlow): a typo is an instant error line
@@ -376,9 +381,8 @@ def experiment_teachers(
     dataset: DatasetOption = None,
     label_column: LabelOption = None,
     id_column: IdOption = None,
-    epochs: Optional[int] = typer.Option(None, min=1), samples: Optional[int] = typer.Option(None, min=2),
-    uniform: Optional[int] = typer.Option(None, min=0), student_epochs: Optional[int] = typer.Option(None, min=1),
-    progress: bool = typer.Option(True),
+    epochs: StudyEpochsOption = None, samples: StudySamplesOption = None, uniform: StudyUniformOption = None,
+    student_epochs: StudyStudentEpochsOption = None, progress: ProgressOption = True,
 ):
     """Flipout vs deep ensemble vs MC dropout teachers and their students: one table, one figure."""
     from bdk.studies.classification import teachers_study
@@ -392,9 +396,8 @@ def experiment_teachers(
 @user_errors
 def experiment_digits(
     out: Path = typer.Option(Path("experiments/digits"), "--out", help="Report folder (replaced)."),
-    epochs: Optional[int] = typer.Option(None, min=1), samples: Optional[int] = typer.Option(None, min=2),
-    uniform: Optional[int] = typer.Option(None, min=0), student_epochs: Optional[int] = typer.Option(None, min=1),
-    progress: bool = typer.Option(True),
+    epochs: StudyEpochsOption = None, samples: StudySamplesOption = None, uniform: StudyUniformOption = None,
+    student_epochs: StudyStudentEpochsOption = None, progress: ProgressOption = True,
 ):
     """Shifted benchmark: 8x8 digits 0-4 in distribution, 5-9 as OOD; each teacher family and its student."""
     from bdk.studies.classification import digits_study
@@ -415,7 +418,7 @@ def experiment_uci(
     samples: Optional[int] = typer.Option(None, min=2, help="Teacher draws for the evaluation and per soft label."),
     student_epochs: Optional[int] = typer.Option(None, min=1, help="Student's maximum epochs."),
     seed: int = typer.Option(0, help="Split i uses seed + i."),
-    progress: bool = typer.Option(True),
+    progress: ProgressOption = True,
 ):
     """UCI regression benchmark: Bayes by Backprop teacher, Beam soft labels, mean-and-variance student.
 
@@ -446,7 +449,7 @@ def benchmark_command(
     student_ablation: bool = typer.Option(True, help="Also distil the students of the transfer-set and epistemic-output "
                                           "ablation (seed 0, Flipout)."),
     report_only: bool = typer.Option(False, help="Write the report from the finished runs; train nothing."),
-    progress: bool = typer.Option(True),
+    progress: ProgressOption = True,
 ):
     """The pipeline over a suite of offline datasets and seeds: Flipout and ensemble teachers, their students, the
     hard-label baseline; calibration with intervals, far-shell and held-out-class OOD, convergence and ablation."""
@@ -629,7 +632,7 @@ def predict(
                                  "(text and empty cells are encoded as the run recorded; sequences: a long table with "
                                  "series, time and the channel columns)."),
     out: Path = typer.Option(..., "--out", help="Output table (.csv or .parquet): the id plus every output of the signature."),
-    batch_size: int = typer.Option(1024, min=1),
+    batch_size: int = typer.Option(1024, min=1, help="Rows per call of the signature."),
     signature: str = typer.Option("serving_default", help="Signature to run; it must take one [batch, features] input."),
     id_column: Optional[str] = typer.Option(None, "--id-column", "--series-column",
                                             help="Row id column (default: id/Id/ID if present, else row number; "
