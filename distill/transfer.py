@@ -355,7 +355,7 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
     # One generator per source, so changing one source's size leaves the others' rows (and ids) unchanged.
     perturb_rng, mix_rng, uniform_rng, shell_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
 
-    lo, hi = ds.box()  # [F] each, normalised
+    lo, hi = ds.box(z)  # [F] each, normalised
     noisy, rows, copies = _perturbed(cfg, ds, task, z, lo, hi, perturb_rng)
     mixed, a, b, lam = _interpolated(cfg, task, train.y, z, m, mix_rng)
     widen = cfg.margin * (hi - lo)
