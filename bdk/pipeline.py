@@ -120,7 +120,7 @@ def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Pa
     from distill import tasks
     from distill.transfer import build_transfer_set, write_transfer_set
 
-    ds = data_lib.load_from_run(run)
+    ds = data_lib.load_from_run(run, ("train",))  # the transfer set is made from the train split alone
     export = schema.teacher_export(run).resolve()
     if not (export / "saved_model.pb").exists():
         raise BdkError(f"{run} has no teacher export at {export}; run `bdk teacher --out {run}` first")

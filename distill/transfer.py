@@ -583,15 +583,16 @@ def sample_soft_labels(run: Path, sources: tuple[str, ...], rows: int, seed: int
     """At most `rows` soft-label rows of each source (a seeded uniform draw, in file order), one shard in memory at a
     time: what the evaluation scores, without a frame of the whole transfer set."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     out = schema.soft_labels_dir(Path(run))
     transfer = pq.ParquetFile(out / schema.TRANSFER_FILE)
-    source = transfer.read(columns=["source"]).column("source").to_numpy(zero_copy_only=False)  # [N], file order
+    source = transfer.read(columns=["source"]).column("source")  # [N], file order (Arrow: no Python strings)
     rng = np.random.default_rng(seed)
     keep = np.zeros(len(source), bool)
     for src in sources:
-        at = np.flatnonzero(source == src)
+        at = np.flatnonzero(pc.equal(source, src).to_numpy(zero_copy_only=False))
         keep[np.sort(rng.choice(at, rows, replace=False)) if len(at) > rows else at] = True
     shards, _, task, num_classes = soft_label_shards(run)
     parts, start = [], 0
