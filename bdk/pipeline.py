@@ -135,6 +135,7 @@ def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Pa
     with atomic_dir(schema.soft_labels_dir(run), overwrite=True) as tmp, \
             (status(message) if status else contextlib.nullcontext()):
         write_transfer_set(table, tmp / schema.TRANSFER_FILE, ds.feature_names, tasks.get(ds.task), cfg.batch_size)
+        del table, ds  # the Beam job reads the file: neither the transfer set nor the train split stays in memory
         write_json(tmp / "config.json", {"soft_labels": cfg, "beam_args": list(beam_args)})
         try:
             job.run_job(job.JobConfig(str(tmp / schema.TRANSFER_FILE), str(export),

@@ -427,15 +427,13 @@ def _interpolated(cfg: TransferConfig, task, y: np.ndarray, z: np.ndarray, m: in
 
 
 def _table(parts: list, feature_names: list[str], task) -> pd.DataFrame:
-    """(ids, source, labels, raw rows) per source -> one frame: id, source, label, then the features."""
-    frames = []
-    for ids, source, labels, x in parts:
-        frame = pd.DataFrame(np.asarray(x, np.float32).reshape(len(ids), len(feature_names)), columns=feature_names)
-        frame.insert(0, "id", pd.array(ids, dtype=object))
-        frame.insert(1, "source", source)
-        frame.insert(2, "label", np.asarray(labels, task.label_dtype()))
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
+    """(ids, source, labels, raw rows) per source -> one frame: id, source, label, then the features; the rows are
+    copied once, into one float32 block (no frame per source and a concatenation of them)."""
+    x = np.concatenate([np.asarray(x, np.float32).reshape(len(ids), len(feature_names)) for ids, _, _, x in parts])  # [N, F]
+    table = pd.DataFrame(x, columns=feature_names, copy=False)
+    table.insert(0, "id", pd.array(np.concatenate([np.asarray(ids, object) for ids, _, _, _ in parts]), dtype=object))
+    table.insert(1, "source", np.repeat([source for _, source, _, _ in parts], [len(ids) for ids, _, _, _ in parts]))
+    table.insert(2, "label", np.concatenate([np.asarray(labels, task.label_dtype()) for _, _, labels, _ in parts]))
     assert table["id"].is_unique, "transfer ids must be unique"
     return table
 
@@ -470,9 +468,13 @@ def write_transfer_set(table: pd.DataFrame, path: Path, feature_names: list[str]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    arrow = pa.Table.from_pandas(table[schema.transfer_columns(feature_names)],
-                                 schema=transfer_arrow_schema(feature_names, task), preserve_index=False)
-    pq.write_table(arrow, str(path), row_group_size=row_group_rows)
+    columns, arrow_schema = schema.transfer_columns(feature_names), transfer_arrow_schema(feature_names, task)
+    groups = (pa.Table.from_pandas(table.iloc[at:at + row_group_rows][columns], schema=arrow_schema, preserve_index=False)
+              for at in range(0, max(len(table), 1), row_group_rows))  # a row group at a time: no Arrow copy of the set
+    first = next(groups)
+    with pq.ParquetWriter(str(path), first.schema) as writer:  # its schema with the pandas metadata, as write_table's
+        for group in (first, *groups):
+            writer.write_table(group)
     return Path(path)
 
 
