@@ -234,6 +234,8 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
 
     run = Path(run)
     ds = data_lib.load_from_run(run, evaluated_splits(cfg, run))
+    if "train" not in ds.splits:  # the far-away OOD rows need the train box alone: read batch by batch, not its rows
+        ds.train_box = data_lib.train_box(run, ds)
     task = tasks.get(ds.task)
 
     steps = tqdm(total=5, desc="evaluate", unit="step", disable=None if progress else True, leave=False)

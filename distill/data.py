@@ -214,7 +214,7 @@ class Dataset:
     def box(self, z: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The train split's bounding box in normalised space (flat features): (lo [F], hi [F]); `z`: the normalised
         train rows [n, F] when the caller holds them (no second copy)."""
-        if self.train_box is not None:  # read with the run when its train rows were not (load_from_run)
+        if self.train_box is not None:  # read from the run without its train rows (train_box)
             return self.train_box
         z = self.scaled("train").reshape(len(self["train"]), -1) if z is None else z
         return z.min(axis=0), z.max(axis=0)
@@ -496,7 +496,16 @@ def load(cfg: DataConfig) -> Dataset:
         label = cfg.label_column or {"italy_power": "season"}.get(cfg.dataset, "label")
         ids, x, labels, channels = sequences.read_sequences(cfg.dataset, label, cfg.series_column, cfg.time_column)
         return build_sequence_dataset(ids, x, labels, channels, replace(cfg, label_column=label))
-    return build_dataset(read_table(cfg.dataset), cfg)
+    ds = build_dataset(read_table(cfg.dataset), cfg)
+    release_arrow_memory()  # the source table's Arrow copy (a million rows: ~0.4 GB) is freed but kept by the allocator
+    return ds
+
+
+def release_arrow_memory() -> None:
+    """Hand the Arrow memory pool's freed pages back to the system (its allocator keeps them for reuse otherwise)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 # ---------------------------------------------------------------- the run folder
@@ -567,7 +576,6 @@ READ_BATCH_ROWS = 65_536  # rows per record batch read from splits.parquet (50 f
 def split_batches(path: Path, feats: list[str], names: tuple[str, ...] = SPLITS):
     """The rows of a run's splits.parquet in file order, one record batch at a time, never the whole table: yields
     (split name, ids (Arrow) [m], x [m, F] float32, labels (Arrow) [m]) for the batch's rows of each named split."""
-    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -580,7 +588,7 @@ def split_batches(path: Path, feats: list[str], names: tuple[str, ...] = SPLITS)
             for j, f in enumerate(feats):
                 x[:, j] = part.column(f).to_numpy()
             yield name, part.column("id"), x, part.column("label")
-    pa.default_memory_pool().release_unused()  # the allocator keeps the decoded batches' pages otherwise (~0.2 GB)
+    release_arrow_memory()  # the decoded batches' pages (~0.2 GB at a million rows)
 
 
 def read_splits(path: Path, feats: list[str], label_dtype, names: tuple[str, ...] = SPLITS) -> dict[str, Split]:
@@ -604,10 +612,10 @@ def read_splits(path: Path, feats: list[str], label_dtype, names: tuple[str, ...
                         .to_numpy(zero_copy_only=False).astype(label_dtype)) for name in names}
 
 
-def train_box(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+def train_box(run: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Dataset.box() of a run's train split, read batch by batch (split_batches): the same (lo [F], hi [F])."""
     lo = hi = None
-    for _, _, x, _ in split_batches(path, ds.feature_names, ("train",)):
+    for _, _, x, _ in split_batches(schema.data_dir(run) / "splits.parquet", ds.feature_names, ("train",)):
         if len(x):
             z = ds.normalise(x).reshape(len(x), -1)  # [m, F] normalised
             lo = z.min(axis=0) if lo is None else np.minimum(lo, z.min(axis=0))
@@ -616,20 +624,16 @@ def train_box(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_from_run(run: Path, splits: tuple[str, ...] = SPLITS) -> Dataset:
-    """The run's dataset with the named splits' rows (a stage reads only those it uses; without the train split,
-    its box is read instead, batch by batch)."""
+    """The run's dataset with the named splits' rows (a stage reads only those it uses)."""
     meta = read_dataset_json(run)
-    path = schema.data_dir(run) / "splits.parquet"
     target = Normaliser.from_json(meta["target_scaler"]) if meta["target_scaler"] else None
     shape = tuple(meta["sequence_shape"]) if meta.get("sequence_shape") else None
-    ds = Dataset(meta["task"], meta["feature_names"], meta["class_names"], meta["label_column"],
-                 Normaliser.from_json(meta["scaler"]), target,
-                 read_splits(path, meta["feature_names"], tasks.get(meta["task"]).label_dtype(), splits),
-                 source=meta["source"], sequence_shape=shape, series_column=meta.get("series_column"),
-                 time_column=meta.get("time_column"), feature_spec=feature_spec(meta))
-    if "train" not in splits:
-        ds.train_box = train_box(path, ds)
-    return ds
+    rows = read_splits(schema.data_dir(run) / "splits.parquet", meta["feature_names"],
+                       tasks.get(meta["task"]).label_dtype(), splits)
+    return Dataset(meta["task"], meta["feature_names"], meta["class_names"], meta["label_column"],
+                   Normaliser.from_json(meta["scaler"]), target, rows, source=meta["source"], sequence_shape=shape,
+                   series_column=meta.get("series_column"), time_column=meta.get("time_column"),
+                   feature_spec=feature_spec(meta))
 
 
 def feature_spec(meta: dict) -> FeatureSpec | None:
