@@ -218,12 +218,23 @@ def trust_by_region(task: tasks.Task, preds: dict) -> tuple[dict, dict, dict]:
     return agreement, tracking, regions
 
 
+def evaluated_splits(cfg: EvalConfig, run: Path) -> tuple[str, ...]:
+    """The splits evaluation reads: val and test (the far-away OOD rows need the train box alone, read without its
+    rows), and train when those rows take categories from its frequencies (far_uniform on a non-numeric table)."""
+    spec = data_lib.feature_spec(data_lib.read_dataset_json(run))
+    if cfg.ood_file is None and spec is not None and not spec.is_identity:
+        return data_lib.SPLITS
+    return ("val", "test")
+
+
 def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     """Compute the comparison, write RUN/report atomically, return metrics.json's content."""
     from tqdm.auto import tqdm
 
     run = Path(run)
-    ds = data_lib.load_from_run(run)
+    ds = data_lib.load_from_run(run, evaluated_splits(cfg, run))
+    if "train" not in ds.splits:  # the far-away OOD rows need the train box alone: read batch by batch, not its rows
+        ds.train_box = data_lib.train_box(run, ds)
     task = tasks.get(ds.task)
 
     steps = tqdm(total=5, desc="evaluate", unit="step", disable=None if progress else True, leave=False)

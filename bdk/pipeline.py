@@ -120,7 +120,7 @@ def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Pa
     from distill import tasks
     from distill.transfer import build_transfer_set, feature_fields, write_transfer_set
 
-    ds = data_lib.load_from_run(run)
+    ds = data_lib.load_from_run(run, ("train",))  # the transfer set is made from the train split alone
     export = schema.teacher_export(run).resolve()
     if not (export / "saved_model.pb").exists():
         raise BdkError(f"{run} has no teacher export at {export}; run `bdk teacher --out {run}` first")
@@ -136,6 +136,7 @@ def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Pa
             (status(message) if status else contextlib.nullcontext()):
         write_transfer_set(table, tmp / schema.TRANSFER_FILE, feature_fields(ds.feature_names, ds.feature_spec),
                            tasks.get(ds.task), cfg.batch_size)
+        del table, ds  # the Beam job reads the file: neither the transfer set nor the train split stays in memory
         write_json(tmp / "config.json", {"soft_labels": cfg, "beam_args": list(beam_args)})
         try:
             job.run_job(job.JobConfig(str(tmp / schema.TRANSFER_FILE), str(export),

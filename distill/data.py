@@ -157,6 +157,7 @@ class Dataset:
     # encoded names. None for sequences and for run folders made before it.
     feature_spec: FeatureSpec | None = None
     task_note: str = ""  # how the task was inferred, when it was (for the user)
+    train_box: tuple[np.ndarray, np.ndarray] | None = None  # box() (lo [F], hi [F]) when the train rows are not loaded
 
     def __post_init__(self):
         if self.inputs is None:
@@ -210,9 +211,12 @@ class Dataset:
         y = self.splits[name].y
         return y if self.target_scaler is None else self.target_scaler.transform(y[:, None])[:, 0]
 
-    def box(self) -> tuple[np.ndarray, np.ndarray]:
-        """The train split's bounding box in normalised space (flat features): (lo [F], hi [F])."""
-        z = self.scaled("train").reshape(len(self["train"]), -1)
+    def box(self, z: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The train split's bounding box in normalised space (flat features): (lo [F], hi [F]); `z`: the normalised
+        train rows [n, F] when the caller holds them (no second copy)."""
+        if self.train_box is not None:  # read from the run without its train rows (train_box)
+            return self.train_box
+        z = self.scaled("train").reshape(len(self["train"]), -1) if z is None else z
         return z.min(axis=0), z.max(axis=0)
 
 
@@ -497,7 +501,20 @@ def load_sequences(cfg: DataConfig) -> Dataset:
     return build_sequence_dataset(ids, x, labels, channels, replace(cfg, label_column=label))
 
 
-LOADERS = {"table": lambda cfg: build_dataset(read_table(cfg.dataset), cfg), "sequence": load_sequences}
+def load_table(cfg: DataConfig) -> Dataset:
+    ds = build_dataset(read_table(cfg.dataset), cfg)
+    release_arrow_memory()  # the source table's Arrow copy (a million rows: ~0.4 GB) is freed but kept by the allocator
+    return ds
+
+
+LOADERS = {"table": load_table, "sequence": load_sequences}
+
+
+def release_arrow_memory() -> None:
+    """Hand the Arrow memory pool's freed pages back to the system (its allocator keeps them for reuse otherwise)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 # ---------------------------------------------------------------- the run folder
@@ -517,14 +534,37 @@ def save(ds: Dataset, out: Path) -> None:
             "feature_spec": ds.feature_spec.to_json()} if ds.feature_spec else {}),
     })
     write_json(out / "split.json", {name: list(map(str, s.ids)) for name, s in ds.splits.items()})
-    frames = []
+    write_splits(ds, out / "splits.parquet")
+
+
+WRITE_CHUNK_ROWS = 65_536  # rows per piece written to splits.parquet
+
+
+def split_frames(ds: Dataset, rows: int):
+    """The splits' rows as they are stored, split by split in pieces of `rows`: frames of id, split, the features, label."""
     for name, s in ds.splits.items():
-        f = pd.DataFrame(s.x, columns=ds.feature_names)
-        f.insert(0, "id", s.ids.astype(str))
-        f.insert(1, "split", name)
-        f["label"] = s.y
-        frames.append(f)
-    pd.concat(frames, ignore_index=True).to_parquet(out / "splits.parquet", index=False)
+        for at in range(0, len(s), rows):
+            f = pd.DataFrame(s.x[at:at + rows], columns=ds.feature_names)
+            f.insert(0, "id", s.ids[at:at + rows].astype(str))
+            f.insert(1, "split", name)
+            f["label"] = s.y[at:at + rows]
+            yield f
+
+
+def write_splits(ds: Dataset, path: Path) -> None:
+    """splits.parquet piece by piece (split_frames) through one writer: never a frame of every split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for frame in split_frames(ds, WRITE_CHUNK_ROWS):
+            table = pa.Table.from_pandas(frame, schema=writer.schema if writer else None, preserve_index=False)
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def read_dataset_json(run: Path) -> dict:
@@ -538,27 +578,68 @@ def read_dataset_json(run: Path) -> dict:
     return meta
 
 
-def load_from_run(run: Path) -> Dataset:
+READ_BATCH_ROWS = 65_536  # rows per record batch read from splits.parquet (50 float64 columns: 26 MB)
+
+
+def split_batches(path: Path, feats: list[str], names: tuple[str, ...] = SPLITS):
+    """The rows of a run's splits.parquet in file order, one record batch at a time, never the whole table: yields
+    (split name, ids (Arrow) [m], x [m, F] float32, labels (Arrow) [m]) for the batch's rows of each named split."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    # pre_buffer off: it would cache every column chunk read until the iteration ends (the whole file)
+    file = pq.ParquetFile(path, pre_buffer=False)
+    for batch in file.iter_batches(READ_BATCH_ROWS, columns=["id", "split", *feats, "label"]):
+        for name in names:
+            part = batch.filter(pc.equal(batch.column("split"), name))
+            x = np.empty((part.num_rows, len(feats)), np.float32)  # [m, F]
+            for j, f in enumerate(feats):
+                x[:, j] = part.column(f).to_numpy()
+            yield name, part.column("id"), x, part.column("label")
+    release_arrow_memory()  # the decoded batches' pages (~0.2 GB at a million rows)
+
+
+def read_splits(path: Path, feats: list[str], label_dtype, names: tuple[str, ...] = SPLITS) -> dict[str, Split]:
+    """The named splits of a run's splits.parquet, batch by batch (split_batches) into preallocated float32 arrays."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path, pre_buffer=False)
+    which = file.read(columns=["split"]).column("split")  # [N], the split column alone
+    x = {name: np.empty((pc.sum(pc.equal(which, name)).as_py() or 0, len(feats)), np.float32) for name in names}
+    ids, labels, filled = {name: [] for name in names}, {name: [] for name in names}, dict.fromkeys(names, 0)
+    for name, batch_ids, batch_x, batch_labels in split_batches(path, feats, names):
+        x[name][filled[name]:filled[name] + len(batch_x)] = batch_x
+        filled[name] += len(batch_x)
+        ids[name].append(batch_ids)
+        labels[name].append(batch_labels)
+    schema_ = file.schema_arrow
+    return {name: Split(pa.chunked_array(ids[name], schema_.field("id").type).to_numpy(zero_copy_only=False).astype(str),
+                        x[name], pa.chunked_array(labels[name], schema_.field("label").type)
+                        .to_numpy(zero_copy_only=False).astype(label_dtype)) for name in names}
+
+
+def train_box(run: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset.box() of a run's train split, read batch by batch (split_batches): the same (lo [F], hi [F])."""
+    lo = hi = None
+    for _, _, x, _ in split_batches(schema.data_dir(run) / "splits.parquet", ds.feature_names, ("train",)):
+        if len(x):
+            z = ds.normalise(x).reshape(len(x), -1)  # [m, F] normalised
+            lo = z.min(axis=0) if lo is None else np.minimum(lo, z.min(axis=0))
+            hi = z.max(axis=0) if hi is None else np.maximum(hi, z.max(axis=0))
+    return lo, hi
+
+
+def load_from_run(run: Path, splits: tuple[str, ...] = SPLITS) -> Dataset:
+    """The run's dataset with the named splits' rows (a stage reads only those it uses)."""
     meta = read_dataset_json(run)
-    # Arrow, split by split, not one pandas frame: at a million rows the frame and its per-split copies cost ~0.9 GB.
-    rows = pq.read_table(schema.data_dir(run) / "splits.parquet")
-    feats = meta["feature_names"]
-    dtype = tasks.get(meta["task"]).label_dtype()
-    splits = {}
-    for name in SPLITS:
-        r = rows.filter(pc.equal(rows.column("split"), name))
-        x = np.empty((len(r), len(feats)), np.float32)  # [n, F]
-        for j, f in enumerate(feats):
-            x[:, j] = r.column(f).to_numpy()
-        splits[name] = Split(r.column("id").to_numpy(zero_copy_only=False).astype(str), x,
-                             r.column("label").to_numpy(zero_copy_only=False).astype(dtype))
-        del r
     target = Normaliser.from_json(meta["target_scaler"]) if meta["target_scaler"] else None
-    return Dataset(meta["task"], feats, meta["class_names"], meta["label_column"], Normaliser.from_json(meta["scaler"]),
-                   target, splits, source=meta["source"], inputs=inputs_lib.from_meta(meta),
+    rows = read_splits(schema.data_dir(run) / "splits.parquet", meta["feature_names"],
+                       tasks.get(meta["task"]).label_dtype(), splits)
+    return Dataset(meta["task"], meta["feature_names"], meta["class_names"], meta["label_column"],
+                   Normaliser.from_json(meta["scaler"]), target, rows, source=meta["source"],
+                   inputs=inputs_lib.from_meta(meta),
                    feature_spec=feature_spec(meta))
 
 

@@ -374,7 +374,7 @@ def generated_parts(cfg: TransferConfig, ds: Dataset, task: tasks.Task) -> list[
     # One generator per source, so changing one source's size leaves the others' rows (and ids) unchanged.
     perturb_rng, mix_rng, uniform_rng, shell_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
 
-    lo, hi = ds.box()  # [F] each, normalised
+    lo, hi = ds.box(z)  # [F] each, normalised
     noisy, rows, copies = _perturbed(cfg, ds, task, z, lo, hi, perturb_rng)
     mixed, a, b, lam = _interpolated(cfg, task, train.y, z, m, mix_rng)
     widen = cfg.margin * (hi - lo)
@@ -440,21 +440,18 @@ def _interpolated(cfg: TransferConfig, task, y: np.ndarray, z: np.ndarray, m: in
 
 def _table(parts: list, ds: Dataset, task) -> pd.DataFrame:
     """(ids, source, labels, rows) per source -> one frame: id, source, label, then the stored features
-    (`feature_fields`): rows are encoded [n, F] (decoded for a table whose specification encodes) or raw frames."""
-    frames = []
+    (`feature_fields`): rows are encoded [n, F] (decoded for a table whose specification encodes) or raw frames.
+    Encoded rows that are stored as they are (numbers-only tables, sequences) are copied once, into one float32 block."""
     spec = encoding_spec(ds.feature_spec)
-    for ids, source, labels, x in parts:
-        if isinstance(x, pd.DataFrame):  # raw columns as read (unlabeled rows of a table with an encoding)
-            frame = x.reset_index(drop=True)
-        elif spec is not None:
-            frame = spec.decode(x)
-        else:
-            frame = pd.DataFrame(np.asarray(x, np.float32).reshape(len(ids), ds.num_features), columns=ds.feature_names)
-        frame.insert(0, "id", pd.array(ids, dtype=object))
-        frame.insert(1, "source", source)
-        frame.insert(2, "label", np.asarray(labels, task.label_dtype()))
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
+    if spec is None and not any(isinstance(x, pd.DataFrame) for *_, x in parts):
+        x = np.concatenate([np.asarray(x, np.float32).reshape(len(ids), ds.num_features) for ids, _, _, x in parts])
+        table = pd.DataFrame(x, columns=ds.feature_names, copy=False)  # [N, F]
+    else:
+        table = pd.concat([x.reset_index(drop=True) if isinstance(x, pd.DataFrame) else spec.decode(x)
+                           for *_, x in parts], ignore_index=True)  # raw columns as read, or decoded
+    table.insert(0, "id", pd.array(np.concatenate([np.asarray(ids, object) for ids, _, _, _ in parts]), dtype=object))
+    table.insert(1, "source", np.repeat([source for _, source, _, _ in parts], [len(ids) for ids, _, _, _ in parts]))
+    table.insert(2, "label", np.concatenate([np.asarray(labels, task.label_dtype()) for _, _, labels, _ in parts]))
     assert table["id"].is_unique, "transfer ids must be unique"
     return table
 
@@ -533,9 +530,13 @@ def write_transfer_set(table: pd.DataFrame, path: Path, features: list, task: ta
     import pyarrow.parquet as pq
 
     fields = _fields(features)
-    arrow = pa.Table.from_pandas(table[schema.transfer_columns([f.name for f in fields])],
-                                 schema=transfer_arrow_schema(fields, task), preserve_index=False)
-    pq.write_table(arrow, str(path), row_group_size=row_group_rows)
+    columns, arrow_schema = schema.transfer_columns([f.name for f in fields]), transfer_arrow_schema(fields, task)
+    groups = (pa.Table.from_pandas(table.iloc[at:at + row_group_rows][columns], schema=arrow_schema, preserve_index=False)
+              for at in range(0, max(len(table), 1), row_group_rows))  # a row group at a time: no Arrow copy of the set
+    first = next(groups)
+    with pq.ParquetWriter(str(path), first.schema) as writer:  # its schema with the pandas metadata, as write_table's
+        for group in (first, *groups):
+            writer.write_table(group)
     return Path(path)
 
 
@@ -646,15 +647,16 @@ def sample_soft_labels(run: Path, sources: tuple[str, ...], rows: int, seed: int
     """At most `rows` soft-label rows of each source (a seeded uniform draw, in file order), one shard in memory at a
     time: what the evaluation scores, without a frame of the whole transfer set."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     out = schema.soft_labels_dir(Path(run))
     transfer = pq.ParquetFile(out / schema.TRANSFER_FILE)
-    source = transfer.read(columns=["source"]).column("source").to_numpy(zero_copy_only=False)  # [N], file order
+    source = transfer.read(columns=["source"]).column("source")  # [N], file order (Arrow: no Python strings)
     rng = np.random.default_rng(seed)
     keep = np.zeros(len(source), bool)
     for src in sources:
-        at = np.flatnonzero(source == src)
+        at = np.flatnonzero(pc.equal(source, src).to_numpy(zero_copy_only=False))
         keep[np.sort(rng.choice(at, rows, replace=False)) if len(at) > rows else at] = True
     shards, _, task, num_classes = soft_label_shards(run)
     parts, start = [], 0

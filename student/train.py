@@ -162,7 +162,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     from distill.transfer import soft_label_shards
 
     run = Path(run)
-    ds = data_lib.load_from_run(run)
+    ds = data_lib.load_from_run(run, ("val", "test"))  # the baseline reads the train split when it trains
     task = tasks.get(ds.task)
     if not (schema.teacher_dir(run) / "metrics.json").exists():
         raise BdkError(f"{run} has no teacher; run `bdk teacher --out {run}` first")
@@ -178,8 +178,8 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         rows = _stream_rows(cfg, run, ds, task, shards, manifest, scratch)
         student, cfg = _train_student(cfg, ds, task, rows, draw_flops, progress)
     notes = [student.result.cap_note("the student", student.schedule.describe(rows.fit_rows))]
-    baseline = _train_baseline(cfg, ds, task, progress)  # after the student: the same random stream as always
-    notes.append(baseline.result.cap_note("the baseline", baseline.schedule.describe(len(ds["train"]))))
+    baseline, n_train = _train_baseline(cfg, run, ds, task, progress)  # after the student: the same random stream
+    notes.append(baseline.result.cap_note("the baseline", baseline.schedule.describe(n_train)))
     notes = [n for n in notes if n]
     for note in notes:
         print(note, file=sys.stderr)
@@ -294,16 +294,24 @@ def _train_student(cfg: StudentConfig, ds, task, rows: TransferRows, draw_flops,
     return _Trained(model, result, time.perf_counter() - t0, schedule, search), cfg
 
 
-def _train_baseline(cfg: StudentConfig, ds, task, progress: bool) -> _Trained:
-    """The same architecture on the train split's hard labels only: what you get without a teacher."""
+def _train_baseline(cfg: StudentConfig, run: Path, ds, task, progress: bool) -> tuple[_Trained, int]:
+    """The same architecture on the train split's hard labels only: what you get without a teacher. Returns it and
+    the train split's rows."""
     baseline = _network(cfg, ds, task, cfg.hidden, name="baseline")
-    schedule = Schedule.for_rows(len(ds["train"]), cfg, cfg.baseline_learning_rate, cfg.baseline_batch_size,
+    rows = InMemoryRows(_train_rows(run))
+    schedule = Schedule.for_rows(rows.fit_rows, cfg, cfg.baseline_learning_rate, cfg.baseline_batch_size,
                                  rows_per_step=200, max_epochs=cfg.baseline_epochs)
     t0 = time.perf_counter()
     result = _fit(cfg, task, baseline, lambda out, y: -tf.reduce_mean(task.log_likelihood(y, out["head"])),
-                  InMemoryRows((ds.scaled("train"), ds.target("train"))), ds, None, schedule, "baseline", progress,
+                  rows, ds, None, schedule, "baseline", progress,
                   variables=[v for v in baseline.trainable_variables if "epistemic" not in v.name])
-    return _Trained(baseline, result, time.perf_counter() - t0, schedule)
+    return _Trained(baseline, result, time.perf_counter() - t0, schedule), rows.fit_rows
+
+
+def _train_rows(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The train split's normalised inputs [n, *input_shape] and targets [n]; its raw rows are freed on return."""
+    train = data_lib.load_from_run(run, ("train",))
+    return train.scaled("train"), train.target("train")
 
 
 def _modules(cfg: StudentConfig, ds, task, student: tfk.Model, baseline: tfk.Model, epistemic_shift: float,

@@ -45,6 +45,46 @@ def test_saved_split_round_trips(iris, tmp_path):
     assert back.scaler == iris.scaler and back.task == "classification" and back.target_scaler is None
 
 
+def _one_frame(ds) -> pd.DataFrame:
+    """splits.parquet's content as the writer before the chunked one built it: one frame of every split."""
+    frames = []
+    for name, s in ds.splits.items():
+        f = pd.DataFrame(s.x, columns=ds.feature_names)
+        f.insert(0, "id", s.ids.astype(str))
+        f.insert(1, "split", name)
+        f["label"] = s.y
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("rows", [7, 1000])
+def test_chunked_writer_and_batched_reader_match_the_whole_table(iris, tmp_path, monkeypatch, rows):
+    """The piecewise writer stores what one frame of every split stored, and the batched reader (with batches and
+    pieces smaller than a split: 7 rows) gives exactly the rows, ids and labels of reading the whole table."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(data, "WRITE_CHUNK_ROWS", rows)
+    monkeypatch.setattr(data, "READ_BATCH_ROWS", rows)
+    data.save(iris, tmp_path / "data")
+    stored = pd.read_parquet(tmp_path / "data" / "splits.parquet")
+    pd.testing.assert_frame_equal(stored, _one_frame(iris))
+    _one_frame(iris).to_parquet(tmp_path / "one.parquet", index=False)
+    assert pq.read_schema(tmp_path / "data" / "splits.parquet").equals(pq.read_schema(tmp_path / "one.parquet"),
+                                                                     check_metadata=True)
+    back = data.load_from_run(tmp_path)
+    for name in data.SPLITS:
+        whole = stored[stored["split"] == name]
+        np.testing.assert_array_equal(back[name].x, whole[iris.feature_names].to_numpy(np.float32))
+        np.testing.assert_array_equal(back[name].ids, whole["id"].to_numpy().astype(str))
+        np.testing.assert_array_equal(back[name].y, whole["label"].to_numpy())
+        assert back[name].x.dtype == np.float32 and back[name].y.dtype == np.int64
+    part = data.load_from_run(tmp_path, ("val", "test"))
+    assert set(part.splits) == {"val", "test"}
+    part.train_box = data.train_box(tmp_path, part)
+    for got, want in zip(part.box(), iris.box()):  # the train box, read batch by batch without the train rows
+        np.testing.assert_array_equal(got, want)
+
+
 def test_regression_dataset_is_z_scored_on_train(tmp_path):
     cfg = data.DataConfig(dataset="boston", test_fraction=0.1, val_fraction=0.1, seed=3)
     ds = data.load(cfg)
