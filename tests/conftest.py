@@ -170,16 +170,21 @@ def restore_flipout():
     return restore
 
 
-@pytest.fixture
-def copy_run(teacher_run, tmp_path):
-    """A private copy of the shared teacher run, safe to write into."""
+def copier(src: Path, tmp_path: Path):
+    """make(name) -> a private copy of the shared run `src` under tmp_path, safe to write into."""
 
     def make(name: str = "run") -> Path:
         dst = tmp_path / name
-        shutil.copytree(teacher_run, dst)
+        shutil.copytree(src, dst)
         return dst
 
     return make
+
+
+@pytest.fixture
+def copy_run(teacher_run, tmp_path):
+    """A private copy of the shared teacher run, safe to write into."""
+    return copier(teacher_run, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -87,12 +87,9 @@ def labelled(teacher_run, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def copy_labelled(labelled, tmp_path):
-    def make(name: str = "run") -> Path:
-        dst = tmp_path / name
-        shutil.copytree(labelled, dst)
-        return dst
+    from tests.conftest import copier
 
-    return make
+    return copier(labelled, tmp_path)
 
 
 # ---------------------------------------------------------------- the transform, with a fake teacher
