@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 
 from distill import data as data_lib
+from distill import inputs as inputs_lib
 from distill import metrics, schema, tasks
 from distill.errors import BdkError, atomic_dir, read_json, write_json
+from distill.features import encoding_spec
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS
 
 
@@ -52,7 +54,7 @@ def _ood_rows(table: pd.DataFrame, ds: data_lib.Dataset, what: str) -> np.ndarra
     """A table's OOD rows -> raw x [n, F]: its raw columns encoded as in training, or the encoded ones (rows with a
     non-finite value dropped)."""
     spec = ds.feature_spec
-    if spec is not None and not spec.is_identity and all(c in table.columns for c in spec.raw_columns):
+    if encoding_spec(spec) is not None and all(c in table.columns for c in spec.raw_columns):
         return spec.encode(table, f"{what}: ")  # raw rows: text and empty cells, encoded as in training
     missing = [c for c in ds.feature_names if c not in table.columns]
     if missing:
@@ -218,13 +220,17 @@ def trust_by_region(task: tasks.Task, preds: dict) -> tuple[dict, dict, dict]:
     return agreement, tracking, regions
 
 
-def evaluated_splits(cfg: EvalConfig, run: Path) -> tuple[str, ...]:
-    """The splits evaluation reads: val and test (the far-away OOD rows need the train box alone, read without its
-    rows), and train when those rows take categories from its frequencies (far_uniform on a non-numeric table)."""
-    spec = data_lib.feature_spec(data_lib.read_dataset_json(run))
-    if cfg.ood_file is None and spec is not None and not spec.is_identity:
-        return data_lib.SPLITS
-    return ("val", "test")
+def evaluated_dataset(cfg: EvalConfig, run: Path) -> data_lib.Dataset:
+    """The run's dataset as the evaluation needs it: val and test. The default OOD rows of a table (far-away uniform,
+    no --ood-file) also need the train box, read batch by batch without the train rows, or the train split itself
+    when they take categories from its frequencies (far_uniform on a table that encodes)."""
+    meta = data_lib.read_dataset_json(run)
+    shell = cfg.ood_file is None and inputs_lib.from_meta(meta).has_shell
+    train = shell and encoding_spec(data_lib.feature_spec(meta)) is not None
+    ds = data_lib.load_from_run(run, data_lib.SPLITS if train else ("val", "test"))
+    if shell and not train:
+        ds.train_box = data_lib.train_box(run, ds)
+    return ds
 
 
 def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
@@ -232,9 +238,7 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     run = Path(run)
-    ds = data_lib.load_from_run(run, evaluated_splits(cfg, run))
-    if "train" not in ds.splits:  # the far-away OOD rows need the train box alone: read batch by batch, not its rows
-        ds.train_box = data_lib.train_box(run, ds)
+    ds = evaluated_dataset(cfg, run)
     task = tasks.get(ds.task)
 
     steps = tqdm(total=5, desc="evaluate", unit="step", disable=None if progress else True, leave=False)

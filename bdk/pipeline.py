@@ -12,6 +12,7 @@ from typing import Sequence
 
 from distill import data as data_lib
 from distill import schema
+from distill.features import encoding_spec
 from distill.errors import BdkError, atomic_dir, check_output_folder, first_line, stage_locks, write_json
 
 
@@ -39,7 +40,7 @@ def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwri
         ds = data_lib.load(data_cfg)  # validates before anything is written or TensorFlow loads
         if ds.task_note:  # the inferred task, its rule and the override: printed even without progress output
             print(ds.task_note, file=sys.stderr)
-        if progress and ds.feature_spec is not None and not ds.feature_spec.is_identity:
+        if progress and encoding_spec(ds.feature_spec) is not None:
             print(ds.feature_spec.describe(), file=sys.stderr)
         from teacher.train import train_teacher
 

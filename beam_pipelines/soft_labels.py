@@ -48,8 +48,8 @@ from beam_pipelines.workers import workers_die_with_job
 from distill import inputs as inputs_lib
 from distill import schema, tasks
 from distill.errors import BdkError
-from distill.features import from_meta
-from distill.transfer import SoftLabelConfig, encoding_spec, export_fingerprint, feature_fields, soft_label_arrow_schema
+from distill.features import encoding_spec, from_meta
+from distill.transfer import SoftLabelConfig, export_fingerprint, feature_fields, soft_label_arrow_schema
 
 log = logging.getLogger(__name__)
 

@@ -552,15 +552,23 @@ def split_frames(ds: Dataset, rows: int):
 
 
 def write_splits(ds: Dataset, path: Path) -> None:
-    """splits.parquet piece by piece (split_frames) through one writer: never a frame of every split."""
+    """splits.parquet piece by piece (split_frames): never a frame of every split."""
+    write_pieces(path, split_frames(ds, WRITE_CHUNK_ROWS))
+
+
+def write_pieces(path: Path, frames, arrow_schema=None) -> None:
+    """pandas frames -> one Parquet file, a row group each, through one writer (never an Arrow table of them all).
+    Each frame is converted with `arrow_schema` (None: the first frame's); the file's schema is the first converted
+    frame's, pandas metadata included, as `write_table` writes it. No frames: no file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     writer = None
     try:
-        for frame in split_frames(ds, WRITE_CHUNK_ROWS):
-            table = pa.Table.from_pandas(frame, schema=writer.schema if writer else None, preserve_index=False)
-            writer = writer or pq.ParquetWriter(path, table.schema)
+        for frame in frames:
+            table = pa.Table.from_pandas(frame, schema=arrow_schema or (writer.schema if writer else None),
+                                         preserve_index=False)
+            writer = writer or pq.ParquetWriter(str(path), table.schema)
             writer.write_table(table)
     finally:
         if writer is not None:

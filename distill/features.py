@@ -410,6 +410,12 @@ def _fit_column(col: pd.Series, name: str, kind: str, max_categories: int) -> Co
     return ColumnSpec(name, kind, fill=fill, indicator=bool(np.isnan(values).any()))
 
 
+def encoding_spec(spec: FeatureSpec | None) -> FeatureSpec | None:
+    """The feature specification when it encodes (text, booleans or missing indicators), else None: then the stored
+    features are the encoded ones, which are the raw ones (numbers-only tables) or flattened sequences."""
+    return spec if spec is not None and not spec.is_identity else None
+
+
 def from_meta(meta: dict) -> FeatureSpec | None:
     """A run's feature specification from its dataset.json (None: sequences, or a run made before it)."""
     return FeatureSpec.from_json(meta["feature_spec"]) if meta and meta.get("feature_spec") else None

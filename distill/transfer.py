@@ -57,9 +57,9 @@ import numpy as np
 import pandas as pd
 
 from distill import schema, tasks
-from distill.data import Dataset, _row_list, read_table
+from distill.data import Dataset, _row_list, read_table, write_pieces
 from distill.errors import BdkError, read_json
-from distill.features import from_meta
+from distill.features import encoding_spec, from_meta
 
 NOISE_UNITS = ("box", "std", "neighbour")
 # Copy j's noise scale by unit: box widths and stds per feature; for "neighbour", multiples of the median distance
@@ -158,7 +158,7 @@ def read_unlabeled(path: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray | pd.
 
 def _unlabeled_rows(df: pd.DataFrame, ds: Dataset, path: str) -> tuple[np.ndarray, np.ndarray]:
     """A table's unlabeled rows -> (ids [n] str, raw x [n, F] float32), its columns checked against the teacher's."""
-    if ds.feature_spec is not None and not ds.feature_spec.is_identity:  # raw columns through the run's encoding
+    if encoding_spec(ds.feature_spec) is not None:  # raw columns through the run's encoding
         raw = ds.feature_spec.raw_columns
         id_col = next((c for c in schema.ID_COLUMNS if c in df.columns and c not in raw), None)
         missing = [f for f in raw if f not in df.columns]
@@ -221,8 +221,8 @@ def far_uniform(ds: Dataset, rows: int, inner: float, outer: float, seed: int) -
     out-of-vocabulary bucket, booleans fair coins (numeric extremes in one-hot columns are no input a user can send)."""
     rng = np.random.default_rng(seed)
     lo, hi = ds.box()  # [F] each, normalised
-    spec = ds.feature_spec
-    if spec is None or spec.is_identity:
+    spec = encoding_spec(ds.feature_spec)
+    if spec is None:
         return ds.denormalise(box_shell(lo, hi, rows, inner, outer, rng))
     numeric = [at.start for c, at in spec.blocks() if c.kind == "numeric"]
     z = np.tile(((lo + hi) / 2).astype(np.float32), (rows, 1))  # [rows, F]; non-numeric columns are set below
@@ -381,8 +381,8 @@ def generated_parts(cfg: TransferConfig, ds: Dataset, task: tasks.Task) -> list[
     box = lo - widen + uniform_rng.uniform(0.0, 1.0, size=(n_uniform, f)) * (hi - lo + 2 * widen)  # [U, F]
     shell = box_shell(lo, hi, n_shell, cfg.shell_inner, cfg.shell_outer, shell_rng)  # [V, F]
     perturbed_x, mixed_x, box_x, shell_x = (ds.denormalise(v) for v in (noisy, mixed, box, shell))
-    spec = ds.feature_spec
-    if spec is not None and not spec.is_identity:  # one-hot blocks, booleans, missing indicators: valid encodings
+    spec = encoding_spec(ds.feature_spec)
+    if spec is not None:  # one-hot blocks, booleans, missing indicators: valid encodings
         kind_rng = np.random.default_rng([cfg.seed, KIND_SEED])  # its own stream: numeric rows stay as they were
         perturbed_x = respect_kinds(perturbed_x, spec, train.x, kind_rng, origin=rows)
         parent = np.where(mix_rng_pick(kind_rng, lam[:, 0]), a, b)  # the parent with weight lambda, with prob lambda
@@ -459,12 +459,6 @@ def _table(parts: list, ds: Dataset, task) -> pd.DataFrame:
 RAW_ARROW_TYPES = {"categorical": "string", "boolean": "bool", "numeric": "float32"}  # a raw column's stored type
 
 
-def encoding_spec(spec):
-    """The feature specification when it encodes (text, booleans or missing indicators), else None: then the stored
-    features are the encoded ones, which are the raw ones (numbers-only tables) or flattened sequences."""
-    return spec if spec is not None and not spec.is_identity else None
-
-
 def feature_fields(feature_names: list[str], spec=None) -> list:
     """The input columns of the transfer set and the soft labels, as Arrow fields: the raw columns of a table whose
     feature specification encodes (text as string, booleans as bool, numbers as float32; an empty cell is null), else
@@ -526,17 +520,10 @@ def write_transfer_set(table: pd.DataFrame, path: Path, features: list, task: ta
                        row_group_rows: int = ROW_GROUP_ROWS) -> Path:
     """Parquet in row groups of `row_group_rows` (the Beam job's batch: it reads one row group per
     batch), so parallel runners read it in parallel splits. `features`: names (float32) or `feature_fields`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     fields = _fields(features)
     columns, arrow_schema = schema.transfer_columns([f.name for f in fields]), transfer_arrow_schema(fields, task)
-    groups = (pa.Table.from_pandas(table.iloc[at:at + row_group_rows][columns], schema=arrow_schema, preserve_index=False)
-              for at in range(0, max(len(table), 1), row_group_rows))  # a row group at a time: no Arrow copy of the set
-    first = next(groups)
-    with pq.ParquetWriter(str(path), first.schema) as writer:  # its schema with the pandas metadata, as write_table's
-        for group in (first, *groups):
-            writer.write_table(group)
+    write_pieces(path, (table.iloc[at:at + row_group_rows][columns] for at in range(0, max(len(table), 1), row_group_rows)),
+                 arrow_schema)  # a row group at a time: no Arrow copy of the set
     return Path(path)
 
 

@@ -24,6 +24,7 @@ import tf_keras as tfk
 
 from distill import data as data_lib
 from distill import schema, tasks
+from distill.features import encoding_spec
 from distill.errors import BdkError, atomic_dir, read_json, write_json
 from distill.validate import check_finite_metrics
 from distill.training import CHUNK_ROWS, epochs_for_steps, fit, scaled_batch, steps_per_epoch
@@ -361,7 +362,7 @@ def _publish(cfg: StudentConfig, run: Path, ds, manifest: dict, student: _Traine
             summary["tflite"] = "skipped: the GRU student takes sequences of any length, which TFLite cannot lower"
         if not failures and cfg.tflite and not recurrent:
             summary["tflite_bytes"] = export_tflite(tmp / "export" / schema.EXPORT_VERSION, tmp / "student.tflite")
-            if ds.feature_spec is not None and not ds.feature_spec.is_identity:
+            if encoding_spec(ds.feature_spec) is not None:
                 summary["tflite_input"] = TFLITE_INPUT
         write_json(tmp / "metrics.json", summary)
     if failures:

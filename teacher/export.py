@@ -40,7 +40,7 @@ import tensorflow as tf
 from distill import schema, tasks
 from distill.errors import BdkError
 from distill.encoder import RowEncoder, rows_function
-from distill.features import ROWS_SIGNATURE
+from distill.features import ROWS_SIGNATURE, encoding_spec
 from distill.savedmodel import Untracked, stabilise_fingerprint
 
 SERVING_SAMPLES = 10
@@ -207,7 +207,7 @@ class MonteCarloModule(tf.Module):
         self.encoder = None if feature_spec is None else RowEncoder(feature_spec)
         self.serve_rows = None if self.encoder is None else rows_function(self.encoder, self.serve)
         self.predictive_seeded_rows = None
-        if feature_spec is not None and not feature_spec.is_identity:  # the Beam job's raw columns (its workers)
+        if encoding_spec(feature_spec) is not None:  # the Beam job's raw columns (its workers)
             check_rows_inputs(self.encoder)
             self.predictive_seeded_rows = graph(lambda rows, num_samples, seed: self.predictive_seeded(
                 self.encoder.encode(rows), num_samples, seed), self.encoder.input_signature(), count, seed)
