@@ -30,12 +30,10 @@ from fastapi import Request  # module level: FastAPI resolves the handlers' (str
 
 from distill.errors import BdkError, first_line, read_json
 from distill.features import ROWS_SIGNATURE, from_meta
-from distill.schema import SEEDED_ROWS_SIGNATURE
-
-RAW_SIGNATURES = (ROWS_SIGNATURE, SEEDED_ROWS_SIGNATURE)  # signatures whose inputs are the raw columns (distill.encoder)
-from distill.schema import find_dataset_json, resolve_export
+from distill.schema import SEEDED_ROWS_SIGNATURE, find_dataset_json, resolve_export
 
 log = logging.getLogger(__name__)
+RAW_SIGNATURES = (ROWS_SIGNATURE, SEEDED_ROWS_SIGNATURE)  # signatures whose inputs are the raw columns (distill.encoder)
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_BATCH = 1024  # rows per request
