@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from distill.errors import BdkError
+from distill.training import aligned_empty
 
 KINDS = ("numeric", "categorical", "boolean")
 MISSING_POLICIES = ("impute", "drop", "refuse")
@@ -273,12 +274,15 @@ class FeatureSpec:
         self.check(df, what)
         return raw_frame({c.name: c.read(df[c.name].reset_index(drop=True), what) for c in self.columns}, len(df))
 
-    def encode(self, df: pd.DataFrame, what: str = "") -> np.ndarray:
-        """A raw frame (the raw columns; others ignored) -> the encoded matrix [n, F] float32."""
+    def encode(self, df: pd.DataFrame, what: str = "", rows: np.ndarray | None = None) -> np.ndarray:
+        """A raw frame (the raw columns; others ignored) -> the encoded matrix [n, F] float32, written block by block
+        into one aligned array (a million rows: one copy of the matrix, not two); `rows`: the frame's rows (positions)
+        to encode, in that order."""
         self.check(df, what)
-        if not self.columns:
-            return np.zeros((len(df), 0), np.float32)
-        return np.concatenate([c.encode(df[c.name], what) for c in self.columns], axis=1).astype(np.float32, copy=False)
+        out = aligned_empty((len(df) if rows is None else len(rows), len(self.encoded_names)))  # [n, F]
+        for c, at in self.blocks():
+            out[:, at] = c.encode(df[c.name] if rows is None else df[c.name].iloc[rows], what)
+        return out
 
     def decode(self, x: np.ndarray) -> pd.DataFrame:
         """The encoded matrix [n, F] -> raw columns in `read`'s form (categorical: the block's largest entry, None for

@@ -100,10 +100,10 @@ class TransferRows:
 
     def epoch_function(self, step, batch_size: int, variables, optimizer):
         """fn(rng) -> [batches, k]: one epoch of `step` over every bucket (distill.training.graph_steps)."""
-        from distill.training import graph_steps
+        from distill.training import graph_steps, host_tensor
 
         run = graph_steps(step, batch_size, variables, optimizer)
-        return lambda rng: np.concatenate([run(np.arange(len(block[0])), *block) for block in self.blocks(rng)])
+        return lambda rng: np.concatenate([run(np.arange(len(block[0])), *map(host_tensor, block)) for block in self.blocks(rng)])
 
     def all_rows(self) -> tuple[np.ndarray, ...]:
         """Every fitted row in bucket order (tests; small sets)."""

@@ -27,7 +27,7 @@ from distill import schema, tasks
 from distill.features import encoding_spec
 from distill.errors import BdkError, atomic_dir, read_json, write_json
 from distill.validate import check_finite_metrics
-from distill.training import CHUNK_ROWS, epochs_for_steps, fit, scaled_batch, steps_per_epoch
+from distill.training import CHUNK_ROWS, epochs_for_steps, fit, host_tensor, scaled_batch, steps_per_epoch
 from student.config import StudentConfig
 from student.export import StudentModule
 from student.model import build_sequence_student, build_student
@@ -76,7 +76,7 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, rows, ds: data_li
     optimizer = schedule.optimizer(rows.steps_per_epoch(schedule.batch_size))
     batch_size = schedule.batch_size
     variables = variables or model.trainable_variables
-    x_val, y_val = tf.constant(ds.scaled("val")), ds.target("val")
+    x_val, y_val = host_tensor(ds.scaled("val")), ds.target("val")
 
     def step(xb, *batch):
         with tf.GradientTape() as tape:
@@ -89,7 +89,7 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, rows, ds: data_li
                               autograph=False)  # one graph call: an eager Keras call costs ~8 ms here
 
     run_epoch = rows.epoch_function(step, batch_size, variables, optimizer)
-    held_chunks = [tuple(tf.constant(c[i:i + CHUNK_ROWS]) for c in held_out)
+    held_chunks = [tuple(host_tensor(c[i:i + CHUNK_ROWS]) for c in held_out)
                    for i in range(0, len(held_out[0]), CHUNK_ROWS)] if held_out is not None else []
 
     def train_epoch(rng):
@@ -310,9 +310,11 @@ def _train_baseline(cfg: StudentConfig, run: Path, ds, task, progress: bool) -> 
 
 
 def _train_rows(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The train split's normalised inputs [n, *input_shape] and targets [n]; its raw rows are freed on return."""
+    """The train split's normalised inputs [n, *input_shape] and targets [n]: the rows read from the run are
+    normalised in place (one copy of the split in memory, aligned: the training tensor shares it)."""
     train = data_lib.load_from_run(run, ("train",))
-    return train.scaled("train"), train.target("train")
+    x = train.raw("train")
+    return train.scaler.transform(x, out=x), train.target("train")
 
 
 def _modules(cfg: StudentConfig, ds, task, student: tfk.Model, baseline: tfk.Model, epistemic_shift: float,
@@ -333,7 +335,7 @@ def _score(modules: dict[str, StudentModule], ds, task) -> tuple[dict, dict]:
     for name, module in modules.items():
         val[name] = {}
         for split in ("val", "test"):
-            pred = {k: v.numpy() for k, v in module.serve(tf.constant(ds.raw(split))).items()}
+            pred = {k: v.numpy() for k, v in module.serve(host_tensor(ds.raw(split))).items()}
             val[name].update(task.metrics(ds[split].y, pred, split))
             if name == "student" and split == "test":
                 test_pred = pred

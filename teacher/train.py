@@ -19,7 +19,7 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import atomic_dir, write_json
-from distill.training import FitResult, fit, graph_epoch, in_chunks
+from distill.training import FitResult, fit, graph_epoch, host_tensor, in_chunks
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, far_uniform
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
@@ -42,7 +42,7 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
     """(train_epoch, validate) for `fit`: minibatch steps on -log-likelihood + sum(model.losses) (the scaled KL
     for Flipout, L2 otherwise), and the validation metrics of the module's Monte Carlo predictive (fixed draws)."""
     x_train, y_train = ds.scaled("train"), ds.target("train")
-    x_val, y_val = tf.constant(ds.scaled("val")[:cfg.val_rows]), ds.target("val")[:cfg.val_rows]
+    x_val, y_val = host_tensor(ds.scaled("val")[:cfg.val_rows]), ds.target("val")[:cfg.val_rows]
 
     ncp = cfg.kind == "flipout" and task.logit_head and bool(cfg.ncp_weight)
 

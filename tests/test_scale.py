@@ -52,3 +52,32 @@ def test_in_chunks_matches_one_call():
     whole = {k: v.numpy() for k, v in fn(tf.constant(x)).items()}
     np.testing.assert_array_equal(in_chunks(lambda t: {"row": fn(t)["row"]}, x, rows=5)["row"], whole["row"])
     np.testing.assert_array_equal(in_chunks(lambda t: {"draws": fn(t)["draws"]}, x, axis=1, rows=5)["draws"], whole["draws"])
+
+
+def test_host_tensor_shares_an_aligned_buffer_and_copies_any_other_once():
+    from distill.training import TENSOR_ALIGNMENT, aligned_empty, host_tensor
+
+    rng = np.random.default_rng(0)
+    a = aligned_empty((1000, 7))
+    a[...] = rng.normal(size=a.shape)
+    assert a.ctypes.data % TENSOR_ALIGNMENT == 0 and a.flags.c_contiguous
+    t = host_tensor(a)
+    np.testing.assert_array_equal(t.numpy(), a)
+    a[3, 2] = 42.0  # one buffer: the tensor sees the write
+    assert float(t[3, 2]) == 42.0
+    for other in (rng.normal(size=(999, 7)).astype(np.float32)[1:], rng.normal(size=(5, 7)).T,  # misaligned, strided
+                  rng.integers(0, 9, 17), np.zeros((0, 3), np.float32)):
+        np.testing.assert_array_equal(host_tensor(other).numpy(), other)
+        assert host_tensor(other).dtype.as_numpy_dtype == other.dtype.type
+    assert host_tensor(np.array(["a", ""])).numpy().tolist() == [b"a", b""]  # strings: TensorFlow's own copy
+
+
+def test_normalising_into_a_buffer_or_in_place_gives_the_same_bits():
+    from distill.data import Normaliser
+
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=(257, 5)).astype(np.float32)
+    scaler = Normaliser.fit(x, "standard")
+    expected = scaler.transform(x)
+    in_place = x.copy()
+    assert scaler.transform(in_place, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, expected)
