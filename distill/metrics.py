@@ -21,19 +21,28 @@ def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
     return -(probs * np.log(p)).sum(axis=axis)
 
 
+def classification_rows(probs: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """What the classification metrics average or bin, per row ([..., n] each; leading axes, e.g. bootstrap
+    resamples, are kept): whether the top class is the label, log p(label), the squared error of the probabilities
+    and the top-1 confidence. A bootstrap resamples these, one value a row, instead of the probabilities."""
+    return {"correct": probs.argmax(-1) == y,
+            "log_p": np.log(np.clip(np.take_along_axis(probs, y[..., None], -1)[..., 0], EPS, 1.0)),
+            "squared": ((probs - np.eye(probs.shape[-1])[y]) ** 2).sum(-1),  # sum_c (p_c - 1[y=c])^2
+            "confidence": probs.max(-1)}
+
+
 def nll(probs: np.ndarray, y: np.ndarray) -> float:
     """Mean -log p(y) over the rows (the last axis of y; leading axes, e.g. bootstrap resamples, are kept)."""
-    return -np.log(np.clip(np.take_along_axis(probs, y[..., None], -1)[..., 0], EPS, 1.0)).mean(-1)
+    return ROW_METRICS["nll"](classification_rows(probs, y))
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    return (probs.argmax(-1) == y).mean(-1)
+    return ROW_METRICS["accuracy"](classification_rows(probs, y))
 
 
 def brier(probs: np.ndarray, y: np.ndarray) -> float:
     """Textbook multi-class Brier score, sum_c (p_c - 1[y=c])^2, in [0, 2] (tfp's is this minus 1)."""
-    onehot = np.eye(probs.shape[-1])[y]
-    return ((probs - onehot) ** 2).sum(-1).mean(-1)
+    return ROW_METRICS["brier"](classification_rows(probs, y))
 
 
 def _bin_of(conf: np.ndarray, num_bins: int) -> np.ndarray:
@@ -57,12 +66,25 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, num_bins: int = ECE_BINS)
 def ece(probs: np.ndarray, y: np.ndarray, num_bins: int = ECE_BINS) -> float:
     """sum_b n_b / n |accuracy_b - confidence_b| = sum_b |sum_{i in b} (correct_i - conf_i)| / n, over the rows
     (the last axis of y; leading axes are kept)."""
-    conf = probs.max(-1)  # [..., n]
-    gap = (probs.argmax(-1) == y) - conf  # [..., n]
+    return _ece_of_rows(classification_rows(probs, y), num_bins)
+
+
+def _ece_of_rows(rows: dict[str, np.ndarray], num_bins: int = ECE_BINS) -> np.ndarray:
+    conf = rows["confidence"]  # [..., n]
+    gap = rows["correct"] - conf  # [..., n]
     lead = int(np.prod(conf.shape[:-1]))
     which = _bin_of(conf, num_bins).reshape(lead, -1) + num_bins * np.arange(lead)[:, None]  # [lead, n] bin per row
     sums = np.bincount(which.ravel(), gap.ravel(), lead * num_bins).reshape(conf.shape[:-1] + (num_bins,))
     return np.abs(sums).sum(-1) / conf.shape[-1]
+
+
+# Each classification metric from classification_rows' per-row values [..., n] -> [...]
+ROW_METRICS: dict[str, Callable[[dict], np.ndarray]] = {
+    "accuracy": lambda rows: rows["correct"].mean(-1),
+    "nll": lambda rows: -rows["log_p"].mean(-1),
+    "ece": _ece_of_rows,
+    "brier": lambda rows: rows["squared"].mean(-1),
+}
 
 
 CLASSIFICATION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -77,32 +99,51 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, split: str) -> dict
 BOOTSTRAP_BLOCK_VALUES = 4_000_000  # array values per block of resamples (a vectorised statistic's working memory)
 
 
-def bootstrap_interval(
-    fn: Callable[..., float], *arrays: np.ndarray, num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
-    vectorized: bool = False,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of `fn(*arrays)` resampling rows (the first axis) jointly. `vectorized`: fn
-    takes a block of resamples at once (a leading resample axis on every array) and returns one value each."""
+def bootstrap_intervals(
+    fns: dict[str, Callable[..., float]], *arrays: np.ndarray, num_resamples: int = 1000, level: float = 0.95,
+    seed: int = 0, vectorized: bool = False,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of each `fn(*arrays)` resampling rows (the first axis) jointly, every fn on the
+    same resamples (one gather for all). `vectorized`: each fn takes a block of resamples at once (a leading resample
+    axis on every array) and returns one value each."""
     rng = np.random.default_rng(seed)
     n = len(arrays[0])
     row_values = max(int(np.prod(a.shape[1:])) for a in arrays)
     block = max(1, BOOTSTRAP_BLOCK_VALUES // max(n * row_values, 1)) if vectorized else 1
-    stats = []
+    stats = {name: [] for name in fns}
     for start in range(0, num_resamples, block):  # the index stream is the same in any block size
         idx = rng.integers(0, n, (min(block, num_resamples - start), n))
-        stats.append(fn(*(a[idx] for a in arrays)) if vectorized else [fn(*(a[i] for a in arrays)) for i in idx])
-    lo, hi = np.quantile(np.concatenate(stats), [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+        if vectorized:
+            rows = [a[idx] for a in arrays]
+            for name, fn in fns.items():
+                stats[name].append(fn(*rows))
+        else:
+            for i in idx:
+                rows = [a[i] for a in arrays]
+                for name, fn in fns.items():
+                    stats[name].append([fn(*rows)])
+    bounds = [(1 - level) / 2, (1 + level) / 2]
+    return {name: tuple(float(v) for v in np.quantile(np.concatenate(s), bounds)) for name, s in stats.items()}
+
+
+def bootstrap_interval(fn: Callable[..., float], *arrays: np.ndarray, **kwargs) -> tuple[float, float]:
+    """bootstrap_intervals of one statistic."""
+    return bootstrap_intervals({"": fn}, *arrays, **kwargs)[""]
 
 
 def classification_metrics_with_intervals(
     probs: np.ndarray, y: np.ndarray, split: str, num_resamples: int = 1000, seed: int = 0
 ) -> dict[str, float | list[float]]:
+    """The metrics and their bootstrap intervals, resampling each row's classification_rows values (one value a row,
+    where resampling the probabilities moved C; the same resamples, so the same intervals)."""
+    rows = classification_rows(probs, y)  # {name: [n]}
+    names = list(rows)
+    fns = {metric: (lambda reduce: lambda *r: reduce(dict(zip(names, r))))(reduce) for metric, reduce in ROW_METRICS.items()}
+    intervals = bootstrap_intervals(fns, *rows.values(), num_resamples=num_resamples, seed=seed, vectorized=True)
     out: dict[str, float | list[float]] = {}
-    for name, fn in CLASSIFICATION_METRICS.items():
-        out[f"{split}/{name}"] = float(fn(probs, y))
-        out[f"{split}/{name}_ci95"] = list(bootstrap_interval(fn, probs, y, num_resamples=num_resamples, seed=seed,
-                                                              vectorized=True))
+    for metric, reduce in ROW_METRICS.items():
+        out[f"{split}/{metric}"] = float(reduce(rows))
+        out[f"{split}/{metric}_ci95"] = list(intervals[metric])
     return out
 
 
@@ -206,10 +247,11 @@ def regression_metrics(y: np.ndarray, mean: np.ndarray, variance: np.ndarray, sp
 
 
 def regression_metrics_with_intervals(y, mean, variance, split: str, num_resamples: int = 1000, seed: int = 0) -> dict:
+    intervals = bootstrap_intervals(REGRESSION_METRICS, y, mean, variance, num_resamples=num_resamples, seed=seed)
     out: dict[str, float | list[float]] = {}
     for name, fn in REGRESSION_METRICS.items():
         out[f"{split}/{name}"] = fn(y, mean, variance)
-        out[f"{split}/{name}_ci95"] = list(bootstrap_interval(fn, y, mean, variance, num_resamples=num_resamples, seed=seed))
+        out[f"{split}/{name}_ci95"] = list(intervals[name])
     return out
 
 

@@ -66,6 +66,10 @@ class StudentConfig:
     # one step per `rows_per_step` rows, at most 1024), and Adam's rate decays along a cosine over the whole budget.
     steps: int = 30_000
     min_epochs: int = 90
+    # ...or as many passes as see `min_epochs_rows` rows, if fewer: on a million-row transfer set 90 passes (100k steps,
+    # 3.4 min) kept improving the held-out loss by 3% after the 35th, while the student already stood within 0.01 NLL
+    # of its teacher (experiments/scaling). The hard-label baseline keeps its 90 passes: a reference is not shortened.
+    min_epochs_rows: int | None = 40_000_000
     batch_size: int | None = None  # on small transfer sets; None: the task's (TASK_DEFAULTS)
     rows_per_step: int = 1000
     patience_steps: int = 10_000  # early stopping: this many optimiser steps (at least 3 epochs) without a better value
@@ -89,8 +93,8 @@ class StudentConfig:
     def __post_init__(self):
         if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
             raise BdkError(f"hidden layer sizes must be positive, got {self.hidden}")
-        for name in ("epochs", "steps", "min_epochs", "batch_size", "rows_per_step", "patience_steps", "baseline_epochs",
-                     "baseline_batch_size"):
+        for name in ("epochs", "steps", "min_epochs", "min_epochs_rows", "batch_size", "rows_per_step", "patience_steps",
+                     "baseline_epochs", "baseline_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BdkError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.uncertainty is not None and self.uncertainty not in UNCERTAINTY:

@@ -25,6 +25,7 @@ import tensorflow as tf
 from scipy import special
 
 PRECISION_RANGE = (1e-2, 1e8)  # alpha_0 kept here: lgamma and float32 digamma differences stay meaningful
+MLE_TOLERANCE = 1e-10  # precision_mle: a row is done when a Newton step moves alpha_0 by less than this (relative)
 
 
 def mean_log_density(alpha: np.ndarray, mean_log_probs: np.ndarray) -> np.ndarray:
@@ -35,20 +36,34 @@ def mean_log_density(alpha: np.ndarray, mean_log_probs: np.ndarray) -> np.ndarra
 
 def precision_mle(p: np.ndarray, mean_log_probs: np.ndarray, iterations: int = 30) -> np.ndarray:
     """The alpha_0 [N] that maximises `mean_log_density(alpha_0 p, m)` for fixed means p [N, C] (rows on the
-    simplex). Minka's start (C - 1) / (2 sum_k p_k (log p_k - m_k)), then Newton steps on log alpha_0."""
+    simplex). Minka's start (C - 1) / (2 sum_k p_k (log p_k - m_k)), then Newton steps on log alpha_0 until a row's
+    step changes it by less than MLE_TOLERANCE (relative): Newton gets there in about five steps, after which the
+    special functions' rounding only jitters alpha_0 by ~2e-11. (Thirty steps for every row made the trigamma calls
+    97% of the student's reading of a million soft labels, 90 s.)"""
     p = np.asarray(p, np.float64)
     m = np.asarray(mean_log_probs, np.float64)
     gap = np.maximum((p * (np.log(p) - m)).sum(-1), 1e-12)  # >= 0 by Jensen: how much the draws spread
     s = np.clip((p.shape[-1] - 1) / (2 * gap), *PRECISION_RANGE)
     pm = (p * m).sum(-1)
+    moving = np.arange(len(s))  # rows still changing
     for _ in range(iterations):
-        grad = special.digamma(s) - (p * special.digamma(s[:, None] * p)).sum(-1) + pm  # d/ds
-        hess = special.polygamma(1, s) - (p ** 2 * special.polygamma(1, s[:, None] * p)).sum(-1)  # d2/ds2 < 0
-        # Newton on u = log s: f_u = s f_s, f_uu = s^2 f_ss + s f_s; uphill by one e-fold where f_uu >= 0
-        f_u, f_uu = s * grad, s * s * hess + s * grad
-        step = np.where(f_uu < 0, -f_u / np.minimum(f_uu, -1e-300), np.sign(f_u))
-        s = np.clip(s * np.exp(np.clip(step, -2.0, 2.0)), *PRECISION_RANGE)
+        if not len(moving):
+            break
+        new = _newton_step(s[moving], p[moving], pm[moving])
+        changed = np.abs(new - s[moving]) > MLE_TOLERANCE * s[moving]
+        s[moving] = new
+        moving = moving[changed]
     return s
+
+
+def _newton_step(s: np.ndarray, p: np.ndarray, pm: np.ndarray) -> np.ndarray:
+    """One of precision_mle's Newton steps on log alpha_0: s [n], p [n, C], pm = sum_k p_k m_k [n] -> the next s."""
+    grad = special.digamma(s) - (p * special.digamma(s[:, None] * p)).sum(-1) + pm  # d/ds
+    hess = special.polygamma(1, s) - (p ** 2 * special.polygamma(1, s[:, None] * p)).sum(-1)  # d2/ds2 < 0
+    # Newton on u = log s: f_u = s f_s, f_uu = s^2 f_ss + s f_s; uphill by one e-fold where f_uu >= 0
+    f_u, f_uu = s * grad, s * s * hess + s * grad
+    step = np.where(f_uu < 0, -f_u / np.minimum(f_uu, -1e-300), np.sign(f_u))
+    return np.clip(s * np.exp(np.clip(step, -2.0, 2.0)), *PRECISION_RANGE)
 
 
 def concentrations(logits: tf.Tensor, log_precision: tf.Tensor) -> tf.Tensor:

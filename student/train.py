@@ -50,12 +50,14 @@ class Schedule:
 
     @classmethod
     def for_rows(cls, n: int, cfg: StudentConfig, learning_rate: float, base_batch: int | None = None,
-                 rows_per_step: int | None = None, max_epochs: int | None = None) -> "Schedule":
-        """At least cfg.steps steps and cfg.min_epochs epochs, at most `max_epochs` (cfg.epochs); patience
-        cfg.patience_steps in steps (at least 3 epochs)."""
+                 rows_per_step: int | None = None, max_epochs: int | None = None,
+                 min_epochs_rows: int | None = None) -> "Schedule":
+        """At least cfg.steps steps and cfg.min_epochs epochs (or the epochs that see `min_epochs_rows` rows, if
+        fewer), at most `max_epochs` (cfg.epochs); patience cfg.patience_steps in steps (at least 3 epochs)."""
         batch = scaled_batch(base_batch or cfg.batch_size, n, rows_per_step or cfg.rows_per_step)
         per_epoch = steps_per_epoch(n, batch)
-        epochs = min(max_epochs or cfg.epochs, max(cfg.min_epochs, epochs_for_steps(n, batch, cfg.steps)))
+        patient = min(cfg.min_epochs, -(-min_epochs_rows // max(n, 1))) if min_epochs_rows else cfg.min_epochs
+        epochs = min(max_epochs or cfg.epochs, max(patient, epochs_for_steps(n, batch, cfg.steps)))
         return cls(batch, epochs, max(3, -(-cfg.patience_steps // per_epoch)), learning_rate)
 
     def optimizer(self, per_epoch: int):
@@ -270,7 +272,7 @@ def _train_student(cfg: StudentConfig, ds, task, rows: TransferRows, draw_flops,
         return (task.distill_loss(q, out["head"], y, cfg.temperature, cfg.alpha)
                 + w_epi * tf.reduce_mean(tf.square(e - out["epistemic"])))
 
-    schedule = Schedule.for_rows(rows.fit_rows, cfg, cfg.learning_rate)
+    schedule = Schedule.for_rows(rows.fit_rows, cfg, cfg.learning_rate, min_epochs_rows=cfg.min_epochs_rows)
 
     def train(hidden):
         tfk.utils.set_random_seed(cfg.seed)

@@ -6,6 +6,7 @@ either task (distill.tasks).
 """
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from dataclasses import asdict, replace
@@ -243,6 +244,7 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
         else:
             module, history, best_epoch = build_teacher(cfg, ds, progress)
         train_seconds = time.perf_counter() - t0
+        gc.collect()  # the training rows' tensor, held by reference cycles of the training graph functions
         warning = _cap_warning(cfg, ds, history, best_epoch)
         summaries, samples = _predict_splits(cfg, task, module, ds)
     summary = {**_run_summary(cfg, ds, device, history, best_epoch, train_seconds, warning, search),

@@ -101,3 +101,15 @@ def test_most_uncertain_pair():
     probs = np.array([[0.5, 0.5, 0.0], [0.0, 0.6, 0.4], [0.0, 0.4, 0.6]])
     mi = np.array([0.01, 0.3, 0.3])
     assert metrics.most_uncertain_pair(probs, mi, ["a", "b", "c"])[:2] == ("b", "c")
+
+
+def test_intervals_from_per_row_values_are_the_intervals_of_the_probabilities():
+    """classification_metrics_with_intervals resamples one value a row (classification_rows) for every metric at
+    once: each interval is exactly the one resampling the probabilities gives, metric by metric."""
+    rng = np.random.default_rng(4)
+    p, y = rng.dirichlet(np.full(5, 0.4), 300).astype(np.float32), rng.integers(0, 5, 300)
+    out = metrics.classification_metrics_with_intervals(p, y, "test", num_resamples=200, seed=7)
+    for name, fn in metrics.CLASSIFICATION_METRICS.items():
+        assert out[f"test/{name}"] == float(fn(p, y))
+        assert out[f"test/{name}_ci95"] == list(metrics.bootstrap_interval(fn, p, y, num_resamples=200, seed=7,
+                                                                           vectorized=True)), name

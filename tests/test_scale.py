@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill.training import LARGE_BATCH, epochs_for_steps, scaled_batch
+from distill.training import LARGE_BATCH, epochs_for_steps, scaled_batch, steps_per_epoch
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
 
@@ -28,6 +28,16 @@ def test_teacher_step_budget_buys_several_epochs_of_a_million_rows():
     assert TeacherConfig(kind="ensemble").resolved("classification", 640_000).batch_size == LARGE_BATCH
 
 
+def test_teacher_patience_is_epochs_or_steps_whichever_comes_first():
+    assert TeacherConfig().resolved("classification", 96).patience == 100  # 3 steps an epoch: the epochs count
+    assert TeacherConfig().resolved("classification", 640_000).patience == 10  # 625 steps an epoch: 6,000 steps
+    regression = TeacherConfig().resolved("regression", 300_000)  # regression waits longer: 10,000 steps
+    per_epoch = steps_per_epoch(300_000, regression.batch_size)
+    assert regression.patience * per_epoch >= 10_000 > (regression.patience - 1) * per_epoch
+    assert TeacherConfig(patience=7).resolved("classification", 640_000).patience == 7  # explicit wins
+    assert TeacherConfig(kind="ensemble").resolved("classification", 640_000).patience == 30  # epochs: its own recipe
+
+
 def test_student_schedule_grows_with_the_transfer_set():
     from student.train import Schedule
 
@@ -39,6 +49,11 @@ def test_student_schedule_grows_with_the_transfer_set():
     assert big.epochs * -(-1_150_000 // big.batch_size) >= cfg.steps
     assert big.patience >= 3 and small.patience * -(-4_000 // 256) >= cfg.patience_steps  # patience counts steps
     assert Schedule.for_rows(10, cfg, 1e-3, max_epochs=4).epochs == 4  # the cap wins
+    # the patient minimum ends at min_epochs_rows rows seen (the student's; the baseline keeps its min_epochs)
+    seen = Schedule.for_rows(1_150_000, cfg, 3e-3, min_epochs_rows=cfg.min_epochs_rows)
+    assert seen.epochs == max(-(-cfg.min_epochs_rows // 1_150_000), epochs_for_steps(1_150_000, LARGE_BATCH, cfg.steps))
+    assert cfg.min_epochs > seen.epochs and seen.epochs * 1_150_000 >= cfg.min_epochs_rows
+    assert Schedule.for_rows(115_000, cfg, 3e-3, min_epochs_rows=cfg.min_epochs_rows).epochs >= cfg.min_epochs  # 100k
     assert epochs_for_steps(10, 256, 1) == 1
 
 

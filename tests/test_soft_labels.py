@@ -693,3 +693,27 @@ def test_bdk_serve_answers_the_seeded_rows_signature(penguins_labelled):
     want = _seeded_on_encoded(run, pd.DataFrame(cols), {"num_samples": S, "seed": 3})
     np.testing.assert_array_equal(np.array(ok.json()["outputs"]["probs"], np.float32), want["probs"])
     assert lacking.status_code == 400 and "lacks the signature input" in lacking.json()["error"]
+
+
+def test_the_jobs_output_check_finds_a_lost_a_doubled_and_a_foreign_row(tmp_path):
+    """The job's read-back of its shards (compared as id hashes, batch by batch) against the transfer set."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from beam_pipelines.soft_labels import _check_written
+
+    def write(name, ids, sources):
+        path = tmp_path / name
+        pq.write_table(pa.table({"id": ids, "source": sources}), path, row_group_size=7)
+        return str(path)
+
+    ids = [f"train:{i}" for i in range(40)] + [f"perturbed:{i}" for i in range(20)]
+    sources = ["train"] * 40 + ["perturbed"] * 20
+    transfer = write("transfer.parquet", ids, sources)
+    shards = [write("a.parquet", ids[::-1][:25], sources[::-1][:25]), write("b.parquet", ids[::-1][25:], sources[::-1][25:])]
+    assert _check_written(shards, transfer) == (60, {"train": 40, "perturbed": 20})
+    broken = {"lost": (ids[1:], sources[1:]), "doubled": (ids + ids[:1], sources + sources[:1]),
+              "foreign": (ids[1:] + ["train:999"], sources), "relabelled": (ids, ["train"] * 41 + ["perturbed"] * 19)}
+    for name, (got_ids, got_sources) in broken.items():
+        with pytest.raises(RuntimeError, match="rows per source" if name == "relabelled" else "distinct ids"):
+            _check_written([write(f"{name}.parquet", got_ids, got_sources)], transfer)
