@@ -11,6 +11,7 @@ transfer set, so the student is chosen by how well it reproduces the teacher whe
 """
 from __future__ import annotations
 
+import gc
 import shutil
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from distill import schema, tasks
 from distill.features import encoding_spec
 from distill.errors import BdkError, atomic_dir, read_json, write_json
 from distill.validate import check_finite_metrics
-from distill.training import CHUNK_ROWS, epochs_for_steps, fit, host_tensor, scaled_batch, steps_per_epoch
+from distill.training import CHUNK_ROWS, epochs_for_steps, fit, host_tensor, in_chunks, scaled_batch, steps_per_epoch
 from student.config import StudentConfig
 from student.export import StudentModule
 from student.model import build_sequence_student, build_student
@@ -78,7 +79,7 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, rows, ds: data_li
     optimizer = schedule.optimizer(rows.steps_per_epoch(schedule.batch_size))
     batch_size = schedule.batch_size
     variables = variables or model.trainable_variables
-    x_val, y_val = host_tensor(ds.scaled("val")), ds.target("val")
+    x_val, y_val = ds.scaled("val"), ds.target("val")
 
     def step(xb, *batch):
         with tf.GradientTape() as tape:
@@ -87,8 +88,10 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, rows, ds: data_li
         return loss
 
     held_out_loss = tf.function(lambda xb, *batch: loss_fn(model(xb, training=False), *batch), autograph=False)
-    val_outputs = tf.function(lambda: task.point_outputs(task.draw_params(model(x_val, training=False)["head"])),
-                              autograph=False)  # one graph call: an eager Keras call costs ~8 ms here
+    # one graph call per chunk (an eager Keras call costs ~8 ms here); chunks, because a pass over 160k validation rows
+    # at once left ~0.2 GB of buffers behind (a million-row table), and a pass over 16k rows did not
+    val_outputs = tf.function(lambda x: task.point_outputs(task.draw_params(model(x, training=False)["head"])),
+                              input_signature=[tf.TensorSpec([None, *x_val.shape[1:]], tf.float32)], autograph=False)
 
     run_epoch = rows.epoch_function(step, batch_size, variables, optimizer)
     held_chunks = [tuple(host_tensor(c[i:i + CHUNK_ROWS]) for c in held_out)
@@ -98,7 +101,7 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, rows, ds: data_li
         return {"train_loss": float(run_epoch(rng)[:, 0].mean())}
 
     def validate():
-        pred = {k: v.numpy() for k, v in val_outputs().items()}  # normalised units
+        pred = in_chunks(val_outputs, x_val)  # normalised units
         logs = {f"val_{k.split('/')[1]}": v for k, v in task.metrics(y_val, pred, "val").items()}
         if held_out is not None:  # the batch-mean loss of each chunk, weighted by its rows
             logs["held_out_loss"] = float(sum(float(held_out_loss(*c)) * len(c[0]) for c in held_chunks) / len(held_out[0]))
@@ -181,6 +184,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         rows = _stream_rows(cfg, run, ds, task, shards, manifest, scratch)
         student, cfg = _train_student(cfg, ds, task, rows, draw_flops, progress)
     notes = [student.result.cap_note("the student", student.schedule.describe(rows.fit_rows))]
+    gc.collect()  # the student's training tensors (its last block, validation and held-out rows): graph reference cycles
     baseline, n_train = _train_baseline(cfg, run, ds, task, progress)  # after the student: the same random stream
     notes.append(baseline.result.cap_note("the baseline", baseline.schedule.describe(n_train)))
     notes = [n for n in notes if n]
@@ -337,7 +341,7 @@ def _score(modules: dict[str, StudentModule], ds, task) -> tuple[dict, dict]:
     for name, module in modules.items():
         val[name] = {}
         for split in ("val", "test"):
-            pred = {k: v.numpy() for k, v in module.serve(host_tensor(ds.raw(split))).items()}
+            pred = in_chunks(module.serve, ds.raw(split))  # a million rows' activations at once: ~0.4 GB
             val[name].update(task.metrics(ds[split].y, pred, split))
             if name == "student" and split == "test":
                 test_pred = pred
