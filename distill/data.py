@@ -622,7 +622,6 @@ def split_batches(path: Path, feats: list[str], names: tuple[str, ...] = SPLITS)
 
 def read_splits(path: Path, feats: list[str], label_dtype, names: tuple[str, ...] = SPLITS) -> dict[str, Split]:
     """The named splits of a run's splits.parquet, batch by batch (split_batches) into preallocated float32 arrays."""
-    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -633,12 +632,12 @@ def read_splits(path: Path, feats: list[str], label_dtype, names: tuple[str, ...
     for name, batch_ids, batch_x, batch_labels in split_batches(path, feats, names):
         x[name][filled[name]:filled[name] + len(batch_x)] = batch_x
         filled[name] += len(batch_x)
-        ids[name].append(batch_ids)
-        labels[name].append(batch_labels)
-    schema_ = file.schema_arrow
-    return {name: Split(pa.chunked_array(ids[name], schema_.field("id").type).to_numpy(zero_copy_only=False).astype(str),
-                        x[name], pa.chunked_array(labels[name], schema_.field("label").type)
-                        .to_numpy(zero_copy_only=False).astype(label_dtype)) for name in names}
+        # ids as fixed-width numpy strings batch by batch: the Python str objects of a whole split (a million rows:
+        # ~60 MB) never exist at once
+        ids[name].append(batch_ids.to_numpy(zero_copy_only=False).astype(str))
+        labels[name].append(batch_labels.to_numpy(zero_copy_only=False).astype(label_dtype))
+    return {name: Split(np.concatenate(ids[name]) if ids[name] else np.array([], str), x[name],
+                        np.concatenate(labels[name]) if labels[name] else np.array([], label_dtype)) for name in names}
 
 
 def train_box(run: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
