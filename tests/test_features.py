@@ -505,3 +505,17 @@ def test_an_ood_file_of_raw_rows_is_encoded_as_in_training(mixed_run, tmp_path):
     with pytest.raises(BdkError, match="lacks the teacher's feature columns") as e:
         ood_inputs(EvalConfig(ood_file=str(tmp_path / "lacking.csv")), ds)
     assert "'cut'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_encoding_chosen_rows_in_order_is_encoding_all_then_taking_them():
+    """build_dataset encodes the rows in split order into one aligned array (each split a view of it)."""
+    from distill.training import TENSOR_ALIGNMENT
+
+    ds = data.build_dataset(mixed_frame(300), data.DataConfig(dataset="mixed", label_column="price"))
+    df = mixed_frame(300)
+    order = np.random.default_rng(0).permutation(len(df))[:200]
+    chosen = ds.feature_spec.encode(df, rows=order)
+    np.testing.assert_array_equal(chosen, ds.feature_spec.encode(df)[order])
+    assert chosen.dtype == np.float32 and chosen.ctypes.data % TENSOR_ALIGNMENT == 0
+    parts = [ds[s].x for s in data.SPLITS]
+    assert all(p.base is not None and p.base is parts[0].base for p in parts)  # views of the one encoded array
