@@ -79,6 +79,12 @@ class TransferRows:
             held_out = (*held_out[:3], ((held_out[3] - shift) / std).astype(np.float32))
         return cls(paths, tuple(input_shape), target_width, label_dtype, fit_rows, held_out, shift, std)
 
+    def release_held_out(self) -> int:
+        """Drop the held-out rows once training is over (a million-row transfer set: ~30 MB); returns their count."""
+        count = len(self.held_out[0]) if self.held_out else 0
+        self.held_out = ()
+        return count
+
     @property
     def record_width(self) -> int:
         """float32 columns of a bucket record: the flattened input, the targets, the label and the raw score."""

@@ -184,9 +184,7 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
         rows = _stream_rows(cfg, run, ds, task, shards, manifest, scratch)
         student, cfg = _train_student(cfg, ds, task, rows, draw_flops, progress)
     notes = [student.result.cap_note("the student", student.schedule.describe(rows.fit_rows))]
-    n_held = len(rows.held_out[0]) if rows.held_out else 0
-    rows.held_out = ()  # not read again (a million-row transfer set: ~30 MB)
-    gc.collect()  # the student's training tensors (its last block, validation and held-out rows): graph reference cycles
+    n_held = rows.release_held_out()
     baseline, n_train = _train_baseline(cfg, run, ds, task, progress)  # after the student: the same random stream
     notes.append(baseline.result.cap_note("the baseline", baseline.schedule.describe(n_train)))
     notes = [n for n in notes if n]
@@ -305,6 +303,7 @@ def _train_student(cfg: StudentConfig, ds, task, rows: TransferRows, draw_flops,
 def _train_baseline(cfg: StudentConfig, run: Path, ds, task, progress: bool) -> tuple[_Trained, int]:
     """The same architecture on the train split's hard labels only: what you get without a teacher. Returns it and
     the train split's rows."""
+    gc.collect()  # first, the student's training tensors (its last block, validation rows): graph reference cycles
     baseline = _network(cfg, ds, task, cfg.hidden, name="baseline")
     rows = InMemoryRows(_train_rows(run))
     schedule = Schedule.for_rows(rows.fit_rows, cfg, cfg.baseline_learning_rate, cfg.baseline_batch_size,
