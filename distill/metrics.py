@@ -93,7 +93,8 @@ CLASSIFICATION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, split: str) -> dict[str, float]:
-    return {f"{split}/{name}": float(fn(probs, y)) for name, fn in CLASSIFICATION_METRICS.items()}
+    rows = classification_rows(probs, y)  # once for the four metrics
+    return {f"{split}/{name}": float(reduce(rows)) for name, reduce in ROW_METRICS.items()}
 
 
 BOOTSTRAP_BLOCK_VALUES = 4_000_000  # array values per block of resamples (a vectorised statistic's working memory)
@@ -137,14 +138,19 @@ def classification_metrics_with_intervals(
     """The metrics and their bootstrap intervals, resampling each row's classification_rows values (one value a row,
     where resampling the probabilities moved C; the same resamples, so the same intervals)."""
     rows = classification_rows(probs, y)  # {name: [n]}
-    names = list(rows)
-    fns = {metric: (lambda reduce: lambda *r: reduce(dict(zip(names, r))))(reduce) for metric, reduce in ROW_METRICS.items()}
+    fns = {metric: _positional(reduce, list(rows)) for metric, reduce in ROW_METRICS.items()}
     intervals = bootstrap_intervals(fns, *rows.values(), num_resamples=num_resamples, seed=seed, vectorized=True)
     out: dict[str, float | list[float]] = {}
     for metric, reduce in ROW_METRICS.items():
         out[f"{split}/{metric}"] = float(reduce(rows))
         out[f"{split}/{metric}_ci95"] = list(intervals[metric])
     return out
+
+
+def _positional(reduce: Callable[[dict], np.ndarray], names: list[str]) -> Callable[..., np.ndarray]:
+    """A ROW_METRICS reducer as a function of the per-row arrays passed in `names`' order (bootstrap_intervals
+    passes its arrays positionally)."""
+    return lambda *arrays: reduce(dict(zip(names, arrays)))
 
 
 def kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
