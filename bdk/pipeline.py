@@ -42,12 +42,13 @@ def teacher_stage(data_cfg: data_lib.DataConfig, teacher_cfg, out: Path, overwri
             print(ds.task_note, file=sys.stderr)
         if progress and encoding_spec(ds.feature_spec) is not None:
             print(ds.feature_spec.describe(), file=sys.stderr)
-        from teacher.train import train_teacher
-
         with atomic_dir(out, overwrite=overwrite, marker=True) as tmp:
-            data_lib.save(ds, tmp / "data")
+            data_lib.save(ds, tmp / "data")  # before TensorFlow loads, so that its transient memory adds to nothing
             write_json(tmp / "data" / "config.json", data_cfg)
-            summary = train_teacher(teacher_cfg, ds, tmp, progress=progress)
+            del ds  # the teacher reads the rows back from the run, split by split, as it needs them
+            from teacher.train import train_teacher
+
+            summary = train_teacher(teacher_cfg, tmp, progress=progress)
     return summary
 
 

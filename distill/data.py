@@ -216,11 +216,18 @@ class Dataset:
 
     def box(self, z: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The train split's bounding box in normalised space (flat features): (lo [F], hi [F]); `z`: the normalised
-        train rows [n, F] when the caller holds them (no second copy)."""
+        train rows [n, F] when the caller holds them. Without them, the raw rows' range normalised: the same bits
+        (float32 subtraction and division by a positive scale are monotone), and no normalised copy."""
         if self.train_box is not None:  # read from the run without its train rows (train_box)
             return self.train_box
-        z = self.scaled("train").reshape(len(self["train"]), -1) if z is None else z
-        return z.min(axis=0), z.max(axis=0)
+        if z is not None:
+            return z.min(axis=0), z.max(axis=0)
+        x = self["train"].x  # [n, F] raw
+        return self.normalised_range(x.min(axis=0), x.max(axis=0))
+
+    def normalised_range(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw per-feature bounds (lo [F], hi [F]) -> the same bounds normalised (flat [F] each)."""
+        return self.normalise(lo[None])[0].reshape(-1), self.normalise(hi[None])[0].reshape(-1)
 
 
 # ---------------------------------------------------------------- reading
@@ -642,13 +649,12 @@ def read_splits(path: Path, feats: list[str], label_dtype, names: tuple[str, ...
 
 def train_box(run: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Dataset.box() of a run's train split, read batch by batch (split_batches): the same (lo [F], hi [F])."""
-    lo = hi = None
+    lo = hi = None  # [F] each, raw
     for _, _, x, _ in split_batches(schema.data_dir(run) / "splits.parquet", ds.feature_names, ("train",)):
         if len(x):
-            z = ds.normalise(x).reshape(len(x), -1)  # [m, F] normalised
-            lo = z.min(axis=0) if lo is None else np.minimum(lo, z.min(axis=0))
-            hi = z.max(axis=0) if hi is None else np.maximum(hi, z.max(axis=0))
-    return lo, hi
+            lo = x.min(axis=0) if lo is None else np.minimum(lo, x.min(axis=0))
+            hi = x.max(axis=0) if hi is None else np.maximum(hi, x.max(axis=0))
+    return ds.normalised_range(lo, hi)
 
 
 def load_from_run(run: Path, splits: tuple[str, ...] = SPLITS) -> Dataset:

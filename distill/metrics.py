@@ -25,9 +25,12 @@ def classification_rows(probs: np.ndarray, y: np.ndarray) -> dict[str, np.ndarra
     """What the classification metrics average or bin, per row ([..., n] each; leading axes, e.g. bootstrap
     resamples, are kept): whether the top class is the label, log p(label), the squared error of the probabilities
     and the top-1 confidence. A bootstrap resamples these, one value a row, instead of the probabilities."""
+    squared = np.eye(probs.shape[-1])[np.broadcast_to(y, probs.shape[:-1])]  # [..., n, C] float64 one-hot; then
+    # sum_c (p_c - 1[y=c])^2 in place (one [n, C] array, not three)
+    np.square(np.subtract(probs, squared, out=squared), out=squared)
     return {"correct": probs.argmax(-1) == y,
             "log_p": np.log(np.clip(np.take_along_axis(probs, y[..., None], -1)[..., 0], EPS, 1.0)),
-            "squared": ((probs - np.eye(probs.shape[-1])[y]) ** 2).sum(-1),  # sum_c (p_c - 1[y=c])^2
+            "squared": squared.sum(-1),
             "confidence": probs.max(-1)}
 
 
@@ -189,13 +192,19 @@ def most_uncertain_pair(probs: np.ndarray, mutual_information: np.ndarray, class
     Each row's mutual information is credited to its two most probable classes; the pair with the
     largest total wins. Returns (class_a, class_b, share of all mutual information).
     """
-    top2 = np.sort(np.argsort(-probs, axis=-1)[:, :2], axis=-1)
-    totals: dict[tuple[int, int], float] = {}
-    for (a, b), mi in zip(map(tuple, top2), mutual_information):
-        totals[(a, b)] = totals.get((a, b), 0.0) + float(mi)
-    (a, b), best = max(totals.items(), key=lambda kv: kv[1])
-    share = best / max(float(np.sum(mutual_information)), EPS)
-    return class_names[a], class_names[b], share
+    c = probs.shape[-1]
+    top2 = np.concatenate([np.sort(np.argsort(-p, axis=-1)[:, :2], axis=-1)  # [n, 2], in row chunks (memory)
+                           for p in np.array_split(probs, max(1, -(-len(probs) // PAIR_CHUNK_ROWS)))])
+    pair = top2[:, 0] * c + top2[:, 1]  # [n] the pair's code
+    totals = np.bincount(pair, np.asarray(mutual_information, np.float64), c * c)  # summed in row order
+    seen, first = np.unique(pair, return_index=True)
+    in_order = seen[np.argsort(first)]  # the pairs in order of first appearance: ties go to the earliest
+    best = in_order[np.argmax(totals[in_order])]
+    share = float(totals[best]) / max(float(np.sum(mutual_information)), EPS)
+    return class_names[best // c], class_names[best % c], share
+
+
+PAIR_CHUNK_ROWS = 65_536  # most_uncertain_pair sorts each row's classes this many rows at a time
 
 
 # ---------------------------------------------------------------- regression (Gaussian predictives)

@@ -100,8 +100,16 @@ CHUNK_ROWS = 8192  # rows per prediction call on large splits (S draws x every r
 def in_chunks(fn, x: np.ndarray, axis: int = 0, rows: int = CHUNK_ROWS) -> dict[str, np.ndarray]:
     """fn(x[i:i + rows]) -> {name: array or tensor} over row chunks, each output concatenated along `axis` (its
     row axis); one call when x fits in one chunk."""
-    parts = [{k: np.asarray(v) for k, v in fn(x[i:i + rows]).items()} for i in range(0, max(len(x), 1), rows)]
-    return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
+    out = {}
+    for i in range(0, max(len(x), 1), rows):  # filled in place: never the chunks and their concatenation at once
+        for k, v in fn(x[i:i + rows]).items():
+            v = np.asarray(v)
+            if k not in out:
+                shape = list(v.shape)
+                shape[axis] = len(x) if len(x) else v.shape[axis]
+                out[k] = np.empty(shape, v.dtype)
+            out[k][(slice(None),) * axis + (slice(i, i + v.shape[axis]),)] = v
+    return out
 
 
 def graph_steps(step, batch_size: int, variables, optimizer):

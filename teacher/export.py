@@ -239,8 +239,13 @@ class MonteCarloModule(tf.Module):
             return batched() if num_samples * x.shape[0] <= BATCHED_ROWS else loop()
         return tf.cond(tf.convert_to_tensor(num_samples) * tf.shape(x)[0] <= BATCHED_ROWS, batched, loop)
 
+    def normalise(self, features: tf.Tensor) -> tf.Tensor:
+        """Raw inputs [B, *input_shape] -> the networks' normalised inputs: the same float32 bits as
+        distill.data.Normaliser.transform (one subtraction, one division)."""
+        return (features - self.feature_shift) / self.feature_scale
+
     def _params(self, features, num_samples, seed, per_row=False):
-        x = (features - self.feature_shift) / self.feature_scale
+        x = self.normalise(features)
         head = self.draws(x, num_samples, seed, True) if per_row else self.draws_seeded(x, num_samples, seed)
         return self.task.to_target_units(head, self.target_shift, self.target_scale)
 

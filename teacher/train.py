@@ -41,13 +41,16 @@ def training_device() -> str:
 def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloModule, ds: data_lib.Dataset,
                      val_samples: int, optimizer):
     """(train_epoch, validate) for `fit`: minibatch steps on -log-likelihood + sum(model.losses) (the scaled KL
-    for Flipout, L2 otherwise), and the validation metrics of the module's Monte Carlo predictive (fixed draws)."""
-    x_train, y_train = ds.scaled("train"), ds.target("train")
+    for Flipout, L2 otherwise), and the validation metrics of the module's Monte Carlo predictive (fixed draws).
+    The steps take the raw train rows, shared with the dataset, and normalise each batch in the graph: a normalised
+    copy of the train split (a million rows: 0.13 GB) never exists."""
+    x_train, y_train = ds.raw("train"), ds.target("train")
     x_val, y_val = host_tensor(ds.scaled("val")[:cfg.val_rows]), ds.target("val")[:cfg.val_rows]
 
     ncp = cfg.kind == "flipout" and task.logit_head and bool(cfg.ncp_weight)
 
     def step(x, y):
+        x = module.normalise(x)  # [batch, *input_shape]
         with tf.GradientTape() as tape:
             head = model(x, training=True)  # [batch, units], one weight draw / dropout mask
             nll = -tf.reduce_mean(task.log_likelihood(y, head))
@@ -161,11 +164,11 @@ def search_kl_weight(cfg: TeacherConfig, ds: data_lib.Dataset, progress: bool = 
     return (*best, scores)
 
 
-def _cap_warning(cfg: TeacherConfig, ds: data_lib.Dataset, history: pd.DataFrame, best_epoch: int) -> str | None:
+def _cap_warning(cfg: TeacherConfig, n_train: int, history: pd.DataFrame, best_epoch: int) -> str | None:
     """The Flipout teacher's note when its epoch cap, not early stopping, ended training (printed), else None."""
     if cfg.kind != "flipout" or "val_nll" not in history:
         return None
-    budget = cfg.max_epochs(len(ds["train"]))
+    budget = cfg.max_epochs(n_train)
     warning = FitResult(history, best_epoch, float(history["val_nll"].min()), len(history) < budget,
                         "val_nll").cap_note("the teacher", f"{budget} epochs at batch {cfg.batch_size}")
     if warning:
@@ -173,9 +176,10 @@ def _cap_warning(cfg: TeacherConfig, ds: data_lib.Dataset, history: pd.DataFrame
     return warning
 
 
-def _predict_splits(cfg: TeacherConfig, task: tasks.Task, module: MonteCarloModule, ds: data_lib.Dataset):
+def _predict_splits(cfg: TeacherConfig, task: tasks.Task, module: MonteCarloModule, ds: data_lib.Dataset,
+                    shell: np.ndarray | None):
     """({split: the Monte Carlo predictive's outputs}, {split: the draws' parameters}) of the val and test rows, the
-    draws only when the task's metrics need them; tables add "val_shell", a validation shell off the data."""
+    draws only when the task's metrics need them; with a validation shell off the data (raw rows), "val_shell"."""
     predictive = lambda x: module.predictive_seeded(tf.constant(x), cfg.eval_samples, cfg.seed)  # noqa: E731
     summaries, samples = {}, {}
     for split in ("val", "test"):  # in row chunks: S draws x a million rows of activations do not fit
@@ -183,17 +187,16 @@ def _predict_splits(cfg: TeacherConfig, task: tasks.Task, module: MonteCarloModu
         if task.metrics_need_draws:  # e.g. the mixture NLL needs every draw's parameters
             samples[split] = in_chunks(lambda x: module.sample_seeded(tf.constant(x), cfg.eval_samples, cfg.seed),
                                        ds.raw(split), axis=1)
-    if ds.inputs.has_shell:  # does it say "I don't know" off the data? Validation rows vs a validation shell
-        shell = far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)
+    if shell is not None:  # does it say "I don't know" off the data? Validation rows vs a validation shell
         summaries["val_shell"] = in_chunks(predictive, shell)
     return summaries, samples
 
 
-def _run_summary(cfg: TeacherConfig, ds: data_lib.Dataset, device: str, history: pd.DataFrame, best_epoch: int,
-                 train_seconds: float, warning: str | None, search: dict) -> dict:
+def _run_summary(cfg: TeacherConfig, ds: data_lib.Dataset, n_train: int, device: str, history: pd.DataFrame,
+                 best_epoch: int, train_seconds: float, warning: str | None, search: dict) -> dict:
     """The summary's description of the training run (Flipout adds its posterior scales at the best epoch)."""
     return {"task": ds.task, "kind": cfg.kind, "device": device, "epochs_run": len(history),
-            "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": len(ds["train"]),
+            "best_epoch": best_epoch, "train_seconds": train_seconds, "n_train": n_train,
             "eval_samples": cfg.eval_samples, "kl_weight": cfg.kl_weight, "hidden": list(cfg.hidden or ()),
             "warnings": [warning] if warning else [],
             **({"kl_weight_search": {str(k): v for k, v in search.items()}} if search else {}),
@@ -219,7 +222,7 @@ def _write_teacher(run: Path, cfg: TeacherConfig, ds: data_lib.Dataset, device: 
                    history: pd.DataFrame, summaries: dict, summary: dict) -> None:
     """Write RUN/teacher atomically: config, history, predictions, weights, the export and the metrics."""
     with atomic_dir(schema.teacher_dir(run), overwrite=True) as tmp:
-        write_json(tmp / "config.json", {"teacher": asdict(cfg), "task": ds.task, "n_train": len(ds["train"]),
+        write_json(tmp / "config.json", {"teacher": asdict(cfg), "task": ds.task, "n_train": summary["n_train"],
                                          "num_features": ds.num_features, "num_classes": ds.num_classes, "device": device})
         history.to_csv(tmp / "history.csv", index=False)
         for split in ("val", "test"):
@@ -229,10 +232,14 @@ def _write_teacher(run: Path, cfg: TeacherConfig, ds: data_lib.Dataset, device: 
         write_json(tmp / "metrics.json", summary)
 
 
-def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress: bool = True) -> dict:
-    """Train, evaluate and export; write RUN/teacher atomically. Returns the metrics summary."""
+def train_teacher(cfg: TeacherConfig, run: Path, progress: bool = True) -> dict:
+    """Train, evaluate and export from the run's saved splits (RUN/data, `data.save`); write RUN/teacher atomically.
+    Returns the metrics summary. The train rows are held only while the networks train (a million rows: 0.13 GB);
+    the test rows are read after them."""
+    ds = data_lib.load_from_run(run, ("train", "val"))
+    n_train = len(ds["train"])
     cfg.check_data(ds.inputs)
-    cfg = cfg.resolved(ds.task, len(ds["train"]))
+    cfg = cfg.resolved(ds.task, n_train)
     task = tasks.get(ds.task)
     tfk.utils.set_random_seed(cfg.seed)
     device = training_device()
@@ -244,10 +251,15 @@ def train_teacher(cfg: TeacherConfig, ds: data_lib.Dataset, run: Path, progress:
         else:
             module, history, best_epoch = build_teacher(cfg, ds, progress)
         train_seconds = time.perf_counter() - t0
+        warning = _cap_warning(cfg, n_train, history, best_epoch)
+        # the validation shell is drawn from the train rows' box (and their encodings); then the rows are let go
+        shell = (far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)
+                 if ds.inputs.has_shell else None)
+        ds = replace(ds, splits={"val": ds["val"]}, train_box=ds.box())
         gc.collect()  # the training rows' tensor, held by reference cycles of the training graph functions
-        warning = _cap_warning(cfg, ds, history, best_epoch)
-        summaries, samples = _predict_splits(cfg, task, module, ds)
-    summary = {**_run_summary(cfg, ds, device, history, best_epoch, train_seconds, warning, search),
+        ds.splits["test"] = data_lib.load_from_run(run, ("test",))["test"]
+        summaries, samples = _predict_splits(cfg, task, module, ds, shell)
+    summary = {**_run_summary(cfg, ds, n_train, device, history, best_epoch, train_seconds, warning, search),
                **_split_metrics(task, ds, summaries, samples)}
     _write_teacher(run, cfg, ds, device, module, history, summaries, summary)
     return summary

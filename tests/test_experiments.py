@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distill import schema
+from distill import data as data_lib, schema
 from bdk.studies.classification import StudyConfig, bands_overlap, digits_files, kl_weight_study, reliability_band
 from distill.transfer import SoftLabelConfig, TransferConfig
 
@@ -27,7 +27,8 @@ def test_other_teacher_families_share_the_export(kind, iris, tmp_path):
     from teacher.train import train_teacher
 
     cfg = TeacherConfig(kind=kind, members=3, epochs=10, eval_samples=12, swag_epochs=6, swag_rank=4)
-    summary = train_teacher(cfg, iris, tmp_path)
+    data_lib.save(iris, schema.data_dir(tmp_path))
+    summary = train_teacher(cfg, tmp_path)
     assert summary["kind"] == kind
     m = tf.saved_model.load(str(schema.teacher_export(tmp_path)))
     assert set(m.signatures) == {"serving_default", "predictive", "predictive_seeded", "sample", "sample_seeded", "serving_rows"}

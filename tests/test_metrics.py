@@ -103,6 +103,29 @@ def test_most_uncertain_pair():
     assert metrics.most_uncertain_pair(probs, mi, ["a", "b", "c"])[:2] == ("b", "c")
 
 
+def _pair_by_loop(probs, mi, names):
+    """most_uncertain_pair as a loop over rows: each row's MI summed into its top-two classes' pair, in row order."""
+    totals = {}
+    for row, m in zip(probs, mi):
+        pair = tuple(sorted(np.argsort(-row)[:2]))
+        totals[pair] = totals.get(pair, 0.0) + float(m)
+    (a, b), best = max(totals.items(), key=lambda kv: kv[1])  # ties: the pair seen first
+    return names[a], names[b], best / max(float(np.sum(mi)), metrics.EPS)
+
+
+def test_most_uncertain_pair_in_chunks_equals_the_row_loop(monkeypatch):
+    """Vectorised and sorted in row chunks: the same pair and the same share, bit for bit, ties included (no MI at
+    all: the first row's pair)."""
+    monkeypatch.setattr(metrics, "PAIR_CHUNK_ROWS", 64)
+    rng = np.random.default_rng(2)
+    for c in (3, 10, 30):
+        probs = rng.dirichlet(np.full(c, 0.3), 1000).astype(np.float32)
+        mi = rng.gamma(1.0, 0.1, 1000).astype(np.float32)
+        names = [f"class {i}" for i in range(c)]
+        assert metrics.most_uncertain_pair(probs, mi, names) == _pair_by_loop(probs, mi, names)
+        assert metrics.most_uncertain_pair(probs, 0 * mi, names) == _pair_by_loop(probs, 0 * mi, names)
+
+
 def test_intervals_from_per_row_values_are_the_intervals_of_the_probabilities():
     """classification_metrics_with_intervals resamples one value a row (classification_rows) for every metric at
     once: each interval is exactly the one resampling the probabilities gives, metric by metric."""

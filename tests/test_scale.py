@@ -1,6 +1,8 @@
 """Defaults that adapt to the data size (issue 14): batch sizes, step budgets, chunked evaluation, bounded report work."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from distill.training import LARGE_BATCH, epochs_for_steps, scaled_batch, steps_per_epoch
@@ -67,6 +69,25 @@ def test_in_chunks_matches_one_call():
     whole = {k: v.numpy() for k, v in fn(tf.constant(x)).items()}
     np.testing.assert_array_equal(in_chunks(lambda t: {"row": fn(t)["row"]}, x, rows=5)["row"], whole["row"])
     np.testing.assert_array_equal(in_chunks(lambda t: {"draws": fn(t)["draws"]}, x, axis=1, rows=5)["draws"], whole["draws"])
+    # no rows: an output with zero rows on its row axis
+    assert in_chunks(lambda t: {"row": fn(t)["row"]}, x[:0], rows=5)["row"].shape == (0, 4)
+    assert in_chunks(lambda t: {"draws": np.stack([t, -t])}, x[:0], axis=1, rows=5)["draws"].shape == (2, 0, 4)
+
+
+def test_box_from_the_raw_range_is_the_normalised_rows_range(iris, regression_csv):
+    """Dataset.box() normalises the raw rows' range instead of the rows: the same bits as the range of the normalised
+    copy, under z-scores and min-max alike."""
+    from distill import data as data_lib
+
+    for ds in (iris, data_lib.load(data_lib.DataConfig(dataset=str(regression_csv), label_column="y",
+                                                                     task="regression"))):
+        z = ds.scaled("train").reshape(len(ds["train"]), -1)
+        for got, want in zip(ds.box(), (z.min(axis=0), z.max(axis=0))):
+            np.testing.assert_array_equal(got, want)
+        minmax = replace(ds, scaler=data_lib.Normaliser.fit(ds["train"].x, "minmax"))
+        z = minmax.scaled("train")
+        for got, want in zip(minmax.box(), (z.min(axis=0), z.max(axis=0))):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_host_tensor_shares_an_aligned_buffer_and_copies_any_other_once():

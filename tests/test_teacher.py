@@ -459,6 +459,11 @@ def test_ensemble_sampler_is_the_exact_ensemble_mean(iris):
     np.testing.assert_allclose(out["probs"].numpy(), each.mean(0), atol=1e-6)
     np.testing.assert_allclose(out["mutual_information"].numpy(), summary_np(each)["mi"], atol=1e-5)
     assert out["mutual_information"].numpy().max() > 1e-3  # independently initialised members disagree
+    # The training steps normalise each raw batch in the graph (no normalised copy of the train split): the same
+    # float32 bits as the normalised rows the networks were validated and exported on, inside tf.function too
+    for x in (iris["train"].x, np.random.default_rng(0).normal(0, 30, (500, 4)).astype(np.float32)):
+        np.testing.assert_array_equal(module.normalise(tf.constant(x)).numpy(), iris.scaler.transform(x))
+        np.testing.assert_array_equal(tf.function(module.normalise)(tf.constant(x)).numpy(), iris.scaler.transform(x))
 
 
 @pytest.mark.parametrize("prior", ["normal", "empirical_bayes"])
