@@ -15,7 +15,7 @@ import pandas as pd
 from distill import data as data_lib
 from distill import inputs as inputs_lib
 from distill import metrics, schema, tasks
-from distill.errors import BdkError, atomic_dir, read_json, write_json
+from distill.errors import BdkError, atomic_dir, read_json, write_csv, write_json
 from distill.features import encoding_spec
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS
 
@@ -265,7 +265,7 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     with atomic_dir(schema.report_dir(run), overwrite=True) as tmp:
         write_json(tmp / "metrics.json", out)
         for split in ("val", "test"):
-            side_by_side(ds, split, preds).to_csv(tmp / f"{split}_predictions.csv", index=False)
+            write_csv(side_by_side(ds, split, preds), tmp / f"{split}_predictions.csv")
         report.write(tmp, run, ds, preds, out)
     steps.update()
     steps.close()

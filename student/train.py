@@ -26,7 +26,7 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import schema, tasks
 from distill.features import encoding_spec
-from distill.errors import BdkError, atomic_dir, read_json, write_json
+from distill.errors import BdkError, atomic_dir, read_json, write_csv, write_json
 from distill.validate import check_finite_metrics
 from distill.training import CHUNK_ROWS, epochs_for_steps, fit, host_tensor, in_chunks, scaled_batch, steps_per_epoch
 from student.config import StudentConfig
@@ -360,7 +360,7 @@ def _publish(cfg: StudentConfig, run: Path, ds, manifest: dict, student: _Traine
                                          "teacher_fingerprint": manifest.get("teacher_fingerprint"),
                                          "epistemic_scale": summary["epistemic_scale"]})
         student.result.history.to_csv(tmp / "history.csv", index=False)
-        schema.prediction_frame(ds, "test", test_pred).to_csv(tmp / "test_predictions.csv", index=False)
+        write_csv(schema.prediction_frame(ds, "test", test_pred), tmp / "test_predictions.csv")
         baseline.result.history.to_csv(tmp / "baseline_history.csv", index=False)
         modules["student"].save(tmp / "export" / schema.EXPORT_VERSION)
         modules["baseline"].save(tmp / "baseline" / "export" / schema.EXPORT_VERSION)

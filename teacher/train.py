@@ -19,7 +19,7 @@ import tf_keras as tfk
 
 from distill import data as data_lib
 from distill import metrics, schema, tasks
-from distill.errors import atomic_dir, write_json
+from distill.errors import atomic_dir, write_csv, write_json
 from distill.training import FitResult, fit, graph_epoch, host_tensor, in_chunks
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, far_uniform
 from teacher.config import TeacherConfig
@@ -226,7 +226,7 @@ def _write_teacher(run: Path, cfg: TeacherConfig, ds: data_lib.Dataset, device: 
                                          "num_features": ds.num_features, "num_classes": ds.num_classes, "device": device})
         history.to_csv(tmp / "history.csv", index=False)
         for split in ("val", "test"):
-            schema.prediction_frame(ds, split, summaries[split]).to_csv(tmp / f"{split}_predictions.csv", index=False)
+            write_csv(schema.prediction_frame(ds, split, summaries[split]), tmp / f"{split}_predictions.csv")
         tf.train.Checkpoint(models=module.models).write(str(tmp / "weights" / "ckpt"))
         module.save(tmp / "export" / schema.EXPORT_VERSION)
         write_json(tmp / "metrics.json", summary)

@@ -68,3 +68,24 @@ def test_a_lock_of_a_finished_process_is_taken_over(tmp_path):
     with atomic_dir(tmp_path / "report") as tmp:
         (tmp / "x").write_text("ok")
     assert (tmp_path / "report" / "x").read_text() == "ok" and hidden(tmp_path) == []
+
+
+def test_csv_files_read_back_to_the_same_values(tmp_path):
+    """write_csv (Arrow's writer): float32 outputs in shortest round-trip form come back as the same float32 values;
+    ids with commas and quotes, class names, integers, booleans and empty cells survive."""
+    import numpy as np
+    import pandas as pd
+
+    from distill.errors import write_csv
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(3, 0.1), 500).astype(np.float32)  # tiny and near-one values
+    frame = pd.DataFrame({"id": [f'row "{i}", part' for i in range(500)], "true_class": rng.choice(["a", "b c"], 500),
+                          "prob_0": probs[:, 0], "prob_1": probs[:, 1], "count": np.arange(500),
+                          "flag": np.arange(500) % 2 == 0, "score": np.where(np.arange(500) % 7, 1.5, np.nan)})
+    back = pd.read_csv(write_csv(frame, tmp_path / "sub" / "p.csv"))
+    for column in frame:
+        values = back[column].to_numpy()
+        if frame[column].dtype == np.float32:
+            values = values.astype(np.float32)
+        np.testing.assert_array_equal(values, frame[column].to_numpy(), err_msg=column)
