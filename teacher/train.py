@@ -20,7 +20,7 @@ import tf_keras as tfk
 from distill import data as data_lib
 from distill import metrics, schema, tasks
 from distill.errors import atomic_dir, write_csv, write_json
-from distill.training import FitResult, fit, graph_epoch, host_tensor, in_chunks
+from distill.training import FitResult, fit, graph_epoch, host_tensor, in_chunks, steps_per_epoch
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, far_uniform
 from teacher.config import TeacherConfig
 from teacher.export import MonteCarloModule, dropout_sampler, ensemble_sampler, flipout_per_row, flipout_sampler
@@ -84,8 +84,16 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
 def _fit_member(cfg: TeacherConfig, task: tasks.Task, model, module: MonteCarloModule, ds: data_lib.Dataset,
                 val_samples: int, progress: bool, desc: str, seed: int):
     """Adam, early-stopped on the validation NLL of the module's Monte Carlo predictive (fixed draws)."""
-    train_epoch, validate = _epoch_functions(cfg, task, model, module, ds, val_samples, tfk.optimizers.Adam(cfg.learning_rate))
+    train_epoch, validate = _epoch_functions(cfg, task, model, module, ds, val_samples,
+                                             tfk.optimizers.Adam(_learning_rate(cfg, len(ds["train"]))))
     return fit(model, train_epoch, validate, "val_nll", cfg.max_epochs(len(ds["train"])), cfg.patience, seed, desc, progress)
+
+
+def _learning_rate(cfg: TeacherConfig, n_train: int):
+    """Adam's rate: constant, or decayed along a cosine to 0 over the step budget (`learning_rate_decay`)."""
+    if cfg.learning_rate_decay != "cosine":
+        return cfg.learning_rate
+    return tfk.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.max_epochs(n_train) * steps_per_epoch(n_train, cfg.batch_size))
 
 
 def _swag(cfg: TeacherConfig, task: tasks.Task, model, module, ds: data_lib.Dataset, progress: bool):

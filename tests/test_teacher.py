@@ -431,6 +431,21 @@ def test_config_defaults_by_task():
     assert cfg.resolved("classification", wide_rows - 1).hidden == classes.hidden
     assert cfg.resolved("regression", 10 * wide_rows).hidden == regression.hidden
     assert cfg.resolved("classification", 10 * wide_rows).batch_size > classes.batch_size  # the batch grows
+    # ... and Adam's rate decays along a cosine over the step budget, to 0 at its end (small tables: constant)
+    assert (classes.learning_rate_decay, regression.learning_rate_decay) == ("constant", "constant")
+    assert cfg.resolved("regression", 10 * wide_rows).learning_rate_decay == "constant"
+    from teacher.train import _learning_rate
+
+    large = cfg.resolved("classification", 10 * wide_rows)
+    assert large.learning_rate_decay == "cosine" and _learning_rate(classes, 1000) == classes.learning_rate
+    assert large.steps == TASK_DEFAULTS["classification"]["wide_steps"] < classes.steps  # a shorter budget
+    assert TeacherConfig(steps=500).resolved("classification", 10 * wide_rows).steps == 500  # a given budget wins
+    budget = large.max_epochs(10 * wide_rows) * -(-10 * wide_rows // large.batch_size)  # optimiser steps
+    rate = _learning_rate(large, 10 * wide_rows)
+    assert float(rate(0)) == pytest.approx(large.learning_rate) and float(rate(budget // 2)) == pytest.approx(
+        large.learning_rate / 2, rel=1e-3) and float(rate(budget)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(BdkError, match="learning-rate decay"):
+        TeacherConfig(learning_rate_decay="step")
     brnn = TeacherConfig(kind="brnn").resolved("classification", 700)  # the GRU's recipe, not the ensemble's
     for k, v in RECURRENT_DEFAULTS.items():
         assert getattr(brnn, k) == v, k
