@@ -23,8 +23,8 @@ def test_teacher_step_budget_buys_several_epochs_of_a_million_rows():
     assert small.batch_size == 32 and small.max_epochs(96) == 6667  # 3 steps per epoch: 20k steps
     assert small.hidden == (64, 64)
     big = TeacherConfig().resolved("classification", 640_000)
-    assert big.batch_size == LARGE_BATCH and big.max_epochs(640_000) == 32  # 625 steps per epoch
-    assert big.hidden == (128, 128)  # wider on large data
+    assert big.batch_size == LARGE_BATCH and big.max_epochs(640_000) == 26  # 625 steps per epoch: 16k steps
+    assert big.hidden == (128, 128) and big.learning_rate_decay == "cosine"  # wider, a decayed rate on large data
     assert TeacherConfig(hidden=(8,)).resolved("classification", 640_000).hidden == (8,)  # explicit wins
     assert TeacherConfig(batch_size=64).resolved("classification", 640_000).batch_size == 64  # explicit wins
     assert TeacherConfig(kind="ensemble").resolved("classification", 640_000).batch_size == LARGE_BATCH
