@@ -93,7 +93,8 @@ def _learning_rate(cfg: TeacherConfig, n_train: int):
     """Adam's rate: constant, or decayed along a cosine to 0 over the step budget (`learning_rate_decay`)."""
     if cfg.learning_rate_decay != "cosine":
         return cfg.learning_rate
-    return tfk.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.max_epochs(n_train) * steps_per_epoch(n_train, cfg.batch_size))
+    budget = cfg.max_epochs(n_train) * steps_per_epoch(n_train, cfg.batch_size)  # optimiser steps
+    return tfk.optimizers.schedules.CosineDecay(cfg.learning_rate, budget)
 
 
 def _swag(cfg: TeacherConfig, task: tasks.Task, model, module, ds: data_lib.Dataset, progress: bool):
