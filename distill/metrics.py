@@ -195,13 +195,12 @@ def most_uncertain_pair(probs: np.ndarray, mutual_information: np.ndarray, class
     c = probs.shape[-1]
     top2 = np.concatenate([np.sort(np.argsort(-p, axis=-1)[:, :2], axis=-1)  # [n, 2], in row chunks (memory)
                            for p in np.array_split(probs, max(1, -(-len(probs) // PAIR_CHUNK_ROWS)))])
-    pair = top2[:, 0] * c + top2[:, 1]  # [n] the pair's code
-    totals = np.bincount(pair, np.asarray(mutual_information, np.float64), c * c)  # summed in row order
-    seen, first = np.unique(pair, return_index=True)
-    in_order = seen[np.argsort(first)]  # the pairs in order of first appearance: ties go to the earliest
+    seen, first, which = np.unique(top2[:, 0] * c + top2[:, 1], return_index=True, return_inverse=True)  # pair codes
+    totals = np.bincount(which.ravel(), np.asarray(mutual_information, np.float64), len(seen))  # summed in row order
+    in_order = np.argsort(first)  # the pairs seen, in order of first appearance: ties go to the earliest
     best = in_order[np.argmax(totals[in_order])]
     share = float(totals[best]) / max(float(np.sum(mutual_information)), EPS)
-    return class_names[best // c], class_names[best % c], share
+    return class_names[seen[best] // c], class_names[seen[best] % c], share
 
 
 PAIR_CHUNK_ROWS = 65_536  # most_uncertain_pair sorts each row's classes this many rows at a time

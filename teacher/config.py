@@ -81,7 +81,8 @@ class TeacherConfig:
     # (bench/sweep_teacher.py, experiments/swag-sweep); the smallest rate tried, see README "SWAG on the suite"
     swag_learning_rate: float = 1e-3
     learning_rate: float | None = None  # Adam
-    learning_rate_decay: str | None = None  # flipout: "constant", or "cosine" (to 0 over the step budget)
+    learning_rate_decay: str | None = None  # Adam's: "constant", or "cosine" (to 0 over the budget); the recipe decays
+    # it for the Flipout classifier on large tables
     epochs: int | None = None  # budget in epochs; when None, `steps` sets it
     steps: int | None = None  # budget in optimiser steps (epochs = ceil(steps / steps per epoch)): scales with data size
     batch_size: int | None = None
@@ -140,8 +141,8 @@ class TeacherConfig:
         wide_steps = defaults.pop("wide_steps", None)
         if self.kind == "flipout" and n_train >= defaults.pop("wide_rows", float("inf")):  # the recipe's large tables:
             defaults["hidden"] = tuple(WIDE_FACTOR * h for h in defaults["hidden"])  # wider, a rate decayed along a
-            defaults["learning_rate_decay"] = "cosine"  # cosine over a shorter budget
-            if "steps" in defaults:
+            defaults["learning_rate_decay"] = "cosine"  # cosine over a shorter budget (the constant rate keeps its own)
+            if "steps" in defaults and self.learning_rate_decay in (None, "cosine"):
                 defaults["steps"] = wide_steps
         if patience_steps and self.patience is None:  # the recipe's patience: epochs or steps, whichever comes first
             per_epoch = steps_per_epoch(n_train, self.batch_size or defaults["batch_size"])

@@ -440,6 +440,7 @@ def test_config_defaults_by_task():
     assert large.learning_rate_decay == "cosine" and _learning_rate(classes, 1000) == classes.learning_rate
     assert large.steps == TASK_DEFAULTS["classification"]["wide_steps"] < classes.steps  # a shorter budget
     assert TeacherConfig(steps=500).resolved("classification", 10 * wide_rows).steps == 500  # a given budget wins
+    assert TeacherConfig(learning_rate_decay="constant").resolved("classification", 10 * wide_rows).steps == classes.steps
     budget = large.max_epochs(10 * wide_rows) * -(-10 * wide_rows // large.batch_size)  # optimiser steps
     rate = _learning_rate(large, 10 * wide_rows)
     assert float(rate(0)) == pytest.approx(large.learning_rate) and float(rate(budget // 2)) == pytest.approx(
