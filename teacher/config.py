@@ -44,7 +44,8 @@ TASK_DEFAULTS = {
 # and a plain (64, 64) network 0.279: at that size the (64, 64) teacher was weaker than a plain network of its shape.
 # There, too, Adam's rate decays along a cosine to 0 over a budget of 16,000 steps (a constant 1e-2 over 20,000 before):
 # validation NLL 0.0946 against 0.1082 at 1M rows (the plain (128, 128) baseline: 0.0915), 0.2212 against 0.2257 at
-# 100k; a cosine over 20,000 steps gave 0.0945 and 0.2222 and trained 6 more epochs at 1M (+50 s).
+# 100k; a cosine over 20,000 steps gave 0.0945 and 0.2222 and trained 6 more epochs at 1M (+50 s). bench/sweep_teacher.py
+# on bench/make_synthetic.py's tables, experiments/teacher-rate-sweep.
 WIDE_ROWS, WIDE_FACTOR = TASK_DEFAULTS["classification"]["wide_rows"], 2
 # The Bayesian GRU (sequences): one recurrent layer of 32, Adam 1e-3 for 150 epochs of batch 16 (patience 30), the
 # N(0, 1) prior and the untempered ELBO. Validation NLL (seed 0) italy_power 0.075 and regimes 0.0028, against 0.073
