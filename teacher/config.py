@@ -139,12 +139,11 @@ class TeacherConfig:
         if self.epochs is not None or self.steps is not None:
             defaults.pop("epochs", None), defaults.pop("steps", None)
         defaults["batch_size"] = scaled_batch(defaults["batch_size"], n_train)
-        wide_steps = defaults.pop("wide_steps", None)
-        if self.kind == "flipout" and n_train >= defaults.pop("wide_rows", float("inf")):  # the recipe's large tables:
+        if self.kind == "flipout" and n_train >= defaults.get("wide_rows", float("inf")):  # the recipe's large tables:
             defaults["hidden"] = tuple(WIDE_FACTOR * h for h in defaults["hidden"])  # wider, a rate decayed along a
             defaults["learning_rate_decay"] = "cosine"  # cosine over a shorter budget (the constant rate keeps its own)
             if "steps" in defaults and self.learning_rate_decay in (None, "cosine"):
-                defaults["steps"] = wide_steps
+                defaults["steps"] = defaults["wide_steps"]
         if patience_steps and self.patience is None:  # the recipe's patience: epochs or steps, whichever comes first
             per_epoch = steps_per_epoch(n_train, self.batch_size or defaults["batch_size"])
             defaults["patience"] = min(defaults["patience"], -(-patience_steps // per_epoch))
