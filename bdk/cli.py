@@ -130,6 +130,9 @@ def teacher(
     kl_weight: Optional[str] = typer.Option(None, help="Multiplier of the KL / N_train term of the ELBO, or `auto` "
                                             "(the best validation NLL of 0.01, 0.03, 0.1); default by task."),
     learning_rate: Optional[float] = typer.Option(None, min=0.0, help="Adam's; default by task."),
+    learning_rate_decay: Optional[str] = typer.Option(None, help="Adam's rate: constant, or cosine (to 0 over the "
+                                                      "budget); default by task (cosine for the Flipout classifier "
+                                                      "from 32,000 training rows)."),
     patience: Optional[int] = typer.Option(None, min=1, help="Default by task."),
     ncp_weight: NcpOption = None,
     seed: SeedOption = None,
@@ -146,7 +149,7 @@ def teacher(
                             seed=seed)
     cfg = TeacherConfig(**_given(kind=_kind(kind, data_cfg), members=members, epochs=epochs, batch_size=batch_size,
                                  eval_samples=samples, learning_rate=learning_rate, patience=patience,
-                                 ncp_weight=ncp_weight, seed=seed), **_kl(kl_weight))
+                                 learning_rate_decay=learning_rate_decay, ncp_weight=ncp_weight, seed=seed), **_kl(kl_weight))
     s = teacher_stage(data_cfg, cfg, out, overwrite=overwrite, progress=progress)
     summary_table(f"teacher ({s['task']}, {s['kind']} on {s['device']}, {s['epochs_run']} epochs, best {s['best_epoch']})",
                   {k: v for k, v in s.items() if "/" in k})

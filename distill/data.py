@@ -204,9 +204,10 @@ class Dataset:
     def __getitem__(self, name: str) -> Split:
         return self.splits[name]
 
-    def scaled(self, name: str) -> np.ndarray:
-        """Normalised model inputs [n, *input_shape], in an aligned buffer (training.host_tensor shares it)."""
-        x = self.raw(name)
+    def scaled(self, name: str, rows: int | None = None) -> np.ndarray:
+        """Normalised model inputs [n, *input_shape] (the first `rows` of them, when given), in an aligned buffer
+        (training.host_tensor shares it)."""
+        x = self.raw(name)[:rows]
         return self.scaler.transform(x, out=aligned_empty(x.shape))
 
     def target(self, name: str) -> np.ndarray:

@@ -45,7 +45,7 @@ def _epoch_functions(cfg: TeacherConfig, task: tasks.Task, model, module: MonteC
     The steps take the raw train rows, shared with the dataset, and normalise each batch in the graph: a normalised
     copy of the train split (a million rows: 0.13 GB) never exists."""
     x_train, y_train = ds.raw("train"), ds.target("train")
-    x_val, y_val = host_tensor(ds.scaled("val")[:cfg.val_rows]), ds.target("val")[:cfg.val_rows]
+    x_val, y_val = host_tensor(ds.scaled("val", cfg.val_rows)), ds.target("val")[:cfg.val_rows]
 
     ncp = cfg.kind == "flipout" and task.logit_head and bool(cfg.ncp_weight)
 

@@ -60,14 +60,15 @@ def test_run_and_soft_labels_take_every_transfer_option(monkeypatch, tmp_path):
 
 
 def test_bad_options_are_one_error_line_before_tensorflow_loads(tmp_path):
-    """An invalid --missing or --kl-weight is refused in a fresh process without importing TensorFlow."""
+    """An invalid --missing, --kl-weight or --learning-rate-decay is refused in a fresh process without importing TensorFlow."""
     script = textwrap.dedent(f"""
         import json, sys
         from typer.testing import CliRunner
         from bdk.cli import app
         out = []
         for args in (["run", "--missing", "never"], ["teacher", "--missing", "sometimes"],
-                     ["teacher", "--kl-weight", "x"], ["run", "--kl-weight", "lots"]):
+                     ["teacher", "--kl-weight", "x"], ["run", "--kl-weight", "lots"],
+                     ["teacher", "--learning-rate-decay", "linear"]):
             r = CliRunner().invoke(app, [*args, "--out", {str(tmp_path / "run")!r}, "--no-progress"])
             out.append([args, r.exit_code, r.output, "tensorflow" in sys.modules])
         print(json.dumps(out))
@@ -76,7 +77,8 @@ def test_bad_options_are_one_error_line_before_tensorflow_loads(tmp_path):
     assert p.returncode == 0, p.stderr
     results = json.loads(p.stdout.splitlines()[-1])
     needles = ["--missing must be one of impute, drop, refuse, got 'never'", "got 'sometimes'",
-               "--kl-weight 'x': expected a number >= 0 or auto", "--kl-weight 'lots'"]
+               "--kl-weight 'x': expected a number >= 0 or auto", "--kl-weight 'lots'",
+               "unknown learning-rate decay 'linear'; choose one of constant, cosine"]
     for (args, code, output, tf_loaded), needle in zip(results, needles):
         errors = _errors(output)
         assert code == 1 and len(errors) == 1 and needle in errors[0], (args, output)
@@ -95,3 +97,22 @@ def test_experiment_kl_weight_bad_weights_are_one_error_line(tmp_path):
         assert r.exit_code == 1 and len(errors) == 1 and needle in errors[0], (weights, r.output)
         assert "Traceback" not in r.output
     assert not (tmp_path / "klw").exists()
+
+
+def test_teacher_learning_rate_decay_reaches_the_config(monkeypatch, tmp_path):
+    """`bdk teacher --learning-rate-decay cosine` sets the config field (the stage is stopped before any work)."""
+    from distill.errors import BdkError
+
+    from bdk import pipeline
+
+    seen = []
+
+    def stop(data_cfg, cfg, *args, **kwargs):
+        seen.append(cfg)
+        raise BdkError("stopped here")
+
+    monkeypatch.setattr(pipeline, "teacher_stage", stop)
+    for given, expected in ((["--learning-rate-decay", "cosine"], "cosine"), ([], None)):
+        r = CliRunner().invoke(app, ["teacher", "--out", str(tmp_path / "run"), *given, "--no-progress"])
+        assert _errors(r.output) == ["error: stopped here"], r.output
+        assert seen[-1].learning_rate_decay == expected

@@ -84,6 +84,9 @@ def test_box_from_the_raw_range_is_the_normalised_rows_range(iris, regression_cs
         z = ds.scaled("train").reshape(len(ds["train"]), -1)
         for got, want in zip(ds.box(), (z.min(axis=0), z.max(axis=0))):
             np.testing.assert_array_equal(got, want)
+        head = ds.scaled("train", 7)  # the first rows only (the teacher's per-epoch validation rows)
+        assert head.shape[0] == 7
+        np.testing.assert_array_equal(head.reshape(7, -1), z[:7])
         minmax = replace(ds, scaler=data_lib.Normaliser.fit(ds["train"].x, "minmax"))
         z = minmax.scaled("train")
         for got, want in zip(minmax.box(), (z.min(axis=0), z.max(axis=0))):

@@ -147,6 +147,15 @@ def _teacher_only(cfg: TeacherConfig, dataset: str, seed: int, out: Path) -> dic
     return read_json(schema.teacher_dir(out) / "metrics.json")
 
 
+def _doubling_base(teacher: TeacherConfig, dataset: str) -> TeacherConfig:
+    """The Flipout teacher's config as the stage resolves it on `dataset`'s seed-0 split (the recipe depends on the
+    number of training rows), so that doubling its budget doubles what the stage trains."""
+    from distill.data import load
+
+    ds = load(DataConfig(dataset=dataset, seed=0))
+    return replace(teacher, kind="flipout").resolved(ds.task, len(ds.splits["train"].y))
+
+
 def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True, report_only: bool = False) -> pd.DataFrame:
     """Run what is missing (unless `report_only`), then write the report into OUT (report.md, metrics.csv,
     figures) from the finished runs. Returns metrics.csv's table."""
@@ -174,7 +183,7 @@ def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True, report_onl
         elif what == "held_out":
             results["held_out"][(d, s, k)] = _held_out_class(cfg, d, s, k, out / "runs" / d / f"seed{s}" / f"{k}-held-out")
         elif what == "doubling":
-            base = replace(cfg.teacher, kind="flipout").resolved("classification")
+            base = _doubling_base(cfg.teacher, d)
             doubled = replace(base, steps=2 * base.steps) if base.steps else replace(base, epochs=2 * base.epochs)
             results["doubling"][d] = _teacher_only(doubled, d, 0,
                                                    out / "runs" / d / "seed0" / "flipout-doubled")
