@@ -439,6 +439,8 @@ def test_config_defaults_by_task():
     large = cfg.resolved("classification", 10 * wide_rows)
     assert large.learning_rate_decay == "cosine" and _learning_rate(classes, 1000) == classes.learning_rate
     assert large.steps == TASK_DEFAULTS["classification"]["wide_steps"] < classes.steps  # a shorter budget
+    assert large.ncp_weight == TASK_DEFAULTS["classification"]["wide_ncp_weight"] > classes.ncp_weight  # a stronger NCP
+    assert TeacherConfig(ncp_weight=0.0).resolved("classification", 10 * wide_rows).ncp_weight == 0.0  # given wins
     assert TeacherConfig(steps=500).resolved("classification", 10 * wide_rows).steps == 500  # a given budget wins
     assert TeacherConfig(learning_rate_decay="constant").resolved("classification", 10 * wide_rows).steps == classes.steps
     budget = large.max_epochs(10 * wide_rows) * -(-10 * wide_rows // large.batch_size)  # optimiser steps
