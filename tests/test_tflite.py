@@ -44,7 +44,7 @@ def test_tflite_matches_saved_model(tmp_path, uncertainty):
     saved = tf.saved_model.load(str(export)).signatures["serving_default"]
 
     rng = np.random.default_rng(1)
-    for batch in (1, 7, 32, 4096):  # the batch dimension stays dynamic
+    for batch in (1, 7, 32, 255, 256, 4097):  # the batch dimension stays dynamic; from 256 rows the SavedModel splits
         x = rng.uniform([4, 2, 1, 0], [8, 4.5, 7, 2.5], size=(batch, 4)).astype(np.float32)
         lite = runner(features=x)
         ref = {k: v.numpy() for k, v in saved(features=tf.constant(x)).items()}
@@ -61,3 +61,20 @@ def test_tflite_missing_export_is_a_bdk_error(tmp_path):
     with pytest.raises(BdkError, match="not found"):
         export_tflite(tmp_path / "nothing", tmp_path / "x.tflite")
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_student_splits_large_batches_into_the_same_rows(tmp_path):
+    """serving_default runs batches of PARALLEL_ROWS rows or more as two halves; each row's outputs are those of the
+    one-chain function, for odd and even batches on both sides of the threshold."""
+    import tensorflow as tf
+
+    from student.export import PARALLEL_ROWS
+
+    loaded = tf.saved_model.load(str(save_keras_mlp(tmp_path / "export" / "1", "dirichlet")))
+    rng = np.random.default_rng(2)
+    for batch in (1, PARALLEL_ROWS - 1, PARALLEL_ROWS, 2 * PARALLEL_ROWS + 1):
+        x = tf.constant(rng.uniform([4, 2, 1, 0], [8, 4.5, 7, 2.5], size=(batch, 4)).astype(np.float32))
+        split, whole = loaded.signatures["serving_default"](features=x), loaded.forward(x)
+        for k in OUTPUTS["dirichlet"]:
+            assert split[k].shape[0] == batch
+            np.testing.assert_allclose(split[k].numpy(), whole[k].numpy(), atol=1e-6, rtol=0)
