@@ -406,3 +406,21 @@ def test_cli_passes_the_transfer_options(monkeypatch, tmp_path):
                 t.interpolations) == ("neighbour", 0.5, 0.1, 0.2, k, 2000)
     r = CliRunner().invoke(app, ["soft-labels", "--run", str(tmp_path), "--interpolation-pairs", "nearest"])
     assert r.exit_code != 0 and "interpolation-pairs" in r.output
+
+
+def test_far_shell_default_is_larger_for_class_tables(iris, regression_csv, sequence_csv):
+    """--shell unset: 32,000 far-shell points for a class table, 2,000 for regression and for sequences; a given
+    --shell wins (0 included)."""
+    from distill import data as data_lib
+    from distill import tasks
+    from distill.transfer import CLASS_TABLE_SHELL_ROWS, SHELL_ROWS, shell_rows
+
+    regression = data_lib.load(data_lib.DataConfig(dataset=str(regression_csv), label_column="y", task="regression"))
+    sequences = data_lib.load(data_lib.DataConfig(dataset=str(sequence_csv), series_column="series"))
+    assert sequences.inputs.over_time and tasks.get(sequences.task).has_classes  # a class problem, not a table
+    default = TransferConfig()
+    assert shell_rows(default, tasks.get(iris.task), iris) == CLASS_TABLE_SHELL_ROWS > SHELL_ROWS
+    assert shell_rows(default, tasks.get(regression.task), regression) == SHELL_ROWS
+    assert shell_rows(default, tasks.get(sequences.task), sequences) == SHELL_ROWS
+    for given in (0, 123):
+        assert shell_rows(TransferConfig(shell=given), tasks.get(iris.task), iris) == given
