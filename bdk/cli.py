@@ -182,8 +182,8 @@ def soft_labels(
                                                   "--uniform (default 0: --uniform points)."),
     margin: Optional[float] = typer.Option(None, help="Widening of the training box on each side, box widths (default 0.1)."),
     shell: Optional[int] = typer.Option(None, help="Points in the far shell, --shell-inner to --shell-outer box widths "
-                                        "outside the training box (default 32000 for class tables, 2000 otherwise; "
-                                        "0.25 to 3)."),
+                                        "outside the training box (default 32000 for class tables of fewer than 2500 "
+                                        "training rows, 2000 otherwise; 0.25 to 3)."),
     shell_share: Optional[float] = typer.Option(None, help="Far-shell points as a share of the training rows, at least "
                                                 "--shell (default 0: --shell points)."),
     shell_inner: Optional[float] = typer.Option(None, help="See --shell."),
@@ -302,8 +302,8 @@ def run_pipeline(
     uniform: Optional[int] = typer.Option(None, help="Uniform points over the widened training box (default 2000)."),
     uniform_share: Optional[float] = typer.Option(None, help="Uniform points as a share of the training rows (see `bdk "
                                                   "soft-labels --help`)."),
-    shell: Optional[int] = typer.Option(None, help="Transfer points in the far shell (default 32000 for class tables, "
-                                        "2000 otherwise)."),
+    shell: Optional[int] = typer.Option(None, help="Transfer points in the far shell (default 32000 for class tables "
+                                        "of fewer than 2500 training rows, 2000 otherwise)."),
     shell_share: Optional[float] = typer.Option(None, help="Far-shell points as a share of the training rows (see `bdk "
                                                 "soft-labels --help`)."),
     student_epochs: Optional[int] = typer.Option(None, min=1, help="Student's maximum epochs (default 300)."),

@@ -408,19 +408,26 @@ def test_cli_passes_the_transfer_options(monkeypatch, tmp_path):
     assert r.exit_code != 0 and "interpolation-pairs" in r.output
 
 
-def test_far_shell_default_is_larger_for_class_tables(iris, regression_csv, sequence_csv):
-    """--shell unset: 32,000 far-shell points for a class table, 2,000 for regression and for sequences; a given
-    --shell wins (0 included)."""
+def test_far_shell_default_is_larger_for_small_class_tables(iris, regression_csv, sequence_csv):
+    """--shell unset: 32,000 far-shell points for a class table of fewer than SMALL_TABLE_ROWS training rows, 2,000 for
+    a larger one, for regression and for sequences; a given --shell wins (0 included)."""
+    from dataclasses import replace
+
     from distill import data as data_lib
     from distill import tasks
-    from distill.transfer import CLASS_TABLE_SHELL_ROWS, SHELL_ROWS, shell_rows
+    from distill.transfer import SHELL_ROWS, SMALL_TABLE_ROWS, SMALL_TABLE_SHELL_ROWS, shell_rows
 
     regression = data_lib.load(data_lib.DataConfig(dataset=str(regression_csv), label_column="y", task="regression"))
     sequences = data_lib.load(data_lib.DataConfig(dataset=str(sequence_csv), series_column="series"))
     assert sequences.inputs.over_time and tasks.get(sequences.task).has_classes  # a class problem, not a table
-    default = TransferConfig()
-    assert shell_rows(default, tasks.get(iris.task), iris) == CLASS_TABLE_SHELL_ROWS > SHELL_ROWS
+    default, classes = TransferConfig(), tasks.get(iris.task)
+    assert len(iris["train"]) < SMALL_TABLE_ROWS
+    assert shell_rows(default, classes, iris) == SMALL_TABLE_SHELL_ROWS > SHELL_ROWS
+    train = iris["train"]
+    big = replace(iris, splits={**iris.splits, "train": replace(train, ids=np.repeat(train.ids, 100), y=np.repeat(train.y, 100),
+                                                                x=np.repeat(train.x, 100, axis=0))})
+    assert len(big["train"]) >= SMALL_TABLE_ROWS and shell_rows(default, classes, big) == SHELL_ROWS
     assert shell_rows(default, tasks.get(regression.task), regression) == SHELL_ROWS
     assert shell_rows(default, tasks.get(sequences.task), sequences) == SHELL_ROWS
     for given in (0, 123):
-        assert shell_rows(TransferConfig(shell=given), tasks.get(iris.task), iris) == given
+        assert shell_rows(TransferConfig(shell=given), classes, iris) == given
