@@ -1,0 +1,56 @@
+"""Student SavedModel throughput by batch size, against the teacher's serving setting (prints figures; not a test).
+
+    .venv/bin/python bench/bench_student_batches.py --run RUN [--other OTHER_STUDENT_EXPORT]
+
+Calls the run's student `serving_default`, the teacher's `serving_default` (its serving draws) and, with --other, a
+second student export (e.g. one saved by an earlier commit), alternated call by call; prints the median time per call
+and the teacher / student ratio at each batch size, and the largest output difference between the two students.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--other", type=Path, help="another student export (version folder) to compare with")
+    p.add_argument("--batches", default="1,64,512,1024,4096")
+    p.add_argument("--calls", type=int, default=40)
+    a = p.parse_args()
+    import tensorflow as tf
+
+    from distill.schema import resolve_export
+
+    load = lambda path: tf.saved_model.load(str(resolve_export(path)[0])).signatures["serving_default"]  # noqa: E731
+    models = {"student": load(a.run / "student" / "export"), "teacher": load(a.run / "teacher" / "export")}
+    if a.other:
+        models["other"] = load(a.other)
+    width = int(models["student"].structured_input_signature[1]["features"].shape[1])
+    rng = np.random.default_rng(0)
+    for batch in map(int, a.batches.split(",")):
+        x = tf.constant(rng.standard_normal((batch, width)).astype(np.float32))
+        outs = {k: {n: v.numpy() for n, v in f(features=x).items()} for k, f in models.items()}  # warm-up
+        times = {k: [] for k in models}
+        for _ in range(a.calls if batch >= 1024 else 5 * a.calls):
+            for k, f in models.items():
+                t0 = time.perf_counter()
+                [v.numpy() for v in f(features=x).values()]
+                times[k].append(time.perf_counter() - t0)
+        ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+        line = f"batch {batch:5d}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items())
+        line += f"; teacher / student {ms['teacher'] / ms['student']:.2f}x"
+        if a.other:
+            diff = max(float(np.abs(outs["student"][n] - outs["other"][n]).max()) for n in outs["student"])
+            line += f", teacher / other {ms['teacher'] / ms['other']:.2f}x, max output difference {diff:.1e}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
