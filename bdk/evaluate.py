@@ -186,13 +186,13 @@ def batch_throughput(calls: dict, shape: tuple, batch: int) -> dict[str, float]:
     for call in calls.values():
         call(many)
     times: dict[str, list[float]] = {name: [] for name in calls}
-    t_start = time.perf_counter()
-    while len(times[next(iter(calls))]) < 3 or (len(times[next(iter(calls))]) < BATCH_ROUNDS
-                                                 and time.perf_counter() - t_start < BATCH_SECONDS):
+    rounds, t_start = 0, time.perf_counter()
+    while rounds < 3 or (rounds < BATCH_ROUNDS and time.perf_counter() - t_start < BATCH_SECONDS):
         for name, call in calls.items():
             t0 = time.perf_counter()
             call(many)
             times[name].append(time.perf_counter() - t0)
+        rounds += 1
     return {name: batch / float(np.median(v)) for name, v in times.items()}
 
 

@@ -3,13 +3,13 @@
     .venv/bin/python bench/bench_student_batches.py --run RUN [--other OTHER_STUDENT_EXPORT]
 
 Calls the run's student `serving_default`, the teacher's `serving_default` (its serving draws) and, with --other, a
-second student export (e.g. one saved by an earlier commit), alternated call by call; prints the median time per call
-and the teacher / student ratio at each batch size, and the largest output difference between the two students.
+second student export (e.g. one saved by an earlier commit), timed in rounds as the report's cost table times them
+(bdk.evaluate.batch_throughput: each model once per round); prints the median time per call and the teacher / student
+ratio at each batch size, and the largest output difference between the two students.
 """
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,10 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--other", type=Path, help="another student export (version folder) to compare with")
     p.add_argument("--batches", default="1,64,512,1024,4096")
-    p.add_argument("--calls", type=int, default=40)
     a = p.parse_args()
     import tensorflow as tf
 
+    from bdk.evaluate import batch_throughput
     from distill.schema import resolve_export
 
     load = lambda path: tf.saved_model.load(str(resolve_export(path)[0])).signatures["serving_default"]  # noqa: E731
@@ -33,17 +33,11 @@ def main() -> None:
     if a.other:
         models["other"] = load(a.other)
     width = int(models["student"].structured_input_signature[1]["features"].shape[1])
-    rng = np.random.default_rng(0)
+    calls = {k: (lambda x, f=f: f(features=tf.constant(x))) for k, f in models.items()}
     for batch in map(int, a.batches.split(",")):
-        x = tf.constant(rng.standard_normal((batch, width)).astype(np.float32))
-        outs = {k: {n: v.numpy() for n, v in f(features=x).items()} for k, f in models.items()}  # warm-up
-        times = {k: [] for k in models}
-        for _ in range(a.calls if batch >= 1024 else 5 * a.calls):
-            for k, f in models.items():
-                t0 = time.perf_counter()
-                [v.numpy() for v in f(features=x).values()]
-                times[k].append(time.perf_counter() - t0)
-        ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+        x = tf.constant(np.random.default_rng(0).standard_normal((batch, width)).astype(np.float32))
+        outs = {k: {n: v.numpy() for n, v in f(features=x).items()} for k, f in models.items()}
+        ms = {k: 1e3 * batch / rows_per_s for k, rows_per_s in batch_throughput(calls, (width,), batch).items()}
         line = f"batch {batch:5d}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items())
         line += f"; teacher / student {ms['teacher'] / ms['student']:.2f}x"
         if a.other:
