@@ -19,10 +19,16 @@ from distill.errors import BdkError, atomic_dir, read_json, write_csv, write_jso
 from distill.features import encoding_spec
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS
 
+REFERENCE_ROW_DRAWS = 2_000_000  # rows x draws of the OOD reference (500 far-shell rows: 2,000 draws each)
+
 
 @dataclass(frozen=True)
 class EvalConfig:
     samples: int = 100  # teacher draws on val/test/OOD
+    # The teacher's side of the student's agreement on the OOD rows: a nearly exact predictive, this many draws (at
+    # most REFERENCE_ROW_DRAWS in all). Off the data the teacher's draws disagree, and two `samples`-draw estimates
+    # of its predictive differ by a KL the size of the goal (digits' far shell: 0.046 at 100 draws).
+    reference_samples: int = 2000
     ood_rows: int = FAR_SHELL_ROWS  # far-away uniform inputs
     ood_inner: float = FAR_SHELL_INNER  # OOD rows lie outside the train box widened by this (box widths)...
     ood_outer: float = FAR_SHELL_OUTER  # ...and inside the box widened by this
@@ -90,24 +96,25 @@ class Exports:
         self.paths = paths
         self.models = {name: tf.saved_model.load(str(p)) for name, p in paths.items()}
 
-    def predict(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The task's outputs and the epistemic score (teacher: its epistemic output; student: its head), in row chunks.
-        `x` is flat [n, F] (reshaped to the export's input) or already shaped."""
+    def predict(self, name: str, x: np.ndarray, samples: int | None = None) -> dict[str, np.ndarray]:
+        """The task's outputs and the epistemic score (teacher: its epistemic output at `samples` draws, default the
+        evaluation's; student: its head), in row chunks. `x` is flat [n, F] (reshaped to the export's input) or
+        already shaped."""
         x = np.asarray(x, np.float32)
         if self.input_shape and x.ndim == 2:
             x = x.reshape(len(x), *self.input_shape)
-        return in_chunks(lambda chunk: self._predict(name, chunk), x)
+        return in_chunks(lambda chunk: self._predict(name, chunk, samples or self.samples), x)
 
-    def _predict(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    def _predict(self, name: str, x: np.ndarray, samples: int) -> dict[str, np.ndarray]:
         tf = self.tf
         features = tf.constant(x)
         if name == "teacher":
             sig = self.models[name].signatures
             if schema.SEEDED_SIGNATURE in sig:
-                out = sig[schema.SEEDED_SIGNATURE](features=features, num_samples=tf.constant(self.samples),
+                out = sig[schema.SEEDED_SIGNATURE](features=features, num_samples=tf.constant(samples),
                                                seed=tf.constant(self.seed, tf.int64))
             else:  # an export made before seeded signatures existed
-                out = sig["predictive"](features=features, num_samples=tf.constant(self.samples))
+                out = sig["predictive"](features=features, num_samples=tf.constant(samples))
             out = {k: v.numpy() for k, v in out.items()}
             out["epistemic"] = out[self.task.epistemic_output]
         else:
@@ -219,13 +226,17 @@ TRANSFER_REGIONS = ("perturbed", "interpolated", "uniform", "shell")  # transfer
 def trust_by_region(task: tasks.Task, preds: dict) -> tuple[dict, dict, dict]:
     """Where distillation holds: per input region (test, each generated transfer source, the evaluation's OOD
     rows), the mean KL(teacher || student), top-1 agreement, Spearman of the epistemic scores, and how well each
-    model tells the region from the test rows (AUROC, best of its total and epistemic scores; 0.5 = cannot)."""
+    model tells the region from the test rows (AUROC, best of its total and epistemic scores; 0.5 = cannot).
+    Where `preds["reference"]` has the region (the OOD rows), the teacher's side of the agreement is that nearly exact
+    predictive, and `<region>/kl_teacher` is the KL of the evaluation's own teacher from it: its Monte Carlo error."""
     agreement, tracking, regions = {}, {}, {}
     for name in ("test", *TRANSFER_REGIONS, "ood"):
         if name not in preds["student"] or name not in preds["teacher"]:
             continue
-        t, s = preds["teacher"][name], preds["student"][name]
+        t, s = preds.get("reference", {}).get(name, preds["teacher"][name]), preds["student"][name]
         agreement[f"{name}/kl"] = float(task.divergence(t, s).mean())
+        if t is not preds["teacher"][name]:
+            agreement[f"{name}/kl_teacher"] = float(task.divergence(t, preds["teacher"][name]).mean())
         if "probs" in t:
             agreement[f"{name}/top1_agreement"] = float((t["probs"].argmax(-1) == s["probs"].argmax(-1)).mean())
         tracking[f"{name}/spearman"] = metrics.spearman(t["epistemic"], s["epistemic"])
@@ -265,11 +276,10 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
     steps.update()
     steps.set_postfix_str("predicting")
     inputs = {"val": ds["val"].x, "test": ds["test"].x, "ood": ood_inputs(cfg, ds)}
-    preds, temperature = predict_all(cfg, run, ds, task, exports, inputs)
+    preds, fitted = predict_all(cfg, run, ds, task, exports, inputs)
     steps.update()
     steps.set_postfix_str("bootstrap intervals")
-    out: dict = {"task": ds.task, "ood_set": ds.inputs.ood_name, "baseline_ts_temperature": temperature,
-                 **score_all(cfg, ds, task, preds)}
+    out: dict = {"task": ds.task, "ood_set": ds.inputs.ood_name, **fitted, **score_all(cfg, ds, task, preds)}
     if ds.inputs.over_time:
         out["over_time"] = epistemic_over_time(exports, ds.normalise(inputs["test"]), ds.normalise(inputs["ood"]), ds)
     steps.update()
@@ -291,10 +301,11 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
 
 
 def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports: Exports,
-                inputs: dict[str, np.ndarray]) -> tuple[dict, float]:
-    """Every model's outputs on every input set: model -> input set -> outputs, plus the baseline's validation-fitted
-    temperature. `inputs` (val, test, ood) gains the transfer regions' rows, where the teacher's side is its soft
-    labels (what the student matched)."""
+                inputs: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Every model's outputs on every input set: model -> input set -> outputs, plus {the baseline's validation-fitted
+    temperature, the reference's draws}. `inputs` (val, test, ood) gains the transfer regions' rows, where the teacher's side is its soft
+    labels (what the student matched); "reference" holds the teacher's nearly exact predictive on the OOD rows
+    (EvalConfig.reference_samples draws, the agreement's teacher side there)."""
     from distill.transfer import encoded_inputs, output_arrays, sample_soft_labels
 
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}
@@ -306,13 +317,16 @@ def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports:
         for name, x in inputs.items():
             if len(x) and (m == "student" or name not in TRANSFER_REGIONS):  # teacher: soft labels there
                 preds[m][name] = exports.predict(m, x)
+    ood = inputs["ood"]
+    draws = max(cfg.samples, min(cfg.reference_samples, REFERENCE_ROW_DRAWS // max(len(ood), 1)))
+    preds["reference"] = {"ood": exports.predict("teacher", ood, draws)} if len(ood) else {}
     temperature = task.fit_temperature(ds["val"].y, preds["baseline"]["val"])  # the validation split only
     preds["baseline_ts"] = {name: task.temperature_scaled(p, temperature) for name, p in preds["baseline"].items()}
     for src in TRANSFER_REGIONS:
         if src in preds["student"]:
             t = output_arrays(regions[src], task)
             preds["teacher"][src] = {**t, "epistemic": t[task.epistemic_output]}
-    return preds, temperature
+    return preds, {"baseline_ts_temperature": temperature, "reference_samples": draws}
 
 
 def score_all(cfg: EvalConfig, ds: data_lib.Dataset, task, preds: dict) -> dict:

@@ -198,8 +198,9 @@ def _trust_section(out: dict, task) -> list[str]:
              "Per input region: mean KL(teacher ‖ student) in nats, " + ("top-1 agreement, " if top1 else "")
              + f"Spearman of the teacher's {task.epistemic_output.replace('_', ' ')} and the student's epistemic score, and "
              "AUROC of each model telling that region's rows from the test rows (the better of its total and epistemic "
-             "scores). On transfer regions the teacher's side is its soft labels. A student AUROC well below the "
-             "teacher's marks where its uncertainty cannot be trusted.", "",
+             "scores). On transfer regions the teacher's side is its soft labels; on the evaluation's OOD rows its "
+             f"predictive with {out.get('reference_samples', 'the evaluation')} draws, nearly exact. A student AUROC "
+             "well below the teacher's marks where its uncertainty cannot be trusted.", "",
              "| region | rows | KL | " + ("top-1 | " if top1 else "") + "Spearman | teacher AUROC | student AUROC |",
              "|---|---|---|" + ("---|" if top1 else "") + "---|---|---|"]
     for name, label in REGION_NAMES.items():
@@ -210,6 +211,10 @@ def _trust_section(out: dict, task) -> list[str]:
         lines.append(f"| {label} | {r.get('rows', '')} | {a[f'{name}/kl']:.4f} | "
                      + (f"{a[f'{name}/top1_agreement']:.3f} | " if top1 else "")
                      + f"{t[f'{name}/spearman']:.3f} | {auroc[0]} | {auroc[1]} |")
+    if "ood/kl_teacher" in a:
+        lines += ["", f"The Monte Carlo error of the teacher's own {out['config'].samples}-draw predictive on the OOD rows, "
+                  f"as a KL from that reference: {a['ood/kl_teacher']:.4f} nats (a student that copied it exactly would "
+                  "score this)."]
     return lines
 
 

@@ -1,17 +1,26 @@
-"""Choose a student setting on validation data: distil a student for each setting of a grid from existing teacher
-runs (their data, teacher and soft labels are linked, not recomputed), and print its validation NLL and ECE beside
-the teacher's, and the far-shell AUROC of its epistemic output.
+"""Choose a student or transfer-set setting on validation data: distil a student for each setting of a grid from
+existing teacher runs, and print its validation figures beside the teacher's.
 
-The far shell is the teacher stage's validation shell (`distill.transfer.far_uniform` with VALIDATION_SHELL_SEED)
-against the validation rows; test rows are never read. The student's seed is the run's data seed, as in the
-benchmark.
+Grid fields are `StudentConfig` fields, or soft-label fields: `SoftLabelConfig`'s (`samples`) and `TransferConfig`'s
+(`perturbations`, `interpolations`, `shell`, ...). With soft-label fields the soft labels are made again
+(`bdk soft-labels`, the teacher fixed); without, the run's data, teacher and soft labels are linked, not recomputed. The student's seed is the run's data seed, as in the benchmark.
+
+Scores, validation only (test rows are never read): the student's validation NLL and ECE against the teacher's;
+KL(teacher || student) on the validation rows and on the teacher stage's validation shell
+(`distill.transfer.far_uniform` with VALIDATION_SHELL_SEED, the evaluation's construction with its own seed), the
+teacher's predictive there drawn 100 times at a fixed seed (`*_kl`, as the evaluation) and REFERENCE_DRAWS times
+(`*_kl_ref`: off the data two 100-draw estimates of the teacher differ by a KL of several hundredths); the far-shell
+AUROC of the student's epistemic output.
 
     .venv/bin/python bench/sweep_student.py --runs 'experiments/benchmark/runs/*/seed*/flipout' \\
         --grid '{"epistemic_weight": [1.0, 0.3]}' --out experiments/student-sweep
+    .venv/bin/python bench/sweep_student.py --runs 'experiments/benchmark/runs/digits/seed*/flipout' \\
+        --grid '{"interpolations": [2000, 20000]}' --out /tmp/transfer-sweep
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import sys
@@ -22,45 +31,77 @@ import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 sys.path.insert(0, str(Path(__file__).parent))
 from sweeps import grid_settings, print_summary, run_sweep  # noqa: E402
 
+TEACHER_DRAWS, TEACHER_SEED = 100, 20261205  # the teacher's predictive on the scored rows
+REFERENCE_DRAWS = 4000  # ...and a nearly exact one
+
+
+def split_overrides(overrides: dict) -> tuple[dict, dict, dict]:
+    """{field: value} -> (SoftLabelConfig, TransferConfig, StudentConfig fields); an unknown field is an error."""
+    from distill.transfer import SoftLabelConfig, TransferConfig
+    from student.config import StudentConfig
+
+    names = [{f.name for f in dataclasses.fields(c)} - {"transfer"} for c in (SoftLabelConfig, TransferConfig, StudentConfig)]
+    unknown = set(overrides).difference(*names)
+    if unknown:
+        raise SystemExit(f"not a SoftLabelConfig, TransferConfig or StudentConfig field: {', '.join(sorted(unknown))}")
+    return tuple({k: v for k, v in overrides.items() if k in n} for n in names)
+
 
 def score(source: Path, overrides: dict, run: Path) -> dict:
-    """Distil the student into `run` (linked to `source`'s data, teacher and soft labels); its validation figures."""
+    """Distil the student into `run` (from `source`'s data and teacher); its validation figures."""
     import numpy as np
     import tensorflow as tf
 
+    from bdk.pipeline import soft_labels_stage, student_stage
     from distill import data as data_lib
     from distill import metrics
-    from bdk.pipeline import student_stage
-    from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED, far_uniform
+    from distill.transfer import (FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED,
+                                  SoftLabelConfig, TransferConfig, far_uniform)
     from student.config import StudentConfig
 
-    run.mkdir(parents=True, exist_ok=True)
-    for part in ("data", "teacher", "soft_labels"):
-        if not (run / part).exists():
-            (run / part).symlink_to((source / part).resolve())
+    soft, transfer, student = split_overrides(overrides)
     data_cfg = json.loads((source / "data" / "config.json").read_text())
     seed = int(data_cfg.get("seed", 0))
-    m = student_stage(StudentConfig(gate=False, tflite=False, seed=seed, **overrides), run, progress=False)
+    run.mkdir(parents=True, exist_ok=True)
+    for part in ("data", "teacher") + (() if soft or transfer else ("soft_labels",)):
+        if not (run / part).exists():
+            (run / part).symlink_to((source / part).resolve())
+    if soft or transfer:
+        soft_labels_stage(SoftLabelConfig(transfer=TransferConfig(seed=seed, **transfer), **soft), run, progress=False)
+    m = student_stage(StudentConfig(gate=False, tflite=False, seed=seed, **student), run, progress=False)
     teacher = json.loads((source / "teacher" / "metrics.json").read_text())
     ds = data_lib.load_from_run(run)
-    shell = far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)
+    rows = {"val": ds.raw("val"),
+            "val_shell": far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)}
+    predictive = tf.saved_model.load(str(run / "teacher" / "export" / "1")).signatures["predictive_seeded"]
     serve = tf.saved_model.load(str(run / "student" / "export" / "1")).signatures["serving_default"]
-    epistemic = [serve(features=tf.constant(x, tf.float32))["epistemic"].numpy() for x in (ds.raw("val"), shell)]
+    out = {}
+    for name, x in rows.items():
+        x = tf.constant(np.asarray(x, np.float32))
+        s = serve(features=x)
+        for suffix, draws in (("", TEACHER_DRAWS), ("_ref", REFERENCE_DRAWS)):
+            t = predictive(features=x, num_samples=tf.constant(draws), seed=tf.constant(TEACHER_SEED, tf.int64))
+            out[f"{name}_kl{suffix}"] = float(metrics.kl_divergence(t["probs"].numpy(), s["probs"].numpy()).mean())
+        out[f"{name}_epistemic"] = s["epistemic"].numpy()
     return {"dataset": source.parts[-3], "seed": seed, **{k: json.dumps(v) for k, v in overrides.items()},
             "val_nll": m["student/val/nll"], "teacher_val_nll": teacher["val/nll"],
             "val_nll_gap": m["student/val/nll"] - teacher["val/nll"], "val_ece": m["student/val/ece"],
-            "teacher_val_ece": teacher["val/ece"], "shell_auroc_epistemic": metrics.auroc(*epistemic),
+            "teacher_val_ece": teacher["val/ece"], **{k: v for k, v in out.items() if "_kl" in k},
+            "shell_auroc_epistemic": metrics.auroc(out["val_epistemic"], out["val_shell_epistemic"]),
             "teacher_shell_auroc": teacher.get("val/far_shell_auroc_epistemic", np.nan),
-            "epochs": m["epochs_run"], "seconds": m["train_seconds"]}
+            "rows": m["rows"], "epochs": m["epochs_run"], "stopped_by": m.get("stopped_by"),
+            "seconds": m["train_seconds"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", required=True, help="glob of teacher run folders with soft labels (.../<dataset>/seed<k>/flipout)")
-    p.add_argument("--grid", required=True, help="JSON {field: [values]} of StudentConfig fields")
+    p.add_argument("--grid", required=True, help="JSON {field: [values]} of StudentConfig or TransferConfig fields")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     keys, settings = grid_settings(a.grid)
+    for o in settings:
+        split_overrides(o)  # an unknown field fails before any job runs
     sources = sorted(Path(r) for r in glob.glob(a.runs))
     if not sources:
         raise SystemExit(f"no run folders match {a.runs}")
@@ -70,7 +111,7 @@ def main() -> None:
             name = "-".join(source.parts[-3:-1])  # <dataset>-seed<k>
             key = f"{name}:{json.dumps(o, sort_keys=True)}"
             jobs.append(({"key": key}, name, lambda run, source=source, o=o, key=key: {"key": key, **score(source, o, run)}))
-    print_summary(run_sweep(a.out, jobs), keys, ["val_nll_gap", "val_nll", "teacher_val_nll", "val_ece",
+    print_summary(run_sweep(a.out, jobs), keys, ["val_nll_gap", "val_kl", "val_shell_kl", "val_shell_kl_ref", "val_ece",
                                                  "shell_auroc_epistemic", "seconds"])
 
 

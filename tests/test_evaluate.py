@@ -195,6 +195,22 @@ def test_trust_by_region_classes(classes):
     assert "uniform/kl" not in agreement
 
 
+def test_trust_by_region_measures_ood_agreement_against_the_reference(classes):
+    """With a reference predictive on the OOD rows, the student's KL there is from the reference, and the teacher's
+    own estimate gets its KL from it (its Monte Carlo error); the AUROCs keep the teacher's own outputs."""
+    task = tasks.get("classification")
+    preds = class_preds(classes)
+    plain = trust_by_region(task, preds)
+    preds["reference"] = {"ood": {k: v.copy() for k, v in preds["student"]["ood"].items()}}  # the student is exact
+    agreement, tracking, regions = trust_by_region(task, preds)
+    assert plain[0]["ood/kl"] > 0.001 and "ood/kl_teacher" not in plain[0]
+    assert agreement["ood/kl"] == pytest.approx(0.0, abs=1e-6) and agreement["ood/top1_agreement"] == 1.0
+    assert tracking["ood/spearman"] == pytest.approx(1.0)
+    assert agreement["ood/kl_teacher"] == pytest.approx(
+        float(task.divergence(preds["student"]["ood"], preds["teacher"]["ood"]).mean()))
+    assert agreement["test/kl"] == plain[0]["test/kl"] and regions == plain[2]
+
+
 def test_trust_by_region_regression_has_no_top1(regression):
     task = tasks.get("regression")
     agreement, tracking, regions = trust_by_region(task, regression_preds(regression, ood="same"))
