@@ -119,17 +119,14 @@ def soft_labels_stage(cfg, run: Path, beam_args: Sequence[str] = (), progress: b
 
 
 def _soft_labels(cfg, run: Path, beam_args: Sequence[str], progress: bool) -> Path:
-    from dataclasses import replace
-
     from distill import tasks
-    from distill.transfer import build_transfer_set, feature_fields, shell_rows, write_transfer_set
+    from distill.transfer import build_transfer_set, feature_fields, resolved_soft_labels, write_transfer_set
 
     ds = data_lib.load_from_run(run, ("train",))  # the transfer set is made from the train split alone
     export = schema.teacher_export(run).resolve()
     if not (export / "saved_model.pb").exists():
         raise BdkError(f"{run} has no teacher export at {export}; run `bdk teacher --out {run}` first")
-    # the far shell's size resolved for this table, so that config.json records the number used
-    cfg = replace(cfg, transfer=replace(cfg.transfer, shell=shell_rows(cfg.transfer, tasks.get(ds.task), ds)))
+    cfg = resolved_soft_labels(cfg, tasks.get(ds.task), ds)  # sizes and draws for this table: config.json records them
     table = build_transfer_set(cfg.transfer, ds)  # input errors (e.g. the unlabeled file) before Beam/TF load
 
     from rich.console import Console

@@ -32,7 +32,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sweeps import grid_settings, print_summary, run_sweep  # noqa: E402
 
 TEACHER_DRAWS, TEACHER_SEED = 100, 20261205  # the teacher's predictive on the scored rows
-REFERENCE_DRAWS = 4000  # ...and a nearly exact one
+REFERENCE_DRAWS = 4000  # ...and a nearly exact one, at most REFERENCE_ROW_DRAWS in all
+SCORED_ROWS = 20_000  # the first validation rows scored
+
+
+def benchmark_run(source: Path) -> bool:
+    """A run of `bdk benchmark`: .../<dataset>/seed<k>/<kind>."""
+    return source.parent.name.startswith("seed")
+
+
+def dataset_name(source: Path) -> str:
+    return source.parts[-3] if benchmark_run(source) else source.name
 
 
 def split_overrides(overrides: dict) -> tuple[dict, dict, dict]:
@@ -52,6 +62,7 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from bdk.evaluate import REFERENCE_ROW_DRAWS
     from bdk.pipeline import soft_labels_stage, student_stage
     from distill import data as data_lib
     from distill import metrics
@@ -71,7 +82,7 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
     m = student_stage(StudentConfig(gate=False, tflite=False, seed=seed, **student), run, progress=False)
     teacher = json.loads((source / "teacher" / "metrics.json").read_text())
     ds = data_lib.load_from_run(run)
-    rows = {"val": ds.raw("val"),
+    rows = {"val": ds.raw("val")[:SCORED_ROWS],
             "val_shell": far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)}
     predictive = tf.saved_model.load(str(run / "teacher" / "export" / "1")).signatures["predictive_seeded"]
     serve = tf.saved_model.load(str(run / "student" / "export" / "1")).signatures["serving_default"]
@@ -79,14 +90,17 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
     for name, x in rows.items():
         x = tf.constant(np.asarray(x, np.float32))
         s = serve(features=x)
-        for suffix, draws in (("", TEACHER_DRAWS), ("_ref", REFERENCE_DRAWS)):
+        reference = max(TEACHER_DRAWS, min(REFERENCE_DRAWS, REFERENCE_ROW_DRAWS // len(x)))
+        for suffix, draws in (("", TEACHER_DRAWS), ("_ref", reference)):
             t = predictive(features=x, num_samples=tf.constant(draws), seed=tf.constant(TEACHER_SEED, tf.int64))
             out[f"{name}_kl{suffix}"] = float(metrics.kl_divergence(t["probs"].numpy(), s["probs"].numpy()).mean())
         out[f"{name}_epistemic"] = s["epistemic"].numpy()
-    return {"dataset": source.parts[-3], "seed": seed, **{k: json.dumps(v) for k, v in overrides.items()},
+    return {"dataset": dataset_name(source), "seed": seed, **{k: json.dumps(v) for k, v in overrides.items()},
             "val_nll": m["student/val/nll"], "teacher_val_nll": teacher["val/nll"],
             "val_nll_gap": m["student/val/nll"] - teacher["val/nll"], "val_ece": m["student/val/ece"],
-            "teacher_val_ece": teacher["val/ece"], **{k: v for k, v in out.items() if "_kl" in k},
+            "teacher_val_ece": teacher["val/ece"], "val_accuracy": m.get("student/val/accuracy"),
+            "teacher_val_accuracy": teacher.get("val/accuracy"), "baseline_val_accuracy": m.get("baseline/val/accuracy"),
+            "baseline_val_nll": m.get("baseline/val/nll"), **{k: v for k, v in out.items() if "_kl" in k},
             "shell_auroc_epistemic": metrics.auroc(out["val_epistemic"], out["val_shell_epistemic"]),
             "teacher_shell_auroc": teacher.get("val/far_shell_auroc_epistemic", np.nan),
             "rows": m["rows"], "epochs": m["epochs_run"], "stopped_by": m.get("stopped_by"),
@@ -108,7 +122,7 @@ def main() -> None:
     jobs = []
     for o in settings:
         for source in sources:
-            name = "-".join(source.parts[-3:-1])  # <dataset>-seed<k>
+            name = f"{dataset_name(source)}-{source.parent.name}" if benchmark_run(source) else source.name
             key = f"{name}:{json.dumps(o, sort_keys=True)}"
             jobs.append(({"key": key}, name, lambda run, source=source, o=o, key=key: {"key": key, **score(source, o, run)}))
     print_summary(run_sweep(a.out, jobs), keys, ["val_nll_gap", "val_kl", "val_shell_kl", "val_shell_kl_ref", "val_ece",

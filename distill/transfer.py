@@ -50,7 +50,7 @@ longer belong to the run (teacher retrained, classes or features changed).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +75,12 @@ ROW_GROUP_ROWS = 16_384  # transfer.parquet row groups: Beam splits its read by 
 
 @dataclass(frozen=True)
 class TransferConfig:
-    perturbations: int = 10  # K noisy copies of each training input
+    perturbations: int | None = None  # K noisy copies of each training input; None: by table (TABLE_DEFAULTS)
     noise: tuple[float, ...] | None = None  # std of copy j's noise: noise[j % len(noise)], in `noise_unit`s (DEFAULT_NOISE)
     noise_unit: str | None = None  # "box" (per feature: the train box's width) | "std" (the train std) | "neighbour"
     # (the nearest-neighbour distance, see DEFAULT_NOISE); None: the task's
     max_perturbed: int = 500_000  # at most this many perturbed rows (a uniform draw of the (row, copy) pairs beyond)
-    interpolations: int = 2000  # M points between pairs of training inputs (with a share: at least this many)
+    interpolations: int | None = None  # M points between pairs of training inputs (with a share: at least this many)
     interpolation_share: float = 0.0  # > 0: M = max(interpolations, share x training rows), see source_rows
     interpolation_pairs: str = "random"  # "random" (half of one class) | "neighbour" (a row and a near neighbour)
     interpolation_neighbours: int = 10  # "neighbour": the partner is one of the row's this many nearest training rows
@@ -88,7 +88,7 @@ class TransferConfig:
     uniform_share: float = 0.0  # > 0: U = max(uniform, share x training rows)
     margin: float = 0.1  # widening of the box on each side, box widths
     time_warp: float = 0.5  # sequences: copy j is also time-warped with strength time_warp * noise[j] (sequences.time_warp)
-    shell: int | None = None  # V points in the far shell (with a share: at least this many); None: shell_rows()
+    shell: int | None = None  # V points in the far shell (with a share: at least this many)
     shell_share: float = 0.0  # > 0: V = max(shell, share x training rows)
     shell_inner: float = 0.25  # the shell lies outside the box widened by this (box widths)...
     shell_outer: float = 3.0  # ...and inside the box widened by this
@@ -124,11 +124,11 @@ class SoftLabelConfig:
     """Stage 2 as a whole: the transfer set plus how the Beam job samples the teacher."""
 
     transfer: TransferConfig = field(default_factory=TransferConfig)
-    samples: int = 100  # S independent weight draws per row
+    samples: int | None = None  # S independent weight draws per row; None: by table (soft_label_samples)
     batch_size: int = 16_384  # rows per `predictive` call (the transfer set's row groups): bench/bench_soft_labels.py
 
     def __post_init__(self):
-        if self.samples < 2:
+        if self.samples is not None and self.samples < 2:
             raise BdkError(f"--samples must be at least 2 (the variance needs two draws), got {self.samples}")
         if self.batch_size < 1:
             raise BdkError(f"--batch-size must be >= 1, got {self.batch_size}")
@@ -280,23 +280,43 @@ def neighbour_pairs(z: np.ndarray, rows: int, neighbours: int, rng: np.random.Ge
     return reference[anchor], reference[partner]
 
 
-# The far shell's default size: 32,000 points for small class tables (fewer than 2,500 training rows), 2,000 otherwise
-# (larger tables, regression, sequences). Chosen on validation (experiments/shell-sweep): on the suite's validation
-# shells (KL(teacher || student), iris, wine, breast cancer, digits x seeds 0-2; 90-1,078 training rows) the mean KL
-# was 0.0318 with 2,000 points, 0.0275 with 8,000, 0.0252 with 32,000 (breast cancer 0.0136 -> 0.0065, digits 0.077 ->
-# 0.061), the KL on the validation rows unchanged (0.0030, 0.0038, 0.0029), for ~7 s more student training. On the
-# 10k scaling problem (6,400 training rows, 50 features) 32,000 shell points made the student worse on validation
-# (NLL 0.9721 -> 0.9834 against the teacher's 0.9733): its (64, 64) network spends capacity off the data that the
-# data needs. The bound sits between the two measured sizes; tables in between were not measured.
-SHELL_ROWS, SMALL_TABLE_SHELL_ROWS, SMALL_TABLE_ROWS = 2000, 32_000, 2_500
+# Transfer-set defaults (the fields left None) by table. Small class tables (fewer than SMALL_TABLE_ROWS training rows)
+# get a large, densely labelled transfer set, cheap there; larger tables, regression and sequences the plain one.
+# Chosen on validation, KL(teacher || student) on the validation rows and on the teacher stage's validation shell:
+# - the far shell (experiments/shell-sweep): on the suite (iris, wine, breast cancer, digits x seeds 0-2; 90-1,078
+#   training rows) the mean shell KL was 0.0318 with 2,000 points, 0.0275 with 8,000, 0.0252 with 32,000. On the 10k
+#   scaling problem (6,400 training rows, 50 features) 32,000 points made the student worse on validation (NLL
+#   0.9721 -> 0.9834, the teacher's 0.9733): its (64, 64) network spent capacity off the data that the data needs;
+# - 40 perturbed copies and 20,000 interpolations with 1,000 draws per soft label (experiments/small-table-sweep, the
+#   KL from a 4,000-draw teacher): mean validation KL 0.0028 -> 0.0011 (digits 0.0102 -> 0.0042), shell KL 0.0132 ->
+#   0.0062 (digits 0.032 -> 0.018), every dataset better or level.
+# The bound sits between the measured sizes; tables in between were not measured.
+SMALL_TABLE_ROWS = 2_500
+TABLE_DEFAULTS = dict(perturbations=10, interpolations=2000, shell=2000)
+SMALL_TABLE_DEFAULTS = dict(perturbations=40, interpolations=20_000, shell=32_000)
+# The teacher's draws per soft label. Off the data its draws disagree, and the mean of 100 of them is a noisy target:
+# on digits' far shell two 100-draw estimates differ by a KL of 0.046, and the student copies that noise. 1,000 draws
+# on the small tables above (shell KL 0.0132 -> 0.0065 at the plain perturbations and interpolations); 1,000 on the
+# 1M scaling problem's 1.03M transfer rows would cost ~10 min.
+SAMPLES, SMALL_TABLE_SAMPLES = 100, 1000
 
 
-def shell_rows(cfg: TransferConfig, task: tasks.Task, ds: Dataset) -> int:
-    """V: the --shell given, else the default for the task, the inputs and the number of training rows."""
-    if cfg.shell is not None:
-        return cfg.shell
-    small = task.has_classes and ds.inputs.has_shell and len(ds["train"]) < SMALL_TABLE_ROWS
-    return SMALL_TABLE_SHELL_ROWS if small else SHELL_ROWS
+def small_class_table(task: tasks.Task, ds: Dataset) -> bool:
+    """A class table of fewer than SMALL_TABLE_ROWS training rows: a large transfer set with many draws is cheap."""
+    return task.has_classes and ds.inputs.has_shell and len(ds["train"]) < SMALL_TABLE_ROWS
+
+
+def resolved_transfer(cfg: TransferConfig, task: tasks.Task, ds: Dataset) -> TransferConfig:
+    """The fields left None (perturbations, interpolations, shell) set for this table: TABLE_DEFAULTS or
+    SMALL_TABLE_DEFAULTS."""
+    defaults = SMALL_TABLE_DEFAULTS if small_class_table(task, ds) else TABLE_DEFAULTS
+    return replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
+
+
+def resolved_soft_labels(cfg: SoftLabelConfig, task: tasks.Task, ds: Dataset) -> SoftLabelConfig:
+    """The transfer set resolved (resolved_transfer) and S: SMALL_TABLE_SAMPLES on small class tables, else SAMPLES."""
+    samples = cfg.samples if cfg.samples is not None else SMALL_TABLE_SAMPLES if small_class_table(task, ds) else SAMPLES
+    return replace(cfg, samples=samples, transfer=resolved_transfer(cfg.transfer, task, ds))
 
 
 def source_rows(count: int, share: float, n: int, cap: int) -> int:
@@ -383,13 +403,15 @@ def build_transfer_set(cfg: TransferConfig, ds: Dataset) -> pd.DataFrame:
 
 def generated_parts(cfg: TransferConfig, ds: Dataset, task: tasks.Task) -> list[tuple]:
     """The train rows and the generated sources, each (ids [n], source, labels [n], encoded rows [n, F] in raw units):
-    made in the encoded space, valid encodings of the feature specification (`respect_kinds`)."""
+    made in the encoded space, valid encodings of the feature specification (`respect_kinds`). The sizes left None
+    are the table's (resolved_transfer)."""
+    cfg = resolved_transfer(cfg, task, ds)
     train = ds["train"]
     z = ds.scaled("train").reshape(len(train), -1)  # [n, F] normalised (sequences: flattened, time major)
     n, f = z.shape
     m, n_uniform, n_shell = (source_rows(count, share, n, cfg.max_perturbed) for count, share in
                              ((cfg.interpolations, cfg.interpolation_share), (cfg.uniform, cfg.uniform_share),
-                              (shell_rows(cfg, task, ds), cfg.shell_share)))
+                              (cfg.shell, cfg.shell_share)))
     # One generator per source, so changing one source's size leaves the others' rows (and ids) unchanged.
     perturb_rng, mix_rng, uniform_rng, shell_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
 

@@ -45,18 +45,27 @@ class StudentModule(tf.Module):
         self.serve_rows = None if self.encoder is None else rows_function(self.encoder, self.serve)
 
     def _serve(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Large batches run as two halves: two independent chains of ops, which TensorFlow's executor runs at once
-        on two cores (the teacher's draws get the same from its while_loop), where one chain of small matmuls and
-        elementwise ops leaves a core idle much of the time. Rows are independent: the same outputs."""
+        """Large batches run the network as two halves: two independent chains of matmuls, which TensorFlow's executor
+        runs at once on two cores (the teacher's draws get the same from its while_loop), where one chain leaves a
+        core idle much of the time. The outputs' closed forms then run once on the whole batch: elementwise ops, each
+        already spread over the cores, so that halving them only doubled their count. Rows are independent: the same
+        outputs."""
         def halves():
             half = tf.shape(features)[0] // 2
-            a, b = self._forward(features[:half]), self._forward(features[half:])
+            a, b = self._network(features[:half]), self._network(features[half:])
             return {k: tf.concat([a[k], b[k]], 0) for k in a}
 
-        return tf.cond(tf.shape(features)[0] >= PARALLEL_ROWS, halves, lambda: self._forward(features))
+        return self._outputs(tf.cond(tf.shape(features)[0] >= PARALLEL_ROWS, halves, lambda: self._network(features)))
 
     def _forward(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = self._keras.value((features - self.feature_shift) / self.feature_scale, training=False)
+        return self._outputs(self._network(features))
+
+    def _network(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Raw features -> the network's {head [batch, K], epistemic [batch]}."""
+        return self._keras.value((features - self.feature_shift) / self.feature_scale, training=False)
+
+    def _outputs(self, out: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The network's outputs -> the export's (the task's outputs and the epistemic score)."""
         score = out["epistemic"] * self.epistemic_scale + self.epistemic_shift  # [batch], the head's score
         return self.uncertainty.serve(self.task, out["head"], score, self.target_shift, self.target_scale)
 

@@ -20,13 +20,29 @@ def build_student(num_features: int, units: int, hidden: tuple[int, ...] = (32,)
     return tfk.Model(inputs, _heads(x, units, epistemic_activation, epistemic_body_gradient), name=name)
 
 
+class GradientScale(tfk.layers.Layer):
+    """The identity, whose gradient is scaled by `scale` in training (g h + (1 - g) stop_gradient(h)); at inference
+    (the exports) it is the identity alone: no op on the batch."""
+
+    def __init__(self, scale: float, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+
+    def call(self, h, training=None):
+        if not training:
+            return h
+        return self.scale * h + (1.0 - self.scale) * tf.stop_gradient(h)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
 def _heads(x, units: int, epistemic_activation: str, epistemic_body_gradient: float = 1.0) -> dict:
     """The task's head and the one-unit epistemic head on features x [batch, H]. `epistemic_body_gradient` scales
     the epistemic loss's gradient into the hidden layers (the forward pass is unchanged): 1 shares them fully, 0
     trains the epistemic head alone, so that the hidden layers serve the predictive only."""
     g = float(epistemic_body_gradient)
-    features = x if g == 1.0 else tfk.layers.Lambda(lambda h: g * h + (1.0 - g) * tf.stop_gradient(h),
-                                                   name="epistemic_gradient_scale")(x)
+    features = x if g == 1.0 else GradientScale(g, name="epistemic_gradient_scale")(x)
     epistemic = tfk.layers.Dense(1, activation=epistemic_activation, name="epistemic")(features)
     return {"head": tfk.layers.Dense(units, name="head")(x),
             "epistemic": tfk.layers.Reshape((), name="epistemic_flat")(epistemic)}

@@ -24,9 +24,11 @@ def test_run_writes_every_artifact(pipeline_run):
     student = json.loads((schema.student_dir(pipeline_run) / "metrics.json").read_text())
     assert student["monitor"] == "transfer" and student["held_out_rows"] > 0
     assert student["gate"]["on"] is True and student["gate"]["passed"] is True
-    # soft_labels/config.json records the far shell's size used (resolved when left to the default)
+    # soft_labels/config.json records the far shell's size and the draws used (resolved when left to the default)
     soft = json.loads((pipeline_run / "soft_labels" / "config.json").read_text())
     assert soft["soft_labels"]["transfer"]["shell"] == student["rows_per_source"]["shell"] > 0
+    manifest = json.loads((pipeline_run / "soft_labels" / "manifest.json").read_text())
+    assert soft["soft_labels"]["samples"] == manifest["num_samples"] >= 2
 
 
 def test_report_metrics(pipeline_run):

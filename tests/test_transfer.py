@@ -403,31 +403,44 @@ def test_cli_passes_the_transfer_options(monkeypatch, tmp_path):
     for cfg, k in zip(seen, (4, 10)):
         t = cfg.transfer
         assert (t.interpolation_pairs, t.interpolation_share, t.uniform_share, t.shell_share, t.interpolation_neighbours,
-                t.interpolations) == ("neighbour", 0.5, 0.1, 0.2, k, 2000)
+                t.interpolations) == ("neighbour", 0.5, 0.1, 0.2, k, None)  # None: the table's default
     r = CliRunner().invoke(app, ["soft-labels", "--run", str(tmp_path), "--interpolation-pairs", "nearest"])
     assert r.exit_code != 0 and "interpolation-pairs" in r.output
 
 
-def test_far_shell_default_is_larger_for_small_class_tables(iris, regression_csv, sequence_csv):
-    """--shell unset: 32,000 far-shell points for a class table of fewer than SMALL_TABLE_ROWS training rows, 2,000 for
-    a larger one, for regression and for sequences; a given --shell wins (0 included)."""
+def test_transfer_defaults_are_larger_for_small_class_tables(iris, regression_csv, sequence_csv):
+    """Sizes and --samples unset: SMALL_TABLE_DEFAULTS (40 copies, 20,000 interpolations, 32,000 far-shell points) and
+    1,000 draws for a class table of fewer than SMALL_TABLE_ROWS training rows; TABLE_DEFAULTS and 100 draws for a
+    larger one, for regression and for sequences; a given value wins (0 included); the built transfer set has them."""
     from dataclasses import replace
 
     from distill import data as data_lib
     from distill import tasks
-    from distill.transfer import SHELL_ROWS, SMALL_TABLE_ROWS, SMALL_TABLE_SHELL_ROWS, shell_rows
+    from distill.transfer import (SAMPLES, SMALL_TABLE_DEFAULTS, SMALL_TABLE_ROWS, SMALL_TABLE_SAMPLES, TABLE_DEFAULTS,
+                                  SoftLabelConfig, build_transfer_set, resolved_soft_labels, resolved_transfer)
 
     regression = data_lib.load(data_lib.DataConfig(dataset=str(regression_csv), label_column="y", task="regression"))
     sequences = data_lib.load(data_lib.DataConfig(dataset=str(sequence_csv), series_column="series"))
     assert sequences.inputs.over_time and tasks.get(sequences.task).has_classes  # a class problem, not a table
-    default, classes = TransferConfig(), tasks.get(iris.task)
-    assert len(iris["train"]) < SMALL_TABLE_ROWS
-    assert shell_rows(default, classes, iris) == SMALL_TABLE_SHELL_ROWS > SHELL_ROWS
+    classes = tasks.get(iris.task)
     train = iris["train"]
     big = replace(iris, splits={**iris.splits, "train": replace(train, ids=np.repeat(train.ids, 100), y=np.repeat(train.y, 100),
                                                                 x=np.repeat(train.x, 100, axis=0))})
-    assert len(big["train"]) >= SMALL_TABLE_ROWS and shell_rows(default, classes, big) == SHELL_ROWS
-    assert shell_rows(default, tasks.get(regression.task), regression) == SHELL_ROWS
-    assert shell_rows(default, tasks.get(sequences.task), sequences) == SHELL_ROWS
-    for given in (0, 123):
-        assert shell_rows(TransferConfig(shell=given), classes, iris) == given
+    assert len(iris["train"]) < SMALL_TABLE_ROWS <= len(big["train"])
+
+    def sizes(cfg):
+        return {k: getattr(cfg, k) for k in TABLE_DEFAULTS}
+
+    soft = SoftLabelConfig()
+    small = resolved_soft_labels(soft, classes, iris)
+    assert sizes(small.transfer) == SMALL_TABLE_DEFAULTS and small.samples == SMALL_TABLE_SAMPLES > SAMPLES
+    assert all(SMALL_TABLE_DEFAULTS[k] > v for k, v in TABLE_DEFAULTS.items())
+    for task, ds in ((classes, big), (tasks.get(regression.task), regression), (tasks.get(sequences.task), sequences)):
+        plain = resolved_soft_labels(soft, task, ds)
+        assert sizes(plain.transfer) == TABLE_DEFAULTS and plain.samples == SAMPLES
+    given = SoftLabelConfig(TransferConfig(perturbations=0, interpolations=5, shell=123), samples=7)
+    assert sizes(resolved_soft_labels(given, classes, iris).transfer) == dict(perturbations=0, interpolations=5, shell=123)
+    assert resolved_soft_labels(given, classes, iris).samples == 7
+    counts = build_transfer_set(TransferConfig(), iris)["source"].value_counts()
+    assert counts["perturbed"] == 40 * len(iris["train"]) and counts["interpolated"] == 20_000
+    assert counts["shell"] == 32_000 and resolved_transfer(TransferConfig(), classes, iris).uniform == 2000

@@ -52,7 +52,7 @@ class UciStudyConfig:
     # Transfer set: the training inputs plus 10 copies with N(0, 0.05^2) noise in the normalised input space
     # (Korattikara et al. 2015 on Boston); no uniform points.
     soft_labels: SoftLabelConfig = field(default_factory=lambda: SoftLabelConfig(
-        TransferConfig(noise=(0.05,), interpolations=0, uniform=0, shell=0)))
+        TransferConfig(perturbations=10, noise=(0.05,), interpolations=0, uniform=0, shell=0), samples=100))
 
     def __post_init__(self):
         if self.dataset not in UCI_DATASETS:
