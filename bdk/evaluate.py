@@ -317,16 +317,17 @@ def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports:
         for name, x in inputs.items():
             if len(x) and (m == "student" or name not in TRANSFER_REGIONS):  # teacher: soft labels there
                 preds[m][name] = exports.predict(m, x)
-    ood = inputs["ood"]
+    ood = inputs["ood"]  # tables: the reference (sequences: a shifted regime, each row a whole recurrent pass)
     draws = max(cfg.samples, min(cfg.reference_samples, REFERENCE_ROW_DRAWS // max(len(ood), 1)))
-    preds["reference"] = {"ood": exports.predict("teacher", ood, draws)} if len(ood) else {}
+    table = ds.inputs.has_shell and len(ood) > 0
+    preds["reference"] = {"ood": exports.predict("teacher", ood, draws)} if table else {}
     temperature = task.fit_temperature(ds["val"].y, preds["baseline"]["val"])  # the validation split only
     preds["baseline_ts"] = {name: task.temperature_scaled(p, temperature) for name, p in preds["baseline"].items()}
     for src in TRANSFER_REGIONS:
         if src in preds["student"]:
             t = output_arrays(regions[src], task)
             preds["teacher"][src] = {**t, "epistemic": t[task.epistemic_output]}
-    return preds, {"baseline_ts_temperature": temperature, "reference_samples": draws}
+    return preds, {"baseline_ts_temperature": temperature, "reference_samples": draws if table else None}
 
 
 def score_all(cfg: EvalConfig, ds: data_lib.Dataset, task, preds: dict) -> dict:

@@ -199,8 +199,9 @@ def _trust_section(out: dict, task) -> list[str]:
              + f"Spearman of the teacher's {task.epistemic_output.replace('_', ' ')} and the student's epistemic score, and "
              "AUROC of each model telling that region's rows from the test rows (the better of its total and epistemic "
              "scores). On transfer regions the teacher's side is its soft labels; on the evaluation's OOD rows its "
-             f"predictive with {out.get('reference_samples', 'the evaluation')} draws, nearly exact. A student AUROC "
-             "well below the teacher's marks where its uncertainty cannot be trusted.", "",
+             + (f"predictive with {out['reference_samples']} draws, nearly exact" if out.get("reference_samples") else
+                "predictive") + ". A student AUROC well below the teacher's marks where its uncertainty cannot be "
+             "trusted.", "",
              "| region | rows | KL | " + ("top-1 | " if top1 else "") + "Spearman | teacher AUROC | student AUROC |",
              "|---|---|---|" + ("---|" if top1 else "") + "---|---|---|"]
     for name, label in REGION_NAMES.items():

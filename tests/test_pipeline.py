@@ -45,12 +45,15 @@ def test_report_metrics(pipeline_run):
             r = m["regions"][name]
             assert r["rows"] > 0 and 0 <= r["teacher_auroc"] <= 1 and 0 <= r["student_auroc"] <= 1
     assert m["epistemic_tracking"]["perturbed/spearman"] > 0.3  # the Dirichlet's MI follows the teacher's
+    # the OOD rows' agreement is against the teacher's 2,000-draw predictive; its 30-draw estimate is off it by its MC error
+    assert m["reference_samples"] == 2000 and 0 < a["ood/kl_teacher"] < 0.2
     for key in ("teacher/entropy_auroc", "teacher/mutual_information_auroc", "student/epistemic_auroc"):
         assert 0 <= m["ood"][key] <= 1
     assert m["cost"]["student"]["parameters"] < m["cost"]["teacher"]["parameters"]
     report = (pipeline_run / "report" / "report.md").read_text()
     assert "calibration" in report and "![reliability](reliability.png)" in report
     assert "## Where the student is trustworthy" in report and "| far shell (transfer's own draws) | 200 |" in report
+    assert "predictive with 2000 draws, nearly exact" in report and "The Monte Carlo error of the teacher's own" in report
 
 
 def test_evaluate_reruns_alone(pipeline_run):
