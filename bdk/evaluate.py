@@ -20,6 +20,7 @@ from distill.features import encoding_spec
 from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS
 
 REFERENCE_ROW_DRAWS = 2_000_000  # rows x draws of the OOD reference (500 far-shell rows: 2,000 draws each)
+REFERENCE_SEED = 1  # the reference's draws: the evaluation's seed + this, independent of the teacher's own
 
 
 @dataclass(frozen=True)
@@ -96,23 +97,25 @@ class Exports:
         self.paths = paths
         self.models = {name: tf.saved_model.load(str(p)) for name, p in paths.items()}
 
-    def predict(self, name: str, x: np.ndarray, samples: int | None = None) -> dict[str, np.ndarray]:
-        """The task's outputs and the epistemic score (teacher: its epistemic output at `samples` draws, default the
-        evaluation's; student: its head), in row chunks. `x` is flat [n, F] (reshaped to the export's input) or
-        already shaped."""
+    def predict(self, name: str, x: np.ndarray, samples: int | None = None,
+                seed: int | None = None) -> dict[str, np.ndarray]:
+        """The task's outputs and the epistemic score (teacher: its epistemic output at `samples` draws and `seed`,
+        default the evaluation's; student: its head), in row chunks. `x` is flat [n, F] (reshaped to the export's
+        input) or already shaped."""
         x = np.asarray(x, np.float32)
         if self.input_shape and x.ndim == 2:
             x = x.reshape(len(x), *self.input_shape)
-        return in_chunks(lambda chunk: self._predict(name, chunk, samples or self.samples), x)
+        draws = (samples or self.samples, self.seed if seed is None else seed)
+        return in_chunks(lambda chunk: self._predict(name, chunk, *draws), x)
 
-    def _predict(self, name: str, x: np.ndarray, samples: int) -> dict[str, np.ndarray]:
+    def _predict(self, name: str, x: np.ndarray, samples: int, seed: int) -> dict[str, np.ndarray]:
         tf = self.tf
         features = tf.constant(x)
         if name == "teacher":
             sig = self.models[name].signatures
             if schema.SEEDED_SIGNATURE in sig:
                 out = sig[schema.SEEDED_SIGNATURE](features=features, num_samples=tf.constant(samples),
-                                               seed=tf.constant(self.seed, tf.int64))
+                                               seed=tf.constant(seed, tf.int64))
             else:  # an export made before seeded signatures existed
                 out = sig["predictive"](features=features, num_samples=tf.constant(samples))
             out = {k: v.numpy() for k, v in out.items()}
@@ -303,9 +306,9 @@ def evaluate_run(cfg: EvalConfig, run: Path, progress: bool = True) -> dict:
 def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports: Exports,
                 inputs: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """Every model's outputs on every input set: model -> input set -> outputs, plus {the baseline's validation-fitted
-    temperature, the reference's draws}. `inputs` (val, test, ood) gains the transfer regions' rows, where the teacher's side is its soft
-    labels (what the student matched); "reference" holds the teacher's nearly exact predictive on the OOD rows
-    (EvalConfig.reference_samples draws, the agreement's teacher side there)."""
+    temperature, the reference's draws}. `inputs` (val, test, ood) gains the transfer regions' rows, where the
+    teacher's side is its soft labels (what the student matched); "reference" holds the teacher's nearly exact
+    predictive on the OOD rows (EvalConfig.reference_samples draws, the agreement's teacher side there)."""
     from distill.transfer import encoded_inputs, output_arrays, sample_soft_labels
 
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in MODELS}
@@ -317,10 +320,12 @@ def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports:
         for name, x in inputs.items():
             if len(x) and (m == "student" or name not in TRANSFER_REGIONS):  # teacher: soft labels there
                 preds[m][name] = exports.predict(m, x)
-    ood = inputs["ood"]  # tables: the reference (sequences: a shifted regime, each row a whole recurrent pass)
-    draws = max(cfg.samples, min(cfg.reference_samples, REFERENCE_ROW_DRAWS // max(len(ood), 1)))
-    table = ds.inputs.has_shell and len(ood) > 0
-    preds["reference"] = {"ood": exports.predict("teacher", ood, draws)} if table else {}
+    # The reference: tables only (sequences' OOD rows are a shifted regime, each row a whole recurrent pass), with
+    # draws of its own (another seed) and more of them than the evaluation's, else none.
+    ood = inputs["ood"]
+    draws = min(cfg.reference_samples, REFERENCE_ROW_DRAWS // max(len(ood), 1))
+    table = ds.inputs.has_shell and len(ood) > 0 and draws > cfg.samples
+    preds["reference"] = {"ood": exports.predict("teacher", ood, draws, cfg.seed + REFERENCE_SEED)} if table else {}
     temperature = task.fit_temperature(ds["val"].y, preds["baseline"]["val"])  # the validation split only
     preds["baseline_ts"] = {name: task.temperature_scaled(p, temperature) for name, p in preds["baseline"].items()}
     for src in TRANSFER_REGIONS:

@@ -52,7 +52,7 @@ from distill import inputs as inputs_lib
 from distill import schema, tasks
 from distill.errors import BdkError
 from distill.features import encoding_spec, from_meta
-from distill.transfer import SoftLabelConfig, export_fingerprint, feature_fields, soft_label_arrow_schema
+from distill.transfer import SAMPLES, export_fingerprint, feature_fields, soft_label_arrow_schema
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class JobConfig:
     export: str  # teacher SavedModel folder with a `predictive_seeded` signature
     dataset_json: str  # RUN/data/dataset.json: feature and class names, the task
     output: str  # empty or new folder for the shards and manifest.json
-    samples: int = SoftLabelConfig.samples  # S weight draws per row
+    samples: int = SAMPLES  # S weight draws per row (the job's default; `bdk soft-labels` resolves it per table)
     seed: int = 0  # seed of the teacher's weight draws (the same for every row), recorded in the manifest
     beam_args: tuple[str, ...] = ()  # Beam's pipeline options (runner, workers, ...)
 
@@ -108,7 +108,8 @@ def parse_args(argv: Sequence[str] | None) -> JobConfig:
     parser.add_argument("--dataset_json", required=True,
                         help="RUN/data/dataset.json (feature and class names; `task: regression` for a regression teacher).")
     parser.add_argument("--output", required=True, help="Empty or new folder for the shards and manifest.json.")
-    parser.add_argument("--samples", "--num_samples", dest="samples", type=int, default=JobConfig.samples, help="Weight draws per row (S >= 2).")
+    parser.add_argument("--samples", "--num_samples", dest="samples", type=int, default=JobConfig.samples,
+                        help=f"Weight draws per row (S >= 2; default {SAMPLES}).")
     parser.add_argument("--seed", type=int, default=JobConfig.seed,
                         help="Seed of the teacher's weight draws (the same for every row), recorded in the manifest.")
     args, beam_args = parser.parse_known_args(argv)

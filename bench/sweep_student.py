@@ -54,6 +54,9 @@ def split_overrides(overrides: dict) -> tuple[dict, dict, dict]:
     unknown = set(overrides).difference(*names)
     if unknown:
         raise SystemExit(f"not a SoftLabelConfig, TransferConfig or StudentConfig field: {', '.join(sorted(unknown))}")
+    shared = {k for k in overrides if sum(k in n for n in names) > 1}  # batch_size, seed: which one is meant?
+    if shared:
+        raise SystemExit(f"{', '.join(sorted(shared))}: a field of more than one config; not swept here")
     return tuple({k: v for k, v in overrides.items() if k in n} for n in names)
 
 
@@ -110,7 +113,8 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", required=True, help="glob of teacher run folders with soft labels (.../<dataset>/seed<k>/flipout)")
-    p.add_argument("--grid", required=True, help="JSON {field: [values]} of StudentConfig or TransferConfig fields")
+    p.add_argument("--grid", required=True,
+                   help="JSON {field: [values]} of StudentConfig, SoftLabelConfig or TransferConfig fields")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     keys, settings = grid_settings(a.grid)

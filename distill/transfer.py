@@ -124,7 +124,7 @@ class SoftLabelConfig:
     """Stage 2 as a whole: the transfer set plus how the Beam job samples the teacher."""
 
     transfer: TransferConfig = field(default_factory=TransferConfig)
-    samples: int | None = None  # S independent weight draws per row; None: by table (soft_label_samples)
+    samples: int | None = None  # S independent weight draws per row; None: by table (resolved_soft_labels)
     batch_size: int = 16_384  # rows per `predictive` call (the transfer set's row groups): bench/bench_soft_labels.py
 
     def __post_init__(self):

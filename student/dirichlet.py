@@ -67,18 +67,38 @@ def _newton_step(s: np.ndarray, p: np.ndarray, pm: np.ndarray) -> np.ndarray:
 
 
 def uncertainty(logits: tf.Tensor, log_precision: tf.Tensor) -> dict[str, tf.Tensor]:
-    """probs [B, C], entropy, expected_entropy, mutual_information [B] of Dir(alpha_0 softmax(logits)). Every op here
-    runs on the whole served batch, so there are few of them: one log-softmax gives both p and log p, and one digamma
-    call covers alpha_0 + 1 and every alpha_k + 1."""
+    """probs [B, C], entropy, expected_entropy, mutual_information [B] of Dir(alpha_0 softmax(logits)).
+
+    The mutual information is computed without cancellation, as sum_k p_k h(alpha_k) - h(alpha_0) with
+    h(a) = psi(a + 1) - log a (excess_digamma), which equals H[p] - E[H[pi]]: for a confident row alpha_0 is large
+    (up to 1e8), both sides of H[p] - E[H[pi]] are near log alpha_0, and their float32 difference was mostly rounding
+    while the information itself is ~(C - 1) / (2 alpha_0). Every op runs on the whole served batch, so there are few:
+    one log-softmax gives p and log p, one excess_digamma covers alpha_0 and every alpha_k."""
     lo, hi = (float(np.log(v)) for v in PRECISION_RANGE)
     log_p = tf.nn.log_softmax(logits, -1)  # [B, C]
     p = tf.exp(log_p)
     alpha0 = tf.exp(tf.clip_by_value(log_precision, lo, hi))[:, None]  # [B, 1]
-    psi = digamma_above_one(tf.concat([alpha0, alpha0 * p], -1) + 1.0)  # [B, 1 + C]
+    # alpha_k underflows to 0 where p_k does (log p_k < -103); its term p_k h(alpha_k) is then 0 x finite
+    h = excess_digamma(tf.maximum(tf.concat([alpha0, alpha0 * p], -1), TINY))  # [B, 1 + C]
     entropy = -tf.reduce_sum(p * log_p, -1)
-    expected = psi[:, 0] - tf.reduce_sum(p * psi[:, 1:], -1)
-    return {"probs": p, "entropy": entropy, "expected_entropy": expected,
-            "mutual_information": tf.maximum(entropy - expected, 0.0)}
+    information = tf.maximum(tf.reduce_sum(p * h[:, 1:], -1) - h[:, 0], 0.0)
+    return {"probs": p, "entropy": entropy, "expected_entropy": entropy - information,
+            "mutual_information": information}
+
+
+TINY = 1e-30  # the smallest concentration excess_digamma sees
+SERIES_FROM = 10.0  # excess_digamma: the asymptotic series from here on (truncation error < 5e-11)
+
+
+def excess_digamma(a: tf.Tensor) -> tf.Tensor:
+    """h(a) = psi(a + 1) - log a for a > 0, from TFLite builtin ops. Below SERIES_FROM: digamma_above_one(a + 1) -
+    log a (both O(1)); above, the asymptotic series 1/(2a) - 1/(12a^2) + 1/(120a^4) - 1/(252a^6), which keeps the
+    relative precision of a small h where the difference of two logarithms would not."""
+    inv = 1.0 / a
+    inv2 = inv * inv
+    series = 0.5 * inv - inv2 * (1.0 / 12 - inv2 * (1.0 / 120 - inv2 * (1.0 / 252)))
+    near = digamma_above_one(tf.minimum(a, SERIES_FROM) + 1.0) - tf.math.log(tf.minimum(a, SERIES_FROM))
+    return tf.where(a < SERIES_FROM, near, series)
 
 
 def digamma_above_one(x: tf.Tensor) -> tf.Tensor:

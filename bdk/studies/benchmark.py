@@ -49,8 +49,8 @@ ABLATION = {
 # output, by what the student keeps of the teacher. Overrides of (TransferConfig, StudentConfig).
 STUDENT_ABLATION = {
     "default (Dirichlet, all sources)": ({}, {}),
-    "earlier transfer set (K=10 at noise 0.05 + 2000 in the box), 32 units, MSE head": (dict(noise=(0.05,), interpolations=0, shell=0),
-                                                                     dict(hidden=(32,), uncertainty="regressor")),
+    "earlier transfer set (K=10 at noise 0.05 + 2000 in the box), 32 units, MSE head": (
+        dict(perturbations=10, noise=(0.05,), interpolations=0, shell=0), dict(hidden=(32,), uncertainty="regressor")),
     "- far shell": (dict(shell=0), {}),
     "- interpolations": (dict(interpolations=0), {}),
     "- multi-scale noise (0.05 only)": (dict(noise=(0.05,)), {}),
