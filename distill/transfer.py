@@ -125,12 +125,14 @@ class SoftLabelConfig:
 
     transfer: TransferConfig = field(default_factory=TransferConfig)
     samples: int | None = None  # S independent weight draws per row; None: by table (resolved_soft_labels)
-    batch_size: int = 16_384  # rows per `predictive` call (the transfer set's row groups): bench/bench_soft_labels.py
+    # rows per `predictive` call (the transfer set's row groups; bench/bench_soft_labels.py); None: at most
+    # BATCH_ROWS, and at most CALL_ROW_DRAWS / S, since a call holds its S draws' outputs ([S, rows, C] each)
+    batch_size: int | None = None
 
     def __post_init__(self):
         if self.samples is not None and self.samples < 2:
             raise BdkError(f"--samples must be at least 2 (the variance needs two draws), got {self.samples}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise BdkError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
@@ -299,6 +301,10 @@ SMALL_TABLE_DEFAULTS = dict(perturbations=40, interpolations=20_000, shell=32_00
 # on the small tables above (shell KL 0.0132 -> 0.0065 at the plain perturbations and interpolations); 1,000 on the
 # 1M scaling problem's 1.03M transfer rows would cost ~10 min.
 SAMPLES, SMALL_TABLE_SAMPLES = 100, 1000
+# Rows per call of the Beam job: 16,384 at 100 draws. At 1,000 draws a call of 16,384 rows held 1,000 x 16,384 x C
+# floats per output (Iris run: 1.0 -> 1.7 GB); the rows shrink so that rows x draws stays at 16,384 x 100 (the
+# soft labels are the same in any batching).
+BATCH_ROWS, CALL_ROW_DRAWS = 16_384, 1_638_400
 
 
 def small_class_table(task: tasks.Task, ds: Dataset) -> bool:
@@ -314,9 +320,11 @@ def resolved_transfer(cfg: TransferConfig, task: tasks.Task, ds: Dataset) -> Tra
 
 
 def resolved_soft_labels(cfg: SoftLabelConfig, task: tasks.Task, ds: Dataset) -> SoftLabelConfig:
-    """The transfer set resolved (resolved_transfer) and S: SMALL_TABLE_SAMPLES on small class tables, else SAMPLES."""
+    """The transfer set resolved (resolved_transfer), S (SMALL_TABLE_SAMPLES on small class tables, else SAMPLES) and
+    the rows per call (at most BATCH_ROWS and CALL_ROW_DRAWS / S)."""
     samples = cfg.samples if cfg.samples is not None else SMALL_TABLE_SAMPLES if small_class_table(task, ds) else SAMPLES
-    return replace(cfg, samples=samples, transfer=resolved_transfer(cfg.transfer, task, ds))
+    batch = cfg.batch_size if cfg.batch_size is not None else max(1, min(BATCH_ROWS, CALL_ROW_DRAWS // samples))
+    return replace(cfg, samples=samples, batch_size=batch, transfer=resolved_transfer(cfg.transfer, task, ds))
 
 
 def source_rows(count: int, share: float, n: int, cap: int) -> int:

@@ -441,6 +441,10 @@ def test_transfer_defaults_are_larger_for_small_class_tables(iris, regression_cs
     given = SoftLabelConfig(TransferConfig(perturbations=0, interpolations=5, shell=123), samples=7)
     assert sizes(resolved_soft_labels(given, classes, iris).transfer) == dict(perturbations=0, interpolations=5, shell=123)
     assert resolved_soft_labels(given, classes, iris).samples == 7
+    # rows per Beam call: 16,384 at 100 draws, rows x draws bounded at more draws; a given batch wins
+    assert (plain.batch_size, small.batch_size) == (16_384, 1_638)
+    assert resolved_soft_labels(given, classes, iris).batch_size == 16_384
+    assert resolved_soft_labels(SoftLabelConfig(batch_size=5), classes, iris).batch_size == 5
     counts = build_transfer_set(TransferConfig(), iris)["source"].value_counts()
     assert counts["perturbed"] == 40 * len(iris["train"]) and counts["interpolated"] == 20_000
     assert counts["shell"] == 32_000 and resolved_transfer(TransferConfig(), classes, iris).uniform == 2000
