@@ -21,6 +21,8 @@ from distill.transfer import FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS
 
 REFERENCE_ROW_DRAWS = 2_000_000  # rows x draws of the OOD reference (500 far-shell rows: 2,000 draws each)
 REFERENCE_SEED = 1  # the reference's draws: the evaluation's seed + this, independent of the teacher's own
+REFERENCE_WEIGHTS = 50_000_000  # ...and at most this many sampled weights in all (the export samples a call's draws up
+# front: 2,000 draws of the 1M run's (128, 128) teacher hold 48M of them, +120-170 MB of the evaluation's peak)
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,8 @@ def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports:
     # The reference: tables only (sequences' OOD rows are a shifted regime, each row a whole recurrent pass), with
     # draws of its own (another seed) and more of them than the evaluation's, else none.
     ood = inputs["ood"]
-    draws = min(cfg.reference_samples, REFERENCE_ROW_DRAWS // max(len(ood), 1))
+    weights = max(export_parameters(exports.paths["teacher"]) // 2, 1)  # a draw's (a Flipout kernel stores loc and scale)
+    draws = min(cfg.reference_samples, REFERENCE_ROW_DRAWS // max(len(ood), 1), REFERENCE_WEIGHTS // weights)
     table = ds.inputs.has_shell and len(ood) > 0 and draws > cfg.samples
     preds["reference"] = {"ood": exports.predict("teacher", ood, draws, cfg.seed + REFERENCE_SEED)} if table else {}
     temperature = task.fit_temperature(ds["val"].y, preds["baseline"]["val"])  # the validation split only
