@@ -29,7 +29,7 @@ REFERENCE_WEIGHTS = 50_000_000  # ...and at most this many sampled weights in al
 class EvalConfig:
     samples: int = 100  # teacher draws on val/test/OOD
     # The teacher's side of the student's agreement on the OOD rows: a nearly exact predictive, this many draws (at
-    # most REFERENCE_ROW_DRAWS in all). Off the data the teacher's draws disagree, and two `samples`-draw estimates
+    # most reference_draws allows). Off the data the teacher's draws disagree, and two `samples`-draw estimates
     # of its predictive differ by a KL the size of the goal (digits' far shell: 0.046 at 100 draws).
     reference_samples: int = 2000
     ood_rows: int = FAR_SHELL_ROWS  # far-away uniform inputs
@@ -325,8 +325,7 @@ def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports:
     # The reference: tables only (sequences' OOD rows are a shifted regime, each row a whole recurrent pass), with
     # draws of its own (another seed) and more of them than the evaluation's, else none.
     ood = inputs["ood"]
-    weights = max(export_parameters(exports.paths["teacher"]) // 2, 1)  # a draw's (a Flipout kernel stores loc and scale)
-    draws = min(cfg.reference_samples, REFERENCE_ROW_DRAWS // max(len(ood), 1), REFERENCE_WEIGHTS // weights)
+    draws = reference_draws(cfg.reference_samples, len(ood), exports.paths["teacher"])
     table = ds.inputs.has_shell and len(ood) > 0 and draws > cfg.samples
     preds["reference"] = {"ood": exports.predict("teacher", ood, draws, cfg.seed + REFERENCE_SEED)} if table else {}
     temperature = task.fit_temperature(ds["val"].y, preds["baseline"]["val"])  # the validation split only
@@ -336,6 +335,13 @@ def predict_all(cfg: EvalConfig, run: Path, ds: data_lib.Dataset, task, exports:
             t = output_arrays(regions[src], task)
             preds["teacher"][src] = {**t, "epistemic": t[task.epistemic_output]}
     return preds, {"baseline_ts_temperature": temperature, "reference_samples": draws if table else None}
+
+
+def reference_draws(cap: int, rows: int, teacher_export: Path) -> int:
+    """Draws of a nearly exact teacher predictive on `rows` rows: at most `cap`, REFERENCE_ROW_DRAWS row-draws and
+    REFERENCE_WEIGHTS sampled weights (the export samples a call's draws up front)."""
+    weights = max(export_parameters(teacher_export) // 2, 1)  # a draw's (a Flipout kernel stores loc and scale)
+    return min(cap, REFERENCE_ROW_DRAWS // max(rows, 1), REFERENCE_WEIGHTS // weights)
 
 
 def score_all(cfg: EvalConfig, ds: data_lib.Dataset, task, preds: dict) -> dict:

@@ -3,7 +3,8 @@ existing teacher runs, and print its validation figures beside the teacher's.
 
 Grid fields are `StudentConfig` fields, or soft-label fields: `SoftLabelConfig`'s (`samples`) and `TransferConfig`'s
 (`perturbations`, `interpolations`, `shell`, ...). With soft-label fields the soft labels are made again
-(`bdk soft-labels`, the teacher fixed); without, the run's data, teacher and soft labels are linked, not recomputed. The student's seed is the run's data seed, as in the benchmark.
+(`bdk soft-labels`, the teacher fixed); without, the run's data, teacher and soft labels are linked, not recomputed.
+The student's seed is the run's data seed, as in the benchmark.
 
 Scores, validation only (test rows are never read): the student's validation NLL and ECE against the teacher's;
 KL(teacher || student) on the validation rows and on the teacher stage's validation shell
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sweeps import grid_settings, print_summary, run_sweep  # noqa: E402
 
 TEACHER_DRAWS, TEACHER_SEED = 100, 20261205  # the teacher's predictive on the scored rows
-REFERENCE_DRAWS = 4000  # ...and a nearly exact one, at most REFERENCE_ROW_DRAWS in all
+REFERENCE_DRAWS = 4000  # ...and a nearly exact one, within the evaluation's bounds (bdk.evaluate.reference_draws)
 SCORED_ROWS = 20_000  # the first validation rows scored
 
 
@@ -65,7 +66,7 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from bdk.evaluate import REFERENCE_ROW_DRAWS
+    from bdk.evaluate import reference_draws
     from bdk.pipeline import soft_labels_stage, student_stage
     from distill import data as data_lib
     from distill import metrics
@@ -87,13 +88,14 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
     ds = data_lib.load_from_run(run)
     rows = {"val": ds.raw("val")[:SCORED_ROWS],
             "val_shell": far_uniform(ds, FAR_SHELL_ROWS, FAR_SHELL_INNER, FAR_SHELL_OUTER, VALIDATION_SHELL_SEED)}
-    predictive = tf.saved_model.load(str(run / "teacher" / "export" / "1")).signatures["predictive_seeded"]
+    teacher_export = run / "teacher" / "export" / "1"
+    predictive = tf.saved_model.load(str(teacher_export)).signatures["predictive_seeded"]
     serve = tf.saved_model.load(str(run / "student" / "export" / "1")).signatures["serving_default"]
     out = {}
     for name, x in rows.items():
         x = tf.constant(np.asarray(x, np.float32))
         s = serve(features=x)
-        reference = max(TEACHER_DRAWS, min(REFERENCE_DRAWS, REFERENCE_ROW_DRAWS // len(x)))
+        reference = max(TEACHER_DRAWS, reference_draws(REFERENCE_DRAWS, len(x), teacher_export))
         for suffix, draws in (("", TEACHER_DRAWS), ("_ref", reference)):
             t = predictive(features=x, num_samples=tf.constant(draws), seed=tf.constant(TEACHER_SEED, tf.int64))
             out[f"{name}_kl{suffix}"] = float(metrics.kl_divergence(t["probs"].numpy(), s["probs"].numpy()).mean())

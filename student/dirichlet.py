@@ -97,7 +97,8 @@ def excess_digamma(a: tf.Tensor) -> tf.Tensor:
     inv = 1.0 / a
     inv2 = inv * inv
     series = 0.5 * inv - inv2 * (1.0 / 12 - inv2 * (1.0 / 120 - inv2 * (1.0 / 252)))
-    near = digamma_above_one(tf.minimum(a, SERIES_FROM) + 1.0) - tf.math.log(tf.minimum(a, SERIES_FROM))
+    small = tf.minimum(a, SERIES_FROM)  # the near branch is kept only below SERIES_FROM
+    near = digamma_above_one(small + 1.0) - tf.math.log(small)
     return tf.where(a < SERIES_FROM, near, series)
 
 
