@@ -165,13 +165,13 @@ def soft_labels(
     ctx: typer.Context,
     run: Path = typer.Option(..., "--run", help="Run folder with a trained teacher."),
     samples: Optional[int] = typer.Option(None, help="Teacher weight draws per row (at least 2; default 1000 on class tables of fewer than 2,500 training rows, else 100)."),
-    perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 40 on class tables of fewer than 2,500 training rows, else 10)."),
+    perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 80 on class tables of fewer than 2,500 training rows, else 10)."),
     noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated, per feature in box widths (classes) or stds (regression); "
                                         "copy j uses the (j mod n)-th (default 0.05,0.2,0.5)."),
     noise_unit: Optional[str] = typer.Option(None, help="Unit of --noise: box (per feature, the train box's width), std (per "
                                              "feature, the train std) or neighbour (the perturbation's length, in median "
                                              "nearest-neighbour distances); default by task."),
-    interpolations: Optional[int] = typer.Option(None, help="Points between pairs of training inputs (default 20,000 on class tables of fewer than 2,500 training rows, else 2000; with "
+    interpolations: Optional[int] = typer.Option(None, help="Points between pairs of training inputs (default 40,000 on class tables of fewer than 2,500 training rows, else 2000; with "
                                                  "--interpolation-share, at least this many)."),
     interpolation_share: Optional[float] = typer.Option(None, help=INTERPOLATION_SHARE_HELP),
     interpolation_pairs: Optional[str] = typer.Option(None, help=INTERPOLATION_PAIRS_HELP),
@@ -292,11 +292,11 @@ def run_pipeline(
     kl_weight: Optional[str] = typer.Option(None, help="Teacher's KL weight, or `auto`; default by task."),
     ncp_weight: NcpOption = None,
     samples: Optional[int] = typer.Option(None, min=2, help="Teacher weight draws for evaluation and soft labels (default 100; soft labels of class tables of fewer than 2,500 training rows 1000)."),
-    perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 40 on class tables of fewer than 2,500 training rows, else 10)."),
+    perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 80 on class tables of fewer than 2,500 training rows, else 10)."),
     noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated (default 0.05,0.2,0.5)."),
     noise_unit: Optional[str] = typer.Option(None, help="Unit of --noise: box, std or neighbour (see `bdk soft-labels "
                                              "--help`); default by task."),
-    interpolations: Optional[int] = typer.Option(None, help="Transfer points between pairs of training inputs (default 20,000 on class tables of fewer than 2,500 training rows, else 2000)."),
+    interpolations: Optional[int] = typer.Option(None, help="Transfer points between pairs of training inputs (default 40,000 on class tables of fewer than 2,500 training rows, else 2000)."),
     interpolation_share: Optional[float] = typer.Option(None, help=INTERPOLATION_SHARE_HELP),
     interpolation_pairs: Optional[str] = typer.Option(None, help=INTERPOLATION_PAIRS_HELP),
     uniform: Optional[int] = typer.Option(None, help="Uniform points over the widened training box (default 2000)."),

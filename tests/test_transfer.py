@@ -409,8 +409,8 @@ def test_cli_passes_the_transfer_options(monkeypatch, tmp_path):
 
 
 def test_transfer_defaults_are_larger_for_small_class_tables(iris, regression_csv, sequence_csv):
-    """Sizes and --samples unset: SMALL_TABLE_DEFAULTS (40 copies, 20,000 interpolations, 32,000 far-shell points) and
-    1,000 draws for a class table of fewer than SMALL_TABLE_ROWS training rows; TABLE_DEFAULTS and 100 draws for a
+    """Sizes and --samples unset: SMALL_TABLE_DEFAULTS (perturbed copies, interpolations, far-shell points) and
+    SMALL_TABLE_SAMPLES draws for a class table of fewer than SMALL_TABLE_ROWS training rows; TABLE_DEFAULTS and 100 draws for a
     larger one, for regression and for sequences; a given value wins (0 included); the built transfer set has them."""
     from dataclasses import replace
 
@@ -446,5 +446,6 @@ def test_transfer_defaults_are_larger_for_small_class_tables(iris, regression_cs
     assert resolved_soft_labels(given, classes, iris).batch_size == 16_384
     assert resolved_soft_labels(SoftLabelConfig(batch_size=5), classes, iris).batch_size == 5
     counts = build_transfer_set(TransferConfig(), iris)["source"].value_counts()
-    assert counts["perturbed"] == 40 * len(iris["train"]) and counts["interpolated"] == 20_000
-    assert counts["shell"] == 32_000 and resolved_transfer(TransferConfig(), classes, iris).uniform == 2000
+    assert counts["perturbed"] == SMALL_TABLE_DEFAULTS["perturbations"] * len(iris["train"])
+    assert counts["interpolated"] == SMALL_TABLE_DEFAULTS["interpolations"]
+    assert counts["shell"] == SMALL_TABLE_DEFAULTS["shell"] and resolved_transfer(TransferConfig(), classes, iris).uniform == 2000
