@@ -29,9 +29,9 @@ class GradientScale(tfk.layers.Layer):
         self.scale = float(scale)
 
     def call(self, h, training=None):
-        if not training:
-            return h
-        return self.scale * h + (1.0 - self.scale) * tf.stop_gradient(h)
+        # a Python training flag picks one branch when traced (no op at inference); a tensor one becomes a switch
+        return tfk.backend.in_train_phase(lambda: self.scale * h + (1.0 - self.scale) * tf.stop_gradient(h),
+                                          lambda: h, training=training)
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}

@@ -195,6 +195,21 @@ def test_dirichlet_mutual_information_keeps_its_relative_precision_at_large_prec
         assert np.isfinite(u["mutual_information"].numpy()).all()
 
 
+@pytest.mark.parametrize("training", [True, False, None, tf.constant(True), tf.constant(False)])
+def test_gradient_scale_scales_the_gradient_in_training_only(training):
+    """The epistemic head's gradient into the body: scaled by 0.1 in training, whether Keras passes the flag as a
+    Python bool or a tensor; the identity otherwise. The forward pass is the identity either way."""
+    from student.model import GradientScale
+
+    x = tf.constant(np.arange(6, dtype=np.float32).reshape(2, 3))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = GradientScale(0.1)(x, training=training)
+    np.testing.assert_allclose(y.numpy(), x.numpy(), rtol=1e-6)
+    scaled = bool(training.numpy()) if tf.is_tensor(training) else bool(training)
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), np.full((2, 3), 0.1 if scaled else 1.0), rtol=1e-6)
+
+
 def test_tflite_safe_digamma_matches_tensorflows():
     x = tf.constant(np.concatenate([np.linspace(1, 3, 401), np.logspace(0.5, 8, 401)]), tf.float32)
     np.testing.assert_allclose(dirichlet.digamma_above_one(x).numpy(), tf.math.digamma(x).numpy(), rtol=2e-6, atol=2e-6)
