@@ -67,6 +67,31 @@ StudyEpochsOption = Annotated[Optional[int], typer.Option(min=1, help="Teachers'
 StudySamplesOption = Annotated[Optional[int], typer.Option(min=2, help="Teacher weight draws (default 100).")]
 StudyUniformOption = Annotated[Optional[int], typer.Option(min=0, help="Uniform transfer points (default 2000).")]
 StudyStudentEpochsOption = Annotated[Optional[int], typer.Option(min=1, help="Students' maximum epochs (default 300).")]
+# The transfer set's options (`bdk soft-labels`, `bdk run`). Defaults by table: distill.transfer.SMALL_TABLE_DEFAULTS on
+# small class tables, else TABLE_DEFAULTS (tests/test_cli.py holds the help to them).
+SMALL_TABLES = "class tables of fewer than 2,500 training rows"
+PerturbationsOption = Annotated[Optional[int], typer.Option(
+    help=f"Gaussian-perturbed copies of each training input (default 80 on {SMALL_TABLES}, else 10).")]
+NoiseOption = Annotated[Optional[str], typer.Option(
+    help="Perturbation noise stds, comma-separated, per feature in box widths (classes) or stds (regression); copy j "
+         "uses the (j mod n)-th (default 0.05,0.2,0.5).")]
+NoiseUnitOption = Annotated[Optional[str], typer.Option(
+    help="Unit of --noise: box (per feature, the train box's width), std (per feature, the train std) or neighbour "
+         "(the perturbation's length, in median nearest-neighbour distances); default by task.")]
+InterpolationsOption = Annotated[Optional[int], typer.Option(
+    help=f"Points between pairs of training inputs (default 40,000 on {SMALL_TABLES}, else 2,000; with "
+         "--interpolation-share, at least this many).")]
+InterpolationShareOption = Annotated[Optional[float], typer.Option(help=INTERPOLATION_SHARE_HELP)]
+InterpolationPairsOption = Annotated[Optional[str], typer.Option(help=INTERPOLATION_PAIRS_HELP)]
+UniformOption = Annotated[Optional[int], typer.Option(
+    help="Points uniform over the training box, widened on each side (by 0.1 box widths by default; default 2000).")]
+UniformShareOption = Annotated[Optional[float], typer.Option(
+    help="Uniform points as a share of the training rows, at least --uniform (default 0: --uniform points).")]
+ShellOption = Annotated[Optional[int], typer.Option(
+    help=f"Points in the far shell, 0.25 to 3 box widths outside the training box (default 32,000 on {SMALL_TABLES}, "
+         "else 2,000).")]
+ShellShareOption = Annotated[Optional[float], typer.Option(
+    help="Far-shell points as a share of the training rows, at least --shell (default 0: --shell points).")]
 
 
 @app.callback()
@@ -164,30 +189,22 @@ def teacher(
 def soft_labels(
     ctx: typer.Context,
     run: Path = typer.Option(..., "--run", help="Run folder with a trained teacher."),
-    samples: Optional[int] = typer.Option(None, help="Teacher weight draws per row (at least 2; default 1000 on class tables of fewer than 2,500 training rows, else 100)."),
-    perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 80 on class tables of fewer than 2,500 training rows, else 10)."),
-    noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated, per feature in box widths (classes) or stds (regression); "
-                                        "copy j uses the (j mod n)-th (default 0.05,0.2,0.5)."),
-    noise_unit: Optional[str] = typer.Option(None, help="Unit of --noise: box (per feature, the train box's width), std (per "
-                                             "feature, the train std) or neighbour (the perturbation's length, in median "
-                                             "nearest-neighbour distances); default by task."),
-    interpolations: Optional[int] = typer.Option(None, help="Points between pairs of training inputs (default 40,000 on class tables of fewer than 2,500 training rows, else 2000; with "
-                                                 "--interpolation-share, at least this many)."),
-    interpolation_share: Optional[float] = typer.Option(None, help=INTERPOLATION_SHARE_HELP),
-    interpolation_pairs: Optional[str] = typer.Option(None, help=INTERPOLATION_PAIRS_HELP),
+    samples: Optional[int] = typer.Option(None, help=f"Teacher weight draws per row (at least 2; default 1000 on {SMALL_TABLES}, else 100)."),
+    perturbations: PerturbationsOption = None,
+    noise: NoiseOption = None,
+    noise_unit: NoiseUnitOption = None,
+    interpolations: InterpolationsOption = None,
+    interpolation_share: InterpolationShareOption = None,
+    interpolation_pairs: InterpolationPairsOption = None,
     interpolation_neighbours: Optional[int] = typer.Option(None, help="With --interpolation-pairs neighbour: the partner is "
                                                            "one of the row's this many nearest training rows (default 10)."),
-    uniform: Optional[int] = typer.Option(None, help="Points uniform over the training box widened by --margin (default 2000)."),
-    uniform_share: Optional[float] = typer.Option(None, help="Uniform points as a share of the training rows, at least "
-                                                  "--uniform (default 0: --uniform points)."),
-    margin: Optional[float] = typer.Option(None, help="Widening of the training box on each side, box widths (default 0.1)."),
-    shell: Optional[int] = typer.Option(None, help="Points in the far shell, --shell-inner to --shell-outer box widths "
-                                        "outside the training box (default 32000 for class tables of fewer than 2500 "
-                                        "training rows, 2000 otherwise; 0.25 to 3)."),
-    shell_share: Optional[float] = typer.Option(None, help="Far-shell points as a share of the training rows, at least "
-                                                "--shell (default 0: --shell points)."),
-    shell_inner: Optional[float] = typer.Option(None, help="See --shell."),
-    shell_outer: Optional[float] = typer.Option(None, help="See --shell."),
+    uniform: UniformOption = None,
+    uniform_share: UniformShareOption = None,
+    margin: Optional[float] = typer.Option(None, help="Widening of the training box for --uniform on each side, box widths (default 0.1)."),
+    shell: ShellOption = None,
+    shell_share: ShellShareOption = None,
+    shell_inner: Optional[float] = typer.Option(None, help="Inner edge of the far shell, box widths outside the training box (default 0.25)."),
+    shell_outer: Optional[float] = typer.Option(None, help="Outer edge of the far shell, box widths outside the training box (default 3)."),
     unlabeled: Optional[str] = typer.Option(None, help="Extra unlabeled rows: a .csv/.parquet with the teacher's feature columns "
                                              "(the raw columns, text and empty cells included: the run's encoding is applied)."),
     batch_size: Optional[int] = typer.Option(None, help="Rows per teacher call in the Beam job (default 16384 at 100 draws; rows x draws at most 1,638,400)."),
@@ -291,21 +308,17 @@ def run_pipeline(
     epochs: Optional[int] = typer.Option(None, min=1, help="Teacher's maximum epochs; default by task."),
     kl_weight: Optional[str] = typer.Option(None, help="Teacher's KL weight, or `auto`; default by task."),
     ncp_weight: NcpOption = None,
-    samples: Optional[int] = typer.Option(None, min=2, help="Teacher weight draws for evaluation and soft labels (default 100; soft labels of class tables of fewer than 2,500 training rows 1000)."),
-    perturbations: Optional[int] = typer.Option(None, help="Gaussian-perturbed copies of each training input (default 80 on class tables of fewer than 2,500 training rows, else 10)."),
-    noise: Optional[str] = typer.Option(None, help="Perturbation noise stds, comma-separated (default 0.05,0.2,0.5)."),
-    noise_unit: Optional[str] = typer.Option(None, help="Unit of --noise: box, std or neighbour (see `bdk soft-labels "
-                                             "--help`); default by task."),
-    interpolations: Optional[int] = typer.Option(None, help="Transfer points between pairs of training inputs (default 40,000 on class tables of fewer than 2,500 training rows, else 2000)."),
-    interpolation_share: Optional[float] = typer.Option(None, help=INTERPOLATION_SHARE_HELP),
-    interpolation_pairs: Optional[str] = typer.Option(None, help=INTERPOLATION_PAIRS_HELP),
-    uniform: Optional[int] = typer.Option(None, help="Uniform points over the widened training box (default 2000)."),
-    uniform_share: Optional[float] = typer.Option(None, help="Uniform points as a share of the training rows (see `bdk "
-                                                  "soft-labels --help`)."),
-    shell: Optional[int] = typer.Option(None, help="Transfer points in the far shell (default 32000 for class tables "
-                                        "of fewer than 2500 training rows, 2000 otherwise)."),
-    shell_share: Optional[float] = typer.Option(None, help="Far-shell points as a share of the training rows (see `bdk "
-                                                "soft-labels --help`)."),
+    samples: Optional[int] = typer.Option(None, min=2, help=f"Teacher weight draws for evaluation and soft labels (default 100; soft labels of {SMALL_TABLES} 1000)."),
+    perturbations: PerturbationsOption = None,
+    noise: NoiseOption = None,
+    noise_unit: NoiseUnitOption = None,
+    interpolations: InterpolationsOption = None,
+    interpolation_share: InterpolationShareOption = None,
+    interpolation_pairs: InterpolationPairsOption = None,
+    uniform: UniformOption = None,
+    uniform_share: UniformShareOption = None,
+    shell: ShellOption = None,
+    shell_share: ShellShareOption = None,
     student_epochs: Optional[int] = typer.Option(None, min=1, help="Student's maximum epochs (default 300)."),
     hidden: Optional[str] = typer.Option(None, help="Student hidden layer sizes, comma-separated, or auto; default: the "
                                          "teacher's widths (one teacher draw's cost per row)."),

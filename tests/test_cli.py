@@ -59,6 +59,23 @@ def test_run_and_soft_labels_take_every_transfer_option(monkeypatch, tmp_path):
     assert len(seen) == 2
 
 
+def test_transfer_help_gives_the_defaults_by_table():
+    """The help of the transfer-size options (shared by `bdk run` and `bdk soft-labels`) states the defaults that
+    distill.transfer resolves: a changed default fails here instead of leaving the help behind."""
+    from bdk import cli
+    from distill.transfer import SAMPLES, SMALL_TABLE_DEFAULTS, SMALL_TABLE_ROWS, SMALL_TABLE_SAMPLES, TABLE_DEFAULTS
+
+    assert f"fewer than {SMALL_TABLE_ROWS:,} training rows" in cli.SMALL_TABLES
+    options = {"perturbations": cli.PerturbationsOption, "interpolations": cli.InterpolationsOption,
+               "shell": cli.ShellOption}
+    assert set(options) == set(SMALL_TABLE_DEFAULTS) == set(TABLE_DEFAULTS)
+    for name, option in options.items():
+        text = option.__metadata__[0].help
+        assert f"default {SMALL_TABLE_DEFAULTS[name]:,} on {cli.SMALL_TABLES}, else {TABLE_DEFAULTS[name]:,}" in text, name
+    r = CliRunner().invoke(app, ["soft-labels", "--help"], terminal_width=400)
+    assert f"default {SMALL_TABLE_SAMPLES} on {cli.SMALL_TABLES}, else {SAMPLES}" in " ".join(r.output.split()), r.output
+
+
 def test_bad_options_are_one_error_line_before_tensorflow_loads(tmp_path):
     """An invalid --missing, --kl-weight or --learning-rate-decay is refused in a fresh process without importing TensorFlow."""
     script = textwrap.dedent(f"""
