@@ -299,6 +299,7 @@ def _cost_section(out: dict) -> list[str]:
                      and t.get("flops_per_row") else ".")]
     if "student TFLite" in cost:
         lines += ["", f"Student TFLite file: {cost['student TFLite']['bytes']:,} bytes, run through the LiteRT interpreter."]
-    lines += ["", "Latency: one row per call, in-process, after warm-up; a teacher draw costs one forward pass of its "
-              "network (FLOPs counted from the dense layers' widths, 2 per multiply-add)."]
+    lines += ["", "Latency: one row per call, in-process, after warm-up. Batch 4096: the models timed in rounds, each "
+              "once per round, the second of two calls in a row (median over the rounds). A teacher draw costs one "
+              "forward pass of its network (FLOPs counted from the dense layers' widths, 2 per multiply-add)."]
     return lines

@@ -6,6 +6,10 @@ Calls the run's student `serving_default`, the teacher's `serving_default` (its 
 second student export (e.g. one saved by an earlier commit), timed in rounds as the report's cost table times them
 (bdk.evaluate.batch_throughput: each model once per round); prints the median time per call and the teacher / student
 ratio at each batch size, and the largest output difference between the two students.
+
+With --parts it also times, in the same rounds, the student's dense network alone (its matmuls, biases and ReLUs,
+rebuilt from the export's variables: what one teacher draw costs too) and the Dirichlet closed forms alone
+(student.dirichlet.uncertainty on [batch, C] logits): where the student's time goes beside its FLOPs.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--other", type=Path, help="another student export (version folder) to compare with")
     p.add_argument("--batches", default="1,64,512,1024,4096")
+    p.add_argument("--parts", action="store_true", help="also time the dense network alone and the closed forms alone")
     a = p.parse_args()
     import tensorflow as tf
 
@@ -34,16 +39,60 @@ def main() -> None:
         models["other"] = load(a.other)
     width = int(models["student"].structured_input_signature[1]["features"].shape[1])
     calls = {k: (lambda x, f=f: f(features=tf.constant(x))) for k, f in models.items()}
+    if a.parts:
+        network, classes = dense_chain(tf.saved_model.load(str(resolve_export(a.run / "student" / "export")[0])))
+        calls["network"] = lambda x: network(tf.constant(x))
+        closed_forms = closed_forms_call(classes)
+        calls["closed forms"] = lambda x: closed_forms(x.shape[0])
     for batch in map(int, a.batches.split(",")):
         x = tf.constant(np.random.default_rng(0).standard_normal((batch, width)).astype(np.float32))
         outs = {k: {n: v.numpy() for n, v in f(features=x).items()} for k, f in models.items()}
         ms = {k: 1e3 * batch / rows_per_s for k, rows_per_s in batch_throughput(calls, (width,), batch).items()}
         line = f"batch {batch:5d}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items())
         line += f"; teacher / student {ms['teacher'] / ms['student']:.2f}x"
+        if a.parts:
+            line += f", teacher / network alone {ms['teacher'] / ms['network']:.2f}x"
         if a.other:
             diff = max(float(np.abs(outs["student"][n] - outs["other"][n]).max()) for n in outs["student"])
             line += f", teacher / other {ms['teacher'] / ms['other']:.2f}x, max output difference {diff:.1e}"
         print(line, flush=True)
+
+
+def dense_chain(module):
+    """The student export's dense network alone, from its variables: features [B, F] -> logits [B, C]; and C."""
+    import tensorflow as tf
+
+    v = {x.name.split(":")[0]: x for x in module.model_variables}
+    hidden = sorted((k.split("/")[0] for k in v if k.startswith("hidden_") and k.endswith("/kernel")),
+                    key=lambda n: int(n.split("_")[1]))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, v[hidden[0] + "/kernel"].shape[0]], tf.float32)])
+    def network(x):
+        for name in hidden:
+            x = tf.nn.relu(x @ v[name + "/kernel"] + v[name + "/bias"])
+        return x @ v["head/kernel"] + v["head/bias"]
+
+    return network, int(v["head/kernel"].shape[1])
+
+
+def closed_forms_call(classes: int):
+    """rows -> the Dirichlet's closed forms on fixed logits [rows, C] and log-precisions [rows] (one tf.function)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from student import dirichlet
+
+    f = tf.function(dirichlet.uncertainty, input_signature=[tf.TensorSpec([None, classes]), tf.TensorSpec([None])])
+    inputs = {}
+
+    def call(rows: int):
+        if rows not in inputs:
+            rng = np.random.default_rng(1)
+            inputs[rows] = (tf.constant(rng.normal(0, 3, (rows, classes)).astype(np.float32)),
+                            tf.constant(rng.normal(5, 2, rows).astype(np.float32)))
+        return f(*inputs[rows])
+
+    return call
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Grid fields are `StudentConfig` fields, or soft-label fields: `SoftLabelConfig`'
 The student's seed is the run's data seed, as in the benchmark.
 
 Scores, validation only (test rows are never read): the student's validation NLL and ECE against the teacher's;
-KL(teacher || student) on the validation rows and on the teacher stage's validation shell
+KL(teacher || student) and the Spearman correlation of the epistemic scores on the validation rows and on the
+teacher stage's validation shell
 (`distill.transfer.far_uniform` with VALIDATION_SHELL_SEED, the evaluation's construction with its own seed), the
 teacher's predictive there drawn 100 times at a fixed seed (`*_kl`, as the evaluation) and REFERENCE_DRAWS times
 (`*_kl_ref`: off the data two 100-draw estimates of the teacher differ by a KL of several hundredths); the far-shell
@@ -69,7 +70,7 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
     from bdk.evaluate import reference_draws
     from bdk.pipeline import soft_labels_stage, student_stage
     from distill import data as data_lib
-    from distill import metrics
+    from distill import metrics, tasks
     from distill.transfer import (FAR_SHELL_INNER, FAR_SHELL_OUTER, FAR_SHELL_ROWS, VALIDATION_SHELL_SEED,
                                   SoftLabelConfig, TransferConfig, far_uniform)
     from student.config import StudentConfig
@@ -91,6 +92,7 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
     teacher_export = run / "teacher" / "export" / "1"
     predictive = tf.saved_model.load(str(teacher_export)).signatures["predictive_seeded"]
     serve = tf.saved_model.load(str(run / "student" / "export" / "1")).signatures["serving_default"]
+    epistemic = tasks.get(ds.task).epistemic_output  # the teacher's epistemic score
     out = {}
     for name, x in rows.items():
         x = tf.constant(np.asarray(x, np.float32))
@@ -99,13 +101,15 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
         for suffix, draws in (("", TEACHER_DRAWS), ("_ref", reference)):
             t = predictive(features=x, num_samples=tf.constant(draws), seed=tf.constant(TEACHER_SEED, tf.int64))
             out[f"{name}_kl{suffix}"] = float(metrics.kl_divergence(t["probs"].numpy(), s["probs"].numpy()).mean())
+            out[f"{name}_spearman{suffix}"] = metrics.spearman(t[epistemic].numpy(), s["epistemic"].numpy())
         out[f"{name}_epistemic"] = s["epistemic"].numpy()
     return {"dataset": dataset_name(source), "seed": seed, **{k: json.dumps(v) for k, v in overrides.items()},
             "val_nll": m["student/val/nll"], "teacher_val_nll": teacher["val/nll"],
             "val_nll_gap": m["student/val/nll"] - teacher["val/nll"], "val_ece": m["student/val/ece"],
             "teacher_val_ece": teacher["val/ece"], "val_accuracy": m.get("student/val/accuracy"),
             "teacher_val_accuracy": teacher.get("val/accuracy"), "baseline_val_accuracy": m.get("baseline/val/accuracy"),
-            "baseline_val_nll": m.get("baseline/val/nll"), **{k: v for k, v in out.items() if "_kl" in k},
+            "baseline_val_nll": m.get("baseline/val/nll"),
+            **{k: v for k, v in out.items() if "_kl" in k or "_spearman" in k},
             "shell_auroc_epistemic": metrics.auroc(out["val_epistemic"], out["val_shell_epistemic"]),
             "teacher_shell_auroc": teacher.get("val/far_shell_auroc_epistemic", np.nan),
             "rows": m["rows"], "epochs": m["epochs_run"], "stopped_by": m.get("stopped_by"),
@@ -132,7 +136,7 @@ def main() -> None:
             key = f"{name}:{json.dumps(o, sort_keys=True)}"
             jobs.append(({"key": key}, name, lambda run, source=source, o=o, key=key: {"key": key, **score(source, o, run)}))
     print_summary(run_sweep(a.out, jobs), keys, ["val_nll_gap", "val_kl", "val_shell_kl", "val_shell_kl_ref", "val_ece",
-                                                 "shell_auroc_epistemic", "seconds"])
+                                                 "val_shell_spearman_ref", "shell_auroc_epistemic", "seconds"])
 
 
 if __name__ == "__main__":
