@@ -84,12 +84,13 @@ InterpolationsOption = Annotated[Optional[int], typer.Option(
 InterpolationShareOption = Annotated[Optional[float], typer.Option(help=INTERPOLATION_SHARE_HELP)]
 InterpolationPairsOption = Annotated[Optional[str], typer.Option(help=INTERPOLATION_PAIRS_HELP)]
 UniformOption = Annotated[Optional[int], typer.Option(
-    help="Points uniform over the training box, widened on each side (by 0.1 box widths by default; default 2000).")]
+    help="Points uniform over the training box widened on each side (`bdk soft-labels --margin`, default 0.1 box "
+         "widths); default 2000.")]
 UniformShareOption = Annotated[Optional[float], typer.Option(
     help="Uniform points as a share of the training rows, at least --uniform (default 0: --uniform points).")]
 ShellOption = Annotated[Optional[int], typer.Option(
-    help=f"Points in the far shell, 0.25 to 3 box widths outside the training box (default 32,000 on {SMALL_TABLES}, "
-         "else 2,000).")]
+    help=f"Points in the far shell, box widths outside the training box (`bdk soft-labels --shell-inner/--shell-outer`, "
+         f"default 0.25 to 3) (default 32,000 on {SMALL_TABLES}, else 2,000).")]
 ShellShareOption = Annotated[Optional[float], typer.Option(
     help="Far-shell points as a share of the training rows, at least --shell (default 0: --shell points).")]
 

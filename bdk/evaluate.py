@@ -191,8 +191,8 @@ def timing(call, shape: tuple, calls: int) -> dict[str, float]:
 
 
 def batch_throughput(calls: dict, shape: tuple, batch: int) -> dict[str, float]:
-    """Rows/s of each `calls[name](x [batch, *shape])`, from the median of calls timed in rounds, each model once per
-    round: the machine's speed drifts (timed one model after the other, four calls each, the teacher / student ratio
+    """Rows/s of each `calls[name](x [batch, *shape])`, from the median of calls timed in rounds, each model's turn once
+    per round: the machine's speed drifts (timed one model after the other, four calls each, the teacher / student ratio
     at 1M rows read 4.9x in one run and 6.0x in the next), and a drift then reaches every model alike. In its turn a
     model is called twice and the second call is timed: a call right after another model's pays for that model's
     footprint (the 1M student took 3.7 ms right after the 100-draw teacher, 2.7 ms on its own), which a server

@@ -4,7 +4,7 @@
 
 Calls the run's student `serving_default`, the teacher's `serving_default` (its serving draws) and, with --other, a
 second student export (e.g. one saved by an earlier commit), timed in rounds as the report's cost table times them
-(bdk.evaluate.batch_throughput: each model once per round); prints the median time per call and the teacher / student
+(bdk.evaluate.batch_throughput: each model's turn once per round, the second of two calls timed); prints the median time per call and the teacher / student
 ratio at each batch size, and the largest output difference between the two students.
 
 With --parts it also times, in the same rounds, the student's dense network alone (its matmuls, biases and ReLUs,

@@ -34,6 +34,10 @@ def test_benchmark_writes_a_report_and_resumes(tmp_path):
     report = (out / "report.md").read_text()
     assert "| iris | flipout teacher | 1 |" in report and "far-shell AUROC (MI) >= 0.90" in report
     assert "## The students against their teachers" in report and "iris (flipout): KL <= 0.005 on test:" in report
+    from bdk.studies.benchmark import MISSED_WHY  # a tiny budget misses goals; the report points to why
+
+    student_goals = report.split("## The students against their teachers")[1].split("\n## ")[0]
+    assert ("MISSED" in student_goals) == (MISSED_WHY in student_goals)
     assert (out / "reliability_iris.png").stat().st_size > 1000
     run = out / "runs" / "iris" / "seed0" / "flipout" / "report" / "metrics.json"
     stamp = run.stat().st_mtime_ns

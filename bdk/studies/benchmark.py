@@ -495,7 +495,13 @@ def _student_section(table: pd.DataFrame) -> list[str]:
                   ("latency <= 0.5 ms", st["latency_ms_p50"] <= 0.5, f"{st['latency_ms_p50']:.3f} ms")]
         goals += [f"- {d} ({kind}): {name}: {'n/a' if ok is None else 'met' if ok else 'MISSED'} ({detail})"
                   for name, ok, detail in checks]
+    if any("MISSED" in g for g in goals):
+        goals += ["", MISSED_WHY]
     return lines + ([""] + goals if goals else [])
+
+
+MISSED_WHY = ("Why the missed goals are missed, measured on validation: the project's docs/results-suite.md (\"Why the "
+              "far shell stays above 0.01\") and README.md (\"Goals not met\").")
 
 
 def _teacher_metrics(results: dict, dataset: str) -> dict | None:
