@@ -2,6 +2,9 @@
 
 - `regressor`: the head regresses the teacher's epistemic score itself (mutual information for classes, the
   epistemic variance for regression), a softplus output.
+- `log_regressor`: the head regresses the logarithm of the teacher's epistemic score (floored at LOG_FLOOR), a linear
+  output of centred targets, and the export serves its exponential: the squared error weighs a near-data score of
+  1e-4 against one of 1e-3 as a far-away 0.1 against 1, so that both regions are ranked.
 - `dirichlet` (classes): the head regresses the log-precision of a Dirichlet over the class probabilities
   (student.dirichlet), a linear output of centred targets; the export turns it into the Dirichlet's closed-form
   uncertainty.
@@ -30,6 +33,24 @@ class Regressor:
         return {**task.point_outputs(params), "epistemic": score}
 
 
+LOG_FLOOR = 1e-6  # log_regressor: scores below this (a teacher sure to the last digits) are regressed as this
+
+
+@dataclass(frozen=True)
+class LogRegressor(Regressor):
+    name: str = "log_regressor"
+    activation: str = "linear"
+    center_scores: bool = True
+
+    def scores(self, outputs, task, num_classes):
+        return np.log(np.maximum(super().scores(outputs, task, num_classes), LOG_FLOOR))  # [n]
+
+    def serve(self, task, head, score, target_shift, target_scale):
+        import tensorflow as tf
+
+        return {**super().serve(task, head, score, target_shift, target_scale), "epistemic": tf.exp(score)}
+
+
 @dataclass(frozen=True)
 class Dirichlet(Regressor):
     name: str = "dirichlet"
@@ -51,4 +72,4 @@ class Dirichlet(Regressor):
         return {**u, "epistemic": u["mutual_information"]}
 
 
-HEADS = {h.name: h for h in (Regressor(), Dirichlet())}
+HEADS = {h.name: h for h in (Regressor(), LogRegressor(), Dirichlet())}

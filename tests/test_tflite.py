@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-OUTPUTS = {"regressor": {"probs", "entropy", "epistemic"},
+OUTPUTS = {"regressor": {"probs", "entropy", "epistemic"}, "log_regressor": {"probs", "entropy", "epistemic"},
            "dirichlet": {"probs", "entropy", "expected_entropy", "mutual_information", "epistemic"}}
 
 
@@ -15,7 +15,7 @@ def save_keras_mlp(out, uncertainty="regressor"):
     from student.model import build_student
 
     tfk.utils.set_random_seed(0)
-    model = build_student(4, 3, (16, 16), epistemic_activation="linear" if uncertainty == "dirichlet" else "softplus")
+    model = build_student(4, 3, (16, 16), epistemic_activation="softplus" if uncertainty == "regressor" else "linear")
     from distill import tasks
 
     return StudentModule(tasks.get("classification"), model, feature_shift=[4.3, 2.0, 1.0, 0.1],
@@ -23,7 +23,7 @@ def save_keras_mlp(out, uncertainty="regressor"):
                          epistemic_shift=0.0 if uncertainty == "regressor" else 3.0, uncertainty=uncertainty).save(out)
 
 
-@pytest.mark.parametrize("uncertainty", ["regressor", "dirichlet"])
+@pytest.mark.parametrize("uncertainty", ["regressor", "log_regressor", "dirichlet"])
 def test_tflite_matches_saved_model(tmp_path, uncertainty):
     import tensorflow as tf
 
