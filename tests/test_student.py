@@ -210,6 +210,17 @@ def test_gradient_scale_scales_the_gradient_in_training_only(training):
     np.testing.assert_allclose(tape.gradient(y, x).numpy(), np.full((2, 3), 0.1 if scaled else 1.0), rtol=1e-6)
 
 
+def test_log_regressor_regresses_the_log_and_serves_the_score():
+    from student.uncertainty import HEADS, LOG_FLOOR
+
+    head = HEADS["log_regressor"]
+    mi = np.array([0.0, 1e-9, 1e-4, 0.3, 1.2])
+    scores = head.scores({"mutual_information": mi}, tasks.get("classification"), 3)
+    np.testing.assert_allclose(scores, np.log(np.maximum(mi, LOG_FLOOR)))
+    served = head.serve(CLS, tf.zeros((5, 3)), tf.constant(scores, tf.float32), 0.0, 1.0)
+    np.testing.assert_allclose(served["epistemic"].numpy(), np.maximum(mi, LOG_FLOOR), rtol=1e-6)
+
+
 def test_tflite_safe_digamma_matches_tensorflows():
     x = tf.constant(np.concatenate([np.linspace(1, 3, 401), np.logspace(0.5, 8, 401)]), tf.float32)
     np.testing.assert_allclose(dirichlet.digamma_above_one(x).numpy(), tf.math.digamma(x).numpy(), rtol=2e-6, atol=2e-6)

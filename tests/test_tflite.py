@@ -18,9 +18,11 @@ def save_keras_mlp(out, uncertainty="regressor"):
     model = build_student(4, 3, (16, 16), epistemic_activation="softplus" if uncertainty == "regressor" else "linear")
     from distill import tasks
 
+    # the head's score scaling as training would set it: MI itself, log MI, log-precision
+    scale, shift = {"regressor": (0.05, 0.0), "log_regressor": (1.0, -4.0), "dirichlet": (2.0, 3.0)}[uncertainty]
     return StudentModule(tasks.get("classification"), model, feature_shift=[4.3, 2.0, 1.0, 0.1],
-                         feature_scale=[3.6, 2.4, 5.9, 2.4], epistemic_scale=0.05 if uncertainty == "regressor" else 2.0,
-                         epistemic_shift=0.0 if uncertainty == "regressor" else 3.0, uncertainty=uncertainty).save(out)
+                         feature_scale=[3.6, 2.4, 5.9, 2.4], epistemic_scale=scale, epistemic_shift=shift,
+                         uncertainty=uncertainty).save(out)
 
 
 @pytest.mark.parametrize("uncertainty", ["regressor", "log_regressor", "dirichlet"])
