@@ -52,6 +52,18 @@ class LogRegressor(Regressor):
 
 
 @dataclass(frozen=True)
+class SqrtRegressor(Regressor):
+    """Between the two: the square root of the teacher's score (softplus output), served squared."""
+    name: str = "sqrt_regressor"
+
+    def scores(self, outputs, task, num_classes):
+        return np.sqrt(np.maximum(super().scores(outputs, task, num_classes), 0.0))  # [n]
+
+    def serve(self, task, head, score, target_shift, target_scale):
+        return {**super().serve(task, head, score, target_shift, target_scale), "epistemic": score * score}
+
+
+@dataclass(frozen=True)
 class Dirichlet(Regressor):
     name: str = "dirichlet"
     needs_classes: bool = True
@@ -72,4 +84,4 @@ class Dirichlet(Regressor):
         return {**u, "epistemic": u["mutual_information"]}
 
 
-HEADS = {h.name: h for h in (Regressor(), LogRegressor(), Dirichlet())}
+HEADS = {h.name: h for h in (Regressor(), LogRegressor(), SqrtRegressor(), Dirichlet())}

@@ -210,15 +210,18 @@ def test_gradient_scale_scales_the_gradient_in_training_only(training):
     np.testing.assert_allclose(tape.gradient(y, x).numpy(), np.full((2, 3), 0.1 if scaled else 1.0), rtol=1e-6)
 
 
-def test_log_regressor_regresses_the_log_and_serves_the_score():
+@pytest.mark.parametrize("name, to_score", [("log_regressor", lambda v: np.log(np.maximum(v, 1e-6))),
+                                             ("sqrt_regressor", np.sqrt)])
+def test_transformed_regressors_regress_the_transform_and_serve_the_score(name, to_score):
     from student.uncertainty import HEADS, LOG_FLOOR
 
-    head = HEADS["log_regressor"]
+    head = HEADS[name]
     mi = np.array([0.0, 1e-9, 1e-4, 0.3, 1.2])
     scores = head.scores({"mutual_information": mi}, tasks.get("classification"), 3)
-    np.testing.assert_allclose(scores, np.log(np.maximum(mi, LOG_FLOOR)))
+    np.testing.assert_allclose(scores, to_score(mi))
     served = head.serve(CLS, tf.zeros((5, 3)), tf.constant(scores, tf.float32), 0.0, 1.0)
-    np.testing.assert_allclose(served["epistemic"].numpy(), np.maximum(mi, LOG_FLOOR), rtol=1e-6)
+    floor = LOG_FLOOR if name == "log_regressor" else 0.0
+    np.testing.assert_allclose(served["epistemic"].numpy(), np.maximum(mi, floor), rtol=1e-5, atol=1e-12)
 
 
 def test_tflite_safe_digamma_matches_tensorflows():
