@@ -77,7 +77,6 @@ def dense_chain(module):
 
 def closed_forms_call(classes: int):
     """rows -> the Dirichlet's closed forms on fixed logits [rows, C] and log-precisions [rows] (one tf.function)."""
-    import numpy as np
     import tensorflow as tf
 
     from student import dirichlet

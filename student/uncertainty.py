@@ -24,13 +24,21 @@ class Regressor:
     center_scores: bool = False  # the targets are standardised around their mean (not only scaled)
 
     def scores(self, outputs: dict[str, np.ndarray], task, num_classes: int) -> np.ndarray:
-        """[n] what the head regresses, from the soft labels' columns."""
-        return np.asarray(outputs[task.epistemic_output], np.float64)
+        """[n] what the head regresses, from the soft labels' columns: the teacher's score, encoded."""
+        return self.encode(np.asarray(outputs[task.epistemic_output], np.float64))
 
     def serve(self, task, head, score, target_shift, target_scale) -> dict:
-        """The export's outputs from the head [B, K] and the head's score [B] (in the teacher's units)."""
+        """The export's outputs from the head [B, K] and the head's score [B] (in the teacher's units, decoded)."""
         params = task.to_target_units(task.draw_params(head), target_shift, target_scale)
-        return {**task.point_outputs(params), "epistemic": score}
+        return {**task.point_outputs(params), "epistemic": self.decode(score)}
+
+    def encode(self, score: np.ndarray) -> np.ndarray:
+        """The teacher's epistemic score [n] -> what the head regresses (the score itself here)."""
+        return score
+
+    def decode(self, regressed):
+        """What the head regressed [B] (a tensor) -> the served epistemic score; inverts `encode`."""
+        return regressed
 
 
 LOG_FLOOR = 1e-6  # log_regressor: scores below this (a teacher sure to the last digits) are regressed as this
@@ -42,13 +50,13 @@ class LogRegressor(Regressor):
     activation: str = "linear"
     center_scores: bool = True
 
-    def scores(self, outputs, task, num_classes):
-        return np.log(np.maximum(super().scores(outputs, task, num_classes), LOG_FLOOR))  # [n]
+    def encode(self, score):
+        return np.log(np.maximum(score, LOG_FLOOR))
 
-    def serve(self, task, head, score, target_shift, target_scale):
+    def decode(self, regressed):
         import tensorflow as tf
 
-        return {**super().serve(task, head, score, target_shift, target_scale), "epistemic": tf.exp(score)}
+        return tf.exp(regressed)
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,11 @@ class SqrtRegressor(Regressor):
     """Between the two: the square root of the teacher's score (softplus output), served squared."""
     name: str = "sqrt_regressor"
 
-    def scores(self, outputs, task, num_classes):
-        return np.sqrt(np.maximum(super().scores(outputs, task, num_classes), 0.0))  # [n]
+    def encode(self, score):
+        return np.sqrt(np.maximum(score, 0.0))
 
-    def serve(self, task, head, score, target_shift, target_scale):
-        return {**super().serve(task, head, score, target_shift, target_scale), "epistemic": score * score}
+    def decode(self, regressed):
+        return regressed * regressed
 
 
 @dataclass(frozen=True)
