@@ -246,9 +246,12 @@ def student(
                                          "teacher weight draw per row); default: the teacher's widths."),
     temperature: Optional[float] = typer.Option(None, min=1e-3, help="Distillation temperature T (loss scaled by T^2; default 1)."),
     alpha: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Weight of the hard-label loss on labelled rows (default 0)."),
-    uncertainty: Optional[str] = typer.Option(None, help="Student's epistemic score: dirichlet (classes; the default), "
-                                              "regressor (a second head regressing the teacher's), log_regressor (its "
-                                              "logarithm) or sqrt_regressor (its square root)."),
+    uncertainty: Optional[str] = typer.Option(None, help="Student's epistemic score: ratio (a second head regressing the "
+                                              "teacher's share of epistemic in its total uncertainty, served as that share "
+                                              "of the student's own; the default for tables of classes), dirichlet (classes; "
+                                              "the default for sequences), regressor (the teacher's score itself; the "
+                                              "regression default), log_regressor or sqrt_regressor (its logarithm or "
+                                              "square root)."),
     epistemic_weight: Optional[float] = typer.Option(None, min=0.0, help="Weight of the epistemic loss (Dirichlet NLL or the head's MSE; default 1)."),
     sequence_net: Optional[str] = typer.Option(None, help=SEQUENCE_NET_HELP),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum epochs (default 300)."),

@@ -5,6 +5,10 @@
 - `log_regressor`: the head regresses the logarithm of the teacher's epistemic score (floored at LOG_FLOOR), a linear
   output of centred targets, and the export serves its exponential: the squared error weighs a near-data score of
   1e-4 against one of 1e-3 as a far-away 0.1 against 1, so that both regions are ranked.
+- `ratio`: the head regresses the share of the teacher's total uncertainty that is epistemic (mutual information
+  over predictive entropy for classes, epistemic over total variance for regression; in [0, 1]), a softplus output,
+  and the export serves that share of the student's own total: the total carries the ranking near the data, where
+  the teacher's score spans decades, and the share carries it far away, where the total saturates.
 - `dirichlet` (classes): the head regresses the log-precision of a Dirichlet over the class probabilities
   (student.dirichlet), a linear output of centred targets; the export turns it into the Dirichlet's closed-form
   uncertainty.
@@ -92,4 +96,27 @@ class Dirichlet(Regressor):
         return {**u, "epistemic": u["mutual_information"]}
 
 
-HEADS = {h.name: h for h in (Regressor(), LogRegressor(), SqrtRegressor(), Dirichlet())}
+RATIO_FLOOR = 1e-12  # ratio: a total below this (a teacher sure to the last digits) counts as this
+
+
+@dataclass(frozen=True)
+class Ratio(Regressor):
+    name: str = "ratio"
+
+    def scores(self, outputs, task, num_classes):
+        epistemic = np.asarray(outputs[task.epistemic_output], np.float64)
+        total = np.asarray(outputs[task.total_output], np.float64)
+        return np.clip(epistemic / np.maximum(total, RATIO_FLOOR), 0.0, 1.0)  # [n]
+
+    def serve(self, task, head, score, target_shift, target_scale):
+        import tensorflow as tf
+
+        out = task.point_outputs(task.to_target_units(task.draw_params(head), target_shift, target_scale))
+        total = out[task.total_output]  # [B] the student's own entropy (classes) or variance (regression)
+        epistemic = tf.clip_by_value(score, 0.0, 1.0) * total
+        named = ({"expected_entropy": total - epistemic, "mutual_information": epistemic}
+                 if task.epistemic_output == "mutual_information" else {})
+        return {**out, **named, "epistemic": epistemic}
+
+
+HEADS = {h.name: h for h in (Regressor(), LogRegressor(), SqrtRegressor(), Dirichlet(), Ratio())}

@@ -106,7 +106,9 @@ def test_config_defaults_by_task_and_validation():
         StudentConfig(monitor="loss")
     with pytest.raises(BdkError, match="hidden"):
         StudentConfig(hidden=())
-    assert cfg.resolved("classification").uncertainty == "dirichlet"
+    assert cfg.resolved("classification").uncertainty == "ratio"  # tables of classes
+    assert cfg.resolved("classification", "sequence").uncertainty == "dirichlet"  # sequences keep theirs
+    assert cfg.resolved("regression").uncertainty == "regressor"
     with pytest.raises(BdkError, match="Dirichlet student needs classes"):
         StudentConfig(uncertainty="dirichlet").resolved("regression")
     with pytest.raises(BdkError, match="uncertainty"):
@@ -222,6 +224,35 @@ def test_transformed_regressors_regress_the_transform_and_serve_the_score(name, 
     served = head.serve(CLS, tf.zeros((5, 3)), tf.constant(scores, tf.float32), 0.0, 1.0)
     floor = LOG_FLOOR if name == "log_regressor" else 0.0
     np.testing.assert_allclose(served["epistemic"].numpy(), np.maximum(mi, floor), rtol=1e-5, atol=1e-12)
+
+
+def test_ratio_head_regresses_the_epistemic_share_and_serves_it_of_the_students_total():
+    """classes: the target is MI / H (in [0, 1], a sure teacher's 0 / 0 is 0); the export serves that share of the
+    student's own entropy, and expected_entropy + mutual_information = entropy."""
+    from student.uncertainty import HEADS
+
+    head = HEADS["ratio"]
+    mi, h = np.array([0.0, 1e-6, 0.02, 0.5]), np.array([0.0, 1e-4, 0.1, 0.6])
+    scores = head.scores({"mutual_information": mi, "entropy": h}, tasks.get("classification"), 3)
+    np.testing.assert_allclose(scores, [0.0, 0.01, 0.2, 0.5 / 0.6])
+    logits = tf.constant([[0.0, 0.0, 0.0], [4.0, 0.0, -1.0], [1.0, 2.0, 3.0], [0.0, 5.0, 0.0]])
+    served = {k: v.numpy() for k, v in head.serve(CLS, logits, tf.constant([0.5, 0.0, 1.3, 0.25]), 0.0, 1.0).items()}
+    entropy = served["entropy"]
+    np.testing.assert_allclose(served["epistemic"], entropy * [0.5, 0.0, 1.0, 0.25], rtol=1e-6)  # the share clipped to 1
+    np.testing.assert_array_equal(served["mutual_information"], served["epistemic"])
+    np.testing.assert_allclose(served["expected_entropy"] + served["mutual_information"], entropy, rtol=1e-6)
+
+
+def test_ratio_head_for_regression_is_the_epistemic_share_of_the_variance():
+    from student.uncertainty import HEADS
+
+    task = tasks.get("regression")
+    scores = HEADS["ratio"].scores({"epistemic_variance": np.array([1.0, 0.5]), "variance": np.array([4.0, 0.5])},
+                                   task, 0)
+    np.testing.assert_allclose(scores, [0.25, 1.0])
+    served = HEADS["ratio"].serve(task, tf.constant([[0.3, 0.2], [1.0, -1.0]]), tf.constant([0.25, 1.0]), 2.0, 3.0)
+    np.testing.assert_allclose(served["epistemic"].numpy(), served["variance"].numpy() * [0.25, 1.0], rtol=1e-6)
+    assert "mutual_information" not in served
 
 
 def test_tflite_safe_digamma_matches_tensorflows():

@@ -5,7 +5,8 @@ import pytest
 
 OUTPUTS = {"regressor": {"probs", "entropy", "epistemic"}, "log_regressor": {"probs", "entropy", "epistemic"},
            "sqrt_regressor": {"probs", "entropy", "epistemic"},
-           "dirichlet": {"probs", "entropy", "expected_entropy", "mutual_information", "epistemic"}}
+           "dirichlet": {"probs", "entropy", "expected_entropy", "mutual_information", "epistemic"},
+           "ratio": {"probs", "entropy", "expected_entropy", "mutual_information", "epistemic"}}
 
 
 def save_keras_mlp(out, uncertainty="regressor"):
@@ -22,13 +23,13 @@ def save_keras_mlp(out, uncertainty="regressor"):
 
     # the head's score scaling as training would set it: MI itself, log MI, log-precision
     scale, shift = {"regressor": (0.05, 0.0), "log_regressor": (1.0, -4.0), "sqrt_regressor": (0.2, 0.0),
-                    "dirichlet": (2.0, 3.0)}[uncertainty]
+                    "dirichlet": (2.0, 3.0), "ratio": (0.3, 0.0)}[uncertainty]
     return StudentModule(tasks.get("classification"), model, feature_shift=[4.3, 2.0, 1.0, 0.1],
                          feature_scale=[3.6, 2.4, 5.9, 2.4], epistemic_scale=scale, epistemic_shift=shift,
                          uncertainty=uncertainty).save(out)
 
 
-@pytest.mark.parametrize("uncertainty", ["regressor", "log_regressor", "sqrt_regressor", "dirichlet"])
+@pytest.mark.parametrize("uncertainty", ["regressor", "log_regressor", "sqrt_regressor", "dirichlet", "ratio"])
 def test_tflite_matches_saved_model(tmp_path, uncertainty):
     import tensorflow as tf
 

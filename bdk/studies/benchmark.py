@@ -48,13 +48,14 @@ ABLATION = {
 # The student's side (seed 0, on the Flipout teacher of the default run): each transfer source and the epistemic
 # output, by what the student keeps of the teacher. Overrides of (TransferConfig, StudentConfig).
 STUDENT_ABLATION = {
-    "default (Dirichlet, all sources)": ({}, {}),
+    "default (epistemic share, all sources)": ({}, {}),
     "earlier transfer set (K=10 at noise 0.05 + 2000 in the box), 32 units, MSE head": (
         dict(perturbations=10, noise=(0.05,), interpolations=0, shell=0), dict(hidden=(32,), uncertainty="regressor")),
     "- far shell": (dict(shell=0), {}),
     "- interpolations": (dict(interpolations=0), {}),
     "- multi-scale noise (0.05 only)": (dict(noise=(0.05,)), {}),
     "epistemic by the MSE head": ({}, dict(uncertainty="regressor")),
+    "epistemic by the Dirichlet head": ({}, dict(uncertainty="dirichlet")),
     "width/depth chosen on the held-out transfer slice (--hidden auto)": ({}, dict(hidden_search=HIDDEN_SEARCH)),
 }
 
