@@ -8,12 +8,14 @@ second student export (e.g. one saved by an earlier commit), timed in rounds as 
 ratio at each batch size, and the largest output difference between the two students.
 
 With --parts it also times, in the same rounds, the student's dense network alone (its matmuls, biases and ReLUs,
-rebuilt from the export's variables: what one teacher draw costs too) and the Dirichlet closed forms alone
-(student.dirichlet.uncertainty on [batch, C] logits): where the student's time goes beside its FLOPs.
+rebuilt from the export's variables: what one teacher draw costs too) and its outputs alone (the student's epistemic
+head's `serve`, student.uncertainty, on [batch, C] logits and [batch] scores: the Dirichlet's closed forms, or the
+ratio head's entropy and share): where the student's time goes beside its FLOPs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--other", type=Path, help="another student export (version folder) to compare with")
     p.add_argument("--batches", default="1,64,512,1024,4096")
-    p.add_argument("--parts", action="store_true", help="also time the dense network alone and the closed forms alone")
+    p.add_argument("--parts", action="store_true", help="also time the dense network alone and the outputs alone")
     a = p.parse_args()
     import tensorflow as tf
 
@@ -42,8 +44,9 @@ def main() -> None:
     if a.parts:
         network, classes = dense_chain(tf.saved_model.load(str(resolve_export(a.run / "student" / "export")[0])))
         calls["network"] = lambda x: network(tf.constant(x))
-        closed_forms = closed_forms_call(classes)
-        calls["closed forms"] = lambda x: closed_forms(x.shape[0])
+        head = json.loads((a.run / "student" / "metrics.json").read_text())["uncertainty"]
+        outputs = outputs_call(classes, head)
+        calls[f"{head} outputs"] = lambda x: outputs(x.shape[0])
     for batch in map(int, a.batches.split(",")):
         x = tf.constant(np.random.default_rng(0).standard_normal((batch, width)).astype(np.float32))
         outs = {k: {n: v.numpy() for n, v in f(features=x).items()} for k, f in models.items()}
@@ -75,20 +78,24 @@ def dense_chain(module):
     return network, int(v["head/kernel"].shape[1])
 
 
-def closed_forms_call(classes: int):
-    """rows -> the Dirichlet's closed forms on fixed logits [rows, C] and log-precisions [rows] (one tf.function)."""
+def outputs_call(classes: int, head: str):
+    """rows -> the student's outputs from fixed logits [rows, C] and head scores [rows] (one tf.function), as the
+    epistemic head `head` (student.uncertainty.HEADS) serves them."""
     import tensorflow as tf
 
-    from student import dirichlet
+    from distill import tasks
+    from student.uncertainty import HEADS
 
-    f = tf.function(dirichlet.uncertainty, input_signature=[tf.TensorSpec([None, classes]), tf.TensorSpec([None])])
+    task = tasks.get("classification")
+    f = tf.function(lambda logits, score: HEADS[head].serve(task, logits, score, 0.0, 1.0),
+                    input_signature=[tf.TensorSpec([None, classes]), tf.TensorSpec([None])])
     inputs = {}
 
     def call(rows: int):
         if rows not in inputs:
             rng = np.random.default_rng(1)
             inputs[rows] = (tf.constant(rng.normal(0, 3, (rows, classes)).astype(np.float32)),
-                            tf.constant(rng.normal(5, 2, rows).astype(np.float32)))
+                            tf.constant(rng.uniform(0, 8, rows).astype(np.float32)))  # log-precisions or shares
         return f(*inputs[rows])
 
     return call

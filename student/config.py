@@ -54,9 +54,10 @@ class StudentConfig:
     sequence_net: str = "conv"  # sequences: conv (causal 1-D convolutions, one pass) | gru (student.model)
     temperature: float = 1.0  # classes: T of Hinton et al.; the soft loss is scaled by T^2
     alpha: float = 0.0  # classes: weight of the hard-label loss on rows that have a true label
-    # Where the epistemic score comes from: "dirichlet" (classes only: the logits are a Dirichlet's log-concentrations,
-    # fitted by the likelihood of the teacher's draws; student.dirichlet) or "regressor" (a second head regressing the
-    # teacher's epistemic score by MSE). Default by task.
+    # Where the epistemic score comes from (student.uncertainty.HEADS): "ratio" (a second head regressing the epistemic
+    # share of the teacher's total uncertainty), "dirichlet" (classes only: a Dirichlet's log-precision, from the
+    # teacher's draws; student.dirichlet), "regressor" (the teacher's epistemic score itself, by MSE) or its log or
+    # square root. Default by task and kind of input.
     uncertainty: str | None = None
     epistemic_weight: float = 1.0  # weight of that loss (Dirichlet NLL, or the head's MSE on the normalised score)
     # tables: the share of the epistemic loss's gradient that reaches the hidden layers (student.model: 1 shared,

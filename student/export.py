@@ -1,7 +1,7 @@
 """The student SavedModel: raw features -> the task's outputs and an epistemic score; deterministic, one pass.
 
-`serving_default(features [batch, F], or sequences [batch, time, C])` -> probs [batch, C], entropy, epistemic (classes; the Dirichlet
-student adds expected_entropy and mutual_information, its epistemic score) or mean, variance,
+`serving_default(features [batch, F], or sequences [batch, time, C])` -> probs [batch, C], entropy, epistemic (classes; the ratio
+and Dirichlet students add expected_entropy and mutual_information, their epistemic score) or mean, variance,
 epistemic (regression, in the target's units). Tables also get `serving_rows`: the same on raw rows, one input per raw
 column (distill.encoder).
 """
