@@ -113,7 +113,7 @@ def write(results: list[dict], out: Path) -> str:
             checks.append(f"- {stage} peak RSS 100k -> 1M: {a:.0f} -> {b:.0f} MB ({b / a - 1:+.0%}; goal < +{GOAL_RSS_GROWTH:.0%})")
     text = "\n".join(["# Scaling: `bdk` stages on make_classification (50 features, 10 classes)", "",
                       "`.venv/bin/python bench/bench_scaling.py --sizes " + ",".join(str(r["rows"]) for r in results)
-                      + " --out experiments/scaling` on a 2-core machine; each stage its own process (peak RSS its own).", "",
+                      + f" --out {out}` on a 2-core machine; each stage its own process (peak RSS its own).", "",
                       *lines, "", *checks, ""])
     (out / "scaling.md").write_text(text)
     (out / "results.json").write_text(json.dumps(results, indent=2))
