@@ -268,8 +268,8 @@ def test_dirichlet_student_export(tmp_path):
     out = {k: v.numpy() for k, v in module.serve(tf.constant(x)).items()}
     raw = model(x)
     ref = dirichlet.uncertainty(raw["head"], raw["epistemic"] * 2.0 + 1.0)
-    for k in ("probs", "entropy", "expected_entropy", "mutual_information"):
-        np.testing.assert_allclose(out[k], ref[k].numpy(), rtol=1e-6)
+    for k in ("probs", "entropy", "expected_entropy", "mutual_information"):  # float32: ~1 ulp apart at most
+        np.testing.assert_allclose(out[k], ref[k].numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(out["epistemic"], out["mutual_information"])
 
 
