@@ -252,7 +252,7 @@ def student(
                                               "the default for sequences), regressor (the teacher's score itself; the "
                                               "regression default), log_regressor or sqrt_regressor (its logarithm or "
                                               "square root)."),
-    epistemic_weight: Optional[float] = typer.Option(None, min=0.0, help="Weight of the epistemic loss (Dirichlet NLL or the head's MSE; default 1)."),
+    epistemic_weight: Optional[float] = typer.Option(None, min=0.0, help="Weight of the epistemic loss (the second head's MSE; default 1)."),
     sequence_net: Optional[str] = typer.Option(None, help=SEQUENCE_NET_HELP),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum epochs (default 300)."),
     gate_nll_margin: Optional[float] = typer.Option(None, help="Allowed excess of student over teacher validation NLL (default 0.05)."),

@@ -44,7 +44,7 @@ def main() -> None:
     if a.parts:
         network, classes = dense_chain(tf.saved_model.load(str(resolve_export(a.run / "student" / "export")[0])))
         calls["network"] = lambda x: network(tf.constant(x))
-        head = json.loads((a.run / "student" / "metrics.json").read_text())["uncertainty"]
+        head = json.loads((a.run / "student" / "metrics.json").read_text()).get("uncertainty", "dirichlet")
         outputs = outputs_call(classes, head)
         calls[f"{head} outputs"] = lambda x: outputs(x.shape[0])
     for batch in map(int, a.batches.split(",")):
@@ -94,8 +94,10 @@ def outputs_call(classes: int, head: str):
     def call(rows: int):
         if rows not in inputs:
             rng = np.random.default_rng(1)
+            # a centred score is a logarithm (the Dirichlet's log-precision, log_regressor); the others are >= 0
+            score = rng.normal(5, 2, rows) if HEADS[head].center_scores else rng.uniform(0, 1, rows)
             inputs[rows] = (tf.constant(rng.normal(0, 3, (rows, classes)).astype(np.float32)),
-                            tf.constant(rng.uniform(0, 8, rows).astype(np.float32)))  # log-precisions or shares
+                            tf.constant(score.astype(np.float32)))
         return f(*inputs[rows])
 
     return call

@@ -59,7 +59,7 @@ class StudentConfig:
     # teacher's draws; student.dirichlet), "regressor" (the teacher's epistemic score itself, by MSE) or its log or
     # square root. Default by task and kind of input.
     uncertainty: str | None = None
-    epistemic_weight: float = 1.0  # weight of that loss (Dirichlet NLL, or the head's MSE on the normalised score)
+    epistemic_weight: float = 1.0  # weight of that loss (the head's MSE on its normalised target)
     # tables: the share of the epistemic loss's gradient that reaches the hidden layers (student.model: 1 shared,
     # 0 the epistemic head alone); by task
     epistemic_body_gradient: float | None = None

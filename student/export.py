@@ -26,7 +26,7 @@ PARALLEL_ROWS = 256  # batches of at least this many rows run as two halves (Stu
 class StudentModule(tf.Module):
     def __init__(self, task: tasks.Task, model, feature_shift, feature_scale, target_shift: float = 0.0,
                  target_scale: float = 1.0, epistemic_scale: float = 1.0, epistemic_shift: float = 0.0, uncertainty: str = "regressor",
-                 input_shape: tuple | None = None, feature_spec=None):
+                 input_shape: tuple | None = None, feature_spec=None, input_bounds: tuple | None = None):
         super().__init__(name="student")
         self.task, self.uncertainty = task, HEADS[uncertainty]  # student.uncertainty: what the second head means
         self._keras = Untracked(model)  # see distill.savedmodel.Untracked: save the variables, skip Keras tracing
@@ -37,6 +37,9 @@ class StudentModule(tf.Module):
         self.target_scale = tf.constant(float(target_scale), tf.float32)
         self.epistemic_scale = tf.constant(float(epistemic_scale), tf.float32)
         self.epistemic_shift = tf.constant(float(epistemic_shift), tf.float32)
+        # tables: normalised inputs are clamped to the box the transfer set reached (student.train.input_bounds)
+        self.input_bounds = None if input_bounds is None else tuple(tf.constant(np.asarray(b, np.float32))
+                                                                    for b in input_bounds)
         shape = list(input_shape or (int(self.feature_shift.shape[0]),))  # sequences: (None, C), any length
         spec = [tf.TensorSpec([None, *shape], tf.float32, name="features")]
         self.serve = tf.function(self._serve, input_signature=spec)
@@ -61,8 +64,14 @@ class StudentModule(tf.Module):
         return self._outputs(self._network(features))
 
     def _network(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Raw features -> the network's {head [batch, K], epistemic [batch]}."""
-        return self._keras.value((features - self.feature_shift) / self.feature_scale, training=False)
+        """Raw features -> the network's {head [batch, K], epistemic [batch]}. Tables: the normalised features [batch, F]
+        clamped to `input_bounds` first, so that an input beyond the transfer set's reach is answered as at its edge,
+        where the student was taught to say "I don't know"; a ReLU network extrapolates linearly and, a hundred box
+        widths out, would grow confident again."""
+        z = (features - self.feature_shift) / self.feature_scale
+        if self.input_bounds is not None:
+            z = tf.clip_by_value(z, *self.input_bounds)
+        return self._keras.value(z, training=False)
 
     def _outputs(self, out: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The network's outputs -> the export's (the task's outputs and the epistemic score)."""

@@ -11,8 +11,8 @@ def build_student(num_features: int, units: int, hidden: tuple[int, ...] = (32,)
 
     `head` is the task's head (distill.tasks: logits, or a Gaussian's mean and raw variance), the
     same type as the teacher's. The epistemic head reads the same hidden features: with softplus it
-    predicts the teacher's (normalised, non-negative) epistemic score; linear, the Dirichlet student's
-    log-precision (student.dirichlet).
+    predicts a non-negative score (the teacher's epistemic share, its score, or its square root; normalised); linear,
+    a centred one (the Dirichlet student's log-precision, student.dirichlet, or the log of the score).
     """
     x = inputs = tfk.Input(shape=(num_features,), name="features")
     for i, width in enumerate(hidden):

@@ -4,8 +4,9 @@ check the quality gate, export.
 The student learns the teacher's posterior predictive over the whole transfer set (training
 inputs, perturbed copies, interpolations, the widened box, the far shell, unlabeled rows) by the
 task's cross-entropy from the teacher's predictive to the student's distribution, and the teacher's
-epistemic uncertainty either as a Dirichlet over its class probabilities (student.dirichlet: fitted
-by the likelihood of the teacher's draws) or through a second head regressing the teacher's score.
+epistemic uncertainty through a second head (student.uncertainty): for classes by default the epistemic share of the
+teacher's entropy, or a Dirichlet's precision over its class probabilities (student.dirichlet), or the teacher's score
+itself (or its log or square root).
 Early stopping (and the optional width/depth search) use the same loss on a held-out slice of the
 transfer set, so the student is chosen by how well it reproduces the teacher where it will be queried.
 """
@@ -191,7 +192,8 @@ def distil_student(cfg: StudentConfig, run: Path, progress: bool = True) -> dict
     for note in notes:
         print(note, file=sys.stderr)
 
-    modules = _modules(cfg, ds, task, student.model, baseline.model, rows.epistemic_shift, rows.epistemic_scale)
+    modules = _modules(cfg, ds, task, student.model, baseline.model, rows.epistemic_shift, rows.epistemic_scale,
+                       input_bounds(run, ds, _transfer_config(run)))
     val, test_pred = _score(modules, ds, task)
     teacher_metrics = read_json(schema.teacher_dir(run) / "metrics.json")
     check_finite_metrics(val["student"], "student")  # a NaN student is never published, gate on or off
@@ -323,14 +325,35 @@ def _train_rows(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return train.scaler.transform(x, out=x), train.target("train")
 
 
+def _transfer_config(run: Path) -> dict:
+    """The TransferConfig the run's soft labels were made with (soft_labels/config.json), as a dict ({} if none)."""
+    path = schema.soft_labels_dir(run) / "config.json"
+    return read_json(path).get("soft_labels", {}).get("transfer") or {} if path.exists() else {}
+
+
+def input_bounds(run: Path, ds, transfer: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """Tables whose transfer set has a far shell: the normalised box it reached, (low [F], high [F]) = the train box
+    widened by `shell_outer` box widths on each side (features constant in training are left unbounded). The student's
+    export clamps its inputs to it (StudentModule): beyond it the student never saw the teacher, and its ReLU network
+    extrapolates linearly (the Iris student a hundred box widths out: entropy 0.003, far-away AUROC 0.37; the teacher's
+    draws still disagree there). Inside it nothing changes. None: sequences, or no shell."""
+    if not ds.inputs.dense_features or not transfer.get("shell"):
+        return None
+    lo, hi = data_lib.train_box(run, ds)  # [F] each
+    width = hi - lo
+    reach = np.where(width > 0, float(transfer["shell_outer"]) * width, np.finfo(np.float32).max / 4)
+    return lo - reach, hi + reach
+
+
 def _modules(cfg: StudentConfig, ds, task, student: tfk.Model, baseline: tfk.Model, epistemic_shift: float,
-             epistemic_scale: float) -> dict[str, StudentModule]:
-    """The student and baseline SavedModel modules (raw features in; the baseline has no epistemic estimate)."""
+             epistemic_scale: float, bounds: tuple | None = None) -> dict[str, StudentModule]:
+    """The student and baseline SavedModel modules (raw features in; the baseline has no epistemic estimate; the
+    student's inputs clamped to `bounds`, input_bounds)."""
     units_args = (ds.scaler.shift, ds.scaler.scale, ds.target_shift, ds.target_scale)
     shape = ds.inputs.signature_shape  # sequences of any length
     return {"student": StudentModule(task, student, *units_args, epistemic_scale=epistemic_scale,
                                      epistemic_shift=epistemic_shift, uncertainty=cfg.uncertainty, input_shape=shape,
-                                     feature_spec=ds.feature_spec),
+                                     feature_spec=ds.feature_spec, input_bounds=bounds),
             "baseline": StudentModule(task, baseline, *units_args, epistemic_scale=0.0, input_shape=shape,
                                       feature_spec=ds.feature_spec)}
 

@@ -8,7 +8,9 @@
 - `ratio`: the head regresses the share of the teacher's total uncertainty that is epistemic (mutual information
   over predictive entropy for classes, epistemic over total variance for regression; in [0, 1]), a softplus output,
   and the export serves that share of the student's own total: the total carries the ranking near the data, where
-  the teacher's score spans decades, and the share carries it far away, where the total saturates.
+  the teacher's score spans decades, and the share carries it far away, where the total saturates. The score is at
+  most the student's own total, so it relies on the export's input clamp (student.train.input_bounds): a ReLU
+  network's entropy falls to ~0 a hundred box widths out.
 - `dirichlet` (classes): the head regresses the log-precision of a Dirichlet over the class probabilities
   (student.dirichlet), a linear output of centred targets; the export turns it into the Dirichlet's closed-form
   uncertainty.
@@ -114,8 +116,7 @@ class Ratio(Regressor):
         out = task.point_outputs(task.to_target_units(task.draw_params(head), target_shift, target_scale))
         total = out[task.total_output]  # [B] the student's own entropy (classes) or variance (regression)
         epistemic = tf.clip_by_value(score, 0.0, 1.0) * total
-        named = ({"expected_entropy": total - epistemic, "mutual_information": epistemic}
-                 if task.epistemic_output == "mutual_information" else {})
+        named = {"expected_entropy": total - epistemic, "mutual_information": epistemic} if task.has_classes else {}
         return {**out, **named, "epistemic": epistemic}
 
 

@@ -125,3 +125,25 @@ def test_the_real_student_over_http_matches_in_process(pipeline_run):
     assert np.allclose([p["epistemic"] for p in served], local["epistemic"].numpy(), atol=1e-6)
     tflite = schema.student_dir(pipeline_run) / "student.tflite"
     assert tflite.exists() and tflite.stat().st_size > 0
+
+
+def test_the_student_flags_inputs_far_beyond_its_transfer_set(pipeline_run):
+    """The student's export clamps its inputs to the box its transfer set reached (the train box widened by the far
+    shell's outer edge, 3 box widths): a row a hundred box widths out is answered as at that edge, where the student
+    learnt the teacher's "I don't know", instead of by a ReLU network's linear extrapolation."""
+    import tensorflow as tf
+
+    from distill import data as data_lib
+
+    ds = data_lib.load_from_run(pipeline_run)
+    x = ds.raw("train")
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    width, centre = hi - lo, (lo + hi) / 2
+    directions = np.random.default_rng(0).normal(size=(200, x.shape[1]))
+    directions /= np.abs(directions).max(axis=1, keepdims=True)  # onto the box's surface
+    far = (centre + 100 * width * directions).astype(np.float32)  # [200, F]
+    edge = np.clip(far, lo - 3 * width, hi + 3 * width)
+    serve = tf.saved_model.load(str(pipeline_run / "student" / "export" / "1")).signatures["serving_default"]
+    out_far, out_edge, out_test = (serve(features=tf.constant(v, tf.float32)) for v in (far, edge, ds.raw("test")))
+    np.testing.assert_allclose(out_far["epistemic"].numpy(), out_edge["epistemic"].numpy(), rtol=1e-4, atol=1e-6)
+    assert np.median(out_far["epistemic"].numpy()) > np.quantile(out_test["epistemic"].numpy(), 0.9)

@@ -21,12 +21,13 @@ def save_keras_mlp(out, uncertainty="regressor"):
     model = build_student(4, 3, (16, 16), epistemic_activation=HEADS[uncertainty].activation)
     from distill import tasks
 
-    # the head's score scaling as training would set it: MI itself, log MI, log-precision
+    # the head's score scaling as training would set it: MI itself, log MI, sqrt MI, log-precision, the epistemic share
     scale, shift = {"regressor": (0.05, 0.0), "log_regressor": (1.0, -4.0), "sqrt_regressor": (0.2, 0.0),
                     "dirichlet": (2.0, 3.0), "ratio": (0.3, 0.0)}[uncertainty]
     return StudentModule(tasks.get("classification"), model, feature_shift=[4.3, 2.0, 1.0, 0.1],
                          feature_scale=[3.6, 2.4, 5.9, 2.4], epistemic_scale=scale, epistemic_shift=shift,
-                         uncertainty=uncertainty).save(out)
+                         uncertainty=uncertainty,  # normalised inputs clamped (the rows below cross these bounds)
+                         input_bounds=([-0.05, 0.0, 0.0, 0.0], [0.9, 1.0, 1.0, 1.0])).save(out)
 
 
 @pytest.mark.parametrize("uncertainty", ["regressor", "log_regressor", "sqrt_regressor", "dirichlet", "ratio"])

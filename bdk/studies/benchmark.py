@@ -55,8 +55,9 @@ STUDENT_ABLATION = {
     "- interpolations": (dict(interpolations=0), {}),
     "- multi-scale noise (0.05 only)": (dict(noise=(0.05,)), {}),
     "epistemic by the MSE head": ({}, dict(uncertainty="regressor")),
-    "epistemic by the Dirichlet head": ({}, dict(uncertainty="dirichlet")),
     "width/depth chosen on the held-out transfer slice (--hidden auto)": ({}, dict(hidden_search=HIDDEN_SEARCH)),
+    # appended last: each variant's run folder is numbered by its position (a resumed benchmark reuses it)
+    "epistemic by the Dirichlet head": ({}, dict(uncertainty="dirichlet")),
 }
 
 
