@@ -84,7 +84,7 @@ def totals(result: dict) -> tuple[float, float]:
     return sum(v["seconds"] for v in stages) / 60, max(v["peak_rss_mb"] for v in stages) / 1024
 
 
-def write(results: list[dict], out: Path) -> str:
+def write(results: list[dict], out: Path, data_dir: Path) -> str:
     lines = ["| rows | " + " | ".join(f"{s} s / MB" for s in STAGES) + " | total min | peak GB | widths T / S | test acc T / S / B / B+TS "
              "| test NLL T / S / B / B+TS |", "|" + "---|" * (len(STAGES) + 6)]
     checks = []
@@ -113,7 +113,7 @@ def write(results: list[dict], out: Path) -> str:
             checks.append(f"- {stage} peak RSS 100k -> 1M: {a:.0f} -> {b:.0f} MB ({b / a - 1:+.0%}; goal < +{GOAL_RSS_GROWTH:.0%})")
     text = "\n".join(["# Scaling: `bdk` stages on make_classification (50 features, 10 classes)", "",
                       "`.venv/bin/python bench/bench_scaling.py --sizes " + ",".join(str(r["rows"]) for r in results)
-                      + f" --out {out}` on a 2-core machine; each stage its own process (peak RSS its own).", "",
+                      + f" --data-dir {data_dir} --out {out}` on a 2-core machine; each stage its own process (peak RSS its own).", "",
                       *lines, "", *checks, ""])
     (out / "scaling.md").write_text(text)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -144,7 +144,7 @@ def main(argv=None) -> None:
     results = []
     for rows in map(int, args.sizes.split(",")):
         results.append(run_size(rows, args.data_dir, args.out))
-        print(write(results, args.out))
+        print(write(results, args.out, args.data_dir))
 
 
 if __name__ == "__main__":

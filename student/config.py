@@ -23,7 +23,8 @@ from student.uncertainty import HEADS
 # epistemic_body_gradient: classes pass a tenth of the epistemic loss's gradient to the hidden layers (0.1). At 100k rows
 # a fully shared body cost 0.13 nats of validation NLL, none (0) cost nothing but tracked the teacher's uncertainty
 # poorly on small data (seed 0 far-shell Spearman: breast cancer 0.29, iris 0.72, wine 0.90; at 0.1: 0.66, 0.89, 0.94),
-# and 0.1 costs 0.001-0.005 of validation NLL (README "Student and evaluation"). Regression keeps the shared body (1)
+# and 0.1 costs 0.001-0.005 of validation NLL (docs/student.md). With the ratio head 0.03 lost the far shell at 100k rows
+# (experiments/epistemic-head/: the body's share), so 0.1 stays. Regression keeps the shared body (1)
 # it was validated with on UCI.
 # uncertainty: classes regress the epistemic share of the teacher's entropy (student.uncertainty.Ratio). On the suite's
 # validation rows and shells (12 Flipout and 12 ensemble teachers) it ranked rows as the teacher's mutual information
