@@ -26,9 +26,10 @@ def main() -> None:
 
     from distill import data as data_lib
     from distill import metrics
+    from distill.schema import resolve_export
 
-    student = tf.saved_model.load(str(a.run / "student" / "export" / "1")).signatures["serving_default"]
-    teacher = tf.saved_model.load(str(a.run / "teacher" / "export" / "1")).signatures["predictive_seeded"]
+    student = tf.saved_model.load(str(resolve_export(a.run / "student" / "export")[0])).signatures["serving_default"]
+    teacher = tf.saved_model.load(str(resolve_export(a.run / "teacher" / "export")[0])).signatures["predictive_seeded"]
     ds = data_lib.load_from_run(a.run)
     x = ds.raw("train")
     lo, hi = x.min(axis=0), x.max(axis=0)

@@ -26,11 +26,12 @@ def main() -> None:
 
     from distill import data as data_lib
     from distill import metrics
+    from distill.schema import resolve_export
 
     ds = data_lib.load_from_run(a.run)
     x = tf.constant(np.asarray(ds.raw("test")[:a.rows], np.float32))  # [rows, F]
-    teacher = tf.saved_model.load(str(a.run / "teacher" / "export" / "1")).signatures["predictive_seeded"]
-    student = tf.saved_model.load(str(a.run / "student" / "export" / "1")).signatures["serving_default"]
+    teacher = tf.saved_model.load(str(resolve_export(a.run / "teacher" / "export")[0])).signatures["predictive_seeded"]
+    student = tf.saved_model.load(str(resolve_export(a.run / "student" / "export")[0])).signatures["serving_default"]
 
     def mi(draws, seed):
         return teacher(features=x, num_samples=tf.constant(draws), seed=tf.constant(seed, tf.int64))[

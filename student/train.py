@@ -328,7 +328,9 @@ def _train_rows(run: Path) -> tuple[np.ndarray, np.ndarray]:
 def _transfer_config(run: Path) -> dict:
     """The TransferConfig the run's soft labels were made with (soft_labels/config.json), as a dict ({} if none)."""
     path = schema.soft_labels_dir(run) / "config.json"
-    return read_json(path).get("soft_labels", {}).get("transfer") or {} if path.exists() else {}
+    if not path.exists():
+        return {}
+    return read_json(path).get("soft_labels", {}).get("transfer") or {}
 
 
 def input_bounds(run: Path, ds, transfer: dict) -> tuple[np.ndarray, np.ndarray] | None:

@@ -22,6 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def point_outputs(task, head, target_shift, target_scale) -> dict:
+    """The task's outputs of the student's distribution, from its head [B, K], in the target's units."""
+    return task.point_outputs(task.to_target_units(task.draw_params(head), target_shift, target_scale))
+
+
 @dataclass(frozen=True)
 class Regressor:
     name: str = "regressor"
@@ -35,8 +40,7 @@ class Regressor:
 
     def serve(self, task, head, score, target_shift, target_scale) -> dict:
         """The export's outputs from the head [B, K] and the head's score [B] (in the teacher's units, decoded)."""
-        params = task.to_target_units(task.draw_params(head), target_shift, target_scale)
-        return {**task.point_outputs(params), "epistemic": self.decode(score)}
+        return {**point_outputs(task, head, target_shift, target_scale), "epistemic": self.decode(score)}
 
     def encode(self, score: np.ndarray) -> np.ndarray:
         """The teacher's epistemic score [n] -> what the head regresses (the score itself here)."""
@@ -113,7 +117,7 @@ class Ratio(Regressor):
     def serve(self, task, head, score, target_shift, target_scale):
         import tensorflow as tf
 
-        out = task.point_outputs(task.to_target_units(task.draw_params(head), target_shift, target_scale))
+        out = point_outputs(task, head, target_shift, target_scale)
         total = out[task.total_output]  # [B] the student's own entropy (classes) or variance (regression)
         epistemic = tf.clip_by_value(score, 0.0, 1.0) * total
         named = {"expected_entropy": total - epistemic, "mutual_information": epistemic} if task.has_classes else {}
