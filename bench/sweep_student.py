@@ -92,7 +92,8 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
     teacher_export = run / "teacher" / "export" / "1"
     predictive = tf.saved_model.load(str(teacher_export)).signatures["predictive_seeded"]
     serve = tf.saved_model.load(str(run / "student" / "export" / "1")).signatures["serving_default"]
-    epistemic = tasks.get(ds.task).epistemic_output  # the teacher's epistemic score
+    task = tasks.get(ds.task)
+    epistemic = task.epistemic_output  # the teacher's epistemic score
     out = {}
     for name, x in rows.items():
         x = tf.constant(np.asarray(x, np.float32))
@@ -100,13 +101,14 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
         reference = max(TEACHER_DRAWS, reference_draws(REFERENCE_DRAWS, len(x), teacher_export))
         for suffix, draws in (("", TEACHER_DRAWS), ("_ref", reference)):
             t = predictive(features=x, num_samples=tf.constant(draws), seed=tf.constant(TEACHER_SEED, tf.int64))
-            out[f"{name}_kl{suffix}"] = float(metrics.kl_divergence(t["probs"].numpy(), s["probs"].numpy()).mean())
+            out[f"{name}_kl{suffix}"] = float(task.divergence({k: v.numpy() for k, v in t.items()},
+                                                               {k: v.numpy() for k, v in s.items()}).mean())
             out[f"{name}_spearman{suffix}"] = metrics.spearman(t[epistemic].numpy(), s["epistemic"].numpy())
         out[f"{name}_epistemic"] = s["epistemic"].numpy()
     return {"dataset": dataset_name(source), "seed": seed, **{k: json.dumps(v) for k, v in overrides.items()},
             "val_nll": m["student/val/nll"], "teacher_val_nll": teacher["val/nll"],
-            "val_nll_gap": m["student/val/nll"] - teacher["val/nll"], "val_ece": m["student/val/ece"],
-            "teacher_val_ece": teacher["val/ece"], "val_accuracy": m.get("student/val/accuracy"),
+            "val_nll_gap": m["student/val/nll"] - teacher["val/nll"], "val_ece": m.get("student/val/ece"),
+            "teacher_val_ece": teacher.get("val/ece"), "val_accuracy": m.get("student/val/accuracy"),
             "teacher_val_accuracy": teacher.get("val/accuracy"), "baseline_val_accuracy": m.get("baseline/val/accuracy"),
             "baseline_val_nll": m.get("baseline/val/nll"),
             **{k: v for k, v in out.items() if "_kl" in k or "_spearman" in k},

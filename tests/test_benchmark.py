@@ -55,3 +55,22 @@ def test_benchmark_refuses_unknown_datasets_and_kinds():
         BenchmarkConfig(datasets=("boston",))  # a regression dataset is not in the classification suite
     with pytest.raises(BdkError, match="kinds"):
         BenchmarkConfig(kinds=("gp",))
+
+
+def test_benchmark_refuses_to_resume_runs_of_other_code_or_settings(tmp_path):
+    """A resumed benchmark reads finished runs back; runs made before a change of code or of a run's settings (e.g. a
+    new default head) would be mixed into the report with the new ones, so it refuses with one line instead."""
+    from dataclasses import replace
+
+    from bdk.studies.benchmark import check_resume, source_digest
+
+    cfg, out = tiny(), tmp_path / "bench"
+    (out / "runs").mkdir(parents=True)
+    check_resume(cfg, out)  # records the stamp
+    check_resume(cfg, out)  # same code, same settings: resumes
+    check_resume(replace(cfg, datasets=("iris", "wine"), seeds=2, ablation=True), out)  # more runs of the same kind: fine
+    with pytest.raises(BdkError, match=r"the code changed.*new --out"):
+        check_resume(cfg, out, digest="0" * 64)
+    with pytest.raises(BdkError, match="the student changed"):
+        check_resume(replace(cfg, student=replace(cfg.student, uncertainty="dirichlet")), out)
+    assert len(source_digest()) == 64 and source_digest() == source_digest()

@@ -8,12 +8,15 @@ the far-shell OOD is the evaluation's own. Per dataset, on seed 0: the Flipout t
 doubled (the convergence check: sigma and validation NLL should not move beyond noise), and the ablation of the
 teacher recipe (the pre-benchmark defaults, converged, + empirical-Bayes prior, + temperature).
 
-Resumable: a run whose report exists is read back, not redone. The report (OUT/report.md, OUT/metrics.csv,
+Resumable: a run whose report exists is read back, not redone, if the code and the runs' settings are those that made
+it (OUT/resume.json: a digest of the project's source and the teacher, soft-label, student and evaluation configs);
+otherwise the benchmark refuses and asks for a new OUT, so that no report mixes runs of two versions. The report (OUT/report.md, OUT/metrics.csv,
 OUT/reliability_<dataset>.png) pools the test rows of all seeds per model (95% bootstrap intervals) and
 checks the issue's goals, saying by how much each is missed. Nothing is chosen on test rows here.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from tqdm.auto import tqdm
 
 from distill import metrics, schema, tasks
 from distill.data import BUNDLED, DataConfig, read_table
-from distill.errors import BdkError, read_json, write_json
+from distill.errors import BdkError, read_json, to_jsonable, write_json
 from bdk.evaluate import EvalConfig
 from bdk.studies.classification import pooled_test
 from distill.transfer import SoftLabelConfig
@@ -85,6 +88,40 @@ class BenchmarkConfig:
             raise BdkError(f"--kinds: {bad or 'none'}; choose from {', '.join(TEACHER_KINDS)}")
         if self.seeds < 1:
             raise BdkError(f"--seeds must be at least 1, got {self.seeds}")
+
+
+PACKAGES = ("bdk", "distill", "teacher", "student", "beam_pipelines")  # what makes a run: the project's source
+
+
+def source_digest() -> str:
+    """SHA-256 of the project's Python source (PACKAGES, every .py file by its path): any change of code changes it."""
+    import hashlib
+    import importlib
+
+    h = hashlib.sha256()
+    for name in PACKAGES:
+        root = Path(importlib.import_module(name).__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{name}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def check_resume(cfg: BenchmarkConfig, out: Path, digest: str | None = None) -> None:
+    """Refuse to add to OUT's runs if they were made by other code or other settings (OUT/resume.json); record them
+    otherwise. More datasets, seeds or side studies may be added to a folder; what each run is may not change."""
+    stamp = {"source": digest or source_digest(),
+             **{k: asdict(getattr(cfg, k)) for k in ("teacher", "soft_labels", "student", "evaluation")}}
+    stamp = json.loads(json.dumps(to_jsonable(stamp)))  # as read back: tuples as lists
+    path = out / "resume.json"
+    if path.exists() and (out / "runs").exists():
+        before = read_json(path)
+        changed = [k for k in stamp if before.get(k) != stamp[k]]
+        if changed:
+            what = "the code" if changed == ["source"] else "the " + ", ".join(c.replace("source", "code") for c in changed)
+            raise BdkError(f"{out} holds benchmark runs made with other settings ({what} changed since); pass a new "
+                           f"--out (or delete {out / 'runs'} to redo them all)")
+    write_json(path, stamp)
 
 
 def _pipeline_run(cfg: BenchmarkConfig, dataset: str, seed: int, kind: str, run: Path) -> Path:
@@ -163,6 +200,8 @@ def benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True, report_onl
     figures) from the finished runs. Returns metrics.csv's table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not report_only:
+        check_resume(cfg, out)
     write_json(out / "config.json", asdict(cfg))
     jobs = [("run", d, s, k) for d in cfg.datasets for s in range(cfg.seeds) for k in cfg.kinds]
     if cfg.held_out_class:
