@@ -157,8 +157,10 @@ def fit(
     seed: int,
     desc: str = "train",
     progress: bool = True,
+    stop_from: int = 0,
 ) -> FitResult:
-    """Run up to `epochs` epochs; stop after `patience` epochs without a lower `monitor` value."""
+    """Run up to `epochs` epochs; stop after `patience` epochs without a lower `monitor` value, not before epoch
+    `stop_from`. The best epoch's weights are restored either way."""
     rng = np.random.default_rng(seed)
     # The variable list once: Keras' get_weights() walks the layer tree on every call (0.2 s for TFP layers).
     weights = list(model.weights)
@@ -176,7 +178,7 @@ def fit(
         else:
             waited += 1
         bar.set_postfix({monitor: f"{value:.4f}", "best": f"{best:.4f}@{best_epoch}"})
-        if waited >= patience:
+        if waited >= patience and epoch >= stop_from:
             break
     bar.close()
     for v, value in zip(weights, best_weights):

@@ -23,7 +23,8 @@ width or of the train std):
 - unlabeled: optional rows from a user table with the teacher's feature columns (NO_LABEL).
 The interpolated, uniform and shell sources have fixed sizes (M, U, V) by default; with a share (`interpolation_share`,
 `uniform_share`, `shell_share` > 0) a source has max(its size, share x training rows) rows, the share's part at most
-`max_perturbed` rows (`source_rows`).
+MAX_SHARED_INTERPOLATIONS interpolations or `max_perturbed` uniform or shell rows (`source_rows`). Class tables from
+SMALL_TABLE_ROWS training rows on have an interpolation share by default (CLASS_TABLE_DEFAULTS).
 Tables with a feature specification (distill.features) are built in the encoded space and then made valid encodings
 (`respect_kinds`): perturbed copies keep their origin's category with probability KEEP_CATEGORY (0.9) and otherwise
 draw one from the training frequencies, instead of Gaussian noise on one-hot columns, and then take the
@@ -81,7 +82,9 @@ class TransferConfig:
     # (the nearest-neighbour distance, see DEFAULT_NOISE); None: the task's
     max_perturbed: int = 500_000  # at most this many perturbed rows (a uniform draw of the (row, copy) pairs beyond)
     interpolations: int | None = None  # M points between pairs of training inputs (with a share: at least this many)
-    interpolation_share: float = 0.0  # > 0: M = max(interpolations, share x training rows), see source_rows
+    # > 0: M = max(interpolations, share x training rows), the share's part at most MAX_SHARED_INTERPOLATIONS
+    # (source_rows); None: by table (CLASS_TABLE_DEFAULTS)
+    interpolation_share: float | None = None
     interpolation_pairs: str = "random"  # "random" (half of one class) | "neighbour" (a row and a near neighbour)
     interpolation_neighbours: int = 10  # "neighbour": the partner is one of the row's this many nearest training rows
     uniform: int = 2000  # U points uniform over the widened training box (with a share: at least this many)
@@ -109,7 +112,7 @@ class TransferConfig:
         if self.interpolation_neighbours < 1:
             raise BdkError(f"--interpolation-neighbours must be >= 1, got {self.interpolation_neighbours}")
         for name in ("interpolation_share", "uniform_share", "shell_share"):
-            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+            if getattr(self, name) is not None and not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise BdkError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
         for name, value in (("noise", 0.0 if self.noise is None else min(self.noise, default=-1.0)), ("margin", self.margin),
                             ("shell_inner", self.shell_inner), ("shell_outer", self.shell_outer)):
@@ -297,9 +300,21 @@ def neighbour_pairs(z: np.ndarray, rows: int, neighbours: int, rng: np.random.Ge
 #   other datasets level; digits' shell KL 0.0175 -> 0.0189 (two seeds worse, one better). Digits' student trains
 #   in 27 s instead of 16.
 # The bound sits between the measured sizes; tables in between were not measured.
+# - larger class tables (from SMALL_TABLE_ROWS training rows) get interpolations in proportion to their training rows,
+#   CLASS_INTERPOLATION_SHARE of them, at most MAX_SHARED_INTERPOLATIONS (experiments/interpolation-share, the scaling
+#   problem's validation rows against a 4,000-draw teacher, seeds 0-2 at 10k rows and 0-1 at 100k): 2,000 points
+#   left the student's validation KL at 0.038 (10k) and 0.043 (100k), and its validation NLL 0.025 and 0.013 above
+#   the teacher's; at a share of 10 (64,000 points at 10k; 200,000, the cap, at 100k) 0.014 and 0.007, 0.010 and
+#   -0.003 (20,000 points at 10k: 0.017, 0.011; 200,000: 0.008, 0.009 at 2.6x the student's time). Regression tables
+#   were level (Boston, Concrete, Friedman 20k at a share of 12.5: NLL gap 0.0069 -> 0.0058, far-shell KL 0.062 ->
+#   0.063), so they keep the fixed count. The cap keeps the million-row pipeline in its time budget (200,000 more
+#   rows for the Beam job).
 SMALL_TABLE_ROWS = 2_500
-TABLE_DEFAULTS = dict(perturbations=10, interpolations=2000, shell=2000)
-SMALL_TABLE_DEFAULTS = dict(perturbations=80, interpolations=40_000, shell=32_000)
+CLASS_INTERPOLATION_SHARE = 10.0
+TABLE_DEFAULTS = dict(perturbations=10, interpolations=2000, interpolation_share=0.0, shell=2000)
+CLASS_TABLE_DEFAULTS = {**TABLE_DEFAULTS, "interpolation_share": CLASS_INTERPOLATION_SHARE}
+SMALL_TABLE_DEFAULTS = dict(perturbations=80, interpolations=40_000, interpolation_share=0.0, shell=32_000)
+MAX_SHARED_INTERPOLATIONS = 200_000
 # The teacher's draws per soft label. Off the data its draws disagree, and the mean of 100 of them is a noisy target:
 # on digits' far shell two 100-draw estimates differ by a KL of 0.046, and the student copies that noise. 1,000 draws
 # on the small tables above (shell KL 0.0132 -> 0.0065 at the plain perturbations and interpolations); 1,000 on the
@@ -317,9 +332,11 @@ def small_class_table(task: tasks.Task, ds: Dataset) -> bool:
 
 
 def resolved_transfer(cfg: TransferConfig, task: tasks.Task, ds: Dataset) -> TransferConfig:
-    """The fields left None (perturbations, interpolations, shell) set for this table: TABLE_DEFAULTS or
-    SMALL_TABLE_DEFAULTS."""
-    defaults = SMALL_TABLE_DEFAULTS if small_class_table(task, ds) else TABLE_DEFAULTS
+    """The fields left None (perturbations, interpolations and their share, shell) set for this table:
+    SMALL_TABLE_DEFAULTS or CLASS_TABLE_DEFAULTS for tables of classes (by their training rows), else TABLE_DEFAULTS."""
+    class_table = task.has_classes and ds.inputs.has_shell
+    defaults = (TABLE_DEFAULTS if not class_table else SMALL_TABLE_DEFAULTS if small_class_table(task, ds)
+                else CLASS_TABLE_DEFAULTS)
     return replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
 
 
@@ -421,9 +438,10 @@ def generated_parts(cfg: TransferConfig, ds: Dataset, task: tasks.Task) -> list[
     train = ds["train"]
     z = ds.scaled("train").reshape(len(train), -1)  # [n, F] normalised (sequences: flattened, time major)
     n, f = z.shape
-    m, n_uniform, n_shell = (source_rows(count, share, n, cfg.max_perturbed) for count, share in
-                             ((cfg.interpolations, cfg.interpolation_share), (cfg.uniform, cfg.uniform_share),
-                              (cfg.shell, cfg.shell_share)))
+    m, n_uniform, n_shell = (source_rows(count, share, n, cap) for count, share, cap in
+                             ((cfg.interpolations, cfg.interpolation_share, MAX_SHARED_INTERPOLATIONS),
+                              (cfg.uniform, cfg.uniform_share, cfg.max_perturbed),
+                              (cfg.shell, cfg.shell_share, cfg.max_perturbed)))
     # One generator per source, so changing one source's size leaves the others' rows (and ids) unchanged.
     perturb_rng, mix_rng, uniform_rng, shell_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
 

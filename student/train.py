@@ -44,23 +44,27 @@ class GateFailed(BdkError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """A training budget sized to its rows: batch, epochs (cap), patience (epochs) and the cosine-decayed rate."""
+    """A training budget sized to its rows: batch, epochs (cap), patience (epochs), the first epoch early stopping may
+    end, and the cosine-decayed rate."""
     batch_size: int
     epochs: int
     patience: int
     learning_rate: float
+    stop_from: int = 0
 
     @classmethod
     def for_rows(cls, n: int, cfg: StudentConfig, learning_rate: float, base_batch: int | None = None,
                  rows_per_step: int | None = None, max_epochs: int | None = None,
                  min_epochs_rows: int | None = None) -> "Schedule":
         """At least cfg.steps steps and cfg.min_epochs epochs (or the epochs that see `min_epochs_rows` rows, if
-        fewer), at most `max_epochs` (cfg.epochs); patience cfg.patience_steps in steps (at least 3 epochs)."""
+        fewer), at most `max_epochs` (cfg.epochs); patience cfg.patience_steps in steps (at least 3 epochs); early
+        stopping may end training from cfg.stop_from of the epochs on."""
         batch = scaled_batch(base_batch or cfg.batch_size, n, rows_per_step or cfg.rows_per_step)
         per_epoch = steps_per_epoch(n, batch)
         patient = min(cfg.min_epochs, -(-min_epochs_rows // max(n, 1))) if min_epochs_rows else cfg.min_epochs
         epochs = min(max_epochs or cfg.epochs, max(patient, epochs_for_steps(n, batch, cfg.steps)))
-        return cls(batch, epochs, max(3, -(-cfg.patience_steps // per_epoch)), learning_rate)
+        return cls(batch, epochs, max(3, -(-cfg.patience_steps // per_epoch)), learning_rate,
+                   int(np.ceil(cfg.stop_from * epochs)))
 
     def optimizer(self, per_epoch: int):
         """Adam whose rate follows a cosine from `learning_rate` to 5% of it over the whole budget (`per_epoch` steps
@@ -109,7 +113,8 @@ def _fit(cfg: StudentConfig, task: tasks.Task, model, loss_fn, rows, ds: data_li
         return logs
 
     monitor = "held_out_loss" if held_out is not None else "val_nll"
-    return fit(model, train_epoch, validate, monitor, schedule.epochs, schedule.patience, cfg.seed, desc, progress)
+    return fit(model, train_epoch, validate, monitor, schedule.epochs, schedule.patience, cfg.seed, desc, progress,
+               stop_from=schedule.stop_from)
 
 
 def student_parameters(num_features: int, units: int, hidden: tuple[int, ...]) -> int:

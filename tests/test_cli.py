@@ -63,12 +63,16 @@ def test_transfer_help_gives_the_defaults_by_table():
     """The help of the transfer-size options (shared by `bdk run` and `bdk soft-labels`) states the defaults that
     distill.transfer resolves: a changed default fails here instead of leaving the help behind."""
     from bdk import cli
-    from distill.transfer import SAMPLES, SMALL_TABLE_DEFAULTS, SMALL_TABLE_ROWS, SMALL_TABLE_SAMPLES, TABLE_DEFAULTS
+    from distill.transfer import (CLASS_TABLE_DEFAULTS, MAX_SHARED_INTERPOLATIONS, SAMPLES, SMALL_TABLE_DEFAULTS,
+                                  SMALL_TABLE_ROWS, SMALL_TABLE_SAMPLES, TABLE_DEFAULTS)
 
     assert f"fewer than {SMALL_TABLE_ROWS:,} training rows" in cli.SMALL_TABLES
     options = {"perturbations": cli.PerturbationsOption, "interpolations": cli.InterpolationsOption,
                "shell": cli.ShellOption}
-    assert set(options) == set(SMALL_TABLE_DEFAULTS) == set(TABLE_DEFAULTS)
+    assert set(options) | {"interpolation_share"} == set(SMALL_TABLE_DEFAULTS) == set(TABLE_DEFAULTS)
+    share = cli.INTERPOLATION_SHARE_HELP
+    assert (f"at most {MAX_SHARED_INTERPOLATIONS:,}" in share and f"default {CLASS_TABLE_DEFAULTS['interpolation_share']:g} "
+            f"on tables of classes from {SMALL_TABLE_ROWS:,} training rows" in share)
     for name, option in options.items():
         text = option.__metadata__[0].help
         assert f"default {SMALL_TABLE_DEFAULTS[name]:,} on {cli.SMALL_TABLES}, else {TABLE_DEFAULTS[name]:,}" in text, name

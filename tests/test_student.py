@@ -324,6 +324,30 @@ def test_cap_warning_fires_only_while_still_improving():
     assert early.stopped_early and not early.improving_at_cap
 
 
+def test_early_stopping_waits_for_the_decayed_rate():
+    """Early stopping may end training only from epoch `stop_from` on: a held-out loss that stalls for the patience at
+    the peak rate and falls again later (as the cosine decays) is trained through, and the best epoch is the later one."""
+    from student.config import StudentConfig
+    from student.train import Schedule
+    from distill.training import fit
+
+    class Tiny:
+        weights = []
+
+    stall_then_fall = [5, 4, 4.5, 4.6, 4.7, 3, 2, 1.5, 1.4, 1.3]
+    run = lambda stop_from: fit(Tiny(), lambda rng: {}, (lambda it: lambda: {"loss": next(it)})(iter(stall_then_fall)),  # noqa: E731
+                                "loss", 10, 3, seed=0, progress=False, stop_from=stop_from)
+    stalled = run(0)
+    assert stalled.stopped_early and stalled.best_epoch == 2 and len(stalled.history) == 5
+    through = run(6)
+    assert not through.stopped_early and through.best_epoch == 10
+    # the student's schedule: stop_from is that share of its epochs
+    cfg = StudentConfig().resolved("classification")
+    s = Schedule.for_rows(100_000, cfg, 1e-2)
+    assert s.stop_from == int(np.ceil(cfg.stop_from * s.epochs)) > 1
+    assert Schedule.for_rows(100_000, StudentConfig(stop_from=0.0).resolved("classification"), 1e-2).stop_from == 0
+
+
 # ---------------------------------------------------------------- the trained students of the shared runs
 
 STUDENT_FRESH = """

@@ -416,8 +416,9 @@ def test_transfer_defaults_are_larger_for_small_class_tables(iris, regression_cs
 
     from distill import data as data_lib
     from distill import tasks
-    from distill.transfer import (SAMPLES, SMALL_TABLE_DEFAULTS, SMALL_TABLE_ROWS, SMALL_TABLE_SAMPLES, TABLE_DEFAULTS,
-                                  SoftLabelConfig, build_transfer_set, resolved_soft_labels, resolved_transfer)
+    from distill.transfer import (CLASS_TABLE_DEFAULTS, MAX_SHARED_INTERPOLATIONS, SAMPLES, SMALL_TABLE_DEFAULTS,
+                                  SMALL_TABLE_ROWS, SMALL_TABLE_SAMPLES, TABLE_DEFAULTS, SoftLabelConfig,
+                                  build_transfer_set, resolved_soft_labels, resolved_transfer, source_rows)
 
     regression = data_lib.load(data_lib.DataConfig(dataset=str(regression_csv), label_column="y", task="regression"))
     sequences = data_lib.load(data_lib.DataConfig(dataset=str(sequence_csv), series_column="series"))
@@ -434,12 +435,19 @@ def test_transfer_defaults_are_larger_for_small_class_tables(iris, regression_cs
     soft = SoftLabelConfig()
     small = resolved_soft_labels(soft, classes, iris)
     assert sizes(small.transfer) == SMALL_TABLE_DEFAULTS and small.samples == SMALL_TABLE_SAMPLES > SAMPLES
-    assert all(SMALL_TABLE_DEFAULTS[k] > v for k, v in TABLE_DEFAULTS.items())
-    for task, ds in ((classes, big), (tasks.get(regression.task), regression), (tasks.get(sequences.task), sequences)):
+    assert all(SMALL_TABLE_DEFAULTS[k] > v for k, v in TABLE_DEFAULTS.items() if k != "interpolation_share")
+    # larger class tables: interpolations in proportion to their training rows, capped; regression and sequences: fixed
+    large = resolved_soft_labels(soft, classes, big)
+    assert sizes(large.transfer) == CLASS_TABLE_DEFAULTS and large.samples == SAMPLES
+    share = CLASS_TABLE_DEFAULTS["interpolation_share"]
+    assert share > 0 and source_rows(2000, share, len(big["train"]), MAX_SHARED_INTERPOLATIONS) == round(share * len(big["train"]))
+    assert source_rows(2000, share, 10 ** 7, MAX_SHARED_INTERPOLATIONS) == MAX_SHARED_INTERPOLATIONS
+    for task, ds in ((tasks.get(regression.task), regression), (tasks.get(sequences.task), sequences)):
         plain = resolved_soft_labels(soft, task, ds)
-        assert sizes(plain.transfer) == TABLE_DEFAULTS and plain.samples == SAMPLES
-    given = SoftLabelConfig(TransferConfig(perturbations=0, interpolations=5, shell=123), samples=7)
-    assert sizes(resolved_soft_labels(given, classes, iris).transfer) == dict(perturbations=0, interpolations=5, shell=123)
+        assert sizes(plain.transfer) == TABLE_DEFAULTS and plain.samples == SAMPLES and plain.transfer.interpolation_share == 0
+    given = SoftLabelConfig(TransferConfig(perturbations=0, interpolations=5, interpolation_share=0.0, shell=123), samples=7)
+    assert sizes(resolved_soft_labels(given, classes, big).transfer) == dict(perturbations=0, interpolations=5,
+                                                                              interpolation_share=0.0, shell=123)
     assert resolved_soft_labels(given, classes, iris).samples == 7
     # rows per Beam call: 16,384 at 100 draws, rows x draws bounded at more draws; a given batch wins
     assert (plain.batch_size, small.batch_size) == (16_384, 1_638)
