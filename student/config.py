@@ -80,7 +80,7 @@ class StudentConfig:
     batch_size: int | None = None  # on small transfer sets; None: the task's (TASK_DEFAULTS)
     rows_per_step: int = 1000
     patience_steps: int = 10_000  # early stopping: this many optimiser steps (at least 3 epochs) without a better value
-    # ...and only from this share of the budget's epochs on, where the cosine has brought the rate to half its peak: at
+    # ...and (the student) only from this share of the budget's epochs on, where the cosine has brought the rate to half its peak: at
     # the peak rate the held-out loss can stall for the patience and then fall again as the rate decays (the scaling
     # problem at 10k rows with 192,000 interpolations: two of three seeds stopped at epoch 27-28 of 90, validation KL to
     # the teacher 0.031 against 0.008 for the same transfer set trained through; experiments/interpolation-share)

@@ -313,8 +313,10 @@ def _train_baseline(cfg: StudentConfig, run: Path, ds, task, progress: bool) -> 
     gc.collect()  # first, the student's training tensors (its last block, validation rows): graph reference cycles
     baseline = _network(cfg, ds, task, cfg.hidden, name="baseline")
     rows = InMemoryRows(_train_rows(run))
-    schedule = Schedule.for_rows(rows.fit_rows, cfg, cfg.baseline_learning_rate, cfg.baseline_batch_size,
-                                 rows_per_step=200, max_epochs=cfg.baseline_epochs)
+    # its own recipe: early stopping on the validation NLL of the labels it fits, from any epoch (cfg.stop_from is the
+    # student's; a hard-label network does overfit)
+    schedule = replace(Schedule.for_rows(rows.fit_rows, cfg, cfg.baseline_learning_rate, cfg.baseline_batch_size,
+                                         rows_per_step=200, max_epochs=cfg.baseline_epochs), stop_from=0)
     t0 = time.perf_counter()
     result = _fit(cfg, task, baseline, lambda out, y: -tf.reduce_mean(task.log_likelihood(y, out["head"])),
                   rows, ds, None, schedule, "baseline", progress,
