@@ -72,10 +72,10 @@ class StudentConfig:
     # one step per `rows_per_step` rows, at most 1024), and Adam's rate decays along a cosine over the whole budget.
     steps: int = 30_000
     min_epochs: int = 90
-    # ...or as many passes as see `min_epochs_rows` rows, if fewer (the scaling problem: 78 passes over the 513k fitted
-    # transfer rows of 100k, 39 over the 1.03M of 1M). At 1M, 90 passes (100k steps, 3.4 min) improved the held-out loss
-    # by 3% after the 35th, while the student already stood within 0.01 validation NLL of its teacher. The hard-label
-    # baseline keeps its 90 passes: a reference is not shortened.
+    # ...or as many passes as see `min_epochs_rows` rows, if fewer (the scaling problem, before the interpolation share:
+    # 78 passes over the 513k fitted transfer rows of 100k, 39 over the 1.03M of 1M). At 1M, 90 passes (100k steps,
+    # 3.4 min) improved the held-out loss by 3% after the 35th, while the student already stood within 0.01 validation
+    # NLL of its teacher. The hard-label baseline keeps its 90 passes: a reference is not shortened.
     min_epochs_rows: int | None = 40_000_000
     batch_size: int | None = None  # on small transfer sets; None: the task's (TASK_DEFAULTS)
     rows_per_step: int = 1000
