@@ -80,10 +80,10 @@ class StudentConfig:
     batch_size: int | None = None  # on small transfer sets; None: the task's (TASK_DEFAULTS)
     rows_per_step: int = 1000
     patience_steps: int = 10_000  # early stopping: this many optimiser steps (at least 3 epochs) without a better value
-    # ...and (the student) only from this share of the budget's epochs on, where the cosine has brought the rate to half its peak: at
-    # the peak rate the held-out loss can stall for the patience and then fall again as the rate decays (the scaling
-    # problem at 10k rows with 192,000 interpolations: two of three seeds stopped at epoch 27-28 of 90, validation KL to
-    # the teacher 0.031 against 0.008 for the same transfer set trained through; experiments/interpolation-share)
+    # ...and (the student) only from this share of the budget's epochs on, where the cosine has halved the rate: at the
+    # peak rate the held-out loss can stall for the patience and then fall again as the rate decays (the scaling problem
+    # at 10k rows with 192,000 interpolations: two of three seeds stopped at epoch 27-28 of 90, validation KL to the
+    # teacher 0.029-0.032 against 0.007-0.009 for 200,000 trained through; experiments/interpolation-share)
     stop_from: float = 0.5
     # Early stopping: "transfer" = the student's loss against the teacher on a held-out slice of the transfer set
     # (`holdout` of its rows, by a hash of their ids, never trained on: how well the student reproduces the teacher

@@ -10,8 +10,8 @@ teacher recipe (the pre-benchmark defaults, converged, + empirical-Bayes prior, 
 
 Resumable: a run whose report exists is read back, not redone, if the code and the runs' settings are those that made
 it (OUT/resume.json: a digest of the project's source and the teacher, soft-label, student and evaluation configs);
-otherwise the benchmark refuses and asks for a new OUT, so that no report mixes runs of two versions. The report (OUT/report.md, OUT/metrics.csv,
-OUT/reliability_<dataset>.png) pools the test rows of all seeds per model (95% bootstrap intervals) and
+otherwise the benchmark refuses and asks for a new OUT, so that no report mixes runs of two versions. The report
+(OUT/report.md, OUT/metrics.csv, OUT/reliability_<dataset>.png) pools the test rows of all seeds per model (95% bootstrap intervals) and
 checks the issue's goals, saying by how much each is missed. Nothing is chosen on test rows here.
 """
 from __future__ import annotations
