@@ -97,14 +97,14 @@ def score(source: Path, overrides: dict, run: Path) -> dict:
     out = {}
     for name, x in rows.items():
         x = tf.constant(np.asarray(x, np.float32))
-        s = serve(features=x)
+        s = {k: v.numpy() for k, v in serve(features=x).items()}
         reference = max(TEACHER_DRAWS, reference_draws(REFERENCE_DRAWS, len(x), teacher_export))
         for suffix, draws in (("", TEACHER_DRAWS), ("_ref", reference)):
             t = predictive(features=x, num_samples=tf.constant(draws), seed=tf.constant(TEACHER_SEED, tf.int64))
-            out[f"{name}_kl{suffix}"] = float(task.divergence({k: v.numpy() for k, v in t.items()},
-                                                               {k: v.numpy() for k, v in s.items()}).mean())
-            out[f"{name}_spearman{suffix}"] = metrics.spearman(t[epistemic].numpy(), s["epistemic"].numpy())
-        out[f"{name}_epistemic"] = s["epistemic"].numpy()
+            t = {k: v.numpy() for k, v in t.items()}
+            out[f"{name}_kl{suffix}"] = float(task.divergence(t, s).mean())
+            out[f"{name}_spearman{suffix}"] = metrics.spearman(t[epistemic], s["epistemic"])
+        out[f"{name}_epistemic"] = s["epistemic"]
     return {"dataset": dataset_name(source), "seed": seed, **{k: json.dumps(v) for k, v in overrides.items()},
             "val_nll": m["student/val/nll"], "teacher_val_nll": teacher["val/nll"],
             "val_nll_gap": m["student/val/nll"] - teacher["val/nll"], "val_ece": m.get("student/val/ece"),

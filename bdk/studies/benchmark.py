@@ -118,8 +118,8 @@ def check_resume(cfg: BenchmarkConfig, out: Path, digest: str | None = None) -> 
         before = read_json(path)
         changed = [k for k in stamp if before.get(k) != stamp[k]]
         if changed:
-            what = "the code" if changed == ["source"] else "the " + ", ".join(c.replace("source", "code") for c in changed)
-            raise BdkError(f"{out} holds benchmark runs made with other settings ({what} changed since); pass a new "
+            what = ", ".join("code" if c == "source" else c for c in changed)
+            raise BdkError(f"{out} holds benchmark runs made with other settings (the {what} changed since); pass a new "
                            f"--out (or delete {out / 'runs'} to redo them all)")
     write_json(path, stamp)
 
